@@ -1,0 +1,114 @@
+"""Sampling text from a decoder: temperature, top-k, top-p (nucleus) and greedy decoding, with or without a KV cache.
+
+The next token is drawn from ``softmax(logits / temperature)`` restricted to the ``top_k`` most likely tokens and to
+the smallest set whose probability reaches ``top_p``. ``temperature = 0`` is greedy decoding (argmax).
+
+With the cache (default) the prompt is run once (prefill) and each new token costs one position: the model is called
+on ``[B, 1]`` with ``decode=True`` inside a ``lax.scan``. Without it, every step runs the full forward pass over the
+last ``max_len`` tokens, as nanoGPT's ``generate`` does; both give the same tokens for the same key. When a sequence
+outgrows the context window, the cache is refilled from the last ``max_len // 2`` tokens (the no-cache path slides
+its window by one token instead, so the two differ only past the window).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfjax.layers.embeddings import check_token_ids
+
+
+def sample_logits(logits: jnp.ndarray, rng: jax.Array, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None) -> jnp.ndarray:
+  """Draws token ids ``[B]`` from ``logits [B, V]``; ``temperature == 0`` returns the argmax (greedy)."""
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  if top_p is not None and not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+  if top_k is not None and top_k <= 0:
+    raise ValueError(f"top_k must be positive, got {top_k}")
+  logits = logits.astype(jnp.float32)
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k is not None and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if top_p is not None and top_p < 1.0:
+    sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs  # probability of the strictly more likely tokens
+    cutoff = jnp.min(jnp.where(mass_before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+  return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
+def _cached_segment(model, params, prompt, rngs, temperature, top_k, top_p):
+  """Prefills the cache with ``prompt [B, P]`` then decodes ``len(rngs)`` tokens one position at a time."""
+  from tfjax.models.gpt import init_cache  # local: generate works for any decoder with the GPT call signature
+  batch, plen = prompt.shape
+  cache = init_cache(model, batch)
+  positions = jnp.broadcast_to(jnp.arange(plen), (batch, plen))
+  logits, vars_ = model.apply({"params": params, "cache": cache}, prompt, positions=positions, decode=True,
+                              mutable=["cache"])
+  first = sample_logits(logits[:, -1], rngs[0], temperature, top_k, top_p)
+
+  def step(carry, rng_t):
+    cache, token, pos = carry
+    logits, vars_ = model.apply({"params": params, "cache": cache}, token[:, None],
+                                positions=jnp.full((batch, 1), pos), decode=True, mutable=["cache"])
+    nxt = sample_logits(logits[:, -1], rng_t, temperature, top_k, top_p)
+    return (vars_["cache"], nxt, pos + 1), nxt
+
+  _, rest = jax.lax.scan(step, (vars_["cache"], first, jnp.int32(plen)), rngs[1:])
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
+def _full_forward_step(model, params, window, length, rng, temperature, top_k, top_p):
+  """One token from a full forward pass over ``window [B, max_len]`` whose first ``length`` tokens are real."""
+  logits = model.apply({"params": params}, window)
+  last = jax.lax.dynamic_index_in_dim(logits, length - 1, axis=1, keepdims=False)
+  return sample_logits(last, rng, temperature, top_k, top_p)
+
+
+def generate(model: Any, params: Any, prompt, max_new_tokens: int, rng: jax.Array, *, temperature: float = 1.0,
+             top_k: int | None = None, top_p: float | None = None, use_cache: bool = True) -> np.ndarray:
+  """Continues ``prompt [B, P]`` (int ids) by ``max_new_tokens``; returns ``[B, P + max_new_tokens]`` (numpy).
+
+  ``model`` is a decoder with the :class:`tfjax.models.gpt.GPT` call signature and a ``cfg`` with ``max_len`` and
+  ``vocab_size``. The same ``rng`` gives the same tokens with and without the cache.
+  """
+  prompt = np.asarray(prompt, dtype=np.int32)
+  if prompt.ndim != 2 or prompt.shape[1] == 0:
+    raise ValueError(f"prompt must be [batch, length >= 1] token ids, got shape {prompt.shape}")
+  check_token_ids(prompt, model.cfg.vocab_size)
+  max_len = model.cfg.max_len
+  tokens = prompt
+  rngs = jax.random.split(rng, max_new_tokens) if max_new_tokens else None
+  done = 0
+  if use_cache:
+    context_len = min(tokens.shape[1], max_len)
+    while done < max_new_tokens:
+      n = min(max_len - context_len + 1, max_new_tokens - done)  # prefill samples one token, then n-1 decode steps
+      new = _cached_segment(model, params, jnp.asarray(tokens[:, -context_len:]), rngs[done:done + n],
+                            float(temperature), top_k, top_p)
+      tokens = np.concatenate([tokens, np.asarray(new)], axis=1)
+      done += n
+      # once the window is full, refill the cache from the last max_len // 2 tokens
+      context_len = tokens.shape[1] if tokens.shape[1] < max_len else max(1, max_len // 2)
+    return tokens
+  for i in range(max_new_tokens):
+    window = tokens[:, -max_len:]
+    length = window.shape[1]
+    padded = np.zeros((tokens.shape[0], max_len), np.int32)
+    padded[:, :length] = window
+    nxt = _full_forward_step(model, params, jnp.asarray(padded), length, rngs[i], float(temperature), top_k, top_p)
+    tokens = np.concatenate([tokens, np.asarray(nxt)[:, None]], axis=1)
+  return tokens
+

@@ -1,0 +1,199 @@
+"""Scaled dot-product attention (reference and fast) and multi-head self-/cross-attention with a KV cache.
+
+Shapes: queries ``q [B, T, H, Dh]``; keys and values ``k, v [B, S, K, Dh]`` with ``K`` key/value heads dividing ``H``
+(``K == H``: multi-head; ``1 < K < H``: grouped-query; ``K == 1``: multi-query attention); mask
+``[B|1, H|1, T, S]`` boolean, ``True`` = may attend (see :mod:`tfjax.layers.masks`).
+
+The reference path is the textbook computation, step by step::
+
+    scores  = q · kᵀ / √Dh                      [B, H, T, S]
+    scores  = where(mask, scores, -inf)          (masked before the softmax)
+    pattern = softmax(scores, axis=-1)           the attention pattern: each row sums to 1
+    out     = pattern · v                        [B, T, H, Dh]
+
+The fast path calls :func:`jax.nn.dot_product_attention` (XLA everywhere, cuDNN flash attention on GPUs where it
+applies). Both return zeros for a fully masked query row, never NaN.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tfjax.layers import masks as masks_lib
+from tfjax.layers.embeddings import apply_rope
+
+Dtype = Any
+Implementation = Literal["reference", "xla", "cudnn", "auto"]
+IMPLEMENTATIONS = ("reference", "xla", "cudnn", "auto")
+
+
+def _repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
+  """``[B, S, K, Dh] -> [B, S, H, Dh]`` by repeating each key/value head ``H // K`` times (GQA/MQA)."""
+  kv_heads = x.shape[2]
+  if num_heads % kv_heads:
+    raise ValueError(f"num_heads={num_heads} is not a multiple of num_kv_heads={kv_heads}")
+  return x if kv_heads == num_heads else jnp.repeat(x, num_heads // kv_heads, axis=2)
+
+
+def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
+                      scale: float | None = None) -> jnp.ndarray:
+  """The attention pattern ``[B, H, T, S]``: softmax over keys of the masked, scaled scores ``q·kᵀ/√Dh``.
+
+  Scores and softmax are computed in float32. Masked entries are set to -inf before the softmax; a row whose keys are
+  all masked gets an all-zero pattern instead of NaN.
+  """
+  num_heads, head_dim = q.shape[2], q.shape[3]
+  k = _repeat_kv(k, num_heads)
+  scale = head_dim ** -0.5 if scale is None else scale
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  if mask is None:
+    return jax.nn.softmax(scores, axis=-1)
+  scores = jnp.where(mask, scores, -jnp.inf)
+  any_valid = jnp.any(mask, axis=-1, keepdims=True)
+  row_max = jnp.max(jnp.where(any_valid, scores, 0.0), axis=-1, keepdims=True)
+  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  exp = jnp.where(mask, jnp.exp(scores - row_max), 0.0)
+  denom = jnp.sum(exp, axis=-1, keepdims=True)
+  return exp / jnp.where(denom > 0, denom, 1.0)
+
+
+def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float = 0.0,
+                        dropout_rng: jax.Array | None = None, return_pattern: bool = False):
+  """Textbook attention ``[B, T, H, Dh]`` (and the attention pattern ``[B, H, T, S]`` if ``return_pattern``).
+
+  Dropout, when ``dropout_rate > 0`` and a ``dropout_rng`` is given, is applied to the attention pattern.
+  """
+  pattern = attention_pattern(q, k, mask, scale)
+  weights = pattern
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  v = _repeat_kv(v, q.shape[2])
+  out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v).astype(q.dtype)
+  return (out, pattern) if return_pattern else out
+
+
+def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation = "auto", scale=None,
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None):
+  """Attention ``[B, T, H, Dh]`` by the chosen implementation.
+
+  ``"reference"`` is :func:`reference_attention`; ``"xla"``/``"cudnn"`` call :func:`jax.nn.dot_product_attention`
+  with that implementation; ``"auto"`` lets JAX choose (cuDNN on GPUs when it applies, XLA otherwise). Attention
+  dropout (``dropout_rate > 0`` with a key) is only available in the reference path, which is then used.
+  """
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
+  if mask is not None:
+    masks_lib.check_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  if implementation == "reference" or (dropout_rate > 0.0 and dropout_rng is not None):
+    return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                     implementation=None if implementation == "auto" else implementation)
+  if mask is not None:  # jax returns the mean of the values for a fully masked row; tfjax returns zeros
+    any_valid = jnp.any(mask, axis=-1)  # [B|1, H|1, T]
+    out = out * jnp.swapaxes(any_valid, 1, 2)[..., None].astype(out.dtype)
+  return out
+
+
+def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02):
+  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
+                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention: ``x [B, T, D]`` (queries) attending to ``context [B, S, D]`` (keys/values) -> ``[B, T, D]``.
+
+  Self-attention when ``context`` is None (one fused ``qkv`` projection ``[D, (H + 2K)·Dh]``); cross-attention
+  otherwise (``query [D, H·Dh]`` on ``x`` and ``key_value [D, 2K·Dh]`` on ``context``). ``out [H·Dh, D]`` maps the
+  heads back to the width.
+
+  With ``decode=True`` (self-attention only), keys and values are written into a ``cache`` collection
+  (``cached_key``/``cached_value [B, max_len, K, Dh]`` and ``cache_index``) and the queries attend to the whole cache:
+  the mask must then have ``max_len`` keys. Initialise the cache by calling the module once with ``decode=True`` on
+  an input of shape ``[B, max_len]`` under ``init``.
+  """
+  num_heads: int
+  num_kv_heads: int | None = None
+  head_dim: int | None = None
+  use_bias: bool = True
+  dropout_rate: float = 0.0
+  implementation: Implementation = "auto"
+  rope: bool = False
+  rope_base: float = 10_000.0
+  out_stddev: float = 0.02
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, context: jnp.ndarray | None = None,
+               positions: jnp.ndarray | None = None, deterministic: bool = True, decode: bool = False,
+               return_pattern: bool = False):
+    width = x.shape[-1]
+    heads = self.num_heads
+    kv_heads = self.num_kv_heads or heads
+    if heads % kv_heads:
+      raise ValueError(f"num_heads={heads} must be a multiple of num_kv_heads={kv_heads}")
+    if self.head_dim is None and width % heads:
+      raise ValueError(f"num_heads={heads} does not divide the width {width}; choose heads dividing it "
+                       "or set head_dim explicitly")
+    head_dim = self.head_dim or width // heads
+    dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+
+    if context is None:
+      qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"))(x)
+      q, k, v = jnp.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
+    else:
+      if decode:
+        raise ValueError("decode=True is for self-attention; cross-attention keys are computed once per sequence")
+      q = dense(heads * head_dim, "query", ("embed", "qkv"))(x)
+      k, v = jnp.split(dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"))(context), 2, axis=-1)
+    q = q.reshape(*q.shape[:2], heads, head_dim)
+    k = k.reshape(*k.shape[:2], kv_heads, head_dim)
+    v = v.reshape(*v.shape[:2], kv_heads, head_dim)
+
+    if self.rope:
+      if positions is None:
+        raise ValueError("rope=True needs the token positions [B, T]")
+      q = apply_rope(q, positions, self.rope_base)
+      if context is None:
+        k = apply_rope(k, positions, self.rope_base)
+
+    if decode:
+      k, v = self._update_cache(k, v)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    if return_pattern:
+      if mask is not None:
+        masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
+      out, pattern = reference_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                         return_pattern=True)
+    else:
+      out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
+                                  dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
+    out = out.reshape(*out.shape[:2], heads * head_dim)
+    out = _dense(width, "out", ("qkv", "embed"), self.use_bias, self.dtype, self.param_dtype,
+                 stddev=self.out_stddev)(out)
+    return (out, pattern) if return_pattern else out
+
+  def _update_cache(self, k, v):
+    """Writes ``k, v [B, T, K, Dh]`` at ``cache_index`` and returns the whole cache ``[B, max_len, K, Dh]``."""
+    is_initialized = self.has_variable("cache", "cached_key")
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, dtype=jnp.int32))
+    if not is_initialized:  # the init call only creates the (max_len-long) cache
+      return k, v
+    index = cache_index.value
+    k_all = jax.lax.dynamic_update_slice(cached_key.value, k.astype(cached_key.value.dtype), (0, index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(cached_value.value, v.astype(cached_value.value.dtype), (0, index, 0, 0))
+    cached_key.value, cached_value.value = k_all, v_all
+    cache_index.value = index + k.shape[1]
+    return k_all, v_all

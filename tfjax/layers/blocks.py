@@ -1,0 +1,172 @@
+"""The transformer block and the model configuration shared by every transformer in tfjax.
+
+:class:`TransformerBlock` maps the residual stream ``x [B, T, D] -> [B, T, D]``:
+
+pre-LN (GPT-2, default)::                      post-LN (original transformer, BERT)::
+
+    x = x + attn(norm(x))                         x = norm(x + attn(x))
+    x = x + cross_attn(norm(x), context)          x = norm(x + cross_attn(x, context))
+    x = x + mlp(norm(x))                          x = norm(x + mlp(x))
+
+The cross-attention sub-block exists only when ``cross_attention=True`` (decoder of an encoder-decoder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from tfjax.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
+from tfjax.layers.mlp import ACTIVATIONS, MLP
+
+Dtype = Any
+POSITIONALS = ("learned", "sinusoidal", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Hyperparameters of a transformer stack. Derive variants with ``dataclasses.replace(cfg, ...)``."""
+  vocab_size: int
+  num_layers: int = 6
+  num_heads: int = 6
+  num_kv_heads: int | None = None  # None: = num_heads (MHA); fewer: GQA; 1: MQA
+  emb_dim: int = 384
+  mlp_dim: int | None = None  # None: 4 * emb_dim
+  head_dim: int | None = None  # None: emb_dim // num_heads
+  max_len: int = 256  # the context window
+  dropout_rate: float = 0.0  # embeddings and residual branches
+  attention_dropout_rate: float = 0.0  # on the attention pattern (uses the reference attention when training)
+  positional: str = "learned"  # learned | sinusoidal | rope | none
+  rope_base: float = 10_000.0
+  norm: str = "layernorm"  # layernorm | rmsnorm
+  norm_eps: float = 1e-5
+  use_bias: bool = True  # Dense and LayerNorm biases
+  pre_ln: bool = True
+  activation: str = "gelu"  # gelu | gelu_tanh | relu | silu | swiglu
+  tie_embeddings: bool = True
+  attention_impl: str = "auto"  # auto | xla | cudnn | reference
+  dtype: Dtype = jnp.float32  # compute dtype
+  param_dtype: Dtype = jnp.float32
+  remat: str = "none"  # none | full | dots | dots_no_batch
+  scan_layers: bool = False
+
+  def __post_init__(self):
+    checks = [
+        (self.vocab_size > 0, f"vocab_size must be positive, got {self.vocab_size}"),
+        (self.num_layers > 0, f"num_layers must be positive, got {self.num_layers}"),
+        (self.num_heads > 0, f"num_heads must be positive, got {self.num_heads}"),
+        (self.head_dim is not None or self.emb_dim % self.num_heads == 0,
+         f"num_heads={self.num_heads} does not divide the width emb_dim={self.emb_dim}"),
+        (self.num_heads % (self.num_kv_heads or self.num_heads) == 0,
+         f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"),
+        (self.max_len > 0, f"max_len must be positive, got {self.max_len}"),
+        (0.0 <= self.dropout_rate < 1.0, f"dropout_rate must be in [0, 1), got {self.dropout_rate}"),
+        (0.0 <= self.attention_dropout_rate < 1.0,
+         f"attention_dropout_rate must be in [0, 1), got {self.attention_dropout_rate}"),
+        (self.positional in POSITIONALS, f"positional must be one of {POSITIONALS}, got {self.positional!r}"),
+        (self.norm in NORMS, f"norm must be one of {NORMS}, got {self.norm!r}"),
+        (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
+        (self.attention_impl in IMPLEMENTATIONS,
+         f"attention_impl must be one of {IMPLEMENTATIONS}, got {self.attention_impl!r}"),
+        (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}"),
+    ]
+    for ok, msg in checks:
+      if not ok:
+        raise ValueError(msg)
+
+  @property
+  def hidden_dim(self) -> int:
+    return self.mlp_dim or 4 * self.emb_dim
+
+
+def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
+  """The configured normalisation (flax's LayerNorm or RMSNorm), statistics in float32."""
+  if cfg.norm == "rmsnorm":
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
+  return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      name=name)
+
+
+class TransformerBlock(nn.Module):
+  """One layer: self-attention, optional cross-attention, MLP; each a residual branch. ``[B, T, D] -> [B, T, D]``.
+
+  Args (call): ``x [B, T, D]``; ``mask [B|1, 1, T, S]`` for self-attention; ``positions [B, T]`` (for RoPE);
+  ``context [B, S', D]`` and ``cross_mask [B|1, 1, T, S']`` for cross-attention.
+  """
+  cfg: TransformerConfig
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
+               decode: bool = False):
+    cfg = self.cfg
+    # Residual output projections scaled by 1/sqrt(2 * layers), as in GPT-2.
+    out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5
+    attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
+                use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
+                out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+    drop = nn.Dropout(cfg.dropout_rate)
+
+    def residual(x, branch, norm_name):
+      if cfg.pre_ln:
+        return x + drop(branch(make_norm(cfg, norm_name)(x)), deterministic=deterministic)
+      return make_norm(cfg, norm_name)(x + drop(branch(x), deterministic=deterministic))
+
+    x = residual(x, lambda h: MultiHeadAttention(rope=cfg.positional == "rope", rope_base=cfg.rope_base,
+                                                 name="attn", **attn)(
+        h, mask, positions=positions, deterministic=deterministic, decode=decode), "ln_attn")
+    if self.cross_attention:
+      x = residual(x, lambda h: MultiHeadAttention(name="cross_attn", **attn)(
+          h, cross_mask, context=context, deterministic=deterministic), "ln_cross")
+    mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, name="mlp")
+    return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp")
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": "checkpoint_dots",
+    "dots_no_batch": "checkpoint_dots_with_no_batch_dims",
+}
+
+
+class TransformerStack(nn.Module):
+  """``num_layers`` blocks in sequence, optionally rematerialised (``cfg.remat``) and scanned (``cfg.scan_layers``)."""
+  cfg: TransformerConfig
+  cross_attention: bool = False
+
+  @nn.compact
+  def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
+               decode: bool = False):
+    cfg = self.cfg
+    block_cls = TransformerBlock
+    if cfg.remat != "none":
+      import jax
+      policy = _REMAT_POLICIES[cfg.remat]
+      block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies, policy) if policy else None,
+                           static_argnums=(6, 7))  # deterministic, decode (counting self)
+    if cfg.scan_layers:
+      class _Scanned(nn.Module):  # carry form (x, _) for nn.scan
+        cfg: TransformerConfig
+        cross_attention: bool
+
+        @nn.compact
+        def __call__(self, x, mask, positions, context, cross_mask, deterministic, decode):
+          return block_cls(self.cfg, self.cross_attention, name="block")(
+              x, mask, positions, context, cross_mask, deterministic, decode), None
+
+      scanned = nn.scan(_Scanned, variable_axes={"params": 0, "cache": 0},
+                        split_rngs={"params": True, "dropout": True},
+                        in_axes=(nn.broadcast,) * 6, length=cfg.num_layers,
+                        metadata_params={nn.PARTITION_NAME: "layers"})
+      x, _ = scanned(cfg, self.cross_attention, name="layers")(
+          x, mask, positions, context, cross_mask, deterministic, decode)
+      return x
+    for i in range(cfg.num_layers):
+      x = block_cls(cfg, self.cross_attention, name=f"block_{i}")(
+          x, mask, positions, context, cross_mask, deterministic, decode)
+    return x

@@ -1,0 +1,124 @@
+"""Token embeddings, the unembedding to vocabulary logits, and positional encodings.
+
+- :class:`TokenEmbedding`: lookup ``ids [B, T] -> x [B, T, D]`` and its transpose ``unembed(x) -> logits [B, T, V]``
+  (the tied unembedding: logits are dot products with every token's embedding).
+- :class:`Unembed`: a separate (untied) unembedding matrix ``[D, V]``.
+- :class:`LearnedPositionalEmbedding`: a trained table ``[max_len, D]``.
+- :func:`sinusoidal_positions`: the fixed sin/cos encoding of "Attention Is All You Need".
+- :func:`apply_rope`: rotary position embedding, applied to queries and keys inside attention.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+
+def check_token_ids(ids, vocab_size: int) -> None:
+  """Raises ValueError when a token id is outside ``[0, vocab_size)`` (run on the host: inside ``jit`` an
+  out-of-range lookup silently yields NaN or wraps around)."""
+  ids = np.asarray(ids)
+  if not np.issubdtype(ids.dtype, np.integer):
+    raise ValueError(f"token ids must be integers, got dtype {ids.dtype}")
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    raise ValueError(f"token id {int(bad.flat[0])} is out of range for a vocabulary of {vocab_size} "
+                     f"(ids must be in [0, {vocab_size}); {bad.size} ids out of range)")
+
+
+def embed_init(stddev: float = 0.02):
+  return nn.initializers.normal(stddev=stddev)
+
+
+class TokenEmbedding(nn.Module):
+  """Embedding lookup ``ids [B, T] (int) -> [B, T, D]``; :meth:`unembed` maps ``[B, T, D] -> logits [B, T, V]``.
+
+  The table is ``embedding [V, D]`` in ``param_dtype``; lookups and logits are computed in ``dtype``.
+  """
+  vocab_size: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  stddev: float = 0.02
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(embed_init(self.stddev), ("vocab", "embed")),
+        (self.vocab_size, self.features), self.param_dtype)
+
+  def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
+    if not isinstance(ids, jax.core.Tracer):
+      check_token_ids(ids, self.vocab_size)
+    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+
+  def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
+    """Logits ``[..., V]`` of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
+    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), jnp.asarray(self.embedding, self.dtype))
+
+
+class Unembed(nn.Module):
+  """Untied unembedding: ``x [..., D] -> logits [..., V]`` with its own matrix ``kernel [D, V]`` (+ optional bias)."""
+  vocab_size: int
+  use_bias: bool = False
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    return nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                    kernel_init=nn.with_logical_partitioning(embed_init(), ("embed", "vocab")),
+                    name="kernel_dense")(x)
+
+
+class LearnedPositionalEmbedding(nn.Module):
+  """A trained position table ``embedding [max_len, D]``: ``positions [B, T] (int) -> [B, T, D]``."""
+  max_len: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  stddev: float = 0.02
+
+  @nn.compact
+  def __call__(self, positions: jnp.ndarray) -> jnp.ndarray:
+    table = self.param("embedding", nn.with_logical_partitioning(embed_init(self.stddev), (None, "embed")),
+                       (self.max_len, self.features), self.param_dtype)
+    return jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)
+
+
+def sinusoidal_positions(positions: jnp.ndarray, features: int, max_timescale: float = 10_000.0,
+                         dtype: Dtype = jnp.float32) -> jnp.ndarray:
+  """Sinusoidal encoding ``[..., D]`` of integer ``positions [...]``, as in "Attention Is All You Need".
+
+  ``PE[p, 2i] = sin(p / max_timescale^(2i/D))`` and ``PE[p, 2i+1] = cos(p / max_timescale^(2i/D))``.
+  """
+  if features % 2:
+    raise ValueError(f"sinusoidal positions need an even width, got {features}")
+  i = jnp.arange(features // 2, dtype=jnp.float32)
+  inv_freq = max_timescale ** (-2.0 * i / features)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  pe = jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(*positions.shape, features)
+  return pe.astype(dtype)
+
+
+def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
+  """Rotary position embedding of ``x [B, T, H, Dh]`` at integer ``positions [B, T]``.
+
+  Channel pairs ``(j, j + Dh/2)`` are rotated by angle ``position * base^(-2j/Dh)``, so the dot product of a rotated
+  query and key depends only on their offset. Computed in float32, returned in ``x.dtype``.
+  """
+  head_dim = x.shape[-1]
+  if head_dim % 2:
+    raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+  half = head_dim // 2
+  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)
+  angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [B, T, 1, half]
+  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)

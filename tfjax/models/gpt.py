@@ -1,0 +1,98 @@
+"""GPT: a decoder-only transformer language model.
+
+``ids [B, T] -> logits [B, T, V]``:  token embedding (+ learned or sinusoidal positional encoding; or RoPE inside
+attention) → dropout → ``num_layers`` causal pre-LN blocks → final norm → unembed (tied to the token embedding by
+default). Logits are float32 whatever the compute dtype.
+
+Decoding: call with ``decode=True`` and the absolute ``positions [B, T]`` of the new tokens; keys and values of
+earlier tokens come from the ``cache`` collection (see :mod:`tfjax.generate`), so each new token costs one position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tfjax.layers import masks as masks_lib
+from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed, sinusoidal_positions
+
+
+class GPT(nn.Module):
+  """Decoder-only language model. See the module docstring for the computation and shapes."""
+  cfg: TransformerConfig
+
+  @nn.compact
+  def __call__(self, ids: jnp.ndarray, *, positions: jnp.ndarray | None = None, mask: jnp.ndarray | None = None,
+               deterministic: bool = True, decode: bool = False) -> jnp.ndarray:
+    """Logits ``[B, T, V]`` (float32) for token ``ids [B, T]``.
+
+    Args:
+      ids: integer token ids in ``[0, vocab_size)``.
+      positions: absolute positions ``[B, T]``; default ``0 .. T-1``. Required when ``decode``.
+      mask: an extra boolean mask ``[B|1, 1, T, S]`` (e.g. padding), combined with the causal mask.
+      deterministic: disables dropout when True.
+      decode: use and update the KV cache (``S`` = the cache length ``max_len``).
+    """
+    cfg = self.cfg
+    batch, length = ids.shape
+    if length > cfg.max_len:
+      raise ValueError(f"sequence of length {length} is longer than the context window max_len={cfg.max_len}")
+    if positions is None:
+      if decode and not self.is_initializing():
+        raise ValueError("decode=True needs the absolute positions [B, T] of the new tokens")
+      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+
+    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="embed")
+    x = embed(ids)
+    if cfg.positional == "learned":
+      x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
+          positions)
+    elif cfg.positional == "sinusoidal":
+      x = x + sinusoidal_positions(positions, cfg.emb_dim, dtype=cfg.dtype)
+    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+    kv_len = cfg.max_len if decode else length
+    causal = masks_lib.causal_mask_at(positions, kv_len)
+    x = TransformerStack(cfg, name="decoder")(x, masks_lib.combine_masks(causal, mask), positions,
+                                              deterministic=deterministic, decode=decode)
+    x = make_norm(cfg, "ln_final")(x)
+    if cfg.tie_embeddings:
+      logits = embed.unembed(x)
+    else:
+      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="unembed")(x)
+    return logits.astype(jnp.float32)
+
+
+def init_cache(model: GPT, batch_size: int) -> dict:
+  """An empty KV cache for ``batch_size`` sequences of up to ``max_len`` tokens (the ``cache`` collection)."""
+  cfg = model.cfg
+  ids = jnp.zeros((batch_size, cfg.max_len), jnp.int32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), ids, decode=True))
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), variables["cache"])
+
+
+def num_params(params, exclude_positional: bool = True) -> int:
+  """Parameter count (by default without the positional table, as in nanoGPT's MFU estimate)."""
+  total = sum(x.size for x in jax.tree.leaves(params))
+  if exclude_positional and "pos_embed" in params:
+    total -= sum(x.size for x in jax.tree.leaves(params["pos_embed"]))
+  return total
+
+
+def flops_per_token(cfg: TransformerConfig, n_params: int, seq_len: int) -> float:
+  """Training FLOPs per token (forward + backward): ``6·N + 12·L·T·D_attn``, as in PaLM appendix B / nanoGPT.
+
+  ``N`` counts the parameters except the positional table (each is used in one multiply-add per token, three times
+  for forward and backward); ``12·L·T·H·Dh`` counts the attention scores and the weighted sum of values.
+  """
+  head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+  return 6.0 * n_params + 12.0 * cfg.num_layers * seq_len * cfg.num_heads * head_dim
+
+
+def gpt_config(**overrides) -> TransformerConfig:
+  """A TransformerConfig with GPT defaults (pre-LN, causal, tied unembedding)."""
+  return dataclasses.replace(TransformerConfig(vocab_size=overrides.pop("vocab_size")), **overrides)
