@@ -34,11 +34,16 @@ class Task(Protocol):
     ``rng`` is the dropout key (``None`` when ``train`` is False). Must be pure and traceable.
     """
 
-  def train_batch(self, step: int) -> Batch:
-    """The global training batch at ``step``: a pure function of (seed, step), so a resumed run sees the same data."""
+  def train_batch(self, step: int, shard: int = 0, num_shards: int = 1) -> Batch:
+    """Rows ``shard::num_shards``-block ``shard`` of the global training batch at ``step``.
 
-  def eval_batches(self) -> Iterable[Batch]:
-    """Global evaluation batches, the same on every call."""
+    The global batch is a pure function of (seed, step), so a resumed run sees the same data; with ``num_shards`` > 1
+    (one per process in a multi-host run) each process builds only its contiguous block of ``batch_size //
+    num_shards`` rows, and the blocks concatenated in order are the global batch.
+    """
+
+  def eval_batches(self, shard: int = 0, num_shards: int = 1) -> Iterable[Batch]:
+    """Evaluation batches (this process's block of rows, as in :meth:`train_batch`), the same on every call."""
 
   def final_report(self, params: Params) -> dict[str, Any]:
     """Extra results for ``results.json`` at the end of training (e.g. generated samples). May return ``{}``."""

@@ -1,0 +1,75 @@
+"""Defaults shared by the language-model configs (every key an experiment may override on the command line)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "lm"
+  c.seed = 1337
+  c.data_dir = ""  # empty: $TFJAX_DATA_DIR, then ~/.cache/tfjax (downloaded with checksum when online)
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "tinyshakespeare"  # a known name or a path to a text file
+  c.data.val_fraction = 0.1
+  c.data.seq_len = 0  # 0: the context window model.max_len
+
+  c.model = ml_collections.ConfigDict()
+  c.model.num_layers = 6
+  c.model.num_heads = 6
+  c.model.num_kv_heads = 0  # 0: = num_heads (multi-head); fewer: grouped-query; 1: multi-query
+  c.model.emb_dim = 384
+  c.model.mlp_dim = 0  # 0: 4 * emb_dim
+  c.model.head_dim = 0  # 0: emb_dim // num_heads
+  c.model.max_len = 256  # context window
+  c.model.dropout_rate = 0.0
+  c.model.attention_dropout_rate = 0.0
+  c.model.positional = "learned"  # learned | sinusoidal | rope | none
+  c.model.rope_base = 10000.0
+  c.model.norm = "layernorm"  # layernorm | rmsnorm
+  c.model.norm_eps = 1e-5
+  c.model.use_bias = False
+  c.model.pre_ln = True
+  c.model.activation = "gelu"  # gelu | gelu_tanh | relu | silu | swiglu
+  c.model.tie_embeddings = True
+  c.model.attention_impl = "auto"  # auto | xla | cudnn | reference
+  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+  c.model.param_dtype = "float32"
+  c.model.remat = "none"  # none | full | dots | dots_no_batch
+  c.model.scan_layers = False
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 1e-3
+  c.optimizer.min_lr = 1e-4
+  c.optimizer.schedule = "cosine"  # cosine | linear | constant
+  c.optimizer.warmup_steps = 100
+  c.optimizer.decay_steps = 0  # 0: train.num_steps
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.99
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.1
+  c.optimizer.grad_clip = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 64
+  c.train.num_steps = 5000
+  c.train.grad_accum_steps = 1
+  c.train.log_every = 10
+  c.train.eval_every = 250
+  c.train.eval_steps = 20  # batches per evaluation
+  c.train.checkpoint_every = 250
+  c.train.max_to_keep = 3
+  c.train.parallel = "auto"  # auto | none | pmap | dp | fsdp
+  c.train.skip_nonfinite = False
+  c.train.restore_fallback = False  # restore an earlier checkpoint if the latest is unreadable
+  c.train.async_checkpoint = True
+  c.train.log_mfu = True
+
+  c.sample = ml_collections.ConfigDict()
+  c.sample.prompt = "\n"
+  c.sample.num_tokens = 500
+  c.sample.temperature = 0.8
+  c.sample.top_k = 200
+  c.sample.top_p = 1.0
+  return c

@@ -1,0 +1,32 @@
+"""Train an experiment: ``python experiments/train.py --config=experiments/configs/NAME.py --workdir=DIR
+[--config.key=value ...]`` (or ``./launch.sh train NAME --workdir=DIR ...``). A relaunch resumes from DIR."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+from experiments import runtime  # noqa: E402  (sets XLA flags before JAX starts)
+
+runtime.configure_devices()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and results.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  runtime.setup_logging()
+  runtime.maybe_initialize_distributed()
+  results = runtime.run(FLAGS.config, FLAGS.workdir)
+  return 0 if results is not None else 1
+
+
+if __name__ == "__main__":
+  app.run(main)

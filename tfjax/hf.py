@@ -1,0 +1,486 @@
+"""Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``) and BERT (``BertForMaskedLM``).
+
+A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (or shards listed in
+``model.safetensors.index.json``), and usually a tokenizer (``tokenizer.json``, or GPT-2's ``vocab.json`` +
+``merges.txt``, or BERT's ``vocab.txt``). Tensors are read and written with ``safetensors.numpy``: no torch.
+
+- :func:`load` ``(path) -> (model, params)``: a tfjax :class:`~tfjax.models.gpt.GPT` or
+  :class:`~tfjax.models.bert.BERT` configured to compute what the PyTorch model computes (activation, LayerNorm
+  epsilon, post-/pre-LN, tied head), with plain float32 parameters.
+- :func:`save` ``(model, params, path)``: writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads.
+- :func:`is_hf_dir`, :func:`load_tokenizer`.
+
+Layout differences handled here: PyTorch ``nn.Linear`` stores ``weight [out, in]`` (transposed to a flax kernel
+``[in, out]``); GPT-2's ``Conv1D`` already stores ``[in, out]`` and its fused ``c_attn`` is ``[q | k | v]`` like
+tfjax's ``qkv``; BERT's separate ``query``/``key``/``value`` are concatenated into ``qkv``. LayerNorm ``weight`` is
+flax's ``scale``. Tied output embeddings are not stored twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import re
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from tfjax.layers.blocks import TransformerConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM"}
+
+# activation names: Hugging Face -> tfjax, and back
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+           "silu": "silu", "swish": "silu"}
+_GPT2_ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
+_BERT_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+# tensors present in some checkpoints that tfjax does not need (buffers, pooler, next-sentence head)
+_IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|position_ids|^bert\.pooler\.|^cls\.seq_relationship\.)")
+
+
+class HFCheckpointError(ValueError):
+  """A Hugging Face directory that tfjax cannot read or a model it cannot write (the message says why)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+  """True when ``path`` is a directory with ``config.json`` and safetensors weights (a Hugging Face model dir)."""
+  p = pathlib.Path(path)
+  return p.is_dir() and (p / CONFIG_FILE).is_file() and (
+      (p / WEIGHTS_FILE).is_file() or (p / WEIGHTS_INDEX_FILE).is_file())
+
+
+def read_config(path: str | os.PathLike) -> dict:
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise HFCheckpointError(f"{p} is not a directory (expected a Hugging Face model dir with {CONFIG_FILE} and "
+                            f"{WEIGHTS_FILE})")
+  if not (p / CONFIG_FILE).is_file():
+    raise HFCheckpointError(f"{p} has no {CONFIG_FILE}: not a Hugging Face model directory")
+  try:
+    return json.loads((p / CONFIG_FILE).read_text())
+  except json.JSONDecodeError as e:
+    raise HFCheckpointError(f"{p / CONFIG_FILE} is not valid JSON: {e}") from None
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of the model directory (one file or shards), as numpy arrays."""
+  from safetensors.numpy import load_file
+  p = pathlib.Path(path)
+  if (p / WEIGHTS_FILE).is_file():
+    files = [p / WEIGHTS_FILE]
+  elif (p / WEIGHTS_INDEX_FILE).is_file():
+    weight_map = json.loads((p / WEIGHTS_INDEX_FILE).read_text())["weight_map"]
+    files = [p / f for f in sorted(set(weight_map.values()))]
+  else:
+    others = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.h5"))
+    hint = f" (found {others}: convert them to safetensors, e.g. save_pretrained(safe_serialization=True))" \
+        if others else ""
+    raise HFCheckpointError(f"{p} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}")
+  tensors = {}
+  for f in files:
+    try:
+      tensors.update(load_file(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+      raise HFCheckpointError(f"cannot read {f}: {e}") from e
+  return tensors
+
+
+def write_tensors(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(path), metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameter mapping: a list of (tfjax path, HF keys, HF tensors -> tfjax array, tfjax array -> HF tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  path: tuple[str, ...]
+  keys: tuple[str, ...]
+  to_tf: Callable[..., np.ndarray]
+  from_tf: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+
+
+def _same(path, key):
+  return _Rule(path, (key,), lambda w: w, lambda a: (a,))
+
+
+def _transposed(path, key):  # nn.Linear weight [out, in] <-> flax kernel [in, out]
+  return _Rule(path, (key,), lambda w: w.T, lambda a: (a.T,))
+
+
+def _linear(path, key, transpose: bool):
+  """A Dense layer: kernel (transposed from a torch Linear, or as-is from GPT-2's Conv1D) and bias."""
+  kernel = _transposed if transpose else _same
+  return [kernel(path + ("kernel",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
+
+
+def _layernorm(path, key):
+  return [_same(path + ("scale",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
+
+
+def _gpt2_rules(cfg: TransformerConfig) -> list[_Rule]:
+  r = [_same(("embed", "embedding"), "transformer.wte.weight"),
+       _same(("pos_embed", "embedding"), "transformer.wpe.weight")]
+  for i in range(cfg.num_layers):
+    t, h = ("decoder", f"block_{i}"), f"transformer.h.{i}"
+    r += _layernorm(t + ("ln_attn",), h + ".ln_1")
+    r += _linear(t + ("attn", "qkv"), h + ".attn.c_attn", transpose=False)
+    r += _linear(t + ("attn", "out"), h + ".attn.c_proj", transpose=False)
+    r += _layernorm(t + ("ln_mlp",), h + ".ln_2")
+    r += _linear(t + ("mlp", "fc_in"), h + ".mlp.c_fc", transpose=False)
+    r += _linear(t + ("mlp", "fc_out"), h + ".mlp.c_proj", transpose=False)
+  r += _layernorm(("ln_final",), "transformer.ln_f")
+  if not cfg.tie_embeddings:
+    r.append(_transposed(("unembed", "kernel_dense", "kernel"), "lm_head.weight"))
+  return r
+
+
+def _bert_rules(cfg: TransformerConfig) -> list[_Rule]:
+  e = "bert.embeddings"
+  r = [_same(("embed", "embedding"), f"{e}.word_embeddings.weight"),
+       _same(("pos_embed", "embedding"), f"{e}.position_embeddings.weight"),
+       _same(("type_embed", "embedding"), f"{e}.token_type_embeddings.weight")]
+  r += _layernorm(("ln_embed",), f"{e}.LayerNorm")
+  for i in range(cfg.num_layers):
+    t, h = ("encoder", f"block_{i}"), f"bert.encoder.layer.{i}"
+    qkv = tuple(f"{h}.attention.self.{n}" for n in ("query", "key", "value"))
+    r.append(_Rule(t + ("attn", "qkv", "kernel"), tuple(k + ".weight" for k in qkv),
+                   lambda q, k, v: np.concatenate([q.T, k.T, v.T], axis=1),
+                   lambda a: tuple(x.T for x in np.split(a, 3, axis=1))))
+    r.append(_Rule(t + ("attn", "qkv", "bias"), tuple(k + ".bias" for k in qkv),
+                   lambda q, k, v: np.concatenate([q, k, v]), lambda a: tuple(np.split(a, 3))))
+    r += _linear(t + ("attn", "out"), f"{h}.attention.output.dense", transpose=True)
+    r += _layernorm(t + ("ln_attn",), f"{h}.attention.output.LayerNorm")
+    r += _linear(t + ("mlp", "fc_in"), f"{h}.intermediate.dense", transpose=True)
+    r += _linear(t + ("mlp", "fc_out"), f"{h}.output.dense", transpose=True)
+    r += _layernorm(t + ("ln_mlp",), f"{h}.output.LayerNorm")
+  p = "cls.predictions"
+  r += _linear(("mlm_head", "dense"), f"{p}.transform.dense", transpose=True)
+  r += _layernorm(("mlm_head", "ln"), f"{p}.transform.LayerNorm")
+  r.append(_same(("mlm_head", "bias"), f"{p}.bias"))
+  if not cfg.tie_embeddings:
+    r.append(_transposed(("mlm_head", "unembed", "kernel_dense", "kernel"), f"{p}.decoder.weight"))
+  return r
+
+
+def _normalise_keys(tensors: dict[str, np.ndarray], model_type: str) -> dict[str, np.ndarray]:
+  """Old names (LayerNorm ``gamma``/``beta``), missing ``transformer.``/``bert.`` prefixes, the decoder bias alias."""
+  out = {}
+  for k, v in tensors.items():
+    k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))
+    if model_type == "gpt2" and not k.startswith(("transformer.", "lm_head.")):
+      k = "transformer." + k  # GPT2Model checkpoints (e.g. the original "gpt2") have no prefix
+    if model_type == "bert" and not k.startswith(("bert.", "cls.")):
+      k = "bert." + k
+    out[k] = v
+  if model_type == "bert" and "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+    out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
+  out.pop("cls.predictions.decoder.bias", None)
+  return out
+
+
+def _get_path(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set_path(tree: dict, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+def _get(config: dict, key: str, default: Any = None, required: bool = False):
+  if key not in config or config[key] is None:
+    if required:
+      raise HFCheckpointError(f"config.json lacks the field '{key}'")
+    return default
+  return config[key]
+
+
+def _activation(config: dict, key: str, default: str) -> str:
+  name = _get(config, key, default)
+  if name not in _HF_ACT:
+    raise HFCheckpointError(f"config.json: {key}={name!r} is not supported; supported: {sorted(_HF_ACT)}")
+  return _HF_ACT[name]
+
+
+def _gpt2_config(c: dict, overrides: dict) -> TransformerConfig:
+  if _get(c, "add_cross_attention", False):
+    raise HFCheckpointError("GPT-2 with add_cross_attention=True is not supported")
+  if not _get(c, "scale_attn_weights", True) or _get(c, "scale_attn_by_inverse_layer_idx", False):
+    raise HFCheckpointError("GPT-2 attention scaling other than 1/sqrt(head_dim) is not supported "
+                            "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True)")
+  kw = dict(vocab_size=_get(c, "vocab_size", required=True), num_layers=_get(c, "n_layer", required=True),
+            num_heads=_get(c, "n_head", required=True), emb_dim=_get(c, "n_embd", required=True),
+            mlp_dim=_get(c, "n_inner"), max_len=_get(c, "n_positions", 1024),
+            dropout_rate=_get(c, "resid_pdrop", 0.0), attention_dropout_rate=_get(c, "attn_pdrop", 0.0),
+            positional="learned", norm="layernorm", norm_eps=_get(c, "layer_norm_epsilon", 1e-5), use_bias=True,
+            pre_ln=True, activation=_activation(c, "activation_function", "gelu_new"),
+            tie_embeddings=bool(_get(c, "tie_word_embeddings", True)))
+  kw.update(overrides)
+  return TransformerConfig(**kw)
+
+
+def _bert_config(c: dict, overrides: dict) -> tuple[TransformerConfig, int]:
+  if _get(c, "position_embedding_type", "absolute") != "absolute":
+    raise HFCheckpointError(f"BERT position_embedding_type={c['position_embedding_type']!r} is not supported "
+                            "(only 'absolute')")
+  if _get(c, "is_decoder", False) or _get(c, "add_cross_attention", False):
+    raise HFCheckpointError("BERT as a decoder (is_decoder / add_cross_attention) is not supported")
+  kw = dict(vocab_size=_get(c, "vocab_size", required=True), num_layers=_get(c, "num_hidden_layers", required=True),
+            num_heads=_get(c, "num_attention_heads", required=True), emb_dim=_get(c, "hidden_size", required=True),
+            mlp_dim=_get(c, "intermediate_size", required=True), max_len=_get(c, "max_position_embeddings", 512),
+            dropout_rate=_get(c, "hidden_dropout_prob", 0.0),
+            attention_dropout_rate=_get(c, "attention_probs_dropout_prob", 0.0), positional="learned",
+            norm="layernorm", norm_eps=_get(c, "layer_norm_eps", 1e-12), use_bias=True, pre_ln=False,
+            activation=_activation(c, "hidden_act", "gelu"),
+            tie_embeddings=bool(_get(c, "tie_word_embeddings", True)))
+  kw.update(overrides)
+  return TransformerConfig(**kw), int(_get(c, "type_vocab_size", 2))
+
+
+def _check_exportable(cfg: TransformerConfig, what: str, pre_ln: bool) -> None:
+  problems = []
+  if cfg.pre_ln != pre_ln:
+    problems.append(f"pre_ln={cfg.pre_ln} ({what} is {'pre' if pre_ln else 'post'}-LN)")
+  if cfg.positional != "learned":
+    problems.append(f"positional={cfg.positional!r} (needs 'learned')")
+  if cfg.norm != "layernorm":
+    problems.append(f"norm={cfg.norm!r} (needs 'layernorm')")
+  if not cfg.use_bias:
+    problems.append("use_bias=False")
+  if cfg.num_kv_heads not in (None, cfg.num_heads):
+    problems.append(f"num_kv_heads={cfg.num_kv_heads} (needs multi-head attention)")
+  if cfg.head_dim not in (None, cfg.emb_dim // cfg.num_heads):
+    problems.append(f"head_dim={cfg.head_dim} (needs emb_dim // num_heads)")
+  table = _GPT2_ACT_OUT if what == "GPT-2" else _BERT_ACT_OUT
+  if cfg.activation not in table:
+    problems.append(f"activation={cfg.activation!r}")
+  if problems:
+    raise HFCheckpointError(f"this model cannot be written as a Hugging Face {what}: " + "; ".join(problems))
+
+
+def _gpt2_config_out(cfg: TransformerConfig) -> dict:
+  _check_exportable(cfg, "GPT-2", pre_ln=True)
+  eos = 50256 if cfg.vocab_size > 50256 else None
+  return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": cfg.vocab_size,
+          "n_layer": cfg.num_layers, "n_head": cfg.num_heads, "n_embd": cfg.emb_dim,
+          "n_inner": None if cfg.hidden_dim == 4 * cfg.emb_dim else cfg.hidden_dim, "n_positions": cfg.max_len,
+          "n_ctx": cfg.max_len, "activation_function": _GPT2_ACT_OUT[cfg.activation],
+          "layer_norm_epsilon": cfg.norm_eps, "resid_pdrop": cfg.dropout_rate, "embd_pdrop": cfg.dropout_rate,
+          "attn_pdrop": cfg.attention_dropout_rate, "scale_attn_weights": True,
+          "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+          "tie_word_embeddings": cfg.tie_embeddings, "bos_token_id": eos, "eos_token_id": eos,
+          "initializer_range": 0.02, "use_cache": True, "torch_dtype": "float32"}
+
+
+def _bert_config_out(cfg: TransformerConfig, type_vocab_size: int) -> dict:
+  _check_exportable(cfg, "BERT", pre_ln=False)
+  return {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": cfg.vocab_size,
+          "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads, "hidden_size": cfg.emb_dim,
+          "intermediate_size": cfg.hidden_dim, "max_position_embeddings": cfg.max_len,
+          "type_vocab_size": type_vocab_size, "hidden_act": _BERT_ACT_OUT[cfg.activation],
+          "layer_norm_eps": cfg.norm_eps, "hidden_dropout_prob": cfg.dropout_rate,
+          "attention_probs_dropout_prob": cfg.attention_dropout_rate, "position_embedding_type": "absolute",
+          "tie_word_embeddings": cfg.tie_embeddings, "pad_token_id": 0, "initializer_range": 0.02,
+          "is_decoder": False, "use_cache": True, "torch_dtype": "float32"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Load / save
+
+
+def _expected_shapes(model, rules) -> dict[str, tuple[int, ...]]:
+  """The Hugging Face tensor shapes the model needs, from the shapes of its freshly initialised parameters."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  ids = jnp.zeros((1, 1), jnp.int32)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), ids))["params"])
+  out = {}
+  for rule in rules:
+    try:
+      leaf = _get_path(shapes, rule.path)
+    except KeyError:
+      raise AssertionError(f"internal: tfjax parameter {'/'.join(rule.path)} does not exist") from None
+    for key, x in zip(rule.keys, rule.from_tf(np.zeros(leaf.shape, np.float32))):
+      out[key] = tuple(x.shape)
+  return out
+
+
+def _build(model_type: str, config: dict, overrides: dict):
+  from tfjax.models.bert import BERT
+  from tfjax.models.gpt import GPT
+  if model_type == "gpt2":
+    cfg = _gpt2_config(config, overrides)
+    return GPT(cfg), _gpt2_rules(cfg)
+  cfg, type_vocab = _bert_config(config, overrides)
+  return BERT(cfg, type_vocab_size=type_vocab), _bert_rules(cfg)
+
+
+def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
+  """Imports a Hugging Face GPT-2 or BERT directory as ``(model, params)`` (a tfjax GPT or BERT, float32 params).
+
+  ``config_overrides`` replace fields of the derived :class:`TransformerConfig` that do not change the parameters
+  (e.g. ``attention_impl``, ``dtype``, ``dropout_rate``). Call the model as ``model.apply({'params': params},
+  input_ids, ...)`` (see :class:`~tfjax.models.gpt.GPT` and :class:`~tfjax.models.bert.BERT` for the arguments).
+
+  Raises:
+    HFCheckpointError: no config.json or weights, an unsupported architecture or option, a missing tensor, or a
+      tensor of the wrong shape (the message names the tensor).
+  """
+  path = pathlib.Path(path)
+  config = read_config(path)
+  model_type = config.get("model_type")
+  if model_type not in SUPPORTED:
+    archs = config.get("architectures")
+    raise HFCheckpointError(f"{path}: unsupported model_type {model_type!r} (architectures {archs}); tfjax imports "
+                            + ", ".join(f"{t!r} ({a})" for t, a in SUPPORTED.items()))
+  try:
+    model, rules = _build(model_type, config, config_overrides)
+  except (TypeError, ValueError) as e:
+    if isinstance(e, HFCheckpointError):
+      raise
+    raise HFCheckpointError(f"{path / CONFIG_FILE}: cannot build a tfjax {model_type} model: {e}") from e
+  tensors = _normalise_keys(read_tensors(path), model_type)
+  expected = _expected_shapes(model, rules)
+
+  missing = [k for k in expected if k not in tensors]
+  if missing:
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    hint = ""
+    if model_type == "bert" and any(k.startswith("cls.") for k in missing):
+      hint = " (BertForMaskedLM needs the masked-LM head 'cls.predictions.*'; a BertModel checkpoint lacks it)"
+    raise HFCheckpointError(f"{path}: missing tensor '{missing[0]}'{more}{hint}")
+  for key, shape in expected.items():
+    if tuple(tensors[key].shape) != shape:
+      raise HFCheckpointError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
+                              f"for the configuration in {CONFIG_FILE}")
+  unused = sorted(k for k in tensors if k not in expected and not _IGNORED.search(k)
+                  and not (k == "lm_head.weight" and model_type == "gpt2"))
+  if unused:
+    logging.warning("tfjax.hf.load(%s): ignoring %d tensors not used by the model: %s", path, len(unused),
+                    unused[:5])
+
+  params: dict = {}
+  for rule in rules:
+    arrays = [np.asarray(tensors[k], dtype=np.float32) for k in rule.keys]
+    _set_path(params, rule.path, np.asarray(rule.to_tf(*arrays), dtype=np.float32))
+  params = jax.tree.map(jax.numpy.asarray, params)
+  return model, params
+
+
+def _unscan(params: dict, stack: str) -> dict:
+  """Scanned layers (``stack/layers/block`` with a leading layer axis) -> ``stack/block_{i}``."""
+  if stack not in params or "layers" not in params[stack]:
+    return params
+  stacked = params[stack]["layers"]["block"]
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  params = dict(params)
+  params[stack] = {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
+  return params
+
+
+def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None) -> None:
+  """Exports a tfjax GPT (as ``GPT2LMHeadModel``) or post-LN BERT (as ``BertForMaskedLM``) to a Hugging Face dir.
+
+  Writes ``config.json`` and ``model.safetensors`` (float32, tied embeddings stored once), and copies
+  ``tokenizer_file`` to ``tokenizer.json`` when given. Raises :class:`HFCheckpointError` for a model whose
+  configuration the Hugging Face architecture cannot express (e.g. RoPE, RMSNorm, GQA, pre-LN BERT).
+  """
+  import flax.linen as nn
+  from tfjax.models.bert import BERT
+  from tfjax.models.gpt import GPT
+  cfg = model.cfg
+  params = nn.unbox(params)
+  params = params.get("params", params) if "params" in params and len(params) == 1 else params
+  if isinstance(model, GPT):
+    config, rules, stack = _gpt2_config_out(cfg), _gpt2_rules(cfg), "decoder"
+  elif isinstance(model, BERT):
+    config, rules, stack = _bert_config_out(cfg, model.type_vocab_size), _bert_rules(cfg), "encoder"
+  else:
+    raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2) and BERT")
+  params = _unscan(params, stack)
+  tensors = {}
+  for rule in rules:
+    try:
+      leaf = np.asarray(jax.device_get(_get_path(params, rule.path)), dtype=np.float32)
+    except KeyError:
+      raise HFCheckpointError(f"parameter {'/'.join(rule.path)} is missing from params") from None
+    for key, x in zip(rule.keys, rule.from_tf(leaf)):
+      tensors[key] = np.ascontiguousarray(x)
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  write_tensors(tensors, path / WEIGHTS_FILE)
+  (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+  if tokenizer_file is not None:
+    (path / "tokenizer.json").write_bytes(pathlib.Path(tokenizer_file).read_bytes())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+def load_tokenizer(path: str | os.PathLike):
+  """The tokenizer of a Hugging Face model directory as a :class:`tfjax.data.wordpiece.Tokenizer`.
+
+  Reads ``tokenizer.json``; else GPT-2's byte-level BPE from ``vocab.json`` + ``merges.txt``; else BERT's WordPiece
+  from ``vocab.txt`` (lower-cased unless ``tokenizer_config.json`` says ``do_lower_case: false``). ``eos_token`` is
+  taken from ``tokenizer_config.json`` / ``special_tokens_map.json`` when present (GPT-2: ``<|endoftext|>``).
+  """
+  import tokenizers
+  from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
+  from tfjax.data.wordpiece import Tokenizer
+  p = pathlib.Path(path)
+  tok_config = {}
+  for name in ("tokenizer_config.json", "special_tokens_map.json"):
+    if (p / name).is_file():
+      tok_config = {**json.loads((p / name).read_text()), **tok_config}
+  eos = tok_config.get("eos_token")
+  if isinstance(eos, dict):
+    eos = eos.get("content")
+  if (p / "tokenizer.json").is_file():
+    tok = tokenizers.Tokenizer.from_file(str(p / "tokenizer.json"))
+  elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
+    tok = tokenizers.Tokenizer(models.BPE.from_file(str(p / "vocab.json"), str(p / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    if "<|endoftext|>" in tok.get_vocab():
+      tok.add_special_tokens(["<|endoftext|>"])
+      eos = eos or "<|endoftext|>"
+  elif (p / "vocab.txt").is_file():
+    tok = tokenizers.Tokenizer(models.WordPiece.from_file(str(p / "vocab.txt"), unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=tok_config.get("do_lower_case", True))
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    specials = [t for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]") if tok.token_to_id(t) is not None]
+    tok.add_special_tokens(specials)
+    if tok.token_to_id("[CLS]") is not None and tok.token_to_id("[SEP]") is not None:
+      tok.post_processor = processors.TemplateProcessing(
+          single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+          special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+  else:
+    raise HFCheckpointError(f"{p} has no tokenizer (tokenizer.json, vocab.json + merges.txt, or vocab.txt)")
+  if eos is None and tok.token_to_id("<|endoftext|>") is not None:
+    eos = "<|endoftext|>"
+  return Tokenizer(tok, eos_token=eos)

@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the train state: atomic saves, ``max_to_keep``, resume from the latest complete step.
+
+A checkpoint holds the unreplicated :class:`~tfjax.train.step.TrainState` (params, optimizer state, step, RNG) and a
+small JSON ``meta`` item. The data position needs no saving: the batch at step ``s`` is a pure function of (seed, s).
+Orbax writes each step into a temporary directory and renames it when complete, so a run killed mid-save leaves no
+step that looks complete; leftover temporary directories are removed at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint is missing, corrupt, or does not fit the model; the message says which and what to do."""
+
+
+def make_manager(workdir: str, max_to_keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+
+
+def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
+  """Steps whose checkpoint directory was finalised (holds orbax's metadata file), oldest first."""
+  steps = []
+  for step in manager.all_steps():
+    path = os.path.join(str(manager.directory), str(step))
+    if os.path.exists(os.path.join(path, "_CHECKPOINT_METADATA")) or not os.path.isdir(path):
+      steps.append(step)
+  return sorted(steps)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, force: bool = False) -> None:
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+               force=force)
+
+
+def _describe_mismatch(abstract: Any, saved: Any) -> str:
+  """Lists leaves whose shapes differ between the model and the checkpoint's metadata."""
+  try:
+    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    have = {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ())) for k, v in
+            jax.tree_util.tree_leaves_with_path(saved)}
+  except Exception:  # pylint: disable=broad-except
+    return ""
+  diffs = [f"{k}: model {want.get(k)} vs checkpoint {have.get(k)}" for k in sorted(set(want) | set(have))
+           if want.get(k) != have.get(k)]
+  return "; ".join(diffs[:8]) + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "")
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict]:
+  """Restores ``step`` into the shapes and shardings of ``abstract_state``; raises :class:`CheckpointError`."""
+  path = os.path.join(str(manager.directory), str(step))
+  try:
+    saved = manager.item_metadata(step)
+    saved_state = saved["state"] if saved is not None and "state" in saved else None
+  except Exception:  # pylint: disable=broad-except
+    saved_state = None
+  if saved_state is not None:
+    mismatch = _describe_mismatch(abstract_state, saved_state)
+    if mismatch:
+      raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {mismatch}. Use a new --workdir "
+                            "for a different model, or the config the checkpoint was written with.")
+  try:
+    out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                                         meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"cannot restore checkpoint {path}: {type(e).__name__}: {e}. The checkpoint is corrupt or "
+                          "incomplete; delete that step directory to resume from an earlier one, or set "
+                          "--config.train.restore_fallback=True.") from e
+  return out["state"], dict(out["meta"] or {})

@@ -1,0 +1,313 @@
+"""``train_and_evaluate(config, workdir, task)``: the training loop shared by every model family.
+
+Set-up in three steps (abstract shapes → shardings from logical axes → jitted init with ``out_shardings``), or a
+restore of the latest checkpoint in ``workdir``; then jitted (or pmapped) steps with the state donated, metrics read
+one step behind (no host sync on the step just dispatched), periodic evaluation and checkpoints, and a final report.
+The workdir receives ``config.json``, ``run_info.json``, ``metrics.jsonl``, ``results.json``, ``loss.png`` and
+``checkpoints/``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from tfjax import config as config_lib
+from tfjax.train import checkpoint as ckpt_lib
+from tfjax.train import metrics as metrics_lib
+from tfjax.train import parallel
+from tfjax.train.optimizer import make_optimizer
+from tfjax.train.step import TrainState, init_state, make_eval_step, make_train_step
+
+log = logging.getLogger("tfjax")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss (or another metric) became NaN or Inf; the message names the step."""
+
+
+def _write_json(path: str, obj: Any) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, default=str)
+  os.replace(tmp, path)
+
+
+def run_info() -> dict[str, Any]:
+  """What produced a run: git commit, library versions, devices."""
+  try:
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    commit = ""
+  import flax as flax_mod
+  import orbax.checkpoint as ocp
+  return {
+      "git_commit": commit, "python": sys.version.split()[0], "jax": jax.__version__, "flax": flax_mod.__version__,
+      "optax": optax.__version__, "orbax": getattr(ocp, "__version__", "?"), "backend": jax.default_backend(),
+      "device_kinds": sorted({d.device_kind for d in jax.devices()}), "device_count": jax.device_count(),
+      "process_count": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+class _Preemption:
+  """Sets a flag on SIGTERM so the loop can save a checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # not the main thread
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):  # pylint: disable=unused-argument
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def _tokens_in(batch) -> int:
+  if "inputs" in batch:
+    return int(np.asarray(batch["inputs"]).size)
+  return int(np.asarray(next(iter(batch.values()))).size)
+
+
+def evaluate(task, eval_fn, params, put_batch) -> dict[str, float]:
+  """Mean loss and metrics over the task's evaluation batches."""
+  loss_sum, weight, sums = 0.0, 0.0, {}
+  pid, nproc = jax.process_index(), jax.process_count()
+  for batch in task.eval_batches(pid, nproc):
+    ls, w, ms = jax.device_get(eval_fn(params, put_batch(batch)))
+    loss_sum, weight = loss_sum + float(ls), weight + float(w)
+    for k, v in ms.items():
+      sums[k] = sums.get(k, 0.0) + float(v)
+  if weight == 0:
+    return {}
+  out = {"eval_loss": loss_sum / weight}
+  out.update({f"eval_{k}": v / weight for k, v in sums.items()})
+  return out
+
+
+def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
+  """Trains ``task`` as ``config`` says, resuming from ``workdir``; returns the final results (also in
+  ``results.json``)."""
+  config_lib.validate_train_config(config)
+  t = config.train
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    _write_json(os.path.join(workdir, "config.json"), config.to_dict())
+    _write_json(os.path.join(workdir, "run_info.json"), run_info())
+
+  mode = parallel.resolve_mode(t.parallel)
+  parallel.check_batch_divisible(t.batch_size, mode)
+  mesh = parallel.make_mesh(mode if mode != "pmap" else "dp")
+  log.info(parallel.describe(mesh, mode))
+  tx, schedule = make_optimizer(config.optimizer, t.num_steps)
+  if t.skip_nonfinite:
+    log.info("skip_nonfinite: steps with a non-finite loss or gradient are skipped and counted")
+
+  # 1. abstract state -> 2. shardings -> 3. jitted init (or restore)
+  init_fn = functools.partial(init_state, task, tx, config.seed)
+  boxed = jax.eval_shape(task.init_params, jax.random.key(0))
+  rep = NamedSharding(mesh, P())
+  param_sh = parallel.param_shardings(boxed, mesh, parallel.RULES.get(mode, ()))
+  abstract = jax.eval_shape(init_fn)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract.opt_state, param_sh,
+                                 transform_non_params=lambda _: rep)
+  state_sh = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+  if mode == "pmap":  # pmap state lives replicated on every local device; build / restore it on one first
+    single = NamedSharding(parallel.make_mesh("none"), P())
+    state_sh = jax.tree.map(lambda _: single, abstract)
+
+  manager = ckpt_lib.make_manager(workdir, t.max_to_keep, async_save=t.async_checkpoint)
+  abstract_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+  state, start_step = None, 0
+  steps = ckpt_lib.complete_steps(manager)
+  while steps and state is None:
+    step = steps.pop()
+    try:
+      state, _ = ckpt_lib.restore(manager, step, abstract_sh)
+      start_step = int(jax.device_get(state.step))
+      log.info("resumed from the checkpoint at step %d in %s", start_step, workdir)
+    except ckpt_lib.CheckpointError:
+      if not (t.restore_fallback and steps):
+        raise
+      log.warning("checkpoint at step %d cannot be restored; trying step %d", step, steps[-1])
+  if state is None:
+    state = jax.jit(init_fn, out_shardings=state_sh)()
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  log.info("model: %s parameters", f"{n_params:,}")
+
+  eval_step = make_eval_step(task)
+  batch_sh = NamedSharding(mesh, P(parallel.DATA))
+  put_batch = functools.partial(parallel.global_batch, sharding=batch_sh)
+  if mode == "pmap":
+    state = parallel.replicate_for_pmap(state)
+    step_fn = jax.pmap(make_train_step(task, tx, schedule, t.grad_accum_steps, axis_name="batch",
+                                       skip_nonfinite=t.skip_nonfinite), axis_name="batch", donate_argnums=0)
+    put_train = parallel.pmap_batch
+    eval_fn = jax.jit(eval_step, in_shardings=(rep, batch_sh))
+    host_params = lambda s: parallel.unreplicate(s.params)  # noqa: E731
+    host_state = parallel.unreplicate
+  else:
+    step_fn = jax.jit(make_train_step(task, tx, schedule, t.grad_accum_steps, skip_nonfinite=t.skip_nonfinite),
+                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    put_train = put_batch
+    eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
+    host_params = lambda s: s.params  # noqa: E731
+    host_state = lambda s: s  # noqa: E731
+
+  flops_per_token = task.flops_per_token(host_params(state)) if hasattr(task, "flops_per_token") else None
+  peak = metrics_lib.device_peak_flops(measure_cpu=t.log_mfu) if t.log_mfu else None
+  if flops_per_token and peak:
+    log.info("MFU reference: %.3g FLOPs/token, peak %.3g FLOP/s (%s)", flops_per_token, peak,
+             "measured matmul" if jax.default_backend() == "cpu" else "data sheet")
+
+  writer = metrics_lib.MetricsWriter(workdir, start_step)
+  pid, nproc = jax.process_index(), jax.process_count()
+  best = {"eval_loss": float("inf")}
+  for rec in metrics_lib.read_metrics(workdir):
+    if "eval_loss" in rec and rec["eval_loss"] < best["eval_loss"]:
+      best = {"eval_loss": rec["eval_loss"], "step": rec["step"]}
+  rates, pending, window, skipped = [], None, [], 0
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  run_start = time.perf_counter()
+  last_record: dict[str, Any] = {}
+
+  def save(step: int, force: bool = False):
+    ckpt_lib.save(manager, step, host_state(state), {"step": step, "config": config.to_json()}, force=force)
+
+  def consume(step: int, metrics) -> None:
+    """Host side of a finished step: NaN check, then logging on log steps."""
+    nonlocal last_log_time, last_log_step, skipped, last_record
+    m = jax.device_get(metrics)
+    if mode == "pmap":
+      m = jax.tree.map(lambda x: np.asarray(x)[0], m)
+    skipped += int(m.get("skipped", 0))
+    for k, v in m.items():
+      if not np.all(np.isfinite(v)) and not (t.skip_nonfinite and k in ("loss", "grad_norm")):
+        raise NonFiniteLossError(f"non-finite {k} = {float(v)} at step {step + 1}; the last good checkpoint is kept "
+                                 f"in {workdir}/checkpoints. Lower the learning rate or enable "
+                                 "--config.train.skip_nonfinite=True.")
+    window.append(m)
+    done = step + 1
+    if done % t.log_every == 0 or done == t.num_steps:
+      now = time.perf_counter()
+      dt = now - last_log_time
+      tokens_per_s = tokens_per_step * (done - last_log_step) / dt
+      if last_log_step > start_step:  # the first interval includes compilation
+        rates.append(tokens_per_s)
+      eta = (t.num_steps - done) * dt / max(done - last_log_step, 1)
+      rec = {"step": done, **{k: float(np.mean([w[k] for w in window])) for k in window[0]},
+             "tokens_per_s": tokens_per_s, "step_time_s": dt / max(done - last_log_step, 1),
+             "elapsed_s": now - run_start}
+      rec.pop("targets", None)
+      if flops_per_token and peak:
+        rec["mfu"] = tokens_per_s * flops_per_token / peak
+      if t.skip_nonfinite:
+        rec["skipped_total"] = skipped
+      writer.write(rec)
+      last_record = rec
+      mfu = f" | MFU {rec['mfu']:.1%}" if "mfu" in rec else ""
+      log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s%s | ETA %s", done, t.num_steps, rec["loss"], rec["lr"],
+               f"{tokens_per_s:,.0f}", mfu, metrics_lib.format_duration(eta))
+      window.clear()
+      last_log_time, last_log_step = now, done
+
+  tokens_per_step = _tokens_in(task.train_batch(start_step, pid, nproc)) * nproc
+  with _Preemption() as preempt:
+    step = start_step
+    for step in range(start_step, t.num_steps):
+      batch = task.train_batch(step, pid, nproc)
+      state, metrics = step_fn(state, put_train(batch))
+      if pending is not None:
+        consume(*pending)
+      pending = (step, metrics)
+      done = step + 1
+      is_last = done == t.num_steps
+      if (t.eval_every and done % t.eval_every == 0) or is_last:
+        consume(*pending)
+        pending = None
+        ev = evaluate(task, eval_fn, host_params(state), put_batch)
+        if ev:
+          writer.write({"step": done, **ev})
+          log.info("step %d | %s", done, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
+          last_record.update(ev)
+          if ev["eval_loss"] < best["eval_loss"]:
+            best = {"eval_loss": ev["eval_loss"], "step": done}
+      if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last:
+        save(done, force=is_last)
+      if preempt.requested:
+        if pending is not None:
+          consume(*pending)
+          pending = None
+        save(done, force=True)
+        manager.wait_until_finished()
+        log.warning("SIGTERM: saved a checkpoint at step %d in %s; relaunch the same command to resume", done,
+                    workdir)
+        manager.close()
+        return {"preempted_at": done}
+    if pending is not None:
+      consume(*pending)
+
+  params = host_params(state)
+  final_step = int(jax.device_get(host_state(state).step))
+  results: dict[str, Any] = {"step": final_step}
+  if "eval_loss" not in last_record:
+    ev = evaluate(task, eval_fn, params, put_batch)
+    results.update(ev)
+    if ev and ev["eval_loss"] < best["eval_loss"]:
+      best = {"eval_loss": ev["eval_loss"], "step": final_step}
+  else:
+    results.update({k: v for k, v in last_record.items() if k.startswith("eval_")})
+  results.update({
+      "train_loss": last_record.get("loss"), "best_eval_loss": best.get("eval_loss"),
+      "best_eval_step": best.get("step"),
+      "tokens_per_s_median": statistics.median(rates) if rates else None,
+      "wall_time_s": time.perf_counter() - run_start, "num_params": int(n_params),
+      "parallel": mode, "device_count": jax.device_count(),
+  })
+  if flops_per_token and peak and rates:
+    results["mfu_median"] = statistics.median(rates) * flops_per_token / peak
+  if skipped:
+    results["skipped_steps"] = skipped
+  if is_main:
+    try:
+      results.update(task.final_report(params))
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("final report failed: %s", e)
+    _write_json(os.path.join(workdir, "results.json"), results)
+    try:
+      from tfjax.train import plots
+      plots.plot_runs([workdir], os.path.join(workdir, "loss.png"))
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("could not draw loss.png: %s", e)
+  manager.wait_until_finished()
+  manager.close()
+  if "sample" in results:
+    log.info("sample:\n%s", results["sample"])
+  log.info("results: %s", {k: v for k, v in results.items() if k != "sample"})
+  return results

@@ -1,0 +1,105 @@
+"""Metrics: ``metrics.jsonl`` (one JSON object per logged step), progress lines, and model FLOPs utilisation."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense peak FLOP/s per device (bfloat16 unless noted), from vendor data sheets.
+PEAK_FLOPS = {
+    "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "V100": 125e12, "T4": 65e12,
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12, "TPU v6 lite": 918e12,
+    "TPU v3": 123e12, "TPU v2": 46e12,
+}
+
+
+def measure_matmul_peak(n: int = 1024, repeats: int = 10) -> float:
+  """FLOP/s of a float32 ``n x n`` matmul on the default device (used as the peak on CPUs)."""
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = math.inf
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n**3 / best
+
+
+def device_peak_flops(measure_cpu: bool = True) -> float | None:
+  """Peak FLOP/s of all devices together: the data-sheet figure for known accelerators, a measured matmul on CPU."""
+  dev = jax.devices()[0]
+  if dev.platform == "cpu":
+    # fake CPU devices share the same cores: the machine's peak is one matmul using all of them
+    return measure_matmul_peak() if measure_cpu else None
+  for name, peak in PEAK_FLOPS.items():
+    if name.lower() in dev.device_kind.lower():
+      return peak * jax.device_count()
+  return None
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def to_python(x: Any) -> Any:
+  if isinstance(x, (np.ndarray, jax.Array)):
+    x = np.asarray(x)
+    return x.item() if x.ndim == 0 else x.tolist()
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return x
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (only on process 0)."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.enabled = jax.process_index() == 0
+    if self.enabled and os.path.exists(self.path):
+      # A resumed run repeats the steps after its checkpoint: drop their old lines so each step appears once.
+      with open(self.path) as f:
+        lines = [l for l in f if l.strip()]
+      keep = []
+      for line in lines:
+        try:
+          if json.loads(line).get("step", 0) <= resume_step:
+            keep.append(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+          pass
+      tmp = self.path + ".tmp"
+      with open(tmp, "w") as f:
+        f.writelines(keep)
+      os.replace(tmp, self.path)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps({k: to_python(v) for k, v in record.items()}) + "\n")
+
+
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  out = []
+  if os.path.exists(path):
+    with open(path) as f:
+      for line in f:
+        try:
+          out.append(json.loads(line))
+        except json.JSONDecodeError:
+          pass
+  return out

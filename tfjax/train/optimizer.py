@@ -1,0 +1,51 @@
+"""Optimizers and learning-rate schedules from ``config.optimizer`` (optax throughout).
+
+``chain(clip_by_global_norm, inject_hyperparams(adamw))``: the learning rate and weight decay live in the optimizer
+state (``inject_hyperparams``), so runs of a sweep that differ only in them share one code path. Weight decay applies
+to matrices and embeddings (``ndim >= 2``), not to biases and norm scales, as in nanoGPT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import optax
+
+
+def make_schedule(o: Any, num_steps: int) -> optax.Schedule:
+  """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then cosine / linear decay to ``o.min_lr`` at
+  ``o.decay_steps`` (0: ``num_steps``), or constant."""
+  decay_steps = o.decay_steps or num_steps
+  if o.schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
+                                [o.warmup_steps]) if o.warmup_steps else optax.constant_schedule(o.lr)
+  if o.schedule == "linear":
+    return optax.join_schedules(
+        [optax.linear_schedule(0.0, o.lr, o.warmup_steps),
+         optax.linear_schedule(o.lr, o.min_lr, max(decay_steps - o.warmup_steps, 1))], [o.warmup_steps])
+  return optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(decay_steps, o.warmup_steps + 1),
+                                            end_value=o.min_lr)
+
+
+def decay_mask(params):
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(o: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer described by ``config.optimizer`` and its learning-rate schedule."""
+  schedule = make_schedule(o, num_steps)
+  if o.name == "adamw":
+    opt = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                                                weight_decay=o.weight_decay, mask=decay_mask)
+  elif o.name == "adam":
+    opt = optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps)
+  elif o.name == "lion":
+    opt = optax.inject_hyperparams(optax.lion)(learning_rate=schedule, b1=o.b1, b2=o.b2,
+                                               weight_decay=o.weight_decay, mask=decay_mask)
+  elif o.name == "adafactor":
+    opt = optax.inject_hyperparams(optax.adafactor)(learning_rate=schedule)
+  else:
+    opt = optax.inject_hyperparams(optax.sgd)(learning_rate=schedule, momentum=o.b1 or None)
+  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  return optax.chain(*parts, opt), schedule
