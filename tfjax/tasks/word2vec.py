@@ -1,0 +1,426 @@
+"""word2vec training and evaluation: ``train_and_evaluate(config, workdir) -> results``.
+
+Writes to ``workdir``: ``config.json`` (resolved config), ``metrics.jsonl`` (one line per log: step, epoch, loss,
+words_per_s, lr, ...), orbax checkpoints at epoch ends (``checkpoints/<epochs done>``), and at the end
+``vectors.txt`` (word2vec text format), ``vectors.bin`` (word2vec binary), ``results.json`` and ``pca.png``.
+A relaunch with the same workdir resumes from the last finished epoch, or, when training had finished, re-reports.
+
+How the step is made fast (the work is gathers, small batched matrix products and scatter-adds):
+
+* Per epoch the host lays out all training items at once, vectorised in numpy (subsampling, dynamic windows,
+  pairs, noise words), seeded by ``(seed, epoch)``; the next epoch is prepared in a thread while this one trains.
+* Items are grouped in rows of ``train.row_size`` that share their noise words (see :mod:`tfjax.models.word2vec`);
+  ``train.rows_per_step`` rows form one SGD micro-step and ``train.steps_per_call`` micro-steps run inside one jitted
+  ``lax.scan`` (one dispatch per call).
+* The update is a hand-written sparse SGD: the loss is differentiated with respect to the gathered rows only and
+  ``lr * grad`` is scatter-added into the two tables (duplicates accumulate). A dense optimizer (optax.sgd) would read
+  and write all ``2 x V x D`` parameters every micro-step; here a micro-step touches ~2 rows per item. The learning
+  rate decays linearly from ``alpha`` to ``min_alpha`` over all epochs, by the position of each micro-step in the
+  corpus, as word2vec.c/gensim do. (Full softmax uses dense gradients: its output matrix is touched entirely anyway.)
+* All local devices: each call's micro-steps are split over a 1-D mesh with ``shard_map``; each device runs its share
+  sequentially on its own copy of the tables, and at the end of the call the tables become
+  ``W + sum_devices(W_device - W)``: every device's updates are applied, as with gensim's lock-free (Hogwild)
+  workers but synchronised once per call. On CPU, one XLA device per core (``--xla_force_host_platform_device_count``)
+  is what uses both cores: XLA's gather/scatter are single-threaded.
+
+On CPU the results are bit-identical for a fixed seed and device count. (On GPU, scatter-add with duplicate indices
+uses atomics, whose order, and hence the last bits, may vary.)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from tfjax import word2vec_eval as ev
+from tfjax.data import files
+from tfjax.data import word2vec_data as wd
+from tfjax.models import word2vec as w2v
+
+log = logging.getLogger("tfjax")
+DATA = "data"
+
+_KNOWN_FILES = {f.relpath: f for f in (files.WIKITEXT2_VALID, files.WIKITEXT2_TEST, files.LEE_BACKGROUND, files.LEE,
+                                       files.TINY_SHAKESPEARE, files.QUESTIONS_WORDS, files.WORDSIM353,
+                                       files.SIMLEX999)}
+
+
+def data_path(relpath: str, data_dir: str | None) -> str:
+  """A corpus or evaluation file: a known data set (downloaded with checksum if missing), a relpath, or a path."""
+  return str(files.find_data_file(_KNOWN_FILES.get(relpath, relpath), data_dir or None))
+
+
+# ---------------------------------------------------------------------------------------------------- corpus
+
+
+@dataclasses.dataclass
+class Corpus:
+  vocab: wd.Vocab
+  encoded: wd.EncodedCorpus
+  keep_prob: np.ndarray  # float64[V]
+  noise_cdf: np.ndarray  # float64[V], cumulative noise distribution
+  raw_words: int  # tokens in the corpus before min_count
+
+
+def load_corpus(config: ml_collections.ConfigDict) -> Corpus:
+  paths = [data_path(p, config.data_dir) for p in config.data.files]
+  sentences = wd.read_sentences(paths)
+  vocab = wd.build_vocab(sentences, config.data.min_count)
+  encoded = wd.encode(sentences, vocab)
+  noise = wd.noise_distribution(vocab.counts, config.model.ns_exponent)
+  return Corpus(vocab, encoded, wd.keep_probabilities(vocab.counts, config.data.sample), np.cumsum(noise),
+                sum(len(s) for s in sentences))
+
+
+@dataclasses.dataclass
+class EpochData:
+  """One epoch's training items in rows, padded to whole calls. ``arrays`` are indexed ``[call, step, device, ...]``."""
+  arrays: dict[str, np.ndarray]
+  num_calls: int
+  words: int  # effective words (centre words kept by subsampling)
+  items: int  # real (unpadded) items
+
+
+def epoch_data(corpus: Corpus, config: ml_collections.ConfigDict, epoch: int, num_devices: int) -> EpochData:
+  """Lays out the items of ``epoch`` (a pure function of seed and epoch)."""
+  rng = np.random.default_rng([config.seed, epoch])
+  kept = wd.subsample(corpus.encoded, corpus.keep_prob, rng)
+  context, mask = wd.windows(kept, config.data.window, rng, config.data.dynamic_window)
+  arch, loss = config.model.architecture, config.model.loss
+  t = config.train
+  if loss == w2v.NEGATIVE_SAMPLING:
+    if arch == w2v.SKIPGRAM:
+      target, source = wd.skipgram_pairs(context, mask, kept.ids)
+      items = {"input": source, "target": target}
+    else:
+      items = {"context": context, "context_mask": mask, "target": kept.ids}
+    row = t.row_size
+  else:
+    items = {"context": context, "context_mask": mask, "target": kept.ids}
+    row = 1
+  n = len(items["target"])
+  per_call = t.steps_per_call * num_devices * t.rows_per_step * row
+  num_calls = max(1, -(-n // per_call))
+  pad = num_calls * per_call - n
+  shape = (num_calls, t.steps_per_call, num_devices, t.rows_per_step)
+  arrays = {}
+  for k, v in items.items():
+    v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
+    arrays[k] = v.reshape(shape + ((row,) if row > 1 else ()) + v.shape[1:])
+  arrays["mask"] = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(
+      shape + ((row,) if row > 1 else ()))
+  if loss == w2v.NEGATIVE_SAMPLING:
+    arrays["noise"] = wd.sample_noise(corpus.noise_cdf, shape + (config.model.negatives,), rng)
+  return EpochData(arrays, num_calls, len(kept), n)
+
+
+# ---------------------------------------------------------------------------------------------------- steps
+
+
+def _ns_skipgram_micro_step(tables, batch, lr):
+  """One SGD micro-step of negative-sampling skip-gram on ``R`` rows of ``S`` pairs; sparse update."""
+  w_in, w_out = tables
+  inp, target, noise, mask = batch["input"], batch["target"], batch["noise"], batch["mask"]  # RxS, RxS, RxK, RxS
+  rows = (w_in[inp], w_out[target], w_out[noise])
+  noise_mask = noise[:, None, :] != target[:, :, None]
+  loss, (g_in, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
+      *rows, mask, noise_mask)
+  d = w_in.shape[1]
+  w_in = w_in.at[inp.reshape(-1)].add(-lr * g_in.reshape(-1, d))
+  out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
+  w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
+  return (w_in, w_out), (loss, jnp.sum(mask))
+
+
+def _ns_cbow_micro_step(tables, batch, lr):
+  """One SGD micro-step of negative-sampling CBOW on ``R`` rows of ``S`` centres (``C`` context slots each)."""
+  w_in, w_out = tables
+  ctx, ctx_mask = batch["context"], batch["context_mask"]  # RxSxC
+  target, noise, mask = batch["target"], batch["noise"], batch["mask"]  # RxS, RxK, RxS
+  r, s, c = ctx.shape
+  d = w_in.shape[1]
+  noise_mask = noise[:, None, :] != target[:, :, None]
+  item_mask = mask & jnp.any(ctx_mask, axis=-1)
+
+  def loss_fn(ctx_rows, target_rows, noise_rows):
+    hidden = w2v.context_mean(ctx_rows.reshape(r * s, c, d), ctx_mask.reshape(r * s, c)).reshape(r, s, d)
+    return w2v.negative_sampling_loss(hidden, target_rows, noise_rows, item_mask, noise_mask)
+
+  loss, (g_ctx, g_target, g_noise) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
+      w_in[ctx], w_out[target], w_out[noise])
+  w_in = w_in.at[ctx.reshape(-1)].add(-lr * g_ctx.reshape(-1, d))
+  out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
+  w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
+  return (w_in, w_out), (loss, jnp.sum(item_mask))
+
+
+def _full_softmax_micro_step(model, tables, batch, lr):
+  """One SGD micro-step with the full softmax (dense gradients from the flax module's loss)."""
+  w_in, w_out = tables
+  mb = {"centre": batch["target"], "context": batch["context"], "mask": batch["context_mask"] & batch["mask"][:, None]}
+
+  def loss_fn(w_in, w_out):
+    return model.apply({"params": {"input_embedding": w_in, "output_embedding": w_out}}, mb, method="loss")
+
+  loss, (g_in, g_out) = jax.value_and_grad(loss_fn, argnums=(0, 1))(w_in, w_out)
+  if model.config.architecture == w2v.SKIPGRAM:
+    count = jnp.sum(mb["mask"])
+  else:
+    count = jnp.sum(jnp.any(mb["mask"], axis=1))
+  return (w_in - lr * g_in, w_out - lr * g_out), (loss, count)
+
+
+def make_train_call(config: ml_collections.ConfigDict, model_config: w2v.Word2VecConfig, mesh: Mesh):
+  """``call(w_in, w_out, batch, lr_M) -> (w_in, w_out, loss_sum, count)``: ``M`` micro-steps on every device.
+
+  ``batch`` arrays are ``[M, devices, ...]`` sharded over devices on axis 1; the tables are replicated and donated.
+  """
+  if model_config.loss == w2v.FULL_SOFTMAX:
+    micro = functools.partial(_full_softmax_micro_step, w2v.make_model(model_config))
+  elif model_config.architecture == w2v.SKIPGRAM:
+    micro = _ns_skipgram_micro_step
+  else:
+    micro = _ns_cbow_micro_step
+
+  def per_device(w_in, w_out, batch, lr):
+    batch = jax.tree.map(lambda x: x[:, 0], batch)  # [M, 1, ...] -> [M, ...]
+    start = (jax.lax.pcast(w_in, (DATA,), to="varying"), jax.lax.pcast(w_out, (DATA,), to="varying"))
+    body = lambda tables, xs: micro(tables, xs[0], xs[1])
+    (new_in, new_out), (losses, counts) = jax.lax.scan(body, start, (batch, lr))
+    # Apply every device's updates: W + sum_d (W_d - W).
+    new_in = w_in + jax.lax.psum(new_in - w_in, DATA)
+    new_out = w_out + jax.lax.psum(new_out - w_out, DATA)
+    return new_in, new_out, jax.lax.psum(jnp.sum(losses), DATA), jax.lax.psum(jnp.sum(counts), DATA)
+
+  fn = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P(None, DATA), P()),
+                     out_specs=(P(), P(), P(), P()))
+  return jax.jit(fn, donate_argnums=(0, 1))
+
+
+# ---------------------------------------------------------------------------------------------------- driver
+
+
+def init_params(model_config: w2v.Word2VecConfig, seed: int) -> dict[str, jax.Array]:
+  """The model's ``{"input_embedding", "output_embedding"}`` tables (float32 ``V x D``) for ``seed``."""
+  model = w2v.make_model(model_config)
+  if model_config.architecture == w2v.SKIPGRAM:
+    args = (jnp.zeros((1,), jnp.int32),)
+  else:
+    args = (jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), bool))
+  return model.init(jax.random.key(seed), *args)["params"]
+
+
+def _lr(config: ml_collections.ConfigDict, progress: np.ndarray) -> np.ndarray:
+  t = config.train
+  return (t.alpha - (t.alpha - t.min_alpha) * np.clip(progress, 0.0, 1.0)).astype(np.float32)
+
+
+def _config_fingerprint(config: ml_collections.ConfigDict, corpus: Corpus) -> str:
+  relevant = {k: config.to_dict()[k] for k in ("data", "model", "seed")}
+  relevant["vocab"] = hashlib.sha256("\n".join(corpus.vocab.words).encode()).hexdigest()[:16]
+  relevant["train"] = {k: config.train[k] for k in ("row_size", "rows_per_step", "steps_per_call", "epochs",
+                                                     "alpha", "min_alpha")}
+  return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _model_config(config: ml_collections.ConfigDict, vocab_size: int) -> w2v.Word2VecConfig:
+  m = config.model
+  return w2v.Word2VecConfig(vocab_size=vocab_size, dim=m.dim, architecture=m.architecture, loss=m.loss,
+                            negatives=m.negatives)
+
+
+def _validate(config: ml_collections.ConfigDict) -> None:
+  t = config.train
+  for name in ("epochs", "row_size", "rows_per_step", "steps_per_call"):
+    if int(t[name]) < 1:
+      raise ValueError(f"train.{name} must be >= 1, got {t[name]}")
+  if config.data.window < 1:
+    raise ValueError(f"data.window must be >= 1, got {config.data.window}")
+  if not config.data.files:
+    raise ValueError("data.files is empty: give at least one corpus file")
+  w2v.Word2VecConfig(vocab_size=1, dim=config.model.dim, architecture=config.model.architecture,
+                     loss=config.model.loss, negatives=config.model.negatives)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus: Corpus | None = None
+          ) -> tuple[ev.WordVectors, dict]:
+  """Trains word vectors; with ``workdir``, logs metrics and checkpoints/resumes at epoch ends.
+
+  Returns ``(vectors, stats)``; ``stats`` has ``words`` (effective words trained), ``train_s`` (seconds spent in
+  training calls, compile excluded), ``compile_s``, ``words_per_s``, ``final_loss``.
+  """
+  _validate(config)
+  corpus = corpus if corpus is not None else load_corpus(config)
+  vocab = corpus.vocab
+  model_config = _model_config(config, len(vocab))
+  n_dev = config.train.num_devices or jax.local_device_count()
+  devices = jax.local_devices()[:n_dev]
+  mesh = Mesh(np.asarray(devices), (DATA,))
+  replicated = NamedSharding(mesh, P())
+  batch_sharding = NamedSharding(mesh, P(None, DATA))
+  epochs = config.train.epochs
+
+  params = init_params(model_config, config.seed)
+  tables = (np.asarray(params["input_embedding"]), np.asarray(params["output_embedding"]))
+
+  manager, start_epoch, writer = None, 0, None
+  fingerprint = _config_fingerprint(config, corpus)
+  if workdir is not None:
+    from tfjax.train import checkpoint as ckpt
+    from tfjax.train import metrics as metrics_lib
+    manager = ckpt.make_manager(workdir, max_to_keep=2, async_save=False)
+    done = ckpt.complete_steps(manager)
+    if done:
+      start_epoch = done[-1]
+      abstract = {"input_embedding": jax.ShapeDtypeStruct(tables[0].shape, np.float32),
+                  "output_embedding": jax.ShapeDtypeStruct(tables[1].shape, np.float32)}
+      state, meta = ckpt.restore(manager, start_epoch, abstract)
+      if meta.get("fingerprint") != fingerprint:
+        raise ckpt.CheckpointError(
+            f"the checkpoint in {workdir} was written with a different corpus/config (fingerprint "
+            f"{meta.get('fingerprint')} vs {fingerprint}); use a new --workdir.")
+      tables = (np.asarray(state["input_embedding"]), np.asarray(state["output_embedding"]))
+      log.info("resumed from %s after epoch %d/%d", workdir, start_epoch, epochs)
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=start_epoch * 10**9)  # keep all earlier lines
+
+  stats = {"words": 0, "train_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
+           "vocab_size": len(vocab), "corpus_words": corpus.raw_words, "retained_words": vocab.total}
+  if start_epoch >= epochs:
+    return ev.WordVectors(list(vocab.words), tables[0]), stats
+
+  w_in = jax.device_put(tables[0], replicated)
+  w_out = jax.device_put(tables[1], replicated)
+  call = make_train_call(config, model_config, mesh)
+  pool = concurrent.futures.ThreadPoolExecutor(1)
+  next_data = pool.submit(epoch_data, corpus, config, start_epoch, n_dev)
+  m = config.train.steps_per_call
+  step = 0
+  log_every = config.train.log_every_s
+  t_start = time.perf_counter()
+  expected_words = None
+  for epoch in range(start_epoch, epochs):
+    data = next_data.result()
+    if epoch + 1 < epochs:
+      next_data = pool.submit(epoch_data, corpus, config, epoch + 1, n_dev)
+    if expected_words is None:
+      expected_words = data.words * (epochs - start_epoch)
+    per_call_items = data.arrays["mask"][0].size
+    item_pos = np.arange(data.num_calls * m) * (per_call_items // m)  # first item of each micro-step
+    lrs = _lr(config, (epoch + np.minimum(item_pos, data.items) / max(data.items, 1)) / epochs).reshape(-1, m)
+    if stats["compile_s"] == 0.0:
+      t = time.perf_counter()
+      batch0 = {k: jax.device_put(v[0], batch_sharding) for k, v in data.arrays.items()}
+      call = call.lower(w_in, w_out, batch0, jnp.asarray(lrs[0])).compile()
+      stats["compile_s"] = time.perf_counter() - t
+      log.info("compiled the training call in %.1fs (%d devices: %s)", stats["compile_s"], n_dev,
+               devices[0].platform)
+    t_epoch = time.perf_counter()
+    pending, loss_acc, count_acc, last_log = [], 0.0, 0.0, time.perf_counter()
+    for i in range(data.num_calls):
+      batch = {k: jax.device_put(v[i], batch_sharding) for k, v in data.arrays.items()}
+      w_in, w_out, loss, count = call(w_in, w_out, batch, jnp.asarray(lrs[i]))
+      step += m
+      pending.append((loss, count))
+      if len(pending) > 1:  # read the previous call's loss after dispatching this one: no sync per call
+        l, c = pending.pop(0)
+        loss_acc += float(l)
+        count_acc += float(c)
+      now = time.perf_counter()
+      if (now - last_log >= log_every or i == data.num_calls - 1) and count_acc > 0:
+        done_words = stats["words"] + data.words * (i + 1) / data.num_calls
+        elapsed = stats["train_s"] + (now - t_epoch)
+        wps = done_words / max(elapsed, 1e-9)
+        eta = (expected_words - done_words) / max(wps, 1e-9)
+        rec = {"step": step, "epoch": epoch + (i + 1) / data.num_calls, "loss": loss_acc / count_acc,
+               "words_per_s": wps, "lr": float(lrs[i][-1]), "elapsed_s": elapsed, "eta_s": eta}
+        log.info("epoch %d/%d %3.0f%% | loss %.4f | %.0fk words/s | lr %.5f | ETA %.1fs", epoch + 1, epochs,
+                 100 * (i + 1) / data.num_calls, rec["loss"], wps / 1e3, rec["lr"], eta)
+        if writer is not None:
+          writer.write(rec)
+        stats["final_loss"] = rec["loss"]
+        loss_acc, count_acc, last_log = 0.0, 0.0, now
+    for l, c in pending:
+      loss_acc += float(l)
+      count_acc += float(c)
+    jax.block_until_ready(w_in)
+    stats["train_s"] += time.perf_counter() - t_epoch
+    stats["words"] += data.words
+    if count_acc > 0:
+      stats["final_loss"] = loss_acc / count_acc
+    if not np.isfinite(stats["final_loss"] if stats["final_loss"] is not None else 0.0):
+      raise FloatingPointError(f"loss is {stats['final_loss']} in epoch {epoch + 1}; lower train.alpha")
+    if manager is not None:
+      from tfjax.train import checkpoint as ckpt
+      state = {"input_embedding": np.asarray(w_in), "output_embedding": np.asarray(w_out)}
+      ckpt.save(manager, epoch + 1, state, {"epoch": epoch + 1, "fingerprint": fingerprint})
+      manager.wait_until_finished()
+  pool.shutdown()
+  stats["words_per_s"] = stats["words"] / max(stats["train_s"], 1e-9)
+  stats["wall_s"] = time.perf_counter() - t_start
+  return ev.WordVectors(list(vocab.words), np.asarray(w_in)), stats
+
+
+def evaluate(wv: ev.WordVectors, config: ml_collections.ConfigDict) -> dict:
+  """Analogies (by section and overall), WordSim-353 and SimLex-999 Spearman, and a few neighbour lists."""
+  e = config.eval
+  analogies = ev.evaluate_analogies(wv, data_path(e.analogies, config.data_dir), restrict_vocab=e.restrict_vocab)
+  out = {"analogy": analogies}
+  for name, rel in (("wordsim353", e.wordsim353), ("simlex999", e.simlex999)):
+    out[name] = ev.evaluate_word_pairs(wv, data_path(rel, config.data_dir))
+  out["neighbors"] = {w: wv.neighbors(w, 8) for w in e.neighbor_words if w in wv}
+  return out
+
+
+def _summary(results: dict) -> str:
+  a = results["analogy"]
+  return (f"analogy {100 * a['accuracy']:.2f}% ({a['correct']}/{a['total']}, {a['oov']} OOV questions skipped) | "
+          f"WordSim-353 {results['wordsim353']['spearman']:.3f} | SimLex-999 {results['simlex999']['spearman']:.3f}")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, writes the vectors and evaluates; a relaunch resumes (or re-reports when already finished)."""
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  results_path = os.path.join(workdir, "results.json")
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
+  corpus = load_corpus(config)
+  log.info("corpus: %d words, vocabulary %d (min_count %d), %d in-vocabulary tokens", corpus.raw_words,
+           len(corpus.vocab), config.data.min_count, corpus.vocab.total)
+  wv, stats = train(config, workdir, corpus)
+  if stats["words"] == 0 and os.path.exists(results_path):
+    with open(results_path) as f:
+      results = json.load(f)
+    log.info("already trained (%d epochs); results: %s", config.train.epochs, _summary(results))
+    return results
+  ev.save_word2vec(wv, os.path.join(workdir, "vectors.txt"))
+  ev.save_word2vec(wv, os.path.join(workdir, "vectors.bin"), binary=True)
+  results = evaluate(wv, config)
+  results["train"] = stats
+  try:
+    results["plot"] = ev.plot_pca(wv, config.eval.plot_words, os.path.join(workdir, "pca.png"),
+                                  f"{config.model.architecture} word vectors, 2-D PCA")
+  except ValueError as e:
+    log.warning("no PCA plot: %s", e)
+  tmp = results_path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(results, f, indent=2, default=float)
+  os.replace(tmp, results_path)
+  log.info("results: %s", _summary(results))
+  if stats["words"]:
+    log.info("trained %d effective words in %.1fs: %.0fk words/s (compile %.1fs)", stats["words"],
+             stats["train_s"], stats["words_per_s"] / 1e3, stats["compile_s"])
+  return results
