@@ -1,0 +1,269 @@
+"""BERT encoder, BERT masking, the MLM task and fill-mask."""
+
+import dataclasses
+import functools
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from tfjax.models.bert import BERT, bert_config
+from tfjax.tasks import mlm
+
+CFG = bert_config(vocab_size=64, num_layers=2, num_heads=2, emb_dim=16, mlp_dim=32, max_len=32, dropout_rate=0.0,
+                  attention_dropout_rate=0.0)
+
+
+def _init(cfg, length=8):
+  """A BERT with every weight drawn from N(0, 0.3) (LayerNorm scales 1 + N(0, 0.3)): unlike the 0.02 init, every
+  position then depends strongly on its context, so a leak of padding into real positions would show."""
+  model = BERT(cfg)
+  ids = jnp.zeros((1, length), jnp.int32)
+  shapes = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), ids))["params"])
+  rng = np.random.default_rng(0)
+
+  def draw(path, x):  # on the host: nothing to compile
+    base = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+    return jnp.asarray(base + 0.3 * rng.standard_normal(x.shape), jnp.float32)
+
+  return model, jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _apply(model, params, ids, **kw):
+  """``model.apply`` under jit (eager flax runs op by op, each op compiled: much slower in tests)."""
+  kw = {k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}
+  static = {k: v for k, v in kw.items() if isinstance(v, bool)}
+  arrays = {k: v for k, v in kw.items() if not isinstance(v, bool)}
+  return _jitted_apply(model, tuple(sorted(static.items())), params, jnp.asarray(ids), arrays)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jitted_apply(model, static, params, ids, arrays):
+  return model.apply({"params": params}, ids, **dict(static), **arrays)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["post_ln", "pre_ln"])
+def model_params(request):
+  return _init(dataclasses.replace(CFG, pre_ln=request.param))
+
+
+def test_param_names_and_shapes(model_params):
+  model, params = model_params
+  assert {"embed", "pos_embed", "type_embed", "ln_embed", "encoder", "mlm_head"} <= set(params)
+  assert ("ln_final" in params) == model.cfg.pre_ln
+  ids = jnp.ones((3, 10), jnp.int32)
+  shape = lambda **kw: jax.eval_shape(lambda p: model.apply({"params": p}, ids, **kw), params)  # noqa: E731
+  assert (shape().shape, shape().dtype) == ((3, 10, 64), jnp.float32)
+  assert shape(return_hidden=True).shape == (3, 10, 16)
+  assert shape(masked_positions=jnp.zeros((3, 4), jnp.int32)).shape == (3, 4, 64)
+
+
+def test_padding_does_not_change_real_positions_and_context_flows_both_ways(model_params):
+  """One call on 5 rows of 30 tokens sharing the first 7 real tokens:
+  rows 0, 1: 7 real tokens, then 23 padding positions holding different garbage (attention_mask 0 there);
+  row 2: the same 30 tokens as row 1, all marked real; rows 3, 4: row 2 with its last / first token changed.
+  Rows 0 and 1 must equal the 7-token sequence run alone; row 2 (padding not masked) must not."""
+  model, params = model_params
+  rng = np.random.default_rng(0)
+  real, types = rng.integers(5, 64, size=7), rng.integers(0, 2, size=7)
+  ids = rng.integers(0, 64, size=(5, 30))
+  ids[:, :7] = real
+  ids[2:] = ids[1]
+  ids[3, -1], ids[4, 0] = (ids[3, -1] + 1) % 64, (ids[4, 0] + 1) % 64
+  tt = np.zeros((5, 30), np.int32)
+  tt[:, :7] = types
+  mask = np.ones((5, 30), np.int32)
+  mask[:2, 7:] = 0
+  out = np.asarray(_apply(model, params, ids, attention_mask=mask, token_type_ids=tt))
+  alone = np.asarray(_apply(model, params, real[None], token_type_ids=types[None]))[0]
+  np.testing.assert_allclose(out[0, :7], alone, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(out[1, :7], alone, atol=1e-5, rtol=0)
+  assert np.abs(out[2, :7] - alone).max() > 1e-2  # without the mask padding leaks in: the checks above can fail
+  assert np.abs(out[3, 0] - out[2, 0]).max() > 1e-2  # the first position sees the last token ...
+  assert np.abs(out[4, -1] - out[2, -1]).max() > 1e-2  # ... and the last sees the first
+
+
+def test_bad_attention_mask_shape(model_params):
+  model, params = model_params
+  with pytest.raises(ValueError, match="attention_mask must have the shape"):
+    _apply(model, params, jnp.ones((2, 5), jnp.int32), attention_mask=jnp.ones((2, 6)))
+
+
+# -- masking -----------------------------------------------------------------------------------------------------------
+
+
+def test_masking_statistics():
+  vocab, mask_id = 1000, 4
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, vocab, size=(4000, 64)).astype(np.int32)
+  lengths = rng.integers(10, 65, size=4000)
+  real = np.arange(64)[None] < lengths[:, None]
+  ids[~real] = 0  # padding
+  ids[:, 0] = 2  # [CLS]
+  candidates = real.copy()
+  candidates[:, 0] = False
+  out = mlm.mask_tokens(ids, candidates, np.random.default_rng(1), mask_id=mask_id,
+                        random_ids=np.arange(5, vocab), max_predictions=10)
+  w = out["masked_weights"] > 0
+  pos = out["masked_positions"]
+  rows = np.broadcast_to(np.arange(len(ids))[:, None], pos.shape)
+  chosen = np.zeros_like(real)
+  chosen[rows[w], pos[w]] = True
+  assert not (chosen & ~candidates).any()  # never padding or special tokens
+  assert np.array_equal(out["masked_labels"][w], ids[rows[w], pos[w]])  # labels are the original tokens
+  assert np.array_equal(out["inputs"][~chosen], ids[~chosen])  # only chosen positions are corrupted
+  np.testing.assert_allclose(chosen.sum() / candidates.sum(), 0.15, atol=0.005)
+  new = out["inputs"][rows[w], pos[w]]
+  old = ids[rows[w], pos[w]]
+  frac_mask = np.mean(new == mask_id)
+  frac_same = np.mean(new == old)
+  frac_random = np.mean((new != mask_id) & (new != old))
+  np.testing.assert_allclose([frac_mask, frac_random, frac_same], [0.8, 0.1, 0.1], atol=0.015)
+  assert new[(new != mask_id) & (new != old)].min() >= 5  # random replacements are never special tokens
+
+
+def test_masking_is_per_sequence_count_and_capped():
+  ids = np.arange(5, 105, dtype=np.int32).reshape(1, 100)
+  out = mlm.mask_tokens(ids, np.ones_like(ids, bool), np.random.default_rng(0), mask_id=4,
+                        random_ids=np.arange(5, 200), max_predictions=20)
+  assert out["masked_weights"].sum() == 15  # round(0.15 * 100)
+  out = mlm.mask_tokens(ids, np.ones_like(ids, bool), np.random.default_rng(0), mask_id=4,
+                        random_ids=np.arange(5, 200), max_predictions=8)
+  assert out["masked_weights"].sum() == 8
+  one = mlm.mask_tokens(ids[:, :3], np.array([[False, True, False]]), np.random.default_rng(0), mask_id=4,
+                        random_ids=np.arange(5, 200), max_predictions=8)
+  assert one["masked_positions"][0, 0] == 1 and one["masked_weights"].sum() == 1  # at least one per sequence
+
+
+def test_pack_sequences():
+  ids, mask = mlm.pack_sequences([[10, 11, 12], [13, 14], [15]], seq_len=5, cls_id=2, sep_id=3, pad_id=0)
+  np.testing.assert_array_equal(ids, [[2, 10, 11, 12, 3], [2, 13, 14, 15, 3]])
+  ids, mask = mlm.pack_sequences([[10, 11, 12, 13]], seq_len=5, cls_id=2, sep_id=3, pad_id=0)
+  np.testing.assert_array_equal(ids, [[2, 10, 11, 12, 3], [2, 13, 3, 0, 0]])
+  np.testing.assert_array_equal(mask, [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+
+
+# -- the MLM task --------------------------------------------------------------------------------------------------------
+
+SENTENCES = ["the cat sat on the mat .", "the dog sat on the rug .", "a bird flew over the house .",
+             "the cat chased the dog .", "a dog chased a bird .", "the bird sang in the tree ."]
+
+
+def _task_config(path, **train):
+  from experiments.configs import bert_wikitext2
+  c = bert_wikitext2.get_config()
+  c.data.update(dataset=str(path), eval_dataset=str(path), seq_len=16, vocab_size=60, min_frequency=1,
+                clean_wikitext=False)
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=16, dropout_rate=0.0)
+  c.train.update(batch_size=16, eval_steps=2, **train)
+  c.fill_mask.texts = ("the cat sat on the [MASK] .",)
+  return c
+
+
+_PARAMS = {}
+
+
+def _task_params(task):
+  if id(task) not in _PARAMS:
+    _PARAMS[id(task)] = nn.unbox(jax.jit(task.init_params)(jax.random.key(0)))
+  return _PARAMS[id(task)]
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+  d = tmp_path_factory.mktemp("mlm")
+  rng = np.random.default_rng(0)
+  (d / "text.txt").write_text("\n".join(" ".join(SENTENCES[i] for i in rng.integers(0, 6, 8)) for _ in range(60)))
+  return mlm.MLMTask(_task_config(d / "text.txt"), str(d / "work"))
+
+
+def test_task_batches_are_pure_in_seed_and_step(task):
+  a, b, c = task.train_batch(3), task.train_batch(3), task.train_batch(4)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(a["masked_positions"], c["masked_positions"])  # dynamic masking
+  halves = [task.train_batch(3, shard=i, num_shards=2) for i in range(2)]
+  for k in a:
+    np.testing.assert_array_equal(np.concatenate([h[k] for h in halves]), a[k])
+  e1, e2 = list(task.eval_batches()), list(task.eval_batches())
+  assert len(e1) == 2
+  for x, y in zip(e1, e2):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert os.path.isfile(os.path.join(task.workdir, "tokenizer.json"))
+
+
+def test_tokenizer_is_reused_on_resume(task):
+  again = mlm.MLMTask(task.config, task.workdir)
+  assert again.tokenizer.tokenizer.to_str() == task.tokenizer.tokenizer.to_str()
+  np.testing.assert_array_equal(again.train_ids, task.train_ids)
+
+
+def test_loss_is_only_on_chosen_positions(task):
+  params = _task_params(task)
+  batch = task.train_batch(0)
+  loss_sum, weight, sums = jax.jit(lambda p, b: task.loss_fn(p, b, None, False))(params, batch)
+  full = jax.jit(lambda p, b: task.model.apply({"params": p}, b["inputs"], attention_mask=b["attention_mask"]))(
+      params, batch)
+  w = batch["masked_weights"] > 0
+  rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+  logp = jax.nn.log_softmax(full[rows[w], batch["masked_positions"][w]])
+  expected = -np.take_along_axis(np.asarray(logp), batch["masked_labels"][w][:, None], axis=1).sum()
+  assert float(weight) == w.sum()
+  np.testing.assert_allclose(float(loss_sum), expected, rtol=1e-5)
+  assert 0 <= float(sums["accuracy"]) <= float(weight)
+
+
+def test_mlm_loss_falls(task):
+  params = _task_params(task)
+  tx = optax.adam(1e-2)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, batch):
+    def f(p):
+      loss_sum, weight, _ = task.loss_fn(p, batch, None, True)
+      return loss_sum / weight
+    loss, grads = jax.value_and_grad(f)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  eval_loss = jax.jit(lambda p, b: task.loss_fn(p, b, None, False))
+
+  def evaluate(p):
+    sums = [eval_loss(p, b) for b in task.eval_batches()]
+    return sum(float(s[0]) for s in sums) / sum(float(s[1]) for s in sums)
+
+  before = evaluate(params)
+  for i in range(40):
+    params, opt, _ = step(params, opt, task.train_batch(i))
+  after = evaluate(params)
+  assert before > 3.5  # ~ log(vocab) at init
+  assert after < before - 1.0, (before, after)
+  top = mlm.fill_mask(task.model, params, task.tokenizer, "the cat sat on the [MASK] .", top_k=3)
+  assert len(top) == 1 and len(top[0]) == 3
+  probs = [p for _, p in top[0]]
+  assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
+
+
+def test_fill_mask_needs_a_mask(task):
+  params = _task_params(task)
+  with pytest.raises(ValueError, match=r"no \[MASK\]"):
+    mlm.fill_mask(task.model, params, task.tokenizer, "no mask here", top_k=3)
+
+
+def test_final_report_exports_hf_bert(task):
+  from tfjax import hf
+  params = _task_params(task)
+  report = task.final_report(params)
+  assert list(report["fill_mask"]) == ["the cat sat on the [MASK] ."]
+  model, loaded = hf.load(report["hf_export"])
+  assert model.cfg == task.model.cfg
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  tok = hf.load_tokenizer(report["hf_export"])
+  assert tok.encode("the cat") == task.tokenizer.encode("the cat")

@@ -1,0 +1,280 @@
+"""Masked-language-model pretraining of BERT (Devlin et al., 2019), as a :class:`tfjax.tasks.base.Task`.
+
+Data: a WordPiece tokenizer is trained on the training text (or loaded from ``workdir/tokenizer.json`` on resume);
+the text's lines are tokenised and concatenated into one stream, cut into sequences ``[CLS] t_1 .. t_{T-2} [SEP]``
+(the last one padded with ``[PAD]``, ``attention_mask`` 0 there).
+
+Masking (BERT paper, section 3.1 and appendix A.1), *dynamic*: new positions every step, drawn by
+``numpy.random.default_rng([seed, step])`` so a batch is a pure function of (seed, step). In each sequence
+``round(mask_prob · n)`` of its ``n`` real, non-special tokens are chosen (at least one, at most ``max_predictions``);
+of those, 80% become ``[MASK]``, 10% a random non-special token, 10% stay unchanged. The loss is the cross-entropy at
+the chosen positions only; the head runs only there (``masked_positions [B, P]``, padded entries have weight 0).
+Evaluation uses fixed masks (the same on every call) on the evaluation text.
+
+Batch keys: ``inputs``, ``attention_mask``, ``token_type_ids`` ``[B, T]``; ``masked_positions``, ``masked_labels``
+(int) and ``masked_weights`` (float) ``[B, P]``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from tfjax import config as config_lib
+from tfjax.data import files
+from tfjax.data import wordpiece
+from tfjax.models.bert import BERT
+
+log = logging.getLogger("tfjax")
+
+DATASETS = {"wikitext2_valid": files.WIKITEXT2_VALID, "wikitext2_test": files.WIKITEXT2_TEST,
+            "tinyshakespeare": files.TINY_SHAKESPEARE}
+
+
+def read_lines(dataset: str, data_dir: str | None, clean_wikitext: bool = False) -> list[str]:
+  """Non-empty lines of a known dataset name or a text file path."""
+  path = files.find_data_file(DATASETS.get(dataset, dataset), data_dir or None)
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  if clean_wikitext:
+    text = wordpiece.clean_wikitext(text)
+  lines = [line.strip() for line in text.splitlines()]
+  lines = [line for line in lines if line]
+  if not lines:
+    raise ValueError(f"data file {path} has no text")
+  return lines
+
+
+def pack_sequences(token_lists: list[list[int]], seq_len: int, cls_id: int, sep_id: int, pad_id: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """Concatenates the token lists and cuts them into ``[CLS] ... [SEP]`` rows of ``seq_len`` (last row padded).
+
+  Returns ``ids [N, seq_len]`` (int32) and ``attention_mask [N, seq_len]`` (int32, 1 = real token).
+  """
+  if seq_len < 3:
+    raise ValueError(f"seq_len must be >= 3 ([CLS] token [SEP]), got {seq_len}")
+  stream = np.fromiter((t for toks in token_lists for t in toks), dtype=np.int32)
+  body = seq_len - 2
+  n = max(1, math.ceil(len(stream) / body))
+  ids = np.full((n, seq_len), pad_id, np.int32)
+  mask = np.zeros((n, seq_len), np.int32)
+  for i in range(n):
+    chunk = stream[i * body:(i + 1) * body]
+    row = np.concatenate([[cls_id], chunk, [sep_id]])
+    ids[i, :len(row)] = row
+    mask[i, :len(row)] = 1
+  return ids, mask
+
+
+def mask_tokens(ids: np.ndarray, candidates: np.ndarray, rng: np.random.Generator, *, mask_id: int,
+                random_ids: np.ndarray, max_predictions: int, mask_prob: float = 0.15, mask_token_prob: float = 0.8,
+                random_token_prob: float = 0.1) -> dict[str, np.ndarray]:
+  """BERT's masking of ``ids [B, T]``; ``candidates [B, T]`` (bool) marks the tokens that may be chosen.
+
+  Returns ``inputs [B, T]`` (the corrupted ids) and ``masked_positions``, ``masked_labels`` (the original ids),
+  ``masked_weights`` ``[B, max_predictions]`` (1.0 for a chosen position, 0.0 for an unused slot).
+  """
+  if not 0.0 < mask_prob < 1.0:
+    raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+  if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1.0:
+    raise ValueError(f"mask_token_prob={mask_token_prob} and random_token_prob={random_token_prob} must be >= 0 "
+                     "and sum to at most 1")
+  batch = ids.shape[0]
+  inputs = ids.copy()
+  positions = np.zeros((batch, max_predictions), np.int32)
+  labels = np.zeros((batch, max_predictions), np.int32)
+  weights = np.zeros((batch, max_predictions), np.float32)
+  for b in range(batch):
+    cand = np.flatnonzero(candidates[b])
+    if cand.size == 0:
+      continue
+    n = min(max_predictions, max(1, int(round(cand.size * mask_prob))))
+    chosen = np.sort(rng.choice(cand, size=n, replace=False))
+    u = rng.random(n)
+    replace_mask = u < mask_token_prob
+    replace_random = (u >= mask_token_prob) & (u < mask_token_prob + random_token_prob)
+    inputs[b, chosen[replace_mask]] = mask_id
+    inputs[b, chosen[replace_random]] = rng.choice(random_ids, size=int(replace_random.sum()))
+    positions[b, :n], labels[b, :n], weights[b, :n] = chosen, ids[b, chosen], 1.0
+  return {"inputs": inputs, "masked_positions": positions, "masked_labels": labels, "masked_weights": weights}
+
+
+def build_model(config: Any, vocab_size: int) -> BERT:
+  """The BERT of ``config.model`` (keys as in :func:`tfjax.config.transformer_config`, plus ``type_vocab_size``)."""
+  cfg = config_lib.transformer_config(config.model, vocab_size)
+  if cfg.positional != "learned":
+    raise config_lib.ConfigError(f"config key 'model.positional' must be 'learned' for BERT, got {cfg.positional!r}")
+  return BERT(cfg, type_vocab_size=config.model.get("type_vocab_size", 2))
+
+
+class MLMTask:
+  """BERT trained with the masked-LM objective. Implements :class:`tfjax.tasks.base.Task`.
+
+  Constructed as ``MLMTask(config, workdir)``; ``workdir`` (may be None in tests) receives ``tokenizer.json``.
+  """
+
+  def __init__(self, config: Any, workdir: str | None = None):
+    self.config = config
+    self.workdir = os.path.abspath(workdir) if workdir else None
+    d = config.data
+    clean = d.get("clean_wikitext", True)
+    train_lines = read_lines(d.dataset, config.data_dir, clean)
+    eval_lines = read_lines(d.eval_dataset, config.data_dir, clean)
+
+    def texts():
+      return train_lines
+
+    tok_path = os.path.join(self.workdir, "tokenizer.json") if self.workdir else None
+    if tok_path:
+      self.tokenizer = wordpiece.load_or_train_wordpiece(tok_path, texts, d.vocab_size, d.get("min_frequency", 2),
+                                                         d.get("lowercase", True))
+    else:
+      self.tokenizer = wordpiece.train_wordpiece(texts(), d.vocab_size, d.get("min_frequency", 2),
+                                                 d.get("lowercase", True))
+    tok = self.tokenizer
+    self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
+        tok.token_to_id(t) for t in (wordpiece.PAD, wordpiece.CLS, wordpiece.SEP, wordpiece.MASK))
+    if None in (self.pad_id, self.cls_id, self.sep_id, self.mask_id):
+      raise ValueError(f"tokenizer {tok_path} lacks one of [PAD] [CLS] [SEP] [MASK]")
+    special = np.asarray(tok.special_ids(), np.int64)
+    self.random_ids = np.setdiff1d(np.arange(tok.vocab_size), special)  # random replacements: non-special tokens
+
+    self.seq_len = d.seq_len or config.model.max_len
+    self.model = build_model(config, tok.vocab_size)
+    if self.seq_len > self.model.cfg.max_len:
+      raise config_lib.ConfigError(f"data.seq_len={self.seq_len} is longer than model.max_len="
+                                   f"{self.model.cfg.max_len}")
+    self.mask_prob = d.get("mask_prob", 0.15)
+    self.max_predictions = d.get("max_predictions", 0) or math.ceil(self.mask_prob * self.seq_len)
+    self.train_ids, self.train_mask = self._encode(train_lines)
+    self.eval_ids, self.eval_mask = self._encode(eval_lines)
+    self.is_special = np.zeros(tok.vocab_size, bool)
+    self.is_special[special] = True
+    self.batch_size = config.train.batch_size
+    self.seed = config.seed
+    log.info("mlm: vocab %d, %d training and %d evaluation sequences of %d tokens, %d predictions per sequence",
+             tok.vocab_size, len(self.train_ids), len(self.eval_ids), self.seq_len, self.max_predictions)
+
+  def _encode(self, lines: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    token_lists = self.tokenizer.encode_batch(lines, add_special_tokens=False)
+    return pack_sequences(token_lists, self.seq_len, self.cls_id, self.sep_id, self.pad_id)
+
+  def _masked_batch(self, ids: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    candidates = (mask > 0) & ~self.is_special[ids]
+    d = self.config.data
+    batch = mask_tokens(ids, candidates, rng, mask_id=self.mask_id, random_ids=self.random_ids,
+                        max_predictions=self.max_predictions, mask_prob=self.mask_prob,
+                        mask_token_prob=d.get("mask_token_prob", 0.8),
+                        random_token_prob=d.get("random_token_prob", 0.1))
+    batch["attention_mask"] = mask
+    batch["token_type_ids"] = np.zeros_like(ids)
+    return batch
+
+  @staticmethod
+  def _rows(batch: dict[str, np.ndarray], shard: int, num_shards: int) -> dict[str, np.ndarray]:
+    n = next(iter(batch.values())).shape[0]
+    if n % num_shards:
+      raise ValueError(f"batch_size={n} does not divide into {num_shards} processes")
+    per = n // num_shards
+    return {k: v[shard * per:(shard + 1) * per] for k, v in batch.items()}
+
+  # -- Task protocol -------------------------------------------------------------------------------------------------
+  def init_params(self, rng):
+    ids = jnp.zeros((1, self.seq_len), jnp.int32)
+    return self.model.init(rng, ids, attention_mask=jnp.ones_like(ids),
+                           masked_positions=jnp.zeros((1, self.max_predictions), jnp.int32))["params"]
+
+  def loss_fn(self, params, batch, rng, train):
+    logits = self.model.apply({"params": params}, batch["inputs"], attention_mask=batch["attention_mask"],
+                              token_type_ids=batch["token_type_ids"], masked_positions=batch["masked_positions"],
+                              deterministic=not train, rngs={"dropout": rng} if train and rng is not None else None)
+    labels, weights = batch["masked_labels"], batch["masked_weights"]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    return jnp.sum(ce * weights), jnp.sum(weights), {"accuracy": jnp.sum(correct * weights)}
+
+  def train_batch(self, step, shard=0, num_shards=1):
+    """Sequences of epoch ``e = step·B // N`` in a (seed, e) permutation; masks from ``rng([seed, step])``."""
+    n, b = len(self.train_ids), self.batch_size
+    index = np.arange(step * b, (step + 1) * b)
+    epochs = index // n
+    rows = np.empty(b, np.int64)
+    for e in np.unique(epochs):
+      perm = np.random.default_rng([self.seed, 1, int(e)]).permutation(n)
+      rows[epochs == e] = perm[index[epochs == e] % n]
+    batch = self._masked_batch(self.train_ids[rows], self.train_mask[rows],
+                               np.random.default_rng([self.seed, 0, int(step)]))
+    return self._rows(batch, shard, num_shards)
+
+  def eval_batches(self, shard=0, num_shards=1) -> Iterator[dict[str, np.ndarray]]:
+    """The evaluation text in order (``train.eval_steps`` batches; 0 = all of it), with fixed masks. The last batch
+    is completed with all-padding rows of weight 0."""
+    n, b = len(self.eval_ids), self.batch_size
+    num = math.ceil(n / b)
+    steps = self.config.train.get("eval_steps", 0)
+    num = min(num, steps) if steps else num
+    for i in range(num):
+      ids = np.full((b, self.seq_len), self.pad_id, np.int32)
+      mask = np.zeros((b, self.seq_len), np.int32)
+      chunk = slice(i * b, min((i + 1) * b, n))
+      m = chunk.stop - chunk.start
+      ids[:m], mask[:m] = self.eval_ids[chunk], self.eval_mask[chunk]
+      batch = self._masked_batch(ids, mask, np.random.default_rng([self.seed, 2, i]))
+      yield self._rows(batch, shard, num_shards)
+
+  def flops_per_token(self, params) -> float:
+    """Training FLOPs per input token: ``6·N_body + 12·L·T·D`` plus the head at ``P/T`` of the positions."""
+    cfg = self.model.cfg
+    p = params["params"] if "params" in params else params
+    body = sum(x.size for x in jax.tree.leaves(p["encoder"]))
+    head = cfg.emb_dim * cfg.emb_dim + cfg.emb_dim * cfg.vocab_size
+    head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+    return (6.0 * body + 12.0 * cfg.num_layers * self.seq_len * cfg.num_heads * head_dim
+            + 6.0 * head * self.max_predictions / self.seq_len)
+
+  def final_report(self, params) -> dict[str, Any]:
+    """Fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging Face
+    ``BertForMaskedLM`` directory ``workdir/hf`` (post-LN models only)."""
+    out: dict[str, Any] = {}
+    fm = self.config.get("fill_mask")
+    if fm is not None:
+      out["fill_mask"] = {text: fill_mask(self.model, params, self.tokenizer, text, fm.get("top_k", 5))
+                          for text in fm.get("texts", ())}
+    if self.workdir and not self.model.cfg.pre_ln:
+      from tfjax import hf
+      hf_dir = os.path.join(self.workdir, "hf")
+      hf.save(self.model, params, hf_dir, tokenizer_file=os.path.join(self.workdir, "tokenizer.json"))
+      out["hf_export"] = hf_dir
+    return out
+
+
+def fill_mask(model: BERT, params, tokenizer: wordpiece.Tokenizer, text: str, top_k: int = 5
+              ) -> list[list[tuple[str, float]]]:
+  """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks."""
+  ids = np.asarray(tokenizer.encode(text), np.int32)
+  mask_id = tokenizer.token_to_id(wordpiece.MASK)
+  where = np.flatnonzero(ids == mask_id)
+  if where.size == 0:
+    raise ValueError(f"no {wordpiece.MASK} token in {text!r}")
+  if len(ids) > model.cfg.max_len:
+    raise ValueError(f"{text!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
+  logits = _fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))
+  probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
+  out = []
+  for p in probs:
+    top = np.argsort(-p)[:top_k]
+    out.append([(tokenizer.id_to_token(int(i)), float(p[i])) for i in top])
+  return out
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _fill_mask_logits(model, params, ids, positions):
+  return model.apply({"params": params}, ids, attention_mask=jnp.ones_like(ids), masked_positions=positions)
