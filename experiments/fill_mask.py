@@ -1,0 +1,49 @@
+"""Fill in the blanks with a trained BERT: the top-k tokens and probabilities for each [MASK] in a text.
+
+    python experiments/fill_mask.py --workdir=runs/bert --text="the capital of [MASK] is paris" --top_k=5
+
+``--workdir`` is a training workdir of an MLM config (latest checkpoint, or ``--step``), or any Hugging Face
+``BertForMaskedLM`` directory (config.json + model.safetensors + tokenizer). ``--text`` may be repeated.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Training workdir (MLM) or Hugging Face BERT directory.")
+flags.DEFINE_multi_string("text", None, "Text with one or more [MASK] tokens (repeat the flag for several).")
+flags.DEFINE_integer("top_k", 5, "How many candidates to print per [MASK].")
+flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+flags.mark_flags_as_required(["workdir", "text"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
+  from tfjax.tasks import mlm
+  try:
+    model, params, tokenizer = mlm.load_for_inference(FLAGS.workdir, FLAGS.step)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  for text in FLAGS.text:
+    try:
+      predictions = mlm.fill_mask(model, params, tokenizer, text, FLAGS.top_k)
+    except ValueError as e:
+      print(f"error: {e}", file=sys.stderr)
+      return 1
+    print(text)
+    for i, candidates in enumerate(predictions):
+      label = f"  [MASK] {i + 1}:" if len(predictions) > 1 else "  [MASK]:"
+      print(label + "  " + "  ".join(f"{token} {prob:.3f}" for token, prob in candidates))
+  return 0
+
+
+if __name__ == "__main__":
+  app.run(main)
