@@ -267,3 +267,32 @@ def test_final_report_exports_hf_bert(task):
   jax.tree.map(np.testing.assert_array_equal, loaded, params)
   tok = hf.load_tokenizer(report["hf_export"])
   assert tok.encode("the cat") == task.tokenizer.encode("the cat")
+  model2, loaded2, _ = mlm.load_for_inference(report["hf_export"])
+  assert model2 == model
+  jax.tree.map(np.testing.assert_array_equal, loaded2, params)
+
+
+def test_load_for_inference_from_checkpoint_and_hf_export(task, tmp_path):
+  """fill_mask.py's loader: a training workdir (config.json + tokenizer.json + orbax checkpoint), or its hf/ export."""
+  import json
+  import shutil
+  from tfjax.train import checkpoint as ckpt_lib
+  from tfjax.train.step import TrainState
+  params = _task_params(task)
+  work = tmp_path / "work"
+  work.mkdir()
+  shutil.copy(os.path.join(task.workdir, "tokenizer.json"), work / "tokenizer.json")
+  (work / "config.json").write_text(json.dumps(task.config.to_dict(), default=str))
+  manager = ckpt_lib.make_manager(str(work), 1, async_save=False)
+  state = TrainState(step=jnp.asarray(7, jnp.int32), params=params, opt_state={"mu": params},
+                     rng=jax.random.key_data(jax.random.key(0)))
+  ckpt_lib.save(manager, 7, state, {"step": 7}, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  model, loaded, tok = mlm.load_for_inference(str(work))
+  assert model == task.model and tok.vocab_size == task.tokenizer.vocab_size
+  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 3"):
+    mlm.load_for_inference(str(work), step=3)
+  with pytest.raises(FileNotFoundError, match="neither a Hugging Face BERT directory"):
+    mlm.load_for_inference(str(tmp_path))

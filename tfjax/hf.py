@@ -375,8 +375,8 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
     if tuple(tensors[key].shape) != shape:
       raise HFCheckpointError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
                               f"for the configuration in {CONFIG_FILE}")
-  unused = sorted(k for k in tensors if k not in expected and not _IGNORED.search(k)
-                  and not (k == "lm_head.weight" and model_type == "gpt2"))
+  tied_copies = {"lm_head.weight", "cls.predictions.decoder.weight"}  # tied heads some checkpoints store anyway
+  unused = sorted(k for k in tensors if k not in expected and not _IGNORED.search(k) and k not in tied_copies)
   if unused:
     logging.warning("tfjax.hf.load(%s): ignoring %d tensors not used by the model: %s", path, len(unused),
                     unused[:5])
