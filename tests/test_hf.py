@@ -245,4 +245,5 @@ def test_generate_from_imported_gpt2(gpt2):
   full = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, jnp.asarray(out[:, :-1])))
   # greedy: every generated token is the argmax of the full forward pass at the previous position
   np.testing.assert_array_equal(out[0, prompt.shape[1]:], full[0, prompt.shape[1] - 1:].argmax(-1))
-  assert isinstance(tok.decode(out[0]), str)
+  text = hf.generate_text(model, params, tok, "hello world", 5, jax.random.key(0), temperature=0.0)
+  assert text == tok.decode(out[0]) and text.startswith("hello world")

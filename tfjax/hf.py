@@ -8,7 +8,8 @@ A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (
   :class:`~tfjax.models.bert.BERT` configured to compute what the PyTorch model computes (activation, LayerNorm
   epsilon, post-/pre-LN, tied head), with plain float32 parameters.
 - :func:`save` ``(model, params, path)``: writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads.
-- :func:`is_hf_dir`, :func:`load_tokenizer`.
+- :func:`is_hf_dir`, :func:`load_tokenizer` (``tokenizer.json``, GPT-2's ``vocab.json`` + ``merges.txt`` or BERT's
+  ``vocab.txt``), and :func:`generate_text` (sampling from an imported GPT-2).
 
 Layout differences handled here: PyTorch ``nn.Linear`` stores ``weight [out, in]`` (transposed to a flax kernel
 ``[in, out]``); GPT-2's ``Conv1D`` already stores ``[in, out]`` and its fused ``c_attn`` is ``[q | k | v]`` like
@@ -484,3 +485,22 @@ def load_tokenizer(path: str | os.PathLike):
   if eos is None and tok.token_to_id("<|endoftext|>") is not None:
     eos = "<|endoftext|>"
   return Tokenizer(tok, eos_token=eos)
+
+
+def generate_text(model, params, tokenizer, prompt: str, max_new_tokens: int, rng: jax.Array, *,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> str:
+  """Continues ``prompt`` with an imported GPT-2 (``load`` + ``load_tokenizer``): the decoded prompt and new text.
+
+  An empty prompt starts from the end-of-text token (as GPT-2's unconditional samples do).
+  """
+  from tfjax.generate import generate
+  ids = tokenizer.encode(prompt) if prompt else []
+  if not ids:
+    if tokenizer.eos_id is None:
+      raise ValueError("an empty prompt needs an end-of-text token in the tokenizer")
+    ids = [tokenizer.eos_id]
+  if len(ids) >= model.cfg.max_len:
+    ids = ids[-(model.cfg.max_len - 1):]
+  out = generate(model, params, np.asarray([ids], np.int32), max_new_tokens, rng, temperature=temperature,
+                 top_k=top_k, top_p=top_p)
+  return tokenizer.decode(out[0])
