@@ -24,12 +24,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dim = 100
   c.model.negatives = 5  # noise words per item (negative sampling)
   c.model.ns_exponent = 0.75  # noise distribution: unigram ** ns_exponent
+  # CBOW: False gives each neighbour the hidden vector's full gradient (word2vec.c, gensim); True divides it by the
+  # number of neighbours (the exact gradient of the average)
+  c.model.cbow_exact_mean_grad = False
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 5
   c.train.alpha = 0.025  # initial learning rate, decayed linearly to min_alpha over all epochs
   c.train.min_alpha = 0.0001
   c.train.row_size = 32  # items (pairs / centres) sharing the same noise words
+  c.train.noise_pool = 0  # noise words drawn per row, each weighted negatives / noise_pool; 0: = model.negatives
   c.train.rows_per_step = 32  # rows per SGD micro-step per device
   c.train.steps_per_call = 64  # micro-steps per jitted call (lax.scan); devices sync once per call
   c.train.num_devices = 0  # 0: all local devices

@@ -86,7 +86,7 @@ def full_softmax_loss(logits_BxV: jax.Array, targets_BxT: jax.Array, mask_BxT: j
 
 
 def negative_sampling_loss(hidden_RxSxD: jax.Array, positive_RxSxD: jax.Array, noise_RxKxD: jax.Array,
-                           mask_RxS: jax.Array, noise_mask_RxSxK: jax.Array | None = None) -> jax.Array:
+                           mask_RxS: jax.Array, noise_weight_RxSxK: jax.Array | None = None) -> jax.Array:
   """Summed negative-sampling loss of ``R`` rows of ``S`` items sharing ``K`` noise words (scalar).
 
   Args:
@@ -94,16 +94,18 @@ def negative_sampling_loss(hidden_RxSxD: jax.Array, positive_RxSxD: jax.Array, n
     positive_RxSxD: the output vector of each item's true word.
     noise_RxKxD: the output vectors of the row's noise words.
     mask_RxS: 1 for real items, 0 for padding.
-    noise_mask_RxSxK: 0 where a noise word equals the item's true word (skipped), else 1. ``None``: all 1.
+    noise_weight_RxSxK: weight of each noise word for each item: 0 where it equals the item's true word (skipped),
+      else 1, or ``K / P`` when a pool of ``P`` noise words stands in for ``K`` (an unbiased, lower-variance estimate
+      of the same objective). ``None``: all 1.
   Returns:
-    ``sum_items mask * (softplus(-h.u_true) + sum_k noise_mask * softplus(h.u_k))``.
+    ``sum_items mask * (softplus(-h.u_true) + sum_k noise_weight * softplus(h.u_k))``.
   """
   mask = mask_RxS.astype(hidden_RxSxD.dtype)
   pos_RxS = jnp.sum(hidden_RxSxD * positive_RxSxD, axis=-1)
   neg_RxSxK = jnp.einsum("rsd,rkd->rsk", hidden_RxSxD, noise_RxKxD)
   neg_loss = jax.nn.softplus(neg_RxSxK)
-  if noise_mask_RxSxK is not None:
-    neg_loss = neg_loss * noise_mask_RxSxK.astype(neg_loss.dtype)
+  if noise_weight_RxSxK is not None:
+    neg_loss = neg_loss * noise_weight_RxSxK.astype(neg_loss.dtype)
   return jnp.sum(mask * (jax.nn.softplus(-pos_RxS) + jnp.sum(neg_loss, axis=-1)))
 
 

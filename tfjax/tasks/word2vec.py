@@ -108,9 +108,10 @@ def epoch_data(corpus: Corpus, config: ml_collections.ConfigDict, epoch: int, nu
     else:
       items = {"context": context, "context_mask": mask, "target": kept.ids}
     row = t.row_size
+    row_shape = (row,)
   else:
     items = {"context": context, "context_mask": mask, "target": kept.ids}
-    row = 1
+    row, row_shape = 1, ()
   n = len(items["target"])
   per_call = t.steps_per_call * num_devices * t.rows_per_step * row
   num_calls = max(1, -(-n // per_call))
@@ -119,23 +120,33 @@ def epoch_data(corpus: Corpus, config: ml_collections.ConfigDict, epoch: int, nu
   arrays = {}
   for k, v in items.items():
     v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
-    arrays[k] = v.reshape(shape + ((row,) if row > 1 else ()) + v.shape[1:])
-  arrays["mask"] = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(
-      shape + ((row,) if row > 1 else ()))
+    arrays[k] = v.reshape(shape + row_shape + v.shape[1:])
+  arrays["mask"] = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(shape + row_shape)
   if loss == w2v.NEGATIVE_SAMPLING:
-    arrays["noise"] = wd.sample_noise(corpus.noise_cdf, shape + (config.model.negatives,), rng)
+    arrays["noise"] = wd.sample_noise(corpus.noise_cdf, shape + (noise_pool(config),), rng)
   return EpochData(arrays, num_calls, len(kept), n)
 
 
 # ---------------------------------------------------------------------------------------------------- steps
 
 
-def _ns_skipgram_micro_step(tables, batch, lr):
+def noise_pool(config: ml_collections.ConfigDict) -> int:
+  """Noise words drawn per row: ``train.noise_pool``, or ``model.negatives`` when 0."""
+  return int(config.train.noise_pool or config.model.negatives)
+
+
+def _noise_weight(noise_RxP, target_RxS, negatives: int):
+  """``K / P`` for each (item, noise word), 0 where the noise word is the item's true word (``R x S x P``)."""
+  same = noise_RxP[:, None, :] == target_RxS[:, :, None]
+  return jnp.where(same, 0.0, negatives / noise_RxP.shape[-1]).astype(jnp.float32)
+
+
+def _ns_skipgram_micro_step(tables, batch, lr, negatives: int):
   """One SGD micro-step of negative-sampling skip-gram on ``R`` rows of ``S`` pairs; sparse update."""
   w_in, w_out = tables
   inp, target, noise, mask = batch["input"], batch["target"], batch["noise"], batch["mask"]  # RxS, RxS, RxK, RxS
   rows = (w_in[inp], w_out[target], w_out[noise])
-  noise_mask = noise[:, None, :] != target[:, :, None]
+  noise_mask = _noise_weight(noise, target, negatives)
   loss, (g_in, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
       *rows, mask, noise_mask)
   d = w_in.shape[1]
@@ -145,22 +156,26 @@ def _ns_skipgram_micro_step(tables, batch, lr):
   return (w_in, w_out), (loss, jnp.sum(mask))
 
 
-def _ns_cbow_micro_step(tables, batch, lr):
-  """One SGD micro-step of negative-sampling CBOW on ``R`` rows of ``S`` centres (``C`` context slots each)."""
+def _ns_cbow_micro_step(tables, batch, lr, negatives: int, exact_mean_grad: bool = False):
+  """One SGD micro-step of negative-sampling CBOW on ``R`` rows of ``S`` centres (``C`` context slots each).
+
+  As in word2vec.c and gensim (``cbow_mean=1``), every neighbour receives the full gradient of the hidden vector, not
+  the gradient of the mean (which is that divided by the number of neighbours); ``exact_mean_grad`` uses the latter.
+  """
   w_in, w_out = tables
   ctx, ctx_mask = batch["context"], batch["context_mask"]  # RxSxC
   target, noise, mask = batch["target"], batch["noise"], batch["mask"]  # RxS, RxK, RxS
   r, s, c = ctx.shape
   d = w_in.shape[1]
-  noise_mask = noise[:, None, :] != target[:, :, None]
+  noise_mask = _noise_weight(noise, target, negatives)
   item_mask = mask & jnp.any(ctx_mask, axis=-1)
-
-  def loss_fn(ctx_rows, target_rows, noise_rows):
-    hidden = w2v.context_mean(ctx_rows.reshape(r * s, c, d), ctx_mask.reshape(r * s, c)).reshape(r, s, d)
-    return w2v.negative_sampling_loss(hidden, target_rows, noise_rows, item_mask, noise_mask)
-
-  loss, (g_ctx, g_target, g_noise) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
-      w_in[ctx], w_out[target], w_out[noise])
+  hidden = w2v.context_mean(w_in[ctx].reshape(r * s, c, d), ctx_mask.reshape(r * s, c)).reshape(r, s, d)
+  loss, (g_hidden, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
+      hidden, w_out[target], w_out[noise], item_mask, noise_mask)
+  weight = ctx_mask.astype(g_hidden.dtype)  # RxSxC
+  if exact_mean_grad:
+    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1.0)
+  g_ctx = g_hidden[:, :, None, :] * weight[..., None]
   w_in = w_in.at[ctx.reshape(-1)].add(-lr * g_ctx.reshape(-1, d))
   out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
   w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
@@ -191,9 +206,10 @@ def make_train_call(config: ml_collections.ConfigDict, model_config: w2v.Word2Ve
   if model_config.loss == w2v.FULL_SOFTMAX:
     micro = functools.partial(_full_softmax_micro_step, w2v.make_model(model_config))
   elif model_config.architecture == w2v.SKIPGRAM:
-    micro = _ns_skipgram_micro_step
+    micro = functools.partial(_ns_skipgram_micro_step, negatives=model_config.negatives)
   else:
-    micro = _ns_cbow_micro_step
+    micro = functools.partial(_ns_cbow_micro_step, negatives=model_config.negatives,
+                              exact_mean_grad=config.model.cbow_exact_mean_grad)
 
   def per_device(w_in, w_out, batch, lr):
     batch = jax.tree.map(lambda x: x[:, 0], batch)  # [M, 1, ...] -> [M, ...]
@@ -232,7 +248,7 @@ def _config_fingerprint(config: ml_collections.ConfigDict, corpus: Corpus) -> st
   relevant = {k: config.to_dict()[k] for k in ("data", "model", "seed")}
   relevant["vocab"] = hashlib.sha256("\n".join(corpus.vocab.words).encode()).hexdigest()[:16]
   relevant["train"] = {k: config.train[k] for k in ("row_size", "rows_per_step", "steps_per_call", "epochs",
-                                                     "alpha", "min_alpha")}
+                                                     "alpha", "min_alpha", "noise_pool")}
   return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -276,7 +292,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
   params = init_params(model_config, config.seed)
   tables = (np.asarray(params["input_embedding"]), np.asarray(params["output_embedding"]))
 
-  manager, start_epoch, writer = None, 0, None
+  manager, start_epoch, writer, step = None, 0, None, 0
   fingerprint = _config_fingerprint(config, corpus)
   if workdir is not None:
     from tfjax.train import checkpoint as ckpt
@@ -293,8 +309,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
             f"the checkpoint in {workdir} was written with a different corpus/config (fingerprint "
             f"{meta.get('fingerprint')} vs {fingerprint}); use a new --workdir.")
       tables = (np.asarray(state["input_embedding"]), np.asarray(state["output_embedding"]))
+      step = int(meta.get("step", 0))
       log.info("resumed from %s after epoch %d/%d", workdir, start_epoch, epochs)
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=start_epoch * 10**9)  # keep all earlier lines
+    writer = metrics_lib.MetricsWriter(workdir, resume_step=step)  # drops lines logged after the checkpoint
 
   stats = {"words": 0, "train_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
            "vocab_size": len(vocab), "corpus_words": corpus.raw_words, "retained_words": vocab.total}
@@ -307,11 +324,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
   pool = concurrent.futures.ThreadPoolExecutor(1)
   next_data = pool.submit(epoch_data, corpus, config, start_epoch, n_dev)
   m = config.train.steps_per_call
-  step = 0
   log_every = config.train.log_every_s
   t_start = time.perf_counter()
   expected_words = None
   for epoch in range(start_epoch, epochs):
+    t_epoch = time.perf_counter()  # words/s counts the wait for this epoch's data, not the compilation
     data = next_data.result()
     if epoch + 1 < epochs:
       next_data = pool.submit(epoch_data, corpus, config, epoch + 1, n_dev)
@@ -325,21 +342,22 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
       batch0 = {k: jax.device_put(v[0], batch_sharding) for k, v in data.arrays.items()}
       call = call.lower(w_in, w_out, batch0, jnp.asarray(lrs[0])).compile()
       stats["compile_s"] = time.perf_counter() - t
+      t_epoch += stats["compile_s"]
       log.info("compiled the training call in %.1fs (%d devices: %s)", stats["compile_s"], n_dev,
                devices[0].platform)
-    t_epoch = time.perf_counter()
     pending, loss_acc, count_acc, last_log = [], 0.0, 0.0, time.perf_counter()
     for i in range(data.num_calls):
       batch = {k: jax.device_put(v[i], batch_sharding) for k, v in data.arrays.items()}
       w_in, w_out, loss, count = call(w_in, w_out, batch, jnp.asarray(lrs[i]))
       step += m
       pending.append((loss, count))
-      if len(pending) > 1:  # read the previous call's loss after dispatching this one: no sync per call
+      last = i == data.num_calls - 1
+      while len(pending) > 1 or (last and pending):  # read a call's loss after dispatching the next: no sync per call
         l, c = pending.pop(0)
         loss_acc += float(l)
         count_acc += float(c)
       now = time.perf_counter()
-      if (now - last_log >= log_every or i == data.num_calls - 1) and count_acc > 0:
+      if (now - last_log >= log_every or last) and count_acc > 0:
         done_words = stats["words"] + data.words * (i + 1) / data.num_calls
         elapsed = stats["train_s"] + (now - t_epoch)
         wps = done_words / max(elapsed, 1e-9)
@@ -351,21 +369,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
         if writer is not None:
           writer.write(rec)
         stats["final_loss"] = rec["loss"]
+        if not np.isfinite(rec["loss"]):
+          raise FloatingPointError(f"loss is {rec['loss']} at step {step}; lower train.alpha")
         loss_acc, count_acc, last_log = 0.0, 0.0, now
-    for l, c in pending:
-      loss_acc += float(l)
-      count_acc += float(c)
     jax.block_until_ready(w_in)
     stats["train_s"] += time.perf_counter() - t_epoch
     stats["words"] += data.words
-    if count_acc > 0:
-      stats["final_loss"] = loss_acc / count_acc
-    if not np.isfinite(stats["final_loss"] if stats["final_loss"] is not None else 0.0):
-      raise FloatingPointError(f"loss is {stats['final_loss']} in epoch {epoch + 1}; lower train.alpha")
     if manager is not None:
       from tfjax.train import checkpoint as ckpt
       state = {"input_embedding": np.asarray(w_in), "output_embedding": np.asarray(w_out)}
-      ckpt.save(manager, epoch + 1, state, {"epoch": epoch + 1, "fingerprint": fingerprint})
+      ckpt.save(manager, epoch + 1, state, {"epoch": epoch + 1, "step": step, "fingerprint": fingerprint})
       manager.wait_until_finished()
   pool.shutdown()
   stats["words_per_s"] = stats["words"] / max(stats["train_s"], 1e-9)
