@@ -8,8 +8,8 @@ Every data set tfjax reads is described by a :class:`DataFile` (relative path, p
 3. the user cache dir (``$XDG_CACHE_HOME/tfjax`` or ``~/.cache/tfjax``).
 
 When the file is in none of them it is downloaded into the first writable directory of that list and checked against
-its sha256 (written atomically: a partial download is never taken for the file). Offline, the error says which
-directories were searched and where to put the file.
+its sha256 (written atomically: a partial download is never taken for the file). Offline (or with
+``TFJAX_OFFLINE=1``), the error says which directories were searched and where to put the file.
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def find_data_file(spec: DataFile | str, data_dir: str | os.PathLike | None = No
                             "different version; delete it to download it again.")
       return path
   errors = []
+  if os.environ.get("TFJAX_OFFLINE") == "1":
+    download = False
   if download and spec.url:
     for d in dirs:
       try:

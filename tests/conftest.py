@@ -1,0 +1,38 @@
+"""Test set-up: the shared data dir, and helpers to build small configs."""
+
+import os
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_shared = ROOT.parent / "shared" / "data"
+if "TFJAX_DATA_DIR" not in os.environ and _shared.is_dir():
+  os.environ["TFJAX_DATA_DIR"] = str(_shared)
+
+
+def pytest_collection_modifyitems(config, items):
+  if os.environ.get("TFJAX_SLOW_TESTS") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow; run with TFJAX_SLOW_TESTS=1")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
+
+def tiny_lm_config(**overrides):
+  """A GPT config small enough to train in seconds: 2 layers, width 32, context 16, batch 8."""
+  from experiments.configs import gpt_shakespeare_tiny
+  c = gpt_shakespeare_tiny.get_config()
+  c.model.update(num_layers=2, num_heads=4, emb_dim=32, max_len=16)
+  c.train.update(batch_size=8, num_steps=20, log_every=5, eval_every=10, eval_steps=2, checkpoint_every=10,
+                 parallel="none", log_mfu=False, async_checkpoint=False)
+  c.optimizer.update(warmup_steps=5, lr=3e-3)
+  c.sample.num_tokens = 0
+  for key, value in overrides.items():
+    node = c
+    *path, last = key.split(".")
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return c

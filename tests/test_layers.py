@@ -1,0 +1,246 @@
+"""Layers against independent references: naive attention, formulas, causality, caches."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tfjax.layers import attention, masks
+from tfjax.layers.blocks import TransformerConfig, TransformerStack
+from tfjax.layers.embeddings import apply_rope, sinusoidal_positions
+from tfjax.models.gpt import GPT
+
+B, T, S, H, DH = 2, 7, 9, 4, 8
+
+
+def _qkv(kv_heads=H, seed=0):
+  k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+  return (jax.random.normal(k1, (B, T, H, DH)), jax.random.normal(k2, (B, S, kv_heads, DH)),
+          jax.random.normal(k3, (B, S, kv_heads, DH)))
+
+
+def naive_attention(q, k, v, mask):
+  """Loop-free numpy attention written independently of the library (float64)."""
+  q, k, v, mask = (np.asarray(a, np.float64) if a is not None else None for a in (q, k, v, mask))
+  rep = q.shape[2] // k.shape[2]
+  k, v = np.repeat(k, rep, axis=2), np.repeat(v, rep, axis=2)
+  scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
+  mask = np.broadcast_to(mask, scores.shape).astype(bool)
+  scores = np.where(mask, scores, -np.inf)
+  out = np.zeros(q.shape)
+  for b in range(q.shape[0]):
+    for h in range(q.shape[2]):
+      for t in range(q.shape[1]):
+        row = scores[b, h, t]
+        if np.isfinite(row).any():
+          p = np.exp(row - row[np.isfinite(row)].max())
+          p /= p.sum()
+          out[b, t, h] = p @ v[b, :, h]
+  return out
+
+
+def _random_mask(seed=1):
+  m = jax.random.bernoulli(jax.random.key(seed), 0.7, (B, 1, T, S))
+  return m.at[0, 0, 2].set(False)  # one fully masked row
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("kv_heads", [H, 2, 1])
+def test_attention_matches_naive(impl, kv_heads):
+  q, k, v = _qkv(kv_heads)
+  mask = _random_mask()
+  out = attention.dot_product_attention(q, k, v, mask, implementation=impl)
+  np.testing.assert_allclose(out, naive_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_and_fast_agree_with_causal_mask():
+  q, k, v = _qkv()
+  k, v = k[:, :T], v[:, :T]
+  mask = masks.causal_mask(T)
+  ref = attention.dot_product_attention(q, k, v, mask, implementation="reference")
+  fast = attention.dot_product_attention(q, k, v, mask, implementation="xla")
+  np.testing.assert_allclose(ref, fast, atol=1e-5)
+
+
+def test_attention_pattern_rows():
+  q, k, _ = _qkv()
+  mask = _random_mask()
+  pattern = np.asarray(attention.attention_pattern(q, k, mask))
+  full = np.broadcast_to(np.asarray(mask), pattern.shape)
+  assert np.all(pattern[~full] == 0.0), "masked keys must get zero weight"
+  sums = pattern.sum(-1)
+  has_key = full.any(-1)
+  np.testing.assert_allclose(sums[has_key], 1.0, atol=1e-6)
+  assert np.all(sums[~has_key] == 0.0)
+
+
+@pytest.mark.parametrize("impl", ["reference", "xla"])
+def test_fully_masked_rows_are_zero_not_nan(impl):
+  q, k, v = _qkv()
+  mask = jnp.zeros((B, 1, T, S), bool)
+  out = attention.dot_product_attention(q, k, v, mask, implementation=impl)
+  assert np.all(np.asarray(out) == 0.0)
+  grads = jax.grad(lambda q: attention.dot_product_attention(q, k, v, mask, implementation=impl).sum())(q)
+  assert np.all(np.isfinite(grads))
+
+
+def test_bad_mask_shape_is_named():
+  q, k, v = _qkv()
+  with pytest.raises(ValueError, match="attention mask"):
+    attention.dot_product_attention(q, k, v, jnp.ones((B, 1, T, S + 1), bool))
+  with pytest.raises(ValueError, match="boolean"):
+    attention.dot_product_attention(q, k, v, jnp.ones((B, 1, T, S), jnp.float32))
+
+
+def test_masks():
+  np.testing.assert_array_equal(masks.causal_mask(3)[0, 0], np.tril(np.ones((3, 3), bool)))
+  np.testing.assert_array_equal(masks.causal_mask(2, 4, offset=2)[0, 0],
+                                [[True, True, True, False], [True, True, True, True]])
+  valid = jnp.array([[True, True, False]])
+  pm = masks.padding_mask(valid)
+  np.testing.assert_array_equal(pm[0, 0], [[1, 1, 0], [1, 1, 0], [0, 0, 0]])
+  both = masks.combine_masks(masks.causal_mask(3), pm)
+  np.testing.assert_array_equal(both[0, 0], [[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_sinusoidal_formula():
+  d, pos = 16, np.arange(50)
+  pe = np.asarray(sinusoidal_positions(jnp.asarray(pos), d))
+  for p in (0, 1, 17, 49):
+    for i in range(d // 2):
+      angle = p / 10000 ** (2 * i / d)
+      assert pe[p, 2 * i] == pytest.approx(np.sin(angle), abs=1e-5)
+      assert pe[p, 2 * i + 1] == pytest.approx(np.cos(angle), abs=1e-5)
+
+
+def test_rope_scores_depend_only_on_offset():
+  kq, kk = jax.random.split(jax.random.key(3))
+  q = jax.random.normal(kq, (1, 1, 1, DH))
+  k = jax.random.normal(kk, (1, 1, 1, DH))
+
+  def score(pq, pk):
+    rq = apply_rope(q, jnp.array([[pq]]))
+    rk = apply_rope(k, jnp.array([[pk]]))
+    return float(jnp.sum(rq * rk))
+
+  for offset in (0, 3, 11):
+    s = [score(p + offset, p) for p in (0, 5, 40, 123)]
+    np.testing.assert_allclose(s, s[0], rtol=1e-4, atol=1e-4)
+  assert abs(score(3, 0) - score(0, 0)) > 1e-3, "rotation must change the score"
+  assert float(jnp.linalg.norm(apply_rope(q, jnp.array([[7]])))) == pytest.approx(float(jnp.linalg.norm(q)), 1e-5)
+
+
+def test_gqa_with_all_kv_heads_equals_mha():
+  x = jax.random.normal(jax.random.key(0), (B, T, 32))
+  mha = attention.MultiHeadAttention(num_heads=4)
+  gqa = attention.MultiHeadAttention(num_heads=4, num_kv_heads=4)
+  params = mha.init(jax.random.key(1), x)
+  np.testing.assert_array_equal(mha.apply(params, x), gqa.apply(params, x))
+
+
+def test_gqa_equals_mha_with_repeated_kv_weights():
+  width, heads, kv = 32, 4, 2
+  dh = width // heads
+  x = jax.random.normal(jax.random.key(0), (B, T, width))
+  gqa = attention.MultiHeadAttention(num_heads=heads, num_kv_heads=kv)
+  p = nn.unbox(gqa.init(jax.random.key(1), x))["params"]
+  w, bias = p["qkv"]["kernel"], p["qkv"]["bias"]
+  def expand(a):  # [.., (H + 2K)·Dh] -> [.., 3H·Dh] with each kv head repeated H/K times
+    qpart, kpart, vpart = jnp.split(a, [heads * dh, (heads + kv) * dh], axis=-1)
+    rep = lambda z: jnp.repeat(z.reshape(*z.shape[:-1], kv, dh), heads // kv, axis=-2).reshape(*z.shape[:-1], -1)
+    return jnp.concatenate([qpart, rep(kpart), rep(vpart)], axis=-1)
+  mha_params = {"qkv": {"kernel": expand(w), "bias": expand(bias)}, "out": p["out"]}
+  mha = attention.MultiHeadAttention(num_heads=heads)
+  mask = masks.causal_mask(T)
+  np.testing.assert_allclose(gqa.apply({"params": p}, x, mask), mha.apply({"params": mha_params}, x, mask),
+                             atol=1e-5)
+
+
+def test_cross_attention_ignores_masked_context():
+  x = jax.random.normal(jax.random.key(0), (B, T, 32))
+  ctx = jax.random.normal(jax.random.key(1), (B, S, 32))
+  mha = attention.MultiHeadAttention(num_heads=4)
+  params = mha.init(jax.random.key(2), x, context=ctx)
+  valid = jnp.arange(S)[None, :] < jnp.array([[5], [9]])
+  cmask = masks.padding_mask(jnp.ones((B, T), bool), valid)
+  out = mha.apply(params, x, cmask, context=ctx)
+  ctx2 = ctx.at[0, 5:].set(100.0)  # change only masked context positions of sequence 0
+  np.testing.assert_allclose(out, mha.apply(params, x, cmask, context=ctx2), atol=1e-6)
+  assert out.shape == (B, T, 32)
+  _, pattern = mha.apply(params, x, cmask, context=ctx, return_pattern=True)
+  assert pattern.shape == (B, 4, T, S)
+  assert float(jnp.abs(pattern[0, :, :, 5:]).max()) == 0.0
+
+
+def test_heads_must_divide_width():
+  with pytest.raises(ValueError, match="does not divide"):
+    TransformerConfig(vocab_size=10, num_heads=5, emb_dim=32)
+  with pytest.raises(ValueError, match="does not divide"):
+    attention.MultiHeadAttention(num_heads=5).init(jax.random.key(0), jnp.ones((1, 3, 32)))
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    TransformerConfig(vocab_size=10, num_heads=4, num_kv_heads=3, emb_dim=32)
+
+
+CFG = TransformerConfig(vocab_size=50, num_layers=2, num_heads=4, emb_dim=32, max_len=16)
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope", "sinusoidal"])
+def test_changing_a_later_token_changes_no_earlier_logit(positional):
+  model = GPT(dataclasses.replace(CFG, positional=positional))
+  ids = jax.random.randint(jax.random.key(0), (2, 12), 0, 50)
+  params = model.init(jax.random.key(1), ids)
+  base = model.apply(params, ids)
+  changed = model.apply(params, ids.at[:, 8].set((ids[:, 8] + 1) % 50))
+  np.testing.assert_array_equal(base[:, :8], changed[:, :8])
+  assert float(jnp.abs(base[:, 8:] - changed[:, 8:]).max()) > 1e-4
+
+
+def test_gradients_to_later_positions_are_zero():
+  stack = TransformerStack(CFG)
+  x = jax.random.normal(jax.random.key(0), (1, 10, 32))
+  mask = masks.causal_mask(10)
+  params = stack.init(jax.random.key(1), x, mask)
+  for t in (0, 4, 9):
+    g = jax.grad(lambda x: stack.apply(params, x, mask)[0, t].sum())(x)
+    assert float(jnp.abs(g[0, t + 1:]).max(initial=0.0)) == 0.0
+    assert float(jnp.abs(g[0, :t + 1]).max()) > 0.0
+
+
+def test_sequence_longer_than_context_window():
+  model = GPT(CFG)
+  with pytest.raises(ValueError, match="context window"):
+    model.init(jax.random.key(0), jnp.zeros((1, 17), jnp.int32))
+
+
+def test_token_ids_out_of_range():
+  model = GPT(CFG)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+  for bad in (50, -1):
+    with pytest.raises(ValueError, match="out of range"):
+      model.apply(params, jnp.array([[1, 2, bad, 3]]))
+
+
+@pytest.mark.parametrize("positional", ["learned", "rope"])
+@pytest.mark.parametrize("kv_heads", [0, 2])
+def test_kv_cache_decode_equals_full_forward(positional, kv_heads):
+  cfg = dataclasses.replace(CFG, positional=positional, num_kv_heads=kv_heads or None)
+  model = GPT(cfg)
+  ids = jax.random.randint(jax.random.key(0), (2, 16), 0, 50)
+  params = model.init(jax.random.key(1), ids)["params"]
+  full = model.apply({"params": params}, ids)
+  from tfjax.models.gpt import init_cache
+  cache = init_cache(model, 2)
+  # prefill 5 tokens, then one at a time
+  logits, v = model.apply({"params": params, "cache": cache}, ids[:, :5], positions=jnp.tile(jnp.arange(5), (2, 1)),
+                          decode=True, mutable=["cache"])
+  outs = [logits]
+  cache = v["cache"]
+  for t in range(5, 16):
+    logits, v = model.apply({"params": params, "cache": cache}, ids[:, t:t + 1], positions=jnp.full((2, 1), t),
+                            decode=True, mutable=["cache"])
+    cache = v["cache"]
+    outs.append(logits)
+  np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5, rtol=1e-5)

@@ -1,0 +1,336 @@
+"""word2vec: model maths against numpy, data formulas, the sparse SGD step, training, evaluation, save/load, resume."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.configs import word2vec_skipgram
+from tfjax import word2vec_eval as ev
+from tfjax.data import word2vec_data as wd
+from tfjax.models import word2vec as w2v
+from tfjax.tasks import word2vec as task
+
+PAIRS = [("king", "queen"), ("man", "woman"), ("prince", "princess"), ("boy", "girl"), ("uncle", "aunt"),
+         ("father", "mother")]
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _params(v=7, d=4, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"input_embedding": jnp.asarray(rng.normal(size=(v, d)), jnp.float32),
+          "output_embedding": jnp.asarray(rng.normal(size=(v, d)), jnp.float32)}
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+def test_cbow_forward_is_average_matmul_softmax():
+  params = _params()
+  model = w2v.CBOW(w2v.Word2VecConfig(vocab_size=7, dim=4, architecture="cbow", loss="full_softmax"))
+  context = np.array([[1, 2, 3, 0], [4, 5, 0, 0]], np.int32)
+  mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+  probs = jax.nn.softmax(model.apply({"params": params}, context, mask))
+  w_in, w_out = np.asarray(params["input_embedding"]), np.asarray(params["output_embedding"])
+  hidden = np.stack([w_in[[1, 2, 3]].mean(0), w_in[[4, 5]].mean(0)])  # average of the neighbours only
+  np.testing.assert_allclose(probs, _softmax(hidden @ w_out.T), rtol=1e-5, atol=1e-6)
+  # the loss is the cross-entropy of the centre word under that softmax
+  loss = model.apply({"params": params}, {"centre": np.array([6, 0]), "context": context, "mask": mask},
+                     method="loss")
+  np.testing.assert_allclose(loss, -np.log(_softmax(hidden @ w_out.T)[[0, 1], [6, 0]]).sum(), rtol=1e-5)
+
+
+def test_skipgram_full_softmax_loss_matches_numpy():
+  params = _params()
+  model = w2v.SkipGram(w2v.Word2VecConfig(vocab_size=7, dim=4, loss="full_softmax"))
+  batch = {"centre": np.array([3, 1]), "context": np.array([[1, 2], [0, 6]]), "mask": np.array([[1, 1], [1, 0]])}
+  loss = model.apply({"params": params}, batch, method="loss")
+  p = _softmax(np.asarray(params["input_embedding"])[[3, 1]] @ np.asarray(params["output_embedding"]).T)
+  np.testing.assert_allclose(loss, -(np.log(p[0, 1]) + np.log(p[0, 2]) + np.log(p[1, 0])), rtol=1e-5)
+
+
+def test_negative_sampling_loss_matches_formula():
+  rng = np.random.default_rng(1)
+  h, pos, noise = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 5, 4))
+  mask = np.array([[1, 1, 0], [1, 0, 1]], bool)
+  weight = rng.integers(0, 2, size=(2, 3, 5)).astype(np.float32)
+  got = w2v.negative_sampling_loss(h, pos, noise, mask, weight)
+  log_sig = lambda x: -np.log1p(np.exp(-x))
+  want = 0.0
+  for r in range(2):
+    for s in range(3):
+      if mask[r, s]:
+        want -= log_sig(h[r, s] @ pos[r, s])
+        want -= sum(weight[r, s, k] * log_sig(-(h[r, s] @ noise[r, k])) for k in range(5))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_sparse_sgd_step_equals_dense_sgd_on_the_module_loss():
+  """The trainer's gather/scatter-add step is plain SGD on the skip-gram module's negative-sampling loss."""
+  v, d, lr = 9, 4, 0.1
+  params = _params(v, d, seed=2)
+  batch = {"centre": np.array([1, 4, 1]), "context": np.array([[2, 3, 1], [5, 5, 0], [8, 2, 7]]),
+           "mask": np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1]], bool), "noise": np.array([[6, 1], [4, 7], [0, 3]])}
+  model = w2v.SkipGram(w2v.Word2VecConfig(vocab_size=v, dim=d, negatives=2))
+  grads = jax.grad(lambda p: model.apply({"params": p}, batch, method="loss"))(params)
+  want = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+  micro = {"input": batch["context"], "target": np.repeat(batch["centre"][:, None], 3, 1), "noise": batch["noise"],
+           "mask": batch["mask"]}
+  (w_in, w_out), _ = task._ns_skipgram_micro_step(
+      (params["input_embedding"], params["output_embedding"]), micro, lr, negatives=2)
+  np.testing.assert_allclose(w_in, want["input_embedding"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(w_out, want["output_embedding"], rtol=1e-5, atol=1e-6)
+  assert not np.allclose(w_out, params["output_embedding"])  # the step did something
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def test_tokenizer():
+  assert wd.tokenize_line(' The "U.S." isn\'t <unk> , 1.5 @-@ km (Paris). ') == ["the", "u.s", "isn't", "1.5", "km",
+                                                                                   "paris"]
+
+
+def test_keep_probabilities_formula():
+  counts = np.array([5000, 400, 30, 2])
+  sample = 1e-2
+  t = sample * counts.sum()  # 54.32
+  got = wd.keep_probabilities(counts, sample)
+  np.testing.assert_allclose(got[0], (np.sqrt(5000 / t) + 1) * t / 5000)
+  np.testing.assert_allclose(got[1], (np.sqrt(400 / t) + 1) * t / 400)
+  assert got[2] == got[3] == 1.0  # rare words are always kept
+  assert np.all(wd.keep_probabilities(counts, 0.0) == 1.0)
+  # the empirical keep rate follows it
+  corpus = wd.EncodedCorpus(np.zeros(200_000, np.int32), np.zeros(200_000, np.int32))
+  kept = wd.subsample(corpus, got, np.random.default_rng(0))
+  assert abs(len(kept) / 200_000 - got[0]) < 0.005
+
+
+def test_keep_probabilities_match_gensim():
+  gensim_w2v = pytest.importorskip("gensim.models.word2vec")
+  sentences = [["a"] * 300 + ["b"] * 40 + ["c"] * 7 + ["d"] * 2]
+  model = gensim_w2v.Word2Vec(min_count=1, sample=1e-2, vector_size=4)
+  model.build_vocab(sentences)
+  vocab = wd.build_vocab(sentences, 1)
+  got = wd.keep_probabilities(vocab.counts, 1e-2)
+  want = [model.wv.get_vecattr(w, "sample_int") / (2**32 - 1) for w in vocab.words]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_noise_distribution_formula_and_sampling():
+  counts = np.array([1000, 100, 10, 1])
+  p = wd.noise_distribution(counts, 0.75)
+  np.testing.assert_allclose(p, counts**0.75 / (counts**0.75).sum())
+  draws = wd.sample_noise(np.cumsum(p), (400_000,), np.random.default_rng(0))
+  freq = np.bincount(draws, minlength=4) / len(draws)
+  np.testing.assert_allclose(freq, p, atol=3e-3)
+  assert not np.allclose(p, counts / counts.sum(), atol=1e-2)  # differs from the plain unigram distribution
+
+
+def test_windows_respect_sentences_and_reach():
+  corpus = wd.EncodedCorpus(np.arange(7, dtype=np.int32), np.array([0, 0, 0, 0, 1, 1, 2], np.int32))
+  ctx, mask = wd.windows(corpus, 2, np.random.default_rng(0), dynamic=False)
+  # offsets -2, -1, 1, 2
+  assert mask[0].tolist() == [False, False, True, True] and ctx[0, 2:].tolist() == [1, 2]
+  assert mask[3].tolist() == [True, True, False, False]  # token 4 is in the next sentence
+  assert mask[4].tolist() == [False, False, True, False] and ctx[4, 2] == 5
+  assert not mask[6].any()  # a one-word sentence has no context
+  big = wd.EncodedCorpus(np.arange(10000, dtype=np.int32) % 50, np.zeros(10000, np.int32))
+  _, mask = wd.windows(big, 5, np.random.default_rng(0), dynamic=True)
+  reach = mask[:, 5:].sum(1)[10:-10]  # right-side reach, away from the ends
+  assert reach.min() == 1 and reach.max() == 5 and abs(reach.mean() - 3.0) < 0.1  # uniform in [1, 5]
+
+
+def test_empty_corpus_and_min_count_errors(tmp_path):
+  with pytest.raises(wd.CorpusError, match="empty"):
+    wd.build_vocab([[]])
+  with pytest.raises(wd.CorpusError, match="min_count=5"):
+    wd.build_vocab([["a", "b", "a"]], min_count=5)
+  empty = tmp_path / "empty.txt"
+  empty.write_text("\n , ; \n")
+  config = _config([str(empty)])
+  with pytest.raises(wd.CorpusError, match="empty"):
+    task.train(config)
+
+
+# ---------------------------------------------------------------------------------------------------- evaluation
+
+
+def test_oov_words_give_clear_errors():
+  wv = ev.WordVectors(["a", "b", "c"], np.eye(3))
+  with pytest.raises(KeyError, match="'zebra' is not in the vocabulary"):
+    wv.neighbors("zebra")
+  with pytest.raises(KeyError, match="zebra"):
+    wv.analogy("a", "zebra", "c")
+  with pytest.raises(KeyError, match="zebra"):
+    wd.build_vocab([["a"]], 1).ids(["a", "zebra"])
+
+
+def test_spearman_with_ties():
+  assert ev.rankdata([10, 20, 20, 5]).tolist() == [2.0, 3.5, 3.5, 1.0]
+  x, y = [1, 2, 3, 4, 5], [5, 6, 7, 8, 7]
+  # by hand: ranks y = [1, 2, 3.5, 5, 3.5]; Pearson of the ranks
+  rx, ry = np.array([1, 2, 3, 4, 5.0]), np.array([1, 2, 3.5, 5, 3.5])
+  want = np.corrcoef(rx, ry)[0, 1]
+  assert abs(ev.spearman(x, y) - want) < 1e-12
+  assert ev.spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+  scipy_stats = pytest.importorskip("scipy.stats")
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(0, 10, 50), rng.normal(size=50)
+  assert ev.spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b)[0], abs=1e-12)
+
+
+def _write_questions(path, pairs):
+  lines = [": family"]
+  for a in pairs:
+    for b in pairs:
+      if a != b:
+        lines.append(f"{a[0]} {a[1]} {b[0]} {b[1]}")
+        lines.append(f"{a[1]} {a[0]} {b[1]} {b[0]}")
+  lines += [": gram-missing", "king queen zebra horse"]
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def test_analogy_evaluation_matches_gensim(tmp_path):
+  gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
+  words = [w for p in PAIRS for w in p] + [f"x{i}" for i in range(20)]
+  rng = np.random.default_rng(0)
+  vectors = rng.normal(size=(len(words), 5)).astype(np.float32)
+  questions = _write_questions(tmp_path / "q.txt", PAIRS)
+  ours = ev.evaluate_analogies(ev.WordVectors(words, vectors), questions)
+  kv = gensim_kv.KeyedVectors(5)
+  kv.add_vectors(words, vectors)
+  score, sections = kv.evaluate_word_analogies(str(questions))
+  assert ours["accuracy"] == pytest.approx(score)
+  assert ours["correct"] == len(sections[-1]["correct"]) and ours["oov"] == 1
+
+
+def test_save_load_round_trip_text_and_binary(tmp_path):
+  rng = np.random.default_rng(0)
+  wv = ev.WordVectors(["the", "café", "u.s", "x"], rng.normal(size=(4, 6)).astype(np.float32))
+  for binary in (False, True):
+    path = tmp_path / ("v.bin" if binary else "v.txt")
+    ev.save_word2vec(wv, path, binary=binary)
+    back = ev.load_word2vec(path)  # format guessed from the bytes
+    assert back.words == wv.words
+    np.testing.assert_allclose(back.vectors, wv.vectors, rtol=0 if binary else 1e-5, atol=0 if binary else 1e-6)
+  with pytest.raises(ValueError, match="whitespace"):
+    ev.save_word2vec(ev.WordVectors(["a b"], np.zeros((1, 2))), tmp_path / "bad.txt")
+
+
+def test_gensim_reads_our_files(tmp_path):
+  gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
+  rng = np.random.default_rng(0)
+  wv = ev.WordVectors(["the", "café", "u.s", "x"], rng.normal(size=(4, 6)).astype(np.float32))
+  for binary in (False, True):
+    path = tmp_path / ("v.bin" if binary else "v.txt")
+    ev.save_word2vec(wv, path, binary=binary)
+    kv = gensim_kv.KeyedVectors.load_word2vec_format(str(path), binary=binary)
+    assert list(kv.index_to_key) == wv.words
+    np.testing.assert_allclose(kv.vectors, wv.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_pca_plot_writes_png(tmp_path):
+  wv = ev.WordVectors(["a", "b", "c"], np.random.default_rng(0).normal(size=(3, 5)))
+  assert ev.plot_pca(wv, ["a", "c", "zebra"], tmp_path / "p.png") == ["a", "c"]
+  assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---------------------------------------------------------------------------------------------------- training
+
+
+def _synthetic_corpus(path, n_sentences=3000, seed=0):
+  """Each pair word appears with words of its role (royal, common, ...) and of its gender, so that the vectors are
+  additive: king - man + woman lands near queen."""
+  rng = np.random.default_rng(seed)
+  lines = []
+  for _ in range(n_sentences):
+    role = rng.integers(len(PAIRS))
+    gender = rng.integers(2)
+    ctx = [f"role{role}_{j}" for j in rng.integers(0, 3, 2)] + [f"gender{gender}_{j}" for j in rng.integers(0, 3, 2)]
+    rng.shuffle(ctx)
+    lines.append(" ".join(ctx[:2] + [PAIRS[role][gender]] + ctx[2:]))
+  path.write_text("\n".join(lines) + "\n")
+  return path
+
+
+def _config(files, arch="skipgram", loss="negative_sampling", epochs=8, seed=0):
+  c = word2vec_skipgram.get_config()
+  c.data.files = tuple(files)
+  c.data.min_count = 1
+  c.data.sample = 0.0
+  c.data.window = 2
+  c.model.update(architecture=arch, loss=loss, dim=16)
+  c.train.update(epochs=epochs, row_size=4, rows_per_step=8, steps_per_call=8, log_every_s=0.0, alpha=0.05)
+  c.seed = seed
+  return c
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+  d = tmp_path_factory.mktemp("w2v")
+  return _synthetic_corpus(d / "corpus.txt"), _write_questions(d / "questions.txt", PAIRS)
+
+
+@pytest.mark.parametrize("arch,loss", [("skipgram", "negative_sampling"), ("cbow", "negative_sampling"),
+                                       ("skipgram", "full_softmax")])
+def test_training_recovers_a_synthetic_analogy(synthetic, arch, loss):
+  corpus_path, questions = synthetic
+  config = _config([str(corpus_path)], arch, loss)
+  wv, stats = task.train(config)
+  result = ev.evaluate_analogies(wv, questions)
+  assert result["total"] == 60 and result["oov"] == 1
+  assert result["accuracy"] >= 0.8, result
+  untrained = ev.WordVectors(wv.words, np.asarray(task.init_params(task._model_config(config, len(wv)), 0)
+                                                  ["input_embedding"]))
+  assert ev.evaluate_analogies(untrained, questions)["accuracy"] < 0.3
+
+
+def test_loss_falls_and_same_seed_gives_identical_vectors(synthetic, tmp_path):
+  corpus_path, _ = synthetic
+  config = _config([str(corpus_path)], epochs=3)
+  wv1, _ = task.train(config, str(tmp_path / "run"))
+  losses = [json.loads(l)["loss"] for l in open(tmp_path / "run" / "metrics.jsonl")]
+  assert len(losses) >= 3 and losses[-1] < 0.8 * losses[0]
+  wv2, _ = task.train(config)
+  np.testing.assert_array_equal(wv1.vectors, wv2.vectors)
+  config.seed = 1
+  wv3, _ = task.train(config)
+  assert not np.allclose(wv1.vectors, wv3.vectors)
+
+
+def test_resume_from_an_epoch_checkpoint_and_rereport(synthetic, tmp_path):
+  corpus_path, questions = synthetic
+  config = _config([str(corpus_path)], "cbow", epochs=3)
+  config.eval.analogies = str(questions)
+  config.eval.wordsim353 = config.eval.simlex999 = str(_pairs_file(tmp_path))
+  workdir = tmp_path / "wd"
+  results = task.train_and_evaluate(config, str(workdir))
+  for name in ("vectors.txt", "vectors.bin", "results.json", "config.json", "metrics.jsonl", "pca.png"):
+    assert (workdir / name).exists(), name
+  full = ev.load_word2vec(workdir / "vectors.bin")
+  # as if killed during epoch 3: only the epoch-2 checkpoint is left
+  shutil.rmtree(workdir / "checkpoints" / "3")
+  os.remove(workdir / "results.json")
+  resumed = task.train_and_evaluate(config, str(workdir))
+  np.testing.assert_array_equal(ev.load_word2vec(workdir / "vectors.bin").vectors, full.vectors)
+  assert resumed["train"]["words"] < results["train"]["words"]  # one epoch trained, not three
+  steps = [json.loads(l)["step"] for l in open(workdir / "metrics.jsonl")]
+  assert steps == sorted(set(steps))  # no step logged twice
+  again = task.train_and_evaluate(config, str(workdir))  # finished: re-reports without training
+  assert again["analogy"] == resumed["analogy"]
+
+
+def _pairs_file(tmp_path):
+  p = tmp_path / "pairs.tsv"
+  p.write_text("# comment\nking\tqueen\t8\nman\twoman\t7\nking\tgirl\t2\nboy\tzebra\t3\n")
+  return p
