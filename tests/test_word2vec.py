@@ -313,6 +313,7 @@ def test_resume_from_an_epoch_checkpoint_and_rereport(synthetic, tmp_path):
   config = _config([str(corpus_path)], "cbow", epochs=3)
   config.eval.analogies = str(questions)
   config.eval.wordsim353 = config.eval.simlex999 = str(_pairs_file(tmp_path))
+  config.eval.plot_words = tuple(w for p in PAIRS for w in p)
   workdir = tmp_path / "wd"
   results = task.train_and_evaluate(config, str(workdir))
   for name in ("vectors.txt", "vectors.bin", "results.json", "config.json", "metrics.jsonl", "pca.png"):
