@@ -313,7 +313,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
       log.info("resumed from %s after epoch %d/%d", workdir, start_epoch, epochs)
     writer = metrics_lib.MetricsWriter(workdir, resume_step=step)  # drops lines logged after the checkpoint
 
-  stats = {"words": 0, "train_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
+  stats = {"words": 0, "train_s": 0.0, "train_cpu_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
            "vocab_size": len(vocab), "corpus_words": corpus.raw_words, "retained_words": vocab.total}
   if start_epoch >= epochs:
     return ev.WordVectors(list(vocab.words), tables[0]), stats
@@ -329,6 +329,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
   expected_words = None
   for epoch in range(start_epoch, epochs):
     t_epoch = time.perf_counter()  # words/s counts the wait for this epoch's data, not the compilation
+    cpu_epoch = time.process_time()
     data = next_data.result()
     if epoch + 1 < epochs:
       next_data = pool.submit(epoch_data, corpus, config, epoch + 1, n_dev)
@@ -343,6 +344,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
       call = call.lower(w_in, w_out, batch0, jnp.asarray(lrs[0])).compile()
       stats["compile_s"] = time.perf_counter() - t
       t_epoch += stats["compile_s"]
+      cpu_epoch = time.process_time()
       log.info("compiled the training call in %.1fs (%d devices: %s)", stats["compile_s"], n_dev,
                devices[0].platform)
     pending, loss_acc, count_acc, last_log = [], 0.0, 0.0, time.perf_counter()
@@ -374,6 +376,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
         loss_acc, count_acc, last_log = 0.0, 0.0, now
     jax.block_until_ready(w_in)
     stats["train_s"] += time.perf_counter() - t_epoch
+    stats["train_cpu_s"] += time.process_time() - cpu_epoch
     stats["words"] += data.words
     if manager is not None:
       from tfjax.train import checkpoint as ckpt

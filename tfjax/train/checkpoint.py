@@ -43,10 +43,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, forc
 
 def _describe_mismatch(abstract: Any, saved: Any) -> str:
   """Lists leaves whose shapes differ between the model and the checkpoint's metadata."""
+  def name(path):
+    return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
   try:
-    want = {jax.tree_util.keystr(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
-    have = {jax.tree_util.keystr(k): tuple(getattr(v, "shape", ())) for k, v in
-            jax.tree_util.tree_leaves_with_path(saved)}
+    want = {name(k): tuple(v.shape) for k, v in jax.tree_util.tree_leaves_with_path(abstract)}
+    have = {name(k): tuple(getattr(v, "shape", ())) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
   except Exception:  # pylint: disable=broad-except
     return ""
   diffs = [f"{k}: model {want.get(k)} vs checkpoint {have.get(k)}" for k in sorted(set(want) | set(have))

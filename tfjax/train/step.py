@@ -76,7 +76,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: Callable, 
       loss_sum, weight, sums, grads = jax.lax.psum((loss_sum, weight, sums, grads), axis_name)
     grads = jax.tree.map(lambda g: g / weight, grads)
     loss = loss_sum / weight
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), "targets": weight,
