@@ -87,7 +87,7 @@ def pmap_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def replicate_for_pmap(tree: Any) -> Any:
   """Puts a copy of every leaf on each local device, stacked along a new leading axis (for pmap)."""
   devices = jax.local_devices()
-  sharding = jax.sharding.PmapSharding.default((len(devices),), sharded_dim=0, devices=devices)
+  sharding = NamedSharding(Mesh(np.asarray(devices), ("devices",)), P("devices"))
 
   def rep(x):
     x = np.asarray(jax.device_get(x))

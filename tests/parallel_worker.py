@@ -1,0 +1,50 @@
+"""Run in a subprocess with 8 fake CPU devices: trains the tiny LM under each parallel mode, prints JSON losses."""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+
+from conftest import tiny_lm_config  # noqa: E402
+from tfjax.tasks.lm import LMTask  # noqa: E402
+from tfjax.train import parallel  # noqa: E402
+from tfjax.train.loop import train_and_evaluate  # noqa: E402
+
+
+def losses(mode, **extra):
+  config = tiny_lm_config(**{"train.parallel": mode, "train.batch_size": 16, "train.num_steps": 6,
+                             "train.log_every": 1, "train.eval_every": 6, "optimizer.warmup_steps": 0, **extra})
+  with tempfile.TemporaryDirectory() as wd:
+    res = train_and_evaluate(config, wd, LMTask(config, wd))
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+      recs = [json.loads(l) for l in f]
+  return {"loss": [r["loss"] for r in recs if "loss" in r], "eval_loss": res["eval_loss"]}
+
+
+def main():
+  assert jax.device_count() == 8, jax.devices()
+  out = {mode: losses(mode) for mode in sys.argv[1].split(",")}
+  # the fsdp rules must actually shard a parameter
+  import flax.linen as nn
+  from jax.sharding import Mesh
+  config = tiny_lm_config()
+  task = LMTask(config, None)
+  boxed = jax.eval_shape(task.init_params, jax.random.key(0))
+  sh = parallel.param_shardings(boxed, parallel.make_mesh("fsdp"), parallel.RULES["fsdp"])
+  out["fsdp_embedding_spec"] = str(sh["embed"]["embedding"].spec)
+  try:
+    losses("dp", **{"train.batch_size": 12})
+    out["indivisible_error"] = None
+  except ValueError as e:
+    out["indivisible_error"] = str(e)
+  print("RESULT " + json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

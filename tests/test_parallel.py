@@ -1,0 +1,41 @@
+"""pmap / dp / fsdp on 8 fake CPU devices give the same losses as one device (in a subprocess: XLA_FLAGS must be
+set before JAX starts)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def results():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), "none,pmap,dp,fsdp"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+  assert line, out.stdout[-3000:] + out.stderr[-3000:]
+  return json.loads(line[0][len("RESULT "):])
+
+
+@pytest.mark.parametrize("mode", ["pmap", "dp", "fsdp"])
+def test_mode_equals_single_device(results, mode):
+  single = results["none"]
+  assert len(single["loss"]) == 6
+  np.testing.assert_allclose(results[mode]["loss"], single["loss"], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(results[mode]["eval_loss"], single["eval_loss"], rtol=1e-5, atol=1e-5)
+  assert single["loss"][-1] < single["loss"][0]
+
+
+def test_fsdp_shards_parameters(results):
+  assert "data" in results["fsdp_embedding_spec"]
+
+
+def test_batch_not_divisible_by_devices(results):
+  assert results["indivisible_error"] is not None
+  assert "does not divide across 8 devices" in results["indivisible_error"]
