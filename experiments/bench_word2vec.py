@@ -4,7 +4,8 @@
 
 Both train on the corpus of ``experiments/configs/word2vec_skipgram.py`` (tokenised by the one rule of
 ``tfjax.data.word2vec_data.tokenize_line``, one line = one sentence) with dim 100, window 5, 5 noise words,
-min_count 5, sample 1e-3, alpha 0.025 -> 0.0001, and are evaluated by the same code (``tfjax.word2vec_eval``; it
+min_count 5, sample 1e-3, alpha 0.025 -> 0.0001 (gensim's defaults; tfjax's CBOW config starts at alpha 0.04, see
+``experiments/configs/word2vec_cbow.py``), and are evaluated by the same code (``tfjax.word2vec_eval``; it
 reproduces gensim's ``evaluate_word_analogies``/``evaluate_word_pairs`` numbers).
 
 Speed is "effective words" per second, as gensim counts them: centre words kept after min_count and frequent-word
@@ -61,10 +62,26 @@ def run_gensim(sentences, arch, seed, config):
       "words_per_s": effective / train_s, "workers": FLAGS.workers}
 
 
-def run_tfjax(arch, seed, config):
+def tfjax_config(arch):
+  """The experiment config of ``arch`` (its tuned training settings), with the benchmark's epochs and overrides."""
+  from experiments.configs import word2vec_cbow, word2vec_skipgram
+  config = (word2vec_skipgram if arch == "skipgram" else word2vec_cbow).get_config()
+  config.data_dir = FLAGS.data_dir
+  config.train.epochs = FLAGS.epochs
+  for item in FLAGS.set:
+    key, value = item.split("=", 1)
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = type(node[leaf])(json.loads(value)) if not isinstance(node[leaf], str) else value
+  return config
+
+
+def run_tfjax(arch, seed):
   from tfjax.tasks import word2vec as task
+  config = tfjax_config(arch)
   config.seed = seed
-  config.model.architecture = arch
   t0 = time.perf_counter()
   corpus = task.load_corpus(config)
   wv, stats = task.train(config, None, corpus)
@@ -75,7 +92,6 @@ def run_tfjax(arch, seed, config):
 def main(argv):
   del argv
   import jax
-  from experiments.configs import word2vec_skipgram
   from tfjax.data import word2vec_data as wd
   from tfjax.tasks import word2vec as task
   try:
@@ -86,16 +102,7 @@ def main(argv):
   runtime.setup_logging()
   import logging
   logging.getLogger("tfjax").setLevel(logging.WARNING)
-  config = word2vec_skipgram.get_config()
-  config.data_dir = FLAGS.data_dir
-  config.train.epochs = FLAGS.epochs
-  for item in FLAGS.set:
-    key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = type(node[leaf])(json.loads(value)) if not isinstance(node[leaf], str) else value
+  config = tfjax_config("skipgram")  # the corpus, evaluation files and gensim's hyperparameters
   paths = [task.data_path(p, config.data_dir) for p in config.data.files]
   sentences = wd.read_sentences(paths)
   seeds = [int(s) for s in FLAGS.seeds.split(",")]
@@ -112,13 +119,13 @@ def main(argv):
         if impl == "gensim":
           wv, stats = run_gensim(sentences, arch, seed, config)
         else:
-          wv, stats = run_tfjax(arch, seed, config.copy_and_resolve_references())
+          wv, stats = run_tfjax(arch, seed)
         res = task.evaluate(wv, config)
         rec = {
             "time": datetime.datetime.now().isoformat(timespec="seconds"), "impl": impl, "arch": arch,
             "seed": seed, "epochs": FLAGS.epochs, "load_before": load, "load_after": _load(),
             "effective_words": stats["words"], "words_per_s": stats["words_per_s"], "train_s": stats["train_s"],
-            "compile_s": stats["compile_s"], "wall_s": stats["wall_s"],
+            "compile_s": stats["compile_s"], "wall_s": stats["wall_s"], "train_cpu_s": stats.get("train_cpu_s"),
             "analogy": res["analogy"]["accuracy"], "analogy_oov": res["analogy"]["oov"],
             "wordsim353": res["wordsim353"]["spearman"], "simlex999": res["simlex999"]["spearman"],
             "machine": machine, "overrides": FLAGS.set if impl == "tfjax" else [],
