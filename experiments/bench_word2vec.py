@@ -62,13 +62,13 @@ def run_gensim(sentences, arch, seed, config):
       "words_per_s": effective / train_s, "workers": FLAGS.workers}
 
 
-def tfjax_config(arch):
+def tfjax_config(arch, overrides=True):
   """The experiment config of ``arch`` (its tuned training settings), with the benchmark's epochs and overrides."""
   from experiments.configs import word2vec_cbow, word2vec_skipgram
   config = (word2vec_skipgram if arch == "skipgram" else word2vec_cbow).get_config()
   config.data_dir = FLAGS.data_dir
   config.train.epochs = FLAGS.epochs
-  for item in FLAGS.set:
+  for item in FLAGS.set if overrides else ():
     key, value = item.split("=", 1)
     node = config
     *parents, leaf = key.split(".")
@@ -102,7 +102,7 @@ def main(argv):
   runtime.setup_logging()
   import logging
   logging.getLogger("tfjax").setLevel(logging.WARNING)
-  config = tfjax_config("skipgram")  # the corpus, evaluation files and gensim's hyperparameters
+  config = tfjax_config("skipgram", overrides=False)  # the corpus, evaluation files and gensim's hyperparameters
   paths = [task.data_path(p, config.data_dir) for p in config.data.files]
   sentences = wd.read_sentences(paths)
   seeds = [int(s) for s in FLAGS.seeds.split(",")]

@@ -38,7 +38,7 @@ def get_config():
 
   c.optimizer.update(lr=1e-3, min_lr=1e-4, warmup_steps=100, b2=0.98, weight_decay=0.01)
 
-  c.train.update(batch_size=32, num_steps=600, eval_every=200, eval_steps=0, checkpoint_every=200, log_every=25)
+  c.train.update(batch_size=32, num_steps=400, eval_every=200, eval_steps=0, checkpoint_every=200, log_every=25)
 
   c.sample.num_tokens = 0  # no text generation for an encoder
   c.fill_mask = ml_collections.ConfigDict()

@@ -1,0 +1,23 @@
+"""``./launch.sh plot WORKDIR... [--out=FILE] [--metric=loss]``: loss curves of one or more runs to a PNG."""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("out", "loss.png", "Output PNG.")
+flags.DEFINE_string("metric", "loss", "Metric to plot (its eval_ twin is drawn too).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("usage: plot.py WORKDIR... [--out=FILE]")
+  from tfjax.train.plots import plot_runs
+  print(plot_runs(argv[1:], FLAGS.out, FLAGS.metric))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,64 @@
+"""Generate text from a trained workdir (or an imported Hugging Face GPT-2 directory).
+
+``./launch.sh sample WORKDIR [--prompt=...] [--num_tokens=500] [--temperature=0.8] [--top_k=200] [--top_p=1.0]``
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("prompt", "\n", "Text to continue.")
+flags.DEFINE_integer("num_tokens", 500, "Tokens to generate.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+flags.DEFINE_integer("top_k", 200, "Keep the k most likely tokens (0: all).")
+flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: off).")
+flags.DEFINE_integer("num_samples", 1, "Independent samples.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_bool("no_cache", False, "Full forward pass per token instead of the KV cache.")
+FLAGS = flags.FLAGS
+
+
+def load(path):
+  """(model, params, encode, decode) from a tfjax workdir or a Hugging Face GPT-2 directory."""
+  if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, "checkpoints")):
+    from tfjax import hf
+    model, params = hf.load(path)
+    tokenizer = hf.load_tokenizer(path)
+    return model, params, tokenizer.encode, tokenizer.decode
+  from tfjax import config as config_lib
+  from tfjax.data.tokenizers import CharTokenizer
+  from tfjax.models.gpt import GPT
+  from tfjax.train.restore import load_config, load_params
+  config = load_config(path)
+  if config.task != "lm":
+    raise app.UsageError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
+  tokenizer = CharTokenizer.load(os.path.join(path, "tokenizer.json"))
+  model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
+  params, step = load_params(path, FLAGS.step)
+  print(f"# {path}: step {step}", file=sys.stderr)
+  return model, params, tokenizer.encode, tokenizer.decode
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: sample.py WORKDIR [--prompt=...]")
+  import jax
+  import numpy as np
+  from tfjax.generate import generate
+  model, params, encode, decode = load(argv[1])
+  prompt = np.asarray(encode(FLAGS.prompt or "\n"), np.int32)[None, :]
+  prompt = np.repeat(prompt, FLAGS.num_samples, axis=0)
+  out = generate(model, params, prompt, FLAGS.num_tokens, jax.random.key(FLAGS.seed), temperature=FLAGS.temperature,
+                 top_k=FLAGS.top_k or None, top_p=FLAGS.top_p if FLAGS.top_p < 1.0 else None,
+                 use_cache=not FLAGS.no_cache)
+  for row in out:
+    print(decode(row))
+    print("-" * 40)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# tfjax launcher: every subcommand creates the environment (.venv/) on first use.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+
+usage() {
+  cat <<'USAGE'
+Usage: ./launch.sh COMMAND [ARGS...]
+
+  setup                                   create .venv/ and install tfjax (editable) with its test dependencies
+  train CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]
+                                          train experiments/configs/CONFIG.py (default workdir: runs/CONFIG);
+                                          relaunching the same command resumes from the workdir's checkpoints
+  sample WORKDIR [--prompt=TEXT] [--num_tokens=N] [--temperature=T] [--top_k=K] [--top_p=P]
+                                          generate text from a trained GPT workdir or a Hugging Face GPT-2 dir
+  query WORKDIR|--vectors=FILE --neighbors=WORD | --analogy=a,b,c
+                                          word2vec nearest neighbours and a - b + c queries
+  fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
+                                          BERT fill-in-the-blank
+  bench [train|word2vec] [ARGS...]        benchmarks (print a table, append JSON lines to bench_results/)
+  plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
+  test [PYTEST_ARGS...]                   run the test suite (TFJAX_SLOW_TESTS=1 adds the slow tests)
+  --help                                  this message
+
+Configs: ls experiments/configs/. Data is found through --config.data_dir, then $TFJAX_DATA_DIR, then
+~/.cache/tfjax (downloaded with a checksum when online). On CPU, one XLA device per core is used
+(TFJAX_CPU_DEVICES=1 keeps one).
+USAGE
+}
+
+ensure_env() {
+  local stamp="$VENV/.tfjax-installed"
+  local want
+  want="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
+  if [[ ! -x "$PY" ]]; then
+    echo "[launch] creating $VENV" >&2
+    python3 -m venv "$VENV"
+  fi
+  if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
+    echo "[launch] installing tfjax and its dependencies into $VENV" >&2
+    "$PY" -m pip install -q --upgrade pip >&2
+    "$PY" -m pip install -q -e "$ROOT[dev]" >&2
+    echo "$want" > "$stamp"
+  fi
+}
+
+default_data_dir() {
+  # Use the shared data next to the checkout when the user has not chosen a data dir.
+  if [[ -z "${TFJAX_DATA_DIR:-}" && -d "$ROOT/../shared/data" ]]; then
+    export TFJAX_DATA_DIR="$(cd "$ROOT/../shared/data" && pwd)"
+  fi
+}
+
+config_path() {
+  local name="$1"
+  if [[ -f "$name" ]]; then echo "$name"; return; fi
+  if [[ -f "$ROOT/experiments/configs/$name.py" ]]; then echo "$ROOT/experiments/configs/$name.py"; return; fi
+  echo "[launch] unknown config '$name'; available: $(cd "$ROOT/experiments/configs" && ls *.py | grep -v -e '^_' -e defaults | sed 's/\.py$//' | tr '\n' ' ')" >&2
+  exit 2
+}
+
+cmd="${1:-}"
+[[ -n "$cmd" ]] && shift
+case "$cmd" in
+  setup)
+    ensure_env
+    echo "[launch] environment ready: $VENV"
+    ;;
+  train)
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh train CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]" >&2; exit 2; }
+    name="$1"; shift
+    cfg="$(config_path "$name")"
+    ensure_env; default_data_dir
+    args=("$@")
+    if ! printf '%s\n' "${args[@]+"${args[@]}"}" | grep -q -e '^--workdir'; then
+      args+=("--workdir=$ROOT/runs/$(basename "$name" .py)")
+    fi
+    exec "$PY" "$ROOT/experiments/train.py" --config="$cfg" "${args[@]}"
+    ;;
+  sample)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/sample.py" "$@"
+    ;;
+  query)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/word2vec_query.py" "$@"
+    ;;
+  fill-mask)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/fill_mask.py" "$@"
+    ;;
+  bench)
+    ensure_env; default_data_dir
+    what="${1:-train}"; [[ $# -ge 1 ]] && shift
+    exec "$PY" "$ROOT/experiments/bench_$what.py" "$@"
+    ;;
+  plot)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/plot.py" "$@"
+    ;;
+  test)
+    ensure_env; default_data_dir
+    cd "$ROOT"
+    exec "$PY" -m pytest -q "$@"
+    ;;
+  -h|--help|help|"")
+    usage
+    ;;
+  *)
+    echo "[launch] unknown command '$cmd'" >&2
+    usage >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,43 @@
+"""Loading trained parameters from a workdir for inference (no optimizer, no data needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from tfjax.train.checkpoint import CheckpointError, complete_steps, make_manager
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir} is not a tfjax workdir: it has no config.json")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def load_params(workdir: str, step: int | None = None):
+  """The parameters of the latest (or given) checkpoint of ``workdir`` as a tree of arrays, and the step."""
+  manager = make_manager(workdir, max_to_keep=1000, async_save=False)
+  try:
+    steps = complete_steps(manager)
+    if not steps:
+      raise CheckpointError(f"no complete checkpoint in {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+    step = steps[-1] if step is None else step
+    if step not in steps:
+      raise CheckpointError(f"no checkpoint for step {step} in {workdir}; available: {steps}")
+    try:
+      one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      restored = manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(fallback_sharding=one_device)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"cannot read checkpoint step {step} in {workdir}: {type(e).__name__}: {e}") from e
+    state = restored["state"]
+    params = state["params"] if isinstance(state, dict) else state.params
+    return params, step
+  finally:
+    manager.close()
