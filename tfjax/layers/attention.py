@@ -26,6 +26,7 @@ import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.embeddings import apply_rope
+from tfjax.layers.linear import Dense
 
 Dtype = Any
 Implementation = Literal["reference", "xla", "cudnn", "auto"]
@@ -101,9 +102,8 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
 
 
 def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02):
-  return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, name=name,
-                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
-                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+  return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stddev=stddev, axes=axes,
+               name=name)
 
 
 class MultiHeadAttention(nn.Module):

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfjax.layers.linear import Dense
+
 Dtype = Any
 
 
@@ -59,7 +61,9 @@ class TokenEmbedding(nn.Module):
 
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
     """Logits ``[..., V]`` of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
-    return jnp.einsum("...d,vd->...v", x.astype(self.dtype), jnp.asarray(self.embedding, self.dtype))
+    flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # one 2-D matmul (see tfjax.layers.linear)
+    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T)
+    return logits.reshape(*x.shape[:-1], self.vocab_size)
 
 
 class Unembed(nn.Module):
@@ -71,9 +75,8 @@ class Unembed(nn.Module):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    return nn.Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                    kernel_init=nn.with_logical_partitioning(embed_init(), ("embed", "vocab")),
-                    name="kernel_dense")(x)
+    return Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 axes=("embed", "vocab"), name="kernel_dense")(x)
 
 
 class LearnedPositionalEmbedding(nn.Module):

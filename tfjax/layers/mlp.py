@@ -13,6 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tfjax.layers.linear import Dense
+
 Dtype = Any
 
 ACTIVATIONS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
@@ -45,9 +47,8 @@ class MLP(nn.Module):
     act = get_activation(self.activation)
 
     def dense(features, name, axes, stddev=0.02):
-      return nn.Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
-                      kernel_init=nn.with_logical_partitioning(nn.initializers.normal(stddev), axes),
-                      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[-1:]))
+      return Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, stddev=stddev,
+                   axes=axes, name=name)
 
     h = dense(self.hidden_dim, "fc_in", ("embed", "mlp"))(x)
     if self.activation == "swiglu":
