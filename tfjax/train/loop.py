@@ -93,6 +93,29 @@ def _tokens_in(batch) -> int:
   return int(np.asarray(next(iter(batch.values()))).size)
 
 
+def memory_stats(compiled) -> dict[str, int]:
+  """Bytes of the compiled step's arguments, outputs, temporaries and code (``compiled.memory_analysis()``)."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes", "temp_size_in_bytes",
+           "generated_code_size_in_bytes")
+  return {n: int(getattr(m, n)) for n in names if hasattr(m, n)}
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+  """``"10:15"`` -> steps 10 (inclusive) to 15 (exclusive) are traced; ``""`` -> no profiling."""
+  if not spec:
+    return None
+  try:
+    start, stop = (int(x) for x in str(spec).split(":"))
+  except ValueError as e:
+    raise config_lib.ConfigError(f"train.profile_steps must look like START:STOP, got {spec!r}") from e
+  if not 0 <= start < stop:
+    raise config_lib.ConfigError(f"train.profile_steps needs 0 <= START < STOP, got {spec!r}")
+  return start, stop
+
+
 def evaluate(task, eval_fn, params, put_batch) -> dict[str, float]:
   """Mean loss and metrics over the task's evaluation batches."""
   loss_sum, weight, sums = 0.0, 0.0, {}
@@ -159,6 +182,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   if state is None:
     state = jax.jit(init_fn, out_shardings=state_sh)()
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  pid, nproc = jax.process_index(), jax.process_count()
   log.info("model: %s parameters", f"{n_params:,}")
 
   eval_step = make_eval_step(task)
@@ -180,14 +204,29 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     host_params = lambda s: s.params  # noqa: E731
     host_state = lambda s: s  # noqa: E731
 
+  # Compile ahead of time to log the step's memory (the same executable then runs every step).
+  memory = {}
+  try:
+    compiled = step_fn.lower(state, put_train(task.train_batch(start_step, pid, nproc))).compile()
+    memory = memory_stats(compiled)
+    if mode != "pmap":
+      step_fn = compiled
+  except Exception as e:  # pylint: disable=broad-except
+    log.warning("could not compile the step ahead of time for memory_analysis: %s", e)
+  if memory:
+    log.info("compiled step memory per device: %s", ", ".join(
+        f"{k.replace('_size_in_bytes', '')} {v / 2**20:.1f} MiB" for k, v in memory.items()))
+    if is_main:
+      _write_json(os.path.join(workdir, "run_info.json"), {**run_info(), "step_memory_bytes": memory})
+  profile = parse_profile_steps(t.get("profile_steps", ""))
+
   flops_per_token = task.flops_per_token(host_params(state)) if hasattr(task, "flops_per_token") else None
   peak = metrics_lib.device_peak_flops(measure_cpu=t.log_mfu) if t.log_mfu else None
   if flops_per_token and peak:
     log.info("MFU reference: %.3g FLOPs/token, peak %.3g FLOP/s (%s)", flops_per_token, peak,
              "measured matmul" if jax.default_backend() == "cpu" else "data sheet")
 
-  writer = metrics_lib.MetricsWriter(workdir, start_step)
-  pid, nproc = jax.process_index(), jax.process_count()
+  writer = metrics_lib.MetricsWriter(workdir, start_step, tensorboard=t.get("tensorboard", True))
   best = {"eval_loss": float("inf")}
   for rec in metrics_lib.read_metrics(workdir):
     if "eval_loss" in rec and rec["eval_loss"] < best["eval_loss"]:
@@ -241,12 +280,18 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   with _Preemption() as preempt:
     step = start_step
     for step in range(start_step, t.num_steps):
+      if profile and step == profile[0]:
+        jax.profiler.start_trace(os.path.join(workdir, "profile"))
       batch = task.train_batch(step, pid, nproc)
       state, metrics = step_fn(state, put_train(batch))
       if pending is not None:
         consume(*pending)
       pending = (step, metrics)
       done = step + 1
+      if profile and done == profile[1] and profile[0] >= start_step:
+        jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        log.info("profile of steps %d-%d written to %s", profile[0], profile[1] - 1, os.path.join(workdir, "profile"))
       is_last = done == t.num_steps
       if (t.eval_every and done % t.eval_every == 0) or is_last:
         consume(*pending)
@@ -269,6 +314,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
         log.warning("SIGTERM: saved a checkpoint at step %d in %s; relaunch the same command to resume", done,
                     workdir)
         manager.close()
+        writer.close()
         return {"preempted_at": done}
     if pending is not None:
       consume(*pending)
@@ -290,10 +336,15 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       "wall_time_s": time.perf_counter() - run_start, "num_params": int(n_params),
       "parallel": mode, "device_count": jax.device_count(),
   })
+  if memory:
+    results["step_memory_bytes"] = memory
   if flops_per_token and peak and rates:
     results["mfu_median"] = statistics.median(rates) * flops_per_token / peak
   if skipped:
     results["skipped_steps"] = skipped
+  if nproc > 1:  # the report runs on process 0 alone: give it host copies of the (global) parameters
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
   if is_main:
     try:
       results.update(task.final_report(params))
@@ -307,6 +358,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       log.warning("could not draw loss.png: %s", e)
   manager.wait_until_finished()
   manager.close()
+  writer.close()
   if "sample" in results:
     log.info("sample:\n%s", results["sample"])
   log.info("results: %s", {k: v for k, v in results.items() if k != "sample"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -63,12 +64,42 @@ def to_python(x: Any) -> Any:
   return x
 
 
-class MetricsWriter:
-  """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (only on process 0)."""
+class TensorBoardWriter:
+  """Scalars to TensorBoard event files in ``logdir`` (tensorboardX; no TensorFlow). ``purge_step`` hides the events
+  a resumed run repeats. A no-op, with a warning, when tensorboardX is not installed."""
 
-  def __init__(self, workdir: str, resume_step: int = 0):
+  def __init__(self, logdir: str, purge_step: int | None = None):
+    try:
+      from tensorboardX import SummaryWriter
+    except ImportError:
+      logging.getLogger("tfjax").warning("tensorboardX is not installed: no TensorBoard event files "
+                                         "(pip install tensorboardX)")
+      self._writer = None
+      return
+    self._writer = SummaryWriter(logdir, purge_step=purge_step or None, flush_secs=10)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self._writer is None:
+      return
+    step = int(record["step"])
+    for k, v in record.items():
+      v = to_python(v)
+      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+        self._writer.add_scalar(k, v, step)
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+
+
+class MetricsWriter:
+  """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (only on process 0), and with
+  ``tensorboard`` the same scalars to TensorBoard event files in ``workdir``."""
+
+  def __init__(self, workdir: str, resume_step: int = 0, tensorboard: bool = False):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
+    self.tb = TensorBoardWriter(workdir, resume_step) if tensorboard and self.enabled else None
     if self.enabled and os.path.exists(self.path):
       # A resumed run repeats the steps after its checkpoint: drop their old lines so each step appears once.
       with open(self.path) as f:
@@ -90,6 +121,12 @@ class MetricsWriter:
       return
     with open(self.path, "a") as f:
       f.write(json.dumps({k: to_python(v) for k, v in record.items()}) + "\n")
+    if self.tb is not None:
+      self.tb.write(record)
+
+  def close(self) -> None:
+    if self.tb is not None:
+      self.tb.close()
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
