@@ -21,6 +21,13 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           BERT fill-in-the-blank
   bench [train|word2vec] [ARGS...]        benchmarks (print a table, append JSON lines to bench_results/)
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
+  sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
+                                          a grid of runs (or --random=N --range KEY=LO:HI:log), each in
+                                          SWEEPDIR/<settings>; relaunching skips finished runs, resumes the rest
+  report SWEEPDIR                         summary.md/.csv and curves.png of a sweep (finished or not)
+  multihost N CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]
+                                          N processes on this machine joined by jax.distributed (a cluster:
+                                          TFJAX_DISTRIBUTED=1 experiments/train.py on every host, see README)
   test [PYTEST_ARGS...]                   run the test suite (TFJAX_SLOW_TESTS=1 adds the slow tests)
   --help                                  this message
 
@@ -99,6 +106,32 @@ case "$cmd" in
   plot)
     ensure_env
     exec "$PY" "$ROOT/experiments/plot.py" "$@"
+    ;;
+  sweep)
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh sweep CONFIG --sweep KEY=V1,V2 [--parallel=N] [--sweepdir=DIR]" >&2; exit 2; }
+    name="$1"; shift
+    cfg="$(config_path "$name")"
+    ensure_env; default_data_dir
+    args=("$@")
+    if ! printf '%s\n' "${args[@]+"${args[@]}"}" | grep -q -e '^--sweepdir'; then
+      args+=("--sweepdir=$ROOT/runs/sweep_$(basename "$name" .py)")
+    fi
+    exec "$PY" "$ROOT/experiments/sweep.py" "$cfg" "${args[@]}"
+    ;;
+  report)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/report.py" "$@"
+    ;;
+  multihost)
+    [[ $# -ge 2 ]] || { echo "usage: ./launch.sh multihost N CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]" >&2; exit 2; }
+    nproc="$1"; name="$2"; shift 2
+    cfg="$(config_path "$name")"
+    ensure_env; default_data_dir
+    args=("$@")
+    if ! printf '%s\n' "${args[@]+"${args[@]}"}" | grep -q -e '^--workdir'; then
+      args+=("--workdir=$ROOT/runs/$(basename "$name" .py)")
+    fi
+    exec "$PY" "$ROOT/experiments/multihost.py" "$nproc" --config="$cfg" "${args[@]}"
     ;;
   test)
     ensure_env; default_data_dir

@@ -1,0 +1,263 @@
+"""Hyperparameter sweeps: a grid or a random search of config overrides, each run a subprocess of
+``experiments/train.py`` in its own workdir, ``parallel`` at a time; then a summary table and a plot of all runs.
+
+A sweep directory holds one workdir per run, named after its settings (``num_layers=2,lr=0.001``), plus
+``sweep.json`` (the runs and their settings), ``summary.md``, ``summary.csv`` and ``curves.png``. Launching the same
+sweep again skips runs that finished (``results.json`` present) and resumes the others from their checkpoints (the
+train entry point resumes by itself). Learning rate and weight decay are optimizer *state*
+(``optax.inject_hyperparams`` in :mod:`tfjax.train.optimizer`), so runs that differ only in them share one code path.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from tfjax.train.metrics import read_metrics
+
+log = logging.getLogger("tfjax")
+
+
+class SweepError(ValueError):
+  """A malformed ``--sweep``/``--range`` specification; the message shows the expected form."""
+
+
+def parse_value(text: str) -> Any:
+  """``"4" -> 4``, ``"3e-4" -> 0.0003``, ``"True" -> True``, anything else stays a string."""
+  text = text.strip()
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def parse_axis(spec: str) -> tuple[str, list[Any]]:
+  """``"model.num_layers=2,4" -> ("model.num_layers", [2, 4])``."""
+  key, sep, values = spec.partition("=")
+  if not sep or not key.strip() or not values.strip():
+    raise SweepError(f"--sweep wants KEY=V1,V2,... (e.g. optimizer.lr=1e-3,3e-4), got {spec!r}")
+  return key.strip(), [parse_value(v) for v in values.split(",") if v.strip()]
+
+
+def parse_range(spec: str) -> tuple[str, float, float, str]:
+  """``"optimizer.lr=1e-4:3e-3:log" -> ("optimizer.lr", 1e-4, 3e-3, "log")``; scale ``lin`` (default), ``log`` or
+  ``int`` (integers in [lo, hi])."""
+  key, sep, rest = spec.partition("=")
+  parts = rest.split(":")
+  if not sep or len(parts) not in (2, 3):
+    raise SweepError(f"--range wants KEY=LOW:HIGH[:lin|log|int] (e.g. optimizer.lr=1e-4:3e-3:log), got {spec!r}")
+  scale = parts[2] if len(parts) == 3 else "lin"
+  if scale not in ("lin", "log", "int"):
+    raise SweepError(f"--range scale must be lin, log or int, got {scale!r} in {spec!r}")
+  lo, hi = float(parts[0]), float(parts[1])
+  if not lo < hi or (scale == "log" and lo <= 0):
+    raise SweepError(f"--range needs LOW < HIGH (and LOW > 0 for log), got {spec!r}")
+  return key.strip(), lo, hi, scale
+
+
+def grid(axes: list[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+  """Every combination of the axes' values, the last axis varying fastest."""
+  keys = [k for k, _ in axes]
+  if len(set(keys)) != len(keys):
+    raise SweepError(f"a key is swept twice: {keys}")
+  return [dict(zip(keys, combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def random_search(ranges: list[tuple[str, float, float, str]], count: int, seed: int = 0,
+                  fixed: list[tuple[str, list[Any]]] = ()) -> list[dict[str, Any]]:
+  """``count`` settings drawn from ``ranges`` (``fixed`` axes: a value drawn uniformly from the list)."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(count):
+    s = {}
+    for key, values in fixed:
+      s[key] = values[int(rng.integers(len(values)))]
+    for key, lo, hi, scale in ranges:
+      if scale == "log":
+        s[key] = float(f"{math.exp(rng.uniform(math.log(lo), math.log(hi))):.3g}")
+      elif scale == "int":
+        s[key] = int(rng.integers(int(lo), int(hi) + 1))
+      else:
+        s[key] = float(f"{rng.uniform(lo, hi):.3g}")
+    out.append(s)
+  return out
+
+
+def run_name(settings: dict[str, Any]) -> str:
+  """A directory name from the settings: the last part of each key (the full key where two would clash)."""
+  short = [k.split(".")[-1] for k in settings]
+  parts = []
+  for key, name in zip(settings, short):
+    name = name if short.count(name) == 1 else key
+    parts.append(f"{name}={settings[key]}")
+  return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", ",".join(parts)) or "default"
+
+
+def is_finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def _cpu_only() -> bool:
+  try:
+    import jax
+    return jax.default_backend() == "cpu"
+  except Exception:  # pylint: disable=broad-except
+    return True
+
+
+def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parallel: int = 1,
+              extra_args: list[str] = (), train_script: str | None = None, env: dict[str, str] | None = None,
+              poll_s: float = 0.2) -> list[dict[str, Any]]:
+  """Runs every setting (skipping finished ones) ``parallel`` at a time; returns one row per run (see
+  :func:`summarize`) after writing the summary files. Each run's output goes to ``WORKDIR/train.log``."""
+  sweepdir = os.path.abspath(sweepdir)
+  os.makedirs(sweepdir, exist_ok=True)
+  train_script = train_script or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__)))), "experiments", "train.py")
+  names = [run_name(s) for s in settings]
+  if len(set(names)) != len(names):
+    raise SweepError(f"two runs of the sweep have the same settings: {names}")
+  runs = [{"name": n, "workdir": os.path.join(sweepdir, n), "settings": s} for n, s in zip(names, settings)]
+  meta_path = os.path.join(sweepdir, "sweep.json")
+  with open(meta_path + ".tmp", "w") as f:
+    json.dump({"config": os.path.abspath(config), "extra_args": list(extra_args), "runs": runs}, f, indent=2)
+  os.replace(meta_path + ".tmp", meta_path)
+
+  base_env = dict(os.environ if env is None else env)
+  if parallel > 1 and "TFJAX_CPU_DEVICES" not in base_env and _cpu_only():
+    # runs share the cores: one XLA device per run (N devices per run would each want every core)
+    base_env["TFJAX_CPU_DEVICES"] = "1"
+  todo = [r for r in runs if not is_finished(r["workdir"])]
+  for r in runs:
+    if is_finished(r["workdir"]):
+      log.info("sweep: %s finished already (results.json), skipped", r["name"])
+  active: list[tuple[dict, subprocess.Popen, Any, float]] = []
+  failed = []
+  try:
+    while todo or active:
+      while todo and len(active) < parallel:
+        r = todo.pop(0)
+        os.makedirs(r["workdir"], exist_ok=True)
+        cmd = [sys.executable, train_script, f"--config={config}", f"--workdir={r['workdir']}", *extra_args,
+               *(f"--config.{k}={v}" for k, v in r["settings"].items())]
+        logf = open(os.path.join(r["workdir"], "train.log"), "a")  # pylint: disable=consider-using-with
+        logf.write(f"$ {' '.join(cmd)}\n")
+        logf.flush()
+        log.info("sweep: start %s", r["name"])
+        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=base_env),
+                       logf, time.time()))
+      time.sleep(poll_s)
+      still = []
+      for r, proc, logf, t0 in active:
+        rc = proc.poll()
+        if rc is None:
+          still.append((r, proc, logf, t0))
+          continue
+        logf.close()
+        if rc == 0 and is_finished(r["workdir"]):
+          log.info("sweep: %s done in %.0fs", r["name"], time.time() - t0)
+        else:
+          failed.append(r["name"])
+          log.error("sweep: %s failed (exit code %s); see %s", r["name"], rc,
+                    os.path.join(r["workdir"], "train.log"))
+      active = still
+  finally:  # interrupted: stop the children (they save on SIGTERM) and wait for them
+    for _, proc, logf, _ in active:
+      proc.terminate()
+    for _, proc, logf, _ in active:
+      try:
+        proc.wait(timeout=120)
+      except subprocess.TimeoutExpired:
+        proc.kill()
+      logf.close()
+  rows = report(sweepdir)
+  if failed:
+    log.error("sweep: %d run(s) failed: %s", len(failed), ", ".join(failed))
+  return rows
+
+
+def summarize(sweepdir: str) -> list[dict[str, Any]]:
+  """One row per run of the sweep: its settings, final / best eval loss, steps, median tokens/s, wall time."""
+  sweepdir = os.path.abspath(sweepdir)
+  meta_path = os.path.join(sweepdir, "sweep.json")
+  if os.path.exists(meta_path):
+    with open(meta_path) as f:
+      runs = json.load(f)["runs"]
+  else:  # any directory of workdirs
+    runs = [{"name": n, "workdir": os.path.join(sweepdir, n), "settings": {}} for n in sorted(os.listdir(sweepdir))
+            if os.path.exists(os.path.join(sweepdir, n, "metrics.jsonl"))]
+  rows = []
+  for r in runs:
+    wd = os.path.join(sweepdir, r["name"])
+    res = {}
+    if os.path.exists(os.path.join(wd, "results.json")):
+      with open(os.path.join(wd, "results.json")) as f:
+        res = json.load(f)
+    recs = read_metrics(wd)
+    evals = [x["eval_loss"] for x in recs if "eval_loss" in x]
+    train = [x for x in recs if "loss" in x]
+    rates = [x["tokens_per_s"] for x in train[1:] if "tokens_per_s" in x]
+    rows.append({
+        "run": r["name"], **r["settings"],
+        "status": "done" if res else ("running/stopped" if recs else "not started"),
+        "final_eval_loss": res.get("eval_loss", evals[-1] if evals else None),
+        "best_eval_loss": res.get("best_eval_loss", min(evals) if evals else None),
+        "steps": res.get("step", train[-1]["step"] if train else 0),
+        "tokens_per_s": res.get("tokens_per_s_median") or (float(np.median(rates)) if rates else None),
+        "wall_time_s": res.get("wall_time_s", train[-1].get("elapsed_s") if train else None),
+    })
+  return rows
+
+
+def best_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+  scored = [r for r in rows if r.get("best_eval_loss") is not None and math.isfinite(r["best_eval_loss"])]
+  return min(scored, key=lambda r: r["best_eval_loss"]) if scored else None
+
+
+def _fmt(v: Any) -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return f"{v:.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+  return str(v)
+
+
+def report(sweepdir: str) -> list[dict[str, Any]]:
+  """Writes ``summary.md``, ``summary.csv`` and ``curves.png`` (best run highlighted) in ``sweepdir``; returns the
+  rows, best eval loss first."""
+  sweepdir = os.path.abspath(sweepdir)
+  rows = summarize(sweepdir)
+  rows.sort(key=lambda r: (r["best_eval_loss"] is None, r["best_eval_loss"] or 0.0))
+  columns = list(dict.fromkeys(k for r in rows for k in r))
+  with open(os.path.join(sweepdir, "summary.csv"), "w", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+  best = best_run(rows)
+  lines = [f"# Sweep {os.path.basename(sweepdir)}", "", f"{len(rows)} runs; best (lowest eval loss): "
+           f"**{best['run'] if best else '-'}**", "", "| " + " | ".join(columns) + " |",
+           "|" + "---|" * len(columns)]
+  for r in rows:
+    lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+  with open(os.path.join(sweepdir, "summary.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  workdirs = [os.path.join(sweepdir, r["run"]) for r in rows if os.path.exists(
+      os.path.join(sweepdir, r["run"], "metrics.jsonl"))]
+  if workdirs:
+    from tfjax.train import plots
+    plots.plot_runs(workdirs, os.path.join(sweepdir, "curves.png"),
+                    highlight=os.path.join(sweepdir, best["run"]) if best else None,
+                    title=f"sweep {os.path.basename(sweepdir)} (thick: best)")
+  return rows
