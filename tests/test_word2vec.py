@@ -282,7 +282,7 @@ def synthetic(tmp_path_factory):
 
 
 @pytest.mark.parametrize("arch,loss", [("skipgram", "negative_sampling"), ("cbow", "negative_sampling"),
-                                       ("skipgram", "full_softmax")])
+                                       ("skipgram", "full_softmax"), ("cbow", "full_softmax")])
 def test_training_recovers_a_synthetic_analogy(synthetic, arch, loss):
   corpus_path, questions = synthetic
   config = _config([str(corpus_path)], arch, loss)
