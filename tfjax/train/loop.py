@@ -304,6 +304,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
           if ev["eval_loss"] < best["eval_loss"]:
             best = {"eval_loss": ev["eval_loss"], "step": done}
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last:
+        if pending is not None:  # check this step's metrics first: a NaN step must not become the last checkpoint
+          consume(*pending)
+          pending = None
         save(done, force=is_last)
       if preempt.requested:
         if pending is not None:

@@ -1,0 +1,213 @@
+"""Runs that survive being killed: SIGKILL at random moments (mid-step, mid-async-save) and a relaunch give parameters
+bit-identical to an uninterrupted run; SIGTERM saves at the current step; NaN steps stop or are skipped; corrupt and
+incompatible checkpoints give clear errors, or fall back to the previous step."""
+
+import functools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_lm_config
+from tfjax.tasks.lm import LMTask
+from tfjax.train import checkpoint as ckpt_lib
+from tfjax.train.loop import NonFiniteLossError, train_and_evaluate
+from tfjax.train.optimizer import make_optimizer
+from tfjax.train.step import init_state
+
+# async checkpoints on, a save after every step: a random kill often lands in the middle of one
+KILL_OVERRIDES = {"model.num_layers": 1, "train.num_steps": 40, "train.checkpoint_every": 1, "train.log_every": 1,
+                  "train.eval_every": 0, "train.eval_steps": 1, "train.async_checkpoint": True,
+                  "model.dropout_rate": 0.1, "optimizer.decay_steps": 40, "train.max_to_keep": 2}
+
+
+def _flatten(d, prefix=""):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def train_args(config, workdir):
+  """Command-line arguments of experiments/train.py that reproduce ``config`` (a tiny_lm_config)."""
+  from experiments.configs import gpt_shakespeare_tiny
+  base = _flatten(gpt_shakespeare_tiny.get_config().to_dict())
+  args = ["--config=experiments/configs/gpt_shakespeare_tiny.py", f"--workdir={workdir}"]
+  for k, v in _flatten(config.to_dict()).items():
+    if base.get(k) != v:
+      args.append(f"--config.{k}={v}")
+  return args
+
+
+def start_train(config, workdir, **popen):
+  env = dict(os.environ, TFJAX_CPU_DEVICES="1")
+  env.pop("XLA_FLAGS", None)
+  return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *train_args(config, workdir)],
+                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def wait_for_training(proc, workdir, timeout=240):
+  """Blocks until the run has logged a step (training has started); False if the process ended first."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if proc.poll() is not None:
+      return False
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+      return True
+    time.sleep(0.05)
+  raise TimeoutError("the run did not start training")
+
+
+def final_state(workdir, config):
+  task = LMTask(config, None)
+  tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
+  abstract = jax.eval_shape(functools.partial(init_state, task, tx, config.seed))
+  manager = ckpt_lib.make_manager(str(workdir), 3, async_save=False)
+  state, _ = ckpt_lib.restore(manager, ckpt_lib.complete_steps(manager)[-1], abstract)
+  manager.close()
+  return state
+
+
+def assert_identical(a, b):
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_sigkill_at_random_moments_then_relaunch_is_bit_identical(tmp_path):
+  config = tiny_lm_config(**KILL_OVERRIDES)
+  ref_dir, dir_ = tmp_path / "ref", tmp_path / "killed"
+  train_and_evaluate(config, str(ref_dir), LMTask(config, str(ref_dir)))
+  rng = random.Random(int(os.environ.get("TFJAX_KILL_SEED", time.time_ns() % 10**6)))
+  kills = int(os.environ.get("TFJAX_KILLS", "2"))
+  killed_at = []
+  for _ in range(kills):
+    proc = start_train(config, dir_)
+    if not wait_for_training(proc, dir_):
+      break  # finished before the kill
+    time.sleep(rng.uniform(0.0, 1.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    steps = [json.loads(l)["step"] for l in open(dir_ / "metrics.jsonl") if l.strip().endswith("}")]
+    killed_at.append(steps[-1] if steps else 0)
+    assert not (dir_ / "results.json").exists() or killed_at[-1] == config.train.num_steps
+  assert killed_at, "no kill landed while training"
+  proc = start_train(config, dir_)
+  out, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, out[-3000:]
+  assert "resumed from the checkpoint at step" in out, (killed_at, out[-3000:])
+  a, b = final_state(ref_dir, config), final_state(dir_, config)
+  assert int(a.step) == int(b.step) == config.train.num_steps, killed_at
+  assert_identical(a, b)
+  # each step is logged once, with the uninterrupted run's values
+  loss = lambda d: [json.loads(l)["loss"] for l in open(d / "metrics.jsonl") if '"loss"' in l]  # noqa: E731
+  assert loss(dir_) == loss(ref_dir)
+
+
+def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path):
+  config = tiny_lm_config(**{**KILL_OVERRIDES, "train.checkpoint_every": 1000, "train.num_steps": 400,
+                             "optimizer.decay_steps": 400})
+  proc = start_train(config, tmp_path)
+  assert wait_for_training(proc, tmp_path)
+  time.sleep(0.3)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "SIGTERM: saved a checkpoint at step" in out
+  step = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
+  assert 0 < step < config.train.num_steps
+  manager = ckpt_lib.make_manager(str(tmp_path), 2, async_save=False)
+  assert ckpt_lib.complete_steps(manager) == [step]  # the periodic checkpoint (every 1000) never ran
+  manager.close()
+  assert int(final_state(tmp_path, config).step) == step
+  assert not (tmp_path / "results.json").exists()
+
+
+class _NaNAt(LMTask):
+  """Poisons the inputs of chosen steps: an out-of-range token id gives NaN gradients (see STYLE.md)."""
+  bad_steps = (3, 7)
+
+  def train_batch(self, step, shard=0, num_shards=1):
+    b = dict(super().train_batch(step, shard, num_shards))
+    if step in self.bad_steps:
+      b["inputs"] = b["inputs"].copy()
+      b["inputs"][0, 0] = 10**6
+    return b
+
+
+def test_nan_step_stops_naming_step_and_metric_and_keeps_last_checkpoint(tmp_path):
+  config = tiny_lm_config(**{"train.num_steps": 10, "train.checkpoint_every": 2, "train.log_every": 1})
+  with pytest.raises(NonFiniteLossError, match=r"non-finite grad_norm = nan at step 4") as e:
+    train_and_evaluate(config, str(tmp_path), _NaNAt(config, str(tmp_path)))
+  assert "checkpoints" in str(e.value)
+  manager = ckpt_lib.make_manager(str(tmp_path), 3, async_save=False)
+  assert ckpt_lib.complete_steps(manager)[-1] == 2  # the NaN step 4 is checked before its checkpoint is written
+  manager.close()
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(final_state(tmp_path, config).params))
+
+
+def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path):
+  config = tiny_lm_config(**{"train.num_steps": 10, "train.log_every": 1, "train.skip_nonfinite": True})
+  res = train_and_evaluate(config, str(tmp_path), _NaNAt(config, str(tmp_path)))
+  assert res["skipped_steps"] == 2
+  recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  skipped = {r["step"]: r["skipped_total"] for r in recs if "skipped_total" in r}
+  assert skipped[3] == 0 and skipped[4] == 1 and skipped[8] == 2 and skipped[10] == 2
+  assert np.isnan([r["grad_norm"] for r in recs if r["step"] == 4][0])
+  state = final_state(tmp_path, config)
+  assert int(state.step) == 10
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+  assert np.isfinite(res["eval_loss"])
+
+
+def _corrupt(step_dir):
+  """Overwrites every array data file of a checkpoint step with garbage."""
+  n = 0
+  for root, _, files in os.walk(step_dir / "state"):
+    for f in files:
+      if not f.startswith("_") and not f.endswith(".json"):
+        p = os.path.join(root, f)
+        with open(p, "r+b") as fh:
+          size = os.path.getsize(p)
+          fh.write(b"\x00garbage" * max(1, size // 8))
+        n += 1
+  assert n, f"nothing to corrupt in {step_dir}"
+
+
+def test_corrupt_checkpoint_is_an_error_unless_restore_fallback(tmp_path):
+  config = tiny_lm_config(**{"train.num_steps": 4, "train.checkpoint_every": 2, "train.eval_every": 0,
+                             "train.log_every": 1})
+  train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
+  _corrupt(tmp_path / "checkpoints" / "4")
+  longer = tiny_lm_config(**{"train.num_steps": 6, "train.checkpoint_every": 2, "train.eval_every": 0,
+                             "train.log_every": 1})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/4.*restore_fallback"):
+    train_and_evaluate(longer, str(tmp_path), LMTask(longer, str(tmp_path)))
+  longer.train.restore_fallback = True
+  res = train_and_evaluate(longer, str(tmp_path), LMTask(longer, str(tmp_path)))
+  assert res["step"] == 6
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]  # resumed at 2, steps 3-4 re-done once
+
+
+def test_incompatible_checkpoint_names_what_differs(tmp_path):
+  config = tiny_lm_config(**{"train.num_steps": 2, "train.checkpoint_every": 2, "train.eval_every": 0})
+  train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
+  wider = tiny_lm_config(**{"train.num_steps": 4, "model.emb_dim": 48, "train.eval_every": 0})
+  with pytest.raises(ckpt_lib.CheckpointError, match=r"does not fit") as e:
+    train_and_evaluate(wider, str(tmp_path), LMTask(wider, str(tmp_path)))
+  assert "embed/embedding: model (65, 48) vs checkpoint (65, 32)" in str(e.value)
