@@ -1,6 +1,6 @@
 """Query word vectors: nearest neighbours and analogies.
 
-  python experiments/word2vec_query.py --workdir=DIR --neighbors=king
+  python experiments/word2vec_query.py --workdir=DIR --neighbors=king    # or DIR (or a vectors file) positionally
   python experiments/word2vec_query.py --vectors=DIR/vectors.bin --analogy=king,man,woman   # king - man + woman
 
 (or ``./launch.sh query --workdir=DIR --neighbors=king``). Prints the top-k words with their cosine similarity.
@@ -30,13 +30,16 @@ def _print(title, rows):
 
 
 def main(argv):
-  if len(argv) > 1:
+  workdir, vectors = FLAGS.workdir, FLAGS.vectors
+  if len(argv) == 2 and not workdir and not vectors:  # a positional workdir or vectors file
+    workdir, vectors = (argv[1], None) if os.path.isdir(argv[1]) else (None, argv[1])
+  elif len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if bool(FLAGS.workdir) == bool(FLAGS.vectors):
-    raise app.UsageError("give exactly one of --workdir or --vectors")
+  if bool(workdir) == bool(vectors):
+    raise app.UsageError("give exactly one of --workdir=DIR, --vectors=FILE or a positional DIR/FILE")
   if not FLAGS.neighbors and not FLAGS.analogy:
     raise app.UsageError("give --neighbors=WORD and/or --analogy=A,B,C")
-  path = FLAGS.vectors or os.path.join(FLAGS.workdir, "vectors.txt")
+  path = vectors or os.path.join(workdir, "vectors.txt")
   if not os.path.exists(path):
     print(f"error: {path} does not exist (train first: ./launch.sh train word2vec_skipgram --workdir=DIR)",
           file=sys.stderr)
