@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from tfjax.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
@@ -145,7 +146,6 @@ class TransformerStack(nn.Module):
     cfg = self.cfg
     block_cls = TransformerBlock
     if cfg.remat != "none":
-      import jax
       policy = _REMAT_POLICIES[cfg.remat]
       block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies, policy) if policy else None,
                            static_argnums=(6, 7))  # deterministic, decode (counting self)
