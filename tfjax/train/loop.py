@@ -277,6 +277,11 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       last_log_time, last_log_step = now, done
 
   tokens_per_step = _tokens_in(task.train_batch(start_step, pid, nproc)) * nproc
+  if start_step == 0 and t.eval_every and t.num_steps > 0:  # the curve starts at the initial loss
+    ev0 = evaluate(task, eval_fn, host_params(state), put_batch)
+    if ev0:
+      writer.write({"step": 0, **ev0})
+      log.info("step 0 | %s", " | ".join(f"{k} {v:.4f}" for k, v in ev0.items()))
   with _Preemption() as preempt:
     step = start_step
     for step in range(start_step, t.num_steps):
