@@ -335,3 +335,37 @@ def _pairs_file(tmp_path):
   p = tmp_path / "pairs.tsv"
   p.write_text("# comment\nking\tqueen\t8\nman\twoman\t7\nking\tgirl\t2\nboy\tzebra\t3\n")
   return p
+
+
+_TWO_DEVICE_SCRIPT = """
+import sys
+import numpy as np
+import jax
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+import test_word2vec as t
+from tfjax import word2vec_eval as ev
+from tfjax.tasks import word2vec as task
+assert jax.local_device_count() == 2, jax.local_devices()
+config = t._config([{corpus!r}])
+wv1, stats = task.train(config)
+wv2, _ = task.train(config)
+assert stats["devices"] == 2
+assert np.array_equal(wv1.vectors, wv2.vectors), "2-device training is not deterministic"
+print("ACCURACY", ev.evaluate_analogies(wv1, {questions!r})["accuracy"])
+"""
+
+
+def test_two_devices_train_deterministically_and_recover_the_analogy(synthetic):
+  """The shard_map path (each device trains on its share, updates summed once per call) on 2 fake CPU devices."""
+  import subprocess
+  import sys
+  corpus_path, questions = synthetic
+  here = os.path.dirname(os.path.abspath(__file__))
+  script = _TWO_DEVICE_SCRIPT.format(repo=os.path.dirname(here), tests=here, corpus=str(corpus_path),
+                                     questions=str(questions))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  accuracy = float(out.stdout.split("ACCURACY")[1])
+  assert accuracy >= 0.8
