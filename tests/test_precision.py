@@ -1,0 +1,113 @@
+"""Memory and precision options against the plain float32 path: rematerialisation gives the same loss and gradients,
+scanned layers the same loss and gradients for the same (re-stacked) parameters, bfloat16 compute a close loss with
+float32 parameters, optimizer state and logits."""
+
+import dataclasses
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import tiny_lm_config
+from tfjax.models.gpt import GPT
+from tfjax.tasks.lm import LMTask
+from tfjax.train.optimizer import make_optimizer
+from tfjax.train.step import init_state
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny_lm_config(**{"model.num_layers": 3})
+  task = LMTask(config, None)
+  params = nn.unbox(task.init_params(jax.random.key(0)))
+  return task, params, task.train_batch(0)
+
+
+def loss_and_grads(cfg, params, batch):
+  model = GPT(cfg)
+
+  def f(p):
+    logits = model.apply({"params": p}, batch["inputs"])
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]))
+
+  return jax.jit(jax.value_and_grad(f))(params)
+
+
+def stack_layers(params, num_layers):
+  """Plain params (``decoder/block_i``) -> the scanned layout (``decoder/layers/block`` with a leading layer axis)."""
+  out = dict(params)
+  dec = dict(params["decoder"])
+  blocks = [dec.pop(f"block_{i}") for i in range(num_layers)]
+  dec["layers"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
+  out["decoder"] = dec
+  return out
+
+
+@pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
+def test_remat_gives_the_same_loss_and_gradients(setup, policy):
+  task, params, batch = setup
+  plain = loss_and_grads(task.model_cfg, params, batch)
+  remat_cfg = dataclasses.replace(task.model_cfg, remat=policy)
+  remat = loss_and_grads(remat_cfg, params, batch)
+  np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(remat[1]), jax.tree.leaves(plain[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  # and remat is really applied: the backward pass recomputes (the jaxpr holds a checkpoint/remat primitive)
+  jaxpr = str(jax.make_jaxpr(lambda p: GPT(remat_cfg).apply({"params": p}, batch["inputs"]))(params))
+  assert "remat" in jaxpr or "checkpoint" in jaxpr
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_scan_layers_gives_the_same_loss_and_gradients(setup, remat):
+  task, params, batch = setup
+  n = task.model_cfg.num_layers
+  scan_cfg = dataclasses.replace(task.model_cfg, scan_layers=True, remat=remat)
+  # the scanned model's own init has the stacked layout we map to
+  scan_init = nn.unbox(GPT(scan_cfg).init(jax.random.key(0), batch["inputs"])["params"])
+  stacked = stack_layers(params, n)
+  assert jax.tree.structure(scan_init) == jax.tree.structure(stacked)
+  assert jax.tree.map(jnp.shape, scan_init) == jax.tree.map(jnp.shape, stacked)
+  plain = loss_and_grads(task.model_cfg, params, batch)
+  scanned = loss_and_grads(scan_cfg, stacked, batch)
+  np.testing.assert_allclose(scanned[0], plain[0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(scanned[1]), jax.tree.leaves(stack_layers(plain[1], n))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_state_and_logits(setup):
+  task, params, batch = setup
+  bf_cfg = dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16)
+  plain_loss, plain_grads = loss_and_grads(task.model_cfg, params, batch)
+  bf_loss, bf_grads = loss_and_grads(bf_cfg, params, batch)
+  # bfloat16 has 8 bits of mantissa: the loss agrees to ~1%, the gradients point the same way
+  np.testing.assert_allclose(bf_loss, plain_loss, rtol=1e-2)
+  assert bf_loss != plain_loss  # bfloat16 really was used
+  g1, g2 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (plain_grads, bf_grads))
+  assert np.dot(g1, g2) / np.linalg.norm(g1) / np.linalg.norm(g2) > 0.99
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(bf_grads))
+  logits = GPT(bf_cfg).apply({"params": params}, batch["inputs"])
+  assert logits.dtype == jnp.float32
+
+  # a bfloat16 task: parameters and optimizer state stay float32
+  config = tiny_lm_config(**{"model.dtype": "bfloat16"})
+  bf_task = LMTask(config, None)
+  tx, _ = make_optimizer(config.optimizer, 10)
+  state = jax.eval_shape(functools.partial(init_state, bf_task, tx, 0))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {jnp.dtype(jnp.float32)}
+  float_state = [x.dtype for x in jax.tree.leaves(state.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert float_state and all(d == jnp.float32 for d in float_state)
+
+
+@pytest.mark.xfail(strict=True, reason="TokenEmbedding.unembed multiplies in the compute dtype: bfloat16 logits are "
+                   "rounded to bfloat16 before the cast to float32 (fix: preferred_element_type=jnp.float32)")
+def test_bfloat16_logits_are_computed_in_float32(setup):
+  task, params, batch = setup
+  logits = np.asarray(GPT(dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16)).apply(
+      {"params": params}, batch["inputs"]))
+  rounded = np.asarray(jnp.asarray(logits).astype(jnp.bfloat16).astype(jnp.float32))
+  # float32 logits are almost never exactly representable in bfloat16; bfloat16 ones always are
+  assert np.mean(logits == rounded) < 0.5
