@@ -1,0 +1,58 @@
+"""Multi-process training through jax.distributed on this machine (``experiments/multihost.py``, what
+``./launch.sh multihost`` runs): 2 processes x 2 fake CPU devices give the losses of 1 process on 1 device, and their
+checkpoint resumes in 1 process on 1 device."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_lm_config
+from test_kill import train_args
+
+OVERRIDES = {"model.num_layers": 1, "train.num_steps": 6, "optimizer.decay_steps": 6, "train.log_every": 1,
+             "train.eval_every": 3, "train.checkpoint_every": 3, "train.parallel": "auto",
+             "optimizer.warmup_steps": 0, "train.async_checkpoint": True}
+
+
+def _run(num_processes, devices_per_process, workdir, **extra):
+  config = tiny_lm_config(**{**OVERRIDES, **extra})
+  env = dict(os.environ, TFJAX_CPU_DEVICES=str(devices_per_process))
+  env.pop("XLA_FLAGS", None)
+  if num_processes == 1:
+    cmd = [sys.executable, str(ROOT / "experiments" / "train.py")]
+  else:
+    cmd = [sys.executable, str(ROOT / "experiments" / "multihost.py"), str(num_processes)]
+  out = subprocess.run([*cmd, *train_args(config, workdir)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  return out.stdout + out.stderr
+
+
+def _curves(workdir):
+  recs = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  return ({r["step"]: r["loss"] for r in recs if "loss" in r}, {r["step"]: r["eval_loss"] for r in recs
+                                                                 if "eval_loss" in r})
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_and_resume_on_one_device(tmp_path):
+  ref, mh = tmp_path / "ref", tmp_path / "mh"
+  _run(1, 1, ref)
+  log = _run(2, 2, mh, **{"train.num_steps": 3})  # stops at the checkpoint of step 3
+  assert "2 process(es), 4 device(s)" in log
+  run_info = json.load(open(mh / "run_info.json"))
+  assert run_info["process_count"] == 2 and run_info["device_count"] == 4
+  log = _run(1, 1, mh)  # saved on 2 processes x 2 devices, restored on 1 process x 1 device
+  assert "resumed from the checkpoint at step 3" in log
+  (loss_r, eval_r), (loss_m, eval_m) = _curves(ref), _curves(mh)
+  assert sorted(loss_m) == sorted(loss_r) == [1, 2, 3, 4, 5, 6]
+  assert sorted(eval_m) == sorted(eval_r)
+  np.testing.assert_allclose([loss_m[s] for s in range(1, 7)], [loss_r[s] for s in range(1, 7)], rtol=1e-5,
+                             atol=1e-5)
+  np.testing.assert_allclose([eval_m[s] for s in sorted(eval_r)], [eval_r[s] for s in sorted(eval_r)], rtol=1e-5,
+                             atol=1e-5)
+  assert loss_r[6] < loss_r[1]

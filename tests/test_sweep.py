@@ -1,0 +1,106 @@
+"""Sweeps: grid and random-search settings, run names, and a real 2-run sweep (2 at a time) with its summary, that
+skips finished runs and resumes unfinished ones when relaunched."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_lm_config
+from test_kill import train_args
+from tfjax.train import sweep
+from tfjax.train.optimizer import make_optimizer
+
+
+def test_grid_is_the_product_of_the_axes():
+  axes = [sweep.parse_axis("model.num_layers=2,4"), sweep.parse_axis("optimizer.lr=1e-3,3e-4")]
+  assert axes[1] == ("optimizer.lr", [1e-3, 3e-4])
+  settings = sweep.grid(axes)
+  assert settings == [{"model.num_layers": 2, "optimizer.lr": 1e-3}, {"model.num_layers": 2, "optimizer.lr": 3e-4},
+                      {"model.num_layers": 4, "optimizer.lr": 1e-3}, {"model.num_layers": 4, "optimizer.lr": 3e-4}]
+  assert [sweep.run_name(s) for s in settings][:2] == ["num_layers=2,lr=0.001", "num_layers=2,lr=0.0003"]
+  assert sweep.run_name({"model.dropout_rate": 0.1, "data.dropout_rate": 0.2}) == \
+      "model.dropout_rate=0.1,data.dropout_rate=0.2"  # clashing short names keep the full key
+  assert sweep.parse_axis("model.positional=rope,learned")[1] == ["rope", "learned"]
+  for bad in ("model.num_layers", "=1,2", "model.num_layers="):
+    with pytest.raises(sweep.SweepError, match="KEY=V1,V2"):
+      sweep.parse_axis(bad)
+  with pytest.raises(sweep.SweepError, match="swept twice"):
+    sweep.grid([("a", [1]), ("a", [2])])
+
+
+def test_random_search_draws_within_the_ranges():
+  ranges = [sweep.parse_range("optimizer.lr=1e-4:3e-3:log"), sweep.parse_range("model.num_layers=1:3:int")]
+  draws = sweep.random_search(ranges, 50, seed=0)
+  lrs = np.array([d["optimizer.lr"] for d in draws])
+  assert len(draws) == 50 and np.all((lrs >= 1e-4 * 0.999) & (lrs <= 3e-3 * 1.001))
+  assert np.sum(lrs < 5.5e-4) > 10 and np.sum(lrs > 5.5e-4) > 10  # log-uniform: the geometric middle splits
+  assert {d["model.num_layers"] for d in draws} == {1, 2, 3}
+  assert draws == sweep.random_search(ranges, 50, seed=0) != sweep.random_search(ranges, 50, seed=1)
+  for bad in ("optimizer.lr=1e-3", "optimizer.lr=3e-3:1e-4", "optimizer.lr=0:1:log", "optimizer.lr=1:2:cubic"):
+    with pytest.raises(sweep.SweepError):
+      sweep.parse_range(bad)
+
+
+def test_learning_rate_is_optimizer_state_not_code():
+  """Runs that differ in the learning rate share one code path: it lives in opt_state (inject_hyperparams)."""
+  params = {"w": np.ones((2, 2), np.float32)}
+  for lr in (1e-3, 3e-4):
+    o = tiny_lm_config(**{"optimizer.lr": lr, "optimizer.warmup_steps": 0, "optimizer.schedule": "constant"}).optimizer
+    tx, _ = make_optimizer(o, 10)
+    state = tx.init(params)
+    _, state = tx.update(jax.tree.map(np.ones_like, params), state, params)
+    np.testing.assert_allclose(state[1].hyperparams["learning_rate"], lr, rtol=1e-6)
+
+
+def _sweep(sweepdir, settings, extra, parallel=2):
+  config = tiny_lm_config(**extra)
+  swept = tuple(f"--config.{s.split('=')[0]}=" for s in settings if "=" in s)
+  args = [a for a in train_args(config, "x") if not a.startswith(("--workdir", "--config=", *swept))]
+  cmd = [sys.executable, str(ROOT / "experiments" / "sweep.py"), "experiments/configs/gpt_shakespeare_tiny.py",
+         *settings, f"--parallel={parallel}", f"--sweepdir={sweepdir}", *args]
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_sweep_runs_the_grid_reports_and_resumes(tmp_path):
+  extra = {"model.num_layers": 1, "train.num_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2,
+           "train.log_every": 1}
+  grid = ["--sweep", "optimizer.lr=3e-3,1e-4"]
+  out = _sweep(tmp_path, grid, extra)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  names = ["lr=0.003", "lr=0.0001"]
+  for n in names:
+    res = json.load(open(tmp_path / n / "results.json"))
+    assert res["step"] == 4
+    cfg = json.load(open(tmp_path / n / "config.json"))
+    assert cfg["optimizer"]["lr"] == float(n.split("=")[1]) and cfg["model"]["num_layers"] == 1
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / n))  # TensorBoard
+  rows = list(csv.DictReader(open(tmp_path / "summary.csv")))
+  assert [r["run"] for r in rows] == names  # best (the larger lr on 4 steps) first
+  for col in ("optimizer.lr", "final_eval_loss", "best_eval_loss", "steps", "tokens_per_s", "wall_time_s"):
+    assert col in rows[0]
+  assert float(rows[0]["best_eval_loss"]) < float(rows[1]["best_eval_loss"])
+  md = (tmp_path / "summary.md").read_text()
+  assert "best (lowest eval loss): **lr=0.003**" in md and md.count("\n| lr=") == 2
+  assert (tmp_path / "curves.png").stat().st_size > 1000
+
+  # relaunch: the finished run is skipped, the unfinished one resumes from its checkpoint
+  os.remove(tmp_path / "lr=0.0001" / "results.json")
+  out = _sweep(tmp_path, grid, extra)
+  assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+  assert "lr=0.003 finished already" in out.stdout
+  assert (tmp_path / "lr=0.003" / "train.log").read_text().count("$ ") == 1
+  log = (tmp_path / "lr=0.0001" / "train.log").read_text()
+  assert log.count("$ ") == 2 and "resumed from the checkpoint at step 4" in log
+  assert (tmp_path / "lr=0.0001" / "results.json").exists()
+
+  # the report on demand
+  os.remove(tmp_path / "summary.md")
+  out = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0 and "lr=0.003" in out.stdout and (tmp_path / "summary.md").exists()
