@@ -236,7 +236,7 @@ def init_params(model_config: w2v.Word2VecConfig, seed: int) -> dict[str, jax.Ar
     args = (jnp.zeros((1,), jnp.int32),)
   else:
     args = (jnp.zeros((1, 1), jnp.int32), jnp.zeros((1, 1), bool))
-  return model.init(jax.random.key(seed), *args)["params"]
+  return jax.jit(model.init)(jax.random.key(seed), *args)["params"]  # one compiled call, not eager op-by-op
 
 
 def _lr(config: ml_collections.ConfigDict, progress: np.ndarray) -> np.ndarray:
