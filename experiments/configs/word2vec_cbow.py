@@ -4,7 +4,7 @@ Two training settings differ from skip-gram, chosen by measurement (3 seeds each
 the devices sync every 16 micro-steps instead of 64 (CBOW's summed neighbour updates suffer more from stale copies:
 analogy 0.52% -> 0.84%), and the learning rate starts at 0.04 (0.0125 and 0.025 under-train with batched updates,
 0.1 diverges). With the 8-word noise pool of the skip-gram config: analogy 1.18 +- 0.13%, WS-353 0.053 (gensim, 4 runs:
-0.042).
+1.15-1.20%, 0.04-0.10).
 """
 
 from experiments.configs import word2vec_skipgram
