@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tfjax import config as config_lib
@@ -313,7 +314,10 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
           consume(*pending)
           pending = None
         save(done, force=is_last)
-      if preempt.requested:
+      stop = preempt.requested
+      if nproc > 1:  # the save is collective: all processes agree (every log_every steps) on the step to stop at
+        stop = done % t.log_every == 0 and bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
+      if stop:
         if pending is not None:
           consume(*pending)
           pending = None
@@ -351,7 +355,6 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   if skipped:
     results["skipped_steps"] = skipped
   if nproc > 1:  # the report runs on process 0 alone: give it host copies of the (global) parameters
-    from jax.experimental import multihost_utils
     params = multihost_utils.process_allgather(params, tiled=True)
   if is_main:
     try:
