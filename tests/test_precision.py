@@ -102,8 +102,6 @@ def test_bfloat16_compute_keeps_float32_params_state_and_logits(setup):
   assert float_state and all(d == jnp.float32 for d in float_state)
 
 
-@pytest.mark.xfail(strict=True, reason="TokenEmbedding.unembed multiplies in the compute dtype: bfloat16 logits are "
-                   "rounded to bfloat16 before the cast to float32 (fix: preferred_element_type=jnp.float32)")
 def test_bfloat16_logits_are_computed_in_float32(setup):
   task, params, batch = setup
   logits = np.asarray(GPT(dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16)).apply(

@@ -60,14 +60,15 @@ class TokenEmbedding(nn.Module):
     return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
 
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Logits ``[..., V]`` of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
+    """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # one 2-D matmul (see tfjax.layers.linear)
-    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T)
+    # inputs in the compute dtype, products accumulated and returned in float32: logits are never rounded to bf16
+    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T, preferred_element_type=jnp.float32)
     return logits.reshape(*x.shape[:-1], self.vocab_size)
 
 
 class Unembed(nn.Module):
-  """Untied unembedding: ``x [..., D] -> logits [..., V]`` with its own matrix ``kernel [D, V]`` (+ optional bias)."""
+  """Untied unembedding: ``x [..., D] -> logits [..., V]`` (float32) with its own matrix ``kernel [D, V]``."""
   vocab_size: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
@@ -76,7 +77,7 @@ class Unembed(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     return Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 axes=("embed", "vocab"), name="kernel_dense")(x)
+                 axes=("embed", "vocab"), out_dtype=jnp.float32, name="kernel_dense")(x)
 
 
 class LearnedPositionalEmbedding(nn.Module):

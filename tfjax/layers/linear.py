@@ -24,15 +24,17 @@ class Dense(nn.Module):
   param_dtype: Dtype = jnp.float32
   stddev: float = 0.02
   axes: Sequence[str | None] = ("embed", "mlp")
+  out_dtype: Dtype | None = None  # e.g. float32 logits from bfloat16 inputs (accumulated in that dtype)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.stddev), tuple(self.axes)),
                         (x.shape[-1], self.features), self.param_dtype)
     lead = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype))
+    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype),
+                preferred_element_type=self.out_dtype)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
                         (self.features,), self.param_dtype)
-      y = y + jnp.asarray(bias, self.dtype)
+      y = y + jnp.asarray(bias, y.dtype)
     return y.reshape(*lead, self.features)
