@@ -33,7 +33,8 @@ def launch(num_processes: int, train_args: list[str], env: dict | None = None, l
       logs.append(out)
     procs.append(subprocess.Popen([sys.executable, os.path.join(ROOT, "experiments", "train.py"), *train_args],
                                   env={**env, "TFJAX_PROCESS_ID": str(i)}, stdout=out,
-                                  stderr=subprocess.STDOUT if out else None))
+                                  stderr=subprocess.STDOUT if out else None,
+                                  start_new_session=True))  # Ctrl-C reaches only us; we send SIGTERM to all
   code = 0
   try:
     pending = list(procs)

@@ -156,7 +156,8 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
         logf.write(f"$ {' '.join(cmd)}\n")
         logf.flush()
         log.info("sweep: start %s", r["name"])
-        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=base_env),
+        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=base_env,
+                                                      start_new_session=True),  # Ctrl-C: we send SIGTERM
                        logf, time.time()))
       time.sleep(poll_s)
       still = []
