@@ -4,7 +4,7 @@
 
 Both train on the corpus of ``experiments/configs/word2vec_skipgram.py`` (tokenised by the one rule of
 ``tfjax.data.word2vec_data.tokenize_line``, one line = one sentence) with dim 100, window 5, 5 noise words,
-min_count 5, sample 1e-3, alpha 0.025 -> 0.0001 (gensim's defaults; tfjax's CBOW config starts at alpha 0.04, see
+min_count 5, sample 1e-3, alpha 0.025 -> 0.0001 (gensim's defaults; tfjax's CBOW config starts at alpha 0.05, see
 ``experiments/configs/word2vec_cbow.py``), and are evaluated by the same code (``tfjax.word2vec_eval``; it
 reproduces gensim's ``evaluate_word_analogies``/``evaluate_word_pairs`` numbers).
 
