@@ -56,3 +56,32 @@ def test_two_processes_equal_one_and_resume_on_one_device(tmp_path):
   np.testing.assert_allclose([eval_m[s] for s in sorted(eval_r)], [eval_r[s] for s in sorted(eval_r)], rtol=1e-5,
                              atol=1e-5)
   assert loss_r[6] < loss_r[1]
+
+
+@pytest.mark.slow
+def test_sigterm_stops_all_processes_at_the_same_step(tmp_path):
+  """Each process gets its SIGTERM at a different moment (as from a scheduler); all save one checkpoint together."""
+  import signal
+  import time
+  config = tiny_lm_config(**{**OVERRIDES, "train.num_steps": 5000, "train.checkpoint_every": 10000,
+                             "train.eval_every": 0, "train.log_every": 5})
+  env = dict(os.environ, TFJAX_CPU_DEVICES="1")
+  env.pop("XLA_FLAGS", None)
+  launcher = subprocess.Popen([sys.executable, str(ROOT / "experiments" / "multihost.py"), "2",
+                               *train_args(config, tmp_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+  t0 = time.time()
+  while not (tmp_path / "metrics.jsonl").exists() or not (tmp_path / "metrics.jsonl").stat().st_size:
+    assert launcher.poll() is None and time.time() - t0 < 400
+    time.sleep(0.2)
+  children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+  assert len(children) == 2
+  for pid in children:
+    os.kill(int(pid), signal.SIGTERM)
+    time.sleep(0.5)
+  out, _ = launcher.communicate(timeout=300)
+  assert launcher.returncode == 0, out[-3000:]
+  saved = [int(l.split("at step ")[1].split()[0]) for l in out.splitlines() if "SIGTERM: saved" in l]
+  saved += [int(l.split("at step ")[1].split()[0]) for l in open(tmp_path / "process_1.log") if "SIGTERM: saved" in l]
+  assert len(saved) == 2 and saved[0] == saved[1] and saved[0] % 5 == 0, saved
+  assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [saved[0]]

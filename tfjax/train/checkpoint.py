@@ -23,7 +23,9 @@ def make_manager(workdir: str, max_to_keep: int, async_save: bool = True) -> ocp
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+  # handlers named up front: item_metadata() can then read a checkpoint's shapes before any save or restore
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
 def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
@@ -51,8 +53,9 @@ def _describe_mismatch(abstract: Any, saved: Any) -> str:
     have = {name(k): tuple(getattr(v, "shape", ())) for k, v in jax.tree_util.tree_leaves_with_path(saved)}
   except Exception:  # pylint: disable=broad-except
     return ""
-  diffs = [f"{k}: model {want.get(k)} vs checkpoint {have.get(k)}" for k in sorted(set(want) | set(have))
-           if want.get(k) != have.get(k)]
+  # parameters first: the optimizer state only repeats their shapes
+  keys = sorted(set(want) | set(have), key=lambda k: (not k.startswith("params"), k))
+  diffs = [f"{k}: model {want.get(k)} vs checkpoint {have.get(k)}" for k in keys if want.get(k) != have.get(k)]
   return "; ".join(diffs[:8]) + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "")
 
 
