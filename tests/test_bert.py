@@ -219,38 +219,6 @@ def test_loss_is_only_on_chosen_positions(task):
   assert 0 <= float(sums["accuracy"]) <= float(weight)
 
 
-def test_mlm_loss_falls(task):
-  params = _task_params(task)
-  tx = optax.adam(1e-2)
-  opt = tx.init(params)
-
-  @jax.jit
-  def step(params, opt, batch):
-    def f(p):
-      loss_sum, weight, _ = task.loss_fn(p, batch, None, True)
-      return loss_sum / weight
-    loss, grads = jax.value_and_grad(f)(params)
-    updates, opt = tx.update(grads, opt, params)
-    return optax.apply_updates(params, updates), opt, loss
-
-  eval_loss = jax.jit(lambda p, b: task.loss_fn(p, b, None, False))
-
-  def evaluate(p):
-    sums = [eval_loss(p, b) for b in task.eval_batches()]
-    return sum(float(s[0]) for s in sums) / sum(float(s[1]) for s in sums)
-
-  before = evaluate(params)
-  for i in range(40):
-    params, opt, _ = step(params, opt, task.train_batch(i))
-  after = evaluate(params)
-  assert before > 3.5  # ~ log(vocab) at init
-  assert after < before - 1.0, (before, after)
-  top = mlm.fill_mask(task.model, params, task.tokenizer, "the cat sat on the [MASK] .", top_k=3)
-  assert len(top) == 1 and len(top[0]) == 3
-  probs = [p for _, p in top[0]]
-  assert probs == sorted(probs, reverse=True) and sum(probs) <= 1.0 + 1e-6
-
-
 def test_fill_mask_needs_a_mask(task):
   params = _task_params(task)
   with pytest.raises(ValueError, match=r"no \[MASK\]"):
@@ -272,27 +240,35 @@ def test_final_report_exports_hf_bert(task):
   jax.tree.map(np.testing.assert_array_equal, loaded2, params)
 
 
-def test_load_for_inference_from_checkpoint_and_hf_export(task, tmp_path):
-  """fill_mask.py's loader: a training workdir (config.json + tokenizer.json + orbax checkpoint), or its hf/ export."""
+def test_mlm_loss_falls_in_the_training_loop_and_fill_mask_loads_the_workdir(task, tmp_path):
+  """MLMTask through tfjax.train.loop for 40 steps: the masked-LM loss falls (train and eval); then fill_mask.py's
+  loader on the workdir: the latest orbax checkpoint (params equal to the hf/ export of the final report), or a
+  given step."""
   import json
-  import shutil
-  from tfjax.train import checkpoint as ckpt_lib
-  from tfjax.train.step import TrainState
-  params = _task_params(task)
-  work = tmp_path / "work"
-  work.mkdir()
-  shutil.copy(os.path.join(task.workdir, "tokenizer.json"), work / "tokenizer.json")
-  (work / "config.json").write_text(json.dumps(task.config.to_dict(), default=str))
-  manager = ckpt_lib.make_manager(str(work), 1, async_save=False)
-  state = TrainState(step=jnp.asarray(7, jnp.int32), params=params, opt_state={"mu": params},
-                     rng=jax.random.key_data(jax.random.key(0)))
-  ckpt_lib.save(manager, 7, state, {"step": 7}, force=True)
-  manager.wait_until_finished()
-  manager.close()
-  model, loaded, tok = mlm.load_for_inference(str(work))
+  from tfjax import hf
+  from tfjax.train.loop import train_and_evaluate
+  config = task.config.copy_and_resolve_references()
+  config.train.update(num_steps=40, log_every=4, eval_every=0, checkpoint_every=20, parallel="none", log_mfu=False,
+                      async_checkpoint=False)
+  config.optimizer.update(lr=1e-2, warmup_steps=1, schedule="constant", weight_decay=0.0)
+  work = str(tmp_path / "work")
+  results = train_and_evaluate(config, work, mlm.MLMTask(config, work))
+  with open(os.path.join(work, "metrics.jsonl")) as f:
+    train_losses = [r["loss"] for r in map(json.loads, f) if "loss" in r]
+  assert results["step"] == 40 and len(train_losses) == 10
+  assert train_losses[0] > 3.5  # ~ log(vocab) at init
+  assert train_losses[-1] < train_losses[0] - 0.6, train_losses
+  assert results["eval_loss"] < train_losses[0] - 0.6 and results["eval_accuracy"] > 0.1, results
+  (top,) = results["fill_mask"]["the cat sat on the [MASK] ."]
+  probs = [p for _, p in top]
+  assert len(top) == config.fill_mask.top_k and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+  model, params, tok = mlm.load_for_inference(work)
   assert model == task.model and tok.vocab_size == task.tokenizer.vocab_size
-  jax.tree.map(np.testing.assert_array_equal, loaded, params)
+  _, exported = hf.load(os.path.join(work, "hf"))
+  jax.tree.map(np.testing.assert_array_equal, params, exported)
+  _, params2, _ = mlm.load_for_inference(work, step=20)
+  assert not np.array_equal(params2["embed"]["embedding"], params["embed"]["embedding"])
   with pytest.raises(FileNotFoundError, match="no complete checkpoint at step 3"):
-    mlm.load_for_inference(str(work), step=3)
+    mlm.load_for_inference(work, step=3)
   with pytest.raises(FileNotFoundError, match="neither a Hugging Face BERT directory"):
     mlm.load_for_inference(str(tmp_path))
