@@ -24,9 +24,12 @@ FLAGS = flags.FLAGS
 
 def load(path):
   """(model, params, encode, decode) from a tfjax workdir or a Hugging Face GPT-2 directory."""
-  if os.path.exists(os.path.join(path, "config.json")) and not os.path.exists(os.path.join(path, "checkpoints")):
-    from tfjax import hf
+  from tfjax import hf
+  if hf.is_hf_dir(path):
+    from tfjax.models.gpt import GPT
     model, params = hf.load(path)
+    if not isinstance(model, GPT):
+      raise app.UsageError(f"{path} holds a {type(model).__name__}; sample generates from GPT-2 (decoder) models")
     tokenizer = hf.load_tokenizer(path)
     return model, params, tokenizer.encode, tokenizer.decode
   from tfjax import config as config_lib
