@@ -54,10 +54,11 @@ def main(argv):
     if step in ours_eval:
       print(f"{step:6d} {val:12.4f} {ours_eval[step]:10.4f} {ours_eval[step] - val:+7.4f}")
   if batch:
+    # nanoGPT's iteration i computes the loss of its (i+1)-th batch; tfjax logs it as step i+1 (steps done).
     print(f"{'iter':>6s} {'nanoGPT batch':>14s} {'tfjax train (mean of logged interval)':>38s}")
     for it, loss in batch:
-      if it in ours_train:
-        print(f"{it:6d} {loss:14.4f} {ours_train[it]:38.4f}")
+      if it + 1 in ours_train:
+        print(f"{it:6d} {loss:14.4f} {ours_train[it + 1]:38.4f}")
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -66,7 +67,8 @@ def main(argv):
     ax.plot(*zip(*batch), color="C1", alpha=0.7, label="nanoGPT train (batch)")
   if evals:
     ax.plot([e[0] for e in evals], [e[2] for e in evals], "s--", color="C1", label="nanoGPT val")
-  ax.plot(sorted(ours_train), [ours_train[s] for s in sorted(ours_train)], color="C0", alpha=0.7, label="tfjax train")
+  ax.plot([s - 1 for s in sorted(ours_train)], [ours_train[s] for s in sorted(ours_train)], color="C0", alpha=0.7,
+          label="tfjax train")
   ax.plot(sorted(ours_eval), [ours_eval[s] for s in sorted(ours_eval)], "o--", color="C0", label="tfjax val")
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
