@@ -58,17 +58,15 @@ def start_train(config, workdir, **popen):
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 
 
-def wait_for_training(proc, workdir, timeout=240):
-  """Blocks until the run has logged a step (training has started); False if the process ended first."""
-  path = os.path.join(workdir, "metrics.jsonl")
+def wait_for_training(proc, timeout=300):
+  """Reads the run's output until it logs a training step ("step N/M | loss ..."); False if it ended first."""
   t0 = time.time()
-  while time.time() - t0 < timeout:
-    if proc.poll() is not None:
-      return False
-    if os.path.exists(path) and os.path.getsize(path) > 0:
+  for line in proc.stdout:
+    if re.search(r"step \d+/\d+ \| loss", line):
       return True
-    time.sleep(0.05)
-  raise TimeoutError("the run did not start training")
+    if time.time() - t0 > timeout:
+      raise TimeoutError("the run did not start training")
+  return False
 
 
 def final_state(workdir, config):
@@ -98,15 +96,18 @@ def test_sigkill_at_random_moments_then_relaunch_is_bit_identical(tmp_path):
   killed_at = []
   for _ in range(kills):
     proc = start_train(config, dir_)
-    if not wait_for_training(proc, dir_):
+    if not wait_for_training(proc):
       break  # finished before the kill
-    time.sleep(rng.uniform(0.0, 1.5))
+    time.sleep(rng.uniform(0.0, 1.0))
+    if proc.poll() is not None:
+      break
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     steps = [json.loads(l)["step"] for l in open(dir_ / "metrics.jsonl") if l.strip().endswith("}")]
     killed_at.append(steps[-1] if steps else 0)
     assert not (dir_ / "results.json").exists() or killed_at[-1] == config.train.num_steps
-  assert killed_at, "no kill landed while training"
+  print("killed after steps", killed_at)
+  assert len(killed_at) >= min(kills, 2), killed_at
   proc = start_train(config, dir_)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out[-3000:]
@@ -123,7 +124,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path):
   config = tiny_lm_config(**{**KILL_OVERRIDES, "train.checkpoint_every": 1000, "train.num_steps": 400,
                              "optimizer.decay_steps": 400})
   proc = start_train(config, tmp_path)
-  assert wait_for_training(proc, tmp_path)
+  assert wait_for_training(proc)
   time.sleep(0.3)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
