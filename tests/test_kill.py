@@ -152,7 +152,7 @@ class _NaNAt(LMTask):
 
 
 def test_nan_step_stops_naming_step_and_metric_and_keeps_last_checkpoint(tmp_path):
-  config = tiny_lm_config(**{"train.num_steps": 10, "train.checkpoint_every": 2, "train.log_every": 1})
+  config = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 10, "train.checkpoint_every": 2, "train.log_every": 1})
   with pytest.raises(NonFiniteLossError, match=r"non-finite grad_norm = nan at step 4") as e:
     train_and_evaluate(config, str(tmp_path), _NaNAt(config, str(tmp_path)))
   assert "checkpoints" in str(e.value)
@@ -163,7 +163,7 @@ def test_nan_step_stops_naming_step_and_metric_and_keeps_last_checkpoint(tmp_pat
 
 
 def test_skip_nonfinite_skips_and_counts_the_bad_steps(tmp_path):
-  config = tiny_lm_config(**{"train.num_steps": 10, "train.log_every": 1, "train.skip_nonfinite": True})
+  config = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 10, "train.log_every": 1, "train.skip_nonfinite": True})
   res = train_and_evaluate(config, str(tmp_path), _NaNAt(config, str(tmp_path)))
   assert res["skipped_steps"] == 2
   recs = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
@@ -191,11 +191,11 @@ def _corrupt(step_dir):
 
 
 def test_corrupt_checkpoint_is_an_error_unless_restore_fallback(tmp_path):
-  config = tiny_lm_config(**{"train.num_steps": 4, "train.checkpoint_every": 2, "train.eval_every": 0,
+  config = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 4, "train.checkpoint_every": 2, "train.eval_every": 0,
                              "train.log_every": 1})
   train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
   _corrupt(tmp_path / "checkpoints" / "4")
-  longer = tiny_lm_config(**{"train.num_steps": 6, "train.checkpoint_every": 2, "train.eval_every": 0,
+  longer = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 6, "train.checkpoint_every": 2, "train.eval_every": 0,
                              "train.log_every": 1})
   with pytest.raises(ckpt_lib.CheckpointError, match=r"checkpoints/4.*restore_fallback"):
     train_and_evaluate(longer, str(tmp_path), LMTask(longer, str(tmp_path)))
@@ -207,9 +207,9 @@ def test_corrupt_checkpoint_is_an_error_unless_restore_fallback(tmp_path):
 
 
 def test_incompatible_checkpoint_names_what_differs(tmp_path):
-  config = tiny_lm_config(**{"train.num_steps": 2, "train.checkpoint_every": 2, "train.eval_every": 0})
+  config = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 2, "train.checkpoint_every": 2, "train.eval_every": 0})
   train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
-  wider = tiny_lm_config(**{"train.num_steps": 4, "model.emb_dim": 48, "train.eval_every": 0})
+  wider = tiny_lm_config(**{"model.num_layers": 1, "train.num_steps": 4, "model.emb_dim": 48, "train.eval_every": 0})
   with pytest.raises(ckpt_lib.CheckpointError, match=r"does not fit") as e:
     train_and_evaluate(wider, str(tmp_path), LMTask(wider, str(tmp_path)))
   # the message names parameters and both shapes (parameters before the optimizer state)

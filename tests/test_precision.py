@@ -21,10 +21,11 @@ from tfjax.train.step import init_state
 
 @pytest.fixture(scope="module")
 def setup():
-  config = tiny_lm_config(**{"model.num_layers": 3})
+  config = tiny_lm_config(**{"model.num_layers": 2})
   task = LMTask(config, None)
   params = nn.unbox(task.init_params(jax.random.key(0)))
-  return task, params, task.train_batch(0)
+  batch = task.train_batch(0)
+  return task, params, batch, loss_and_grads(task.model_cfg, params, batch)  # the plain float32 path
 
 
 def loss_and_grads(cfg, params, batch):
@@ -49,8 +50,7 @@ def stack_layers(params, num_layers):
 
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_gives_the_same_loss_and_gradients(setup, policy):
-  task, params, batch = setup
-  plain = loss_and_grads(task.model_cfg, params, batch)
+  task, params, batch, plain = setup
   remat_cfg = dataclasses.replace(task.model_cfg, remat=policy)
   remat = loss_and_grads(remat_cfg, params, batch)
   np.testing.assert_allclose(remat[0], plain[0], rtol=1e-6)
@@ -63,7 +63,7 @@ def test_remat_gives_the_same_loss_and_gradients(setup, policy):
 
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scan_layers_gives_the_same_loss_and_gradients(setup, remat):
-  task, params, batch = setup
+  task, params, batch, plain = setup
   n = task.model_cfg.num_layers
   scan_cfg = dataclasses.replace(task.model_cfg, scan_layers=True, remat=remat)
   # the scanned model's own init has the stacked layout we map to
@@ -71,7 +71,6 @@ def test_scan_layers_gives_the_same_loss_and_gradients(setup, remat):
   stacked = stack_layers(params, n)
   assert jax.tree.structure(scan_init) == jax.tree.structure(stacked)
   assert jax.tree.map(jnp.shape, scan_init) == jax.tree.map(jnp.shape, stacked)
-  plain = loss_and_grads(task.model_cfg, params, batch)
   scanned = loss_and_grads(scan_cfg, stacked, batch)
   np.testing.assert_allclose(scanned[0], plain[0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(scanned[1]), jax.tree.leaves(stack_layers(plain[1], n))):
@@ -79,9 +78,8 @@ def test_scan_layers_gives_the_same_loss_and_gradients(setup, remat):
 
 
 def test_bfloat16_compute_keeps_float32_params_state_and_logits(setup):
-  task, params, batch = setup
+  task, params, batch, (plain_loss, plain_grads) = setup
   bf_cfg = dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16)
-  plain_loss, plain_grads = loss_and_grads(task.model_cfg, params, batch)
   bf_loss, bf_grads = loss_and_grads(bf_cfg, params, batch)
   # bfloat16 has 8 bits of mantissa: the loss agrees to ~1%, the gradients point the same way
   np.testing.assert_allclose(bf_loss, plain_loss, rtol=1e-2)
@@ -93,7 +91,7 @@ def test_bfloat16_compute_keeps_float32_params_state_and_logits(setup):
   assert logits.dtype == jnp.float32
 
   # a bfloat16 task: parameters and optimizer state stay float32
-  config = tiny_lm_config(**{"model.dtype": "bfloat16"})
+  config = tiny_lm_config(**{"model.dtype": "bfloat16", "model.num_layers": 1})
   bf_task = LMTask(config, None)
   tx, _ = make_optimizer(config.optimizer, 10)
   state = jax.eval_shape(functools.partial(init_state, bf_task, tx, 0))
@@ -103,7 +101,7 @@ def test_bfloat16_compute_keeps_float32_params_state_and_logits(setup):
 
 
 def test_bfloat16_logits_are_computed_in_float32(setup):
-  task, params, batch = setup
+  task, params, batch, _ = setup
   logits = np.asarray(GPT(dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16)).apply(
       {"params": params}, batch["inputs"]))
   rounded = np.asarray(jnp.asarray(logits).astype(jnp.bfloat16).astype(jnp.float32))

@@ -67,6 +67,7 @@ def _sweep(sweepdir, settings, extra, parallel=2):
   return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # three training launches (~45 s on 2 busy cores)
 def test_sweep_runs_the_grid_reports_and_resumes(tmp_path):
   extra = {"model.num_layers": 1, "train.num_steps": 4, "train.eval_every": 2, "train.checkpoint_every": 2,
            "train.log_every": 1}
