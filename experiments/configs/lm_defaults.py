@@ -66,6 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.restore_fallback = False  # restore an earlier checkpoint if the latest is unreadable
   c.train.async_checkpoint = True
   c.train.log_mfu = True
+  c.train.tensorboard = True  # TensorBoard event files next to metrics.jsonl
+  c.train.profile_steps = ""  # "A:B": trace steps A..B-1 with jax.profiler into WORKDIR/profile
 
   c.sample = ml_collections.ConfigDict()
   c.sample.prompt = "\n"

@@ -47,7 +47,7 @@ class LMTask:
       self.tokenizer = CharTokenizer.load(tok_path)
     else:
       self.tokenizer = CharTokenizer.from_text(text)
-      if tok_path:
+      if tok_path and jax.process_index() == 0:  # one writer in a multi-process run
         os.makedirs(workdir, exist_ok=True)
         self.tokenizer.save(tok_path)
     data = self.tokenizer.encode(text)
