@@ -31,8 +31,6 @@ def main():
   assert jax.device_count() == 8, jax.devices()
   out = {mode: losses(mode) for mode in sys.argv[1].split(",")}
   # the fsdp rules must actually shard a parameter
-  import flax.linen as nn
-  from jax.sharding import Mesh
   config = tiny_lm_config()
   task = LMTask(config, None)
   boxed = jax.eval_shape(task.init_params, jax.random.key(0))

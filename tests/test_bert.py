@@ -7,9 +7,7 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 
 from tfjax.models.bert import BERT, bert_config

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -19,7 +18,7 @@ from tfjax.tasks.lm import LMTask
 from tfjax.train import checkpoint as ckpt_lib
 from tfjax.train.loop import train_and_evaluate
 from tfjax.train.optimizer import make_optimizer
-from tfjax.train.step import TrainState, init_state, make_train_step
+from tfjax.train.step import init_state, make_train_step
 
 
 def _metrics(workdir):

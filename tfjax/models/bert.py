@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
-from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed, embed_init
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed
 from tfjax.layers.mlp import get_activation
 
 

@@ -37,7 +37,6 @@ import json
 import logging
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp

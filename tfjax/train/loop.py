@@ -20,9 +20,7 @@ import sys
 import time
 from typing import Any
 
-import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
