@@ -73,8 +73,9 @@ class LMTask:
     logits = self.model.apply({"params": params}, batch["inputs"], deterministic=not train,
                               rngs={"dropout": rng} if train and rng is not None else None)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-    correct = jnp.sum(jnp.argmax(logits, axis=-1) == batch["targets"])
-    return jnp.sum(ce), jnp.asarray(ce.size, jnp.float32), {"accuracy": correct.astype(jnp.float32)}
+    # float32 sums: under data parallelism XLA can then merge every cross-device reduction of the step into one.
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32))
+    return jnp.sum(ce), jnp.asarray(ce.size, jnp.float32), {"accuracy": correct}
 
   def _windows(self, data: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
     idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]

@@ -4,7 +4,10 @@ Modes (``config.train.parallel``):
 
 - ``none``: one device.
 - ``dp``: data parallel with ``jax.jit`` on a 1-D mesh ``('data',)`` over all devices; parameters replicated, the
-  batch split along its first axis. Gradients are reduced by XLA.
+  batch split along its first axis. The step runs under ``jax.shard_map``: each device computes the gradients of
+  its rows, then one ``lax.psum`` of all of them as a single flat buffer (:func:`tfjax.train.step.psum_flat`).
+  Letting XLA insert the reductions instead costs one device rendezvous per gradient leaf: ~15% of a small model's
+  step on CPU.
 - ``fsdp``: as ``dp``, but parameters and optimizer state are sharded over ``'data'`` along their ``embed`` axis
   (the logical-axis rules below); XLA gathers them for the matmuls.
 - ``pmap``: ``jax.pmap`` over the local devices, state replicated with a leading device axis, gradients summed with
@@ -71,6 +74,12 @@ def param_shardings(abstract_params: Any, mesh: Mesh, rules) -> Any:
     return NamedSharding(mesh, P(*axes))
 
   return jax.tree.map(to_sharding, specs, shapes, is_leaf=lambda x: isinstance(x, P) or x is None)
+
+
+def data_parallel(step_fn, mesh: Mesh):
+  """``step_fn(state, batch)`` (made with ``axis_name=DATA``) run per device under ``jax.shard_map``: state
+  replicated, batch split along its first axis, outputs (reduced inside the step) replicated. Jit the result."""
+  return jax.shard_map(step_fn, mesh=mesh, in_specs=(P(), P(DATA)), out_specs=(P(), P()), check_vma=False)
 
 
 def global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

@@ -1,8 +1,9 @@
 """The train step and the eval step: one function each, used by every parallel mode.
 
 The step computes summed losses and gradients over (micro-)batches and divides by the number of targets of the
-*global* batch. Under ``jax.jit`` with sharded inputs the sums are global already; under ``pmap`` (``axis_name``
-given) they are summed across devices with ``lax.psum``. Either way the update equals the single-device one.
+*global* batch. Under ``jax.jit`` with sharded inputs the sums are global already; under ``pmap`` or ``shard_map``
+(``axis_name`` given) they are summed across devices with one ``lax.psum``. Either way the update equals the
+single-device one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 
 @flax.struct.dataclass
@@ -32,6 +34,13 @@ def init_state(task, tx: optax.GradientTransformation, seed: int) -> TrainState:
   params = nn.unbox(task.init_params(init_key))
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                     rng=jax.random.key_data(train_key))
+
+
+def psum_flat(tree, axis_name: str):
+  """``lax.psum`` of a whole pytree as one flat buffer: one cross-device reduction instead of one per leaf (on CPU
+  each reduced buffer costs a rendezvous of the devices' threads; the step's ~50 gradient leaves cost ~7 ms)."""
+  flat, unravel = ravel_pytree(tree)
+  return unravel(jax.lax.psum(flat, axis_name))
 
 
 def _tree_add(a, b):
@@ -73,7 +82,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: Callable, 
       out, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
     loss_sum, weight, sums, grads = out
     if axis_name is not None:
-      loss_sum, weight, sums, grads = jax.lax.psum((loss_sum, weight, sums, grads), axis_name)
+      loss_sum, weight, sums, grads = psum_flat((loss_sum, weight, sums, grads), axis_name)
     grads = jax.tree.map(lambda g: g / weight, grads)
     loss = loss_sum / weight
     grad_norm = optax.tree.norm(grads)
