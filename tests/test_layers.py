@@ -244,3 +244,38 @@ def test_kv_cache_decode_equals_full_forward(positional, kv_heads):
     cache = v["cache"]
     outs.append(logits)
   np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, atol=2e-5, rtol=1e-5)
+
+
+# --- dropout ---------------------------------------------------------------------------------------------------------
+
+def test_random_bits_equal_jax_random_bits():
+  from tfjax.layers.dropout import random_bits
+  for seed, shape in ((0, (7,)), (3, (4, 5, 6)), (123, (2, 3, 64, 64))):
+    key = jax.random.key(seed)
+    np.testing.assert_array_equal(np.asarray(jax.jit(random_bits, static_argnums=1)(key, shape)),
+                                  np.asarray(jax.random.bits(key, shape, jnp.uint32)))
+  raw = jax.random.key_data(jax.random.key(5))  # raw uint32[2] keys work too
+  np.testing.assert_array_equal(np.asarray(random_bits(raw, (9,))),
+                                np.asarray(jax.random.bits(jax.random.key(5), (9,), jnp.uint32)))
+
+
+def test_dropout_keeps_expected_fraction_and_scales():
+  from tfjax.layers.dropout import Dropout, dropout
+  x = jnp.ones((200, 500))
+  for rate in (0.1, 0.5, 0.9):
+    y = np.asarray(dropout(x, rate, jax.random.key(1)))
+    kept = y != 0
+    assert abs(kept.mean() - (1 - rate)) < 4 * np.sqrt(rate * (1 - rate) / x.size)
+    np.testing.assert_allclose(y[kept], 1.0 / (1.0 - rate), rtol=1e-6)
+    assert abs(y.mean() - 1.0) < 0.02  # unbiased
+  np.testing.assert_array_equal(np.asarray(dropout(x, 1.0, jax.random.key(0))), 0.0)
+  np.testing.assert_array_equal(np.asarray(dropout(x, 0.3, jax.random.key(0), deterministic=True)), 1.0)
+  a, b = dropout(x, 0.5, jax.random.key(2)), dropout(x, 0.5, jax.random.key(3))
+  assert 0.4 < float(jnp.mean((a != 0) == (b != 0))) < 0.6  # independent masks for different keys
+  m = Dropout(0.5)
+  y = m.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(4)})
+  assert set(np.unique(np.asarray(y))) == {0.0, 2.0}
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(m.apply({}, x, False, rngs={"dropout": jax.random.key(4)})))
+  np.testing.assert_array_equal(np.asarray(m.apply({}, x, deterministic=True)), 1.0)
+  with pytest.raises(ValueError, match="dropout rate"):
+    dropout(x, 1.5, jax.random.key(0))

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
+from tfjax.layers.dropout import dropout
 from tfjax.layers.embeddings import apply_rope
 from tfjax.layers.linear import Dense
 
@@ -72,8 +73,7 @@ def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float =
   pattern = attention_pattern(q, k, mask, scale)
   weights = pattern
   if dropout_rate > 0.0 and dropout_rng is not None:
-    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
-    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    weights = dropout(weights, dropout_rate, dropout_rng)
   v = _repeat_kv(v, q.shape[2])
   out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v).astype(q.dtype)
   return (out, pattern) if return_pattern else out

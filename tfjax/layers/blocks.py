@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
+from tfjax.layers.dropout import Dropout
 from tfjax.layers.mlp import ACTIVATIONS, MLP
 
 Dtype = Any
@@ -111,7 +112,7 @@ class TransformerBlock(nn.Module):
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
                 out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    drop = nn.Dropout(cfg.dropout_rate)
+    drop = Dropout(cfg.dropout_rate)
 
     def residual(x, branch, norm_name):
       if cfg.pre_ln:

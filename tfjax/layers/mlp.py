@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tfjax.layers.dropout import Dropout
 from tfjax.layers.linear import Dense
 
 Dtype = Any
@@ -56,4 +57,4 @@ class MLP(nn.Module):
     else:
       h = act(h)
     out = dense(x.shape[-1], "fc_out", ("mlp", "embed"), self.out_stddev)(h)
-    return nn.Dropout(self.dropout_rate)(out, deterministic=deterministic)
+    return Dropout(self.dropout_rate)(out, deterministic=deterministic)

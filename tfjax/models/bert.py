@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed
 from tfjax.layers.mlp import get_activation
 
@@ -108,7 +109,7 @@ class BERT(nn.Module):
     x = x + TokenEmbedding(self.type_vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="type_embed")(
         token_type_ids)
     x = make_norm(cfg, "ln_embed")(x)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = TransformerStack(cfg, name="encoder")(x, mask, positions, deterministic=deterministic)
     if cfg.pre_ln:
       x = make_norm(cfg, "ln_final")(x)

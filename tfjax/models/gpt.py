@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed, sinusoidal_positions
 
 
@@ -53,7 +54,7 @@ class GPT(nn.Module):
           positions)
     elif cfg.positional == "sinusoidal":
       x = x + sinusoidal_positions(positions, cfg.emb_dim, dtype=cfg.dtype)
-    x = nn.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
     kv_len = cfg.max_len if decode else length
     causal = masks_lib.causal_mask_at(positions, kv_len)
