@@ -279,3 +279,15 @@ def test_dropout_keeps_expected_fraction_and_scales():
   np.testing.assert_array_equal(np.asarray(m.apply({}, x, deterministic=True)), 1.0)
   with pytest.raises(ValueError, match="dropout rate"):
     dropout(x, 1.5, jax.random.key(0))
+
+
+def test_rope_static_positions_equal_traced_positions():
+  x = jax.random.normal(jax.random.key(0), (3, 16, 2, 8))
+  pos = np.broadcast_to(np.arange(16, dtype=np.int32), (3, 16))
+  static = apply_rope(x, pos)
+  traced = jax.jit(apply_rope)(x, jnp.asarray(pos))
+  np.testing.assert_allclose(np.asarray(static), np.asarray(traced), atol=1e-6)
+  shifted = np.arange(48, dtype=np.int32).reshape(3, 16)  # different rows
+  np.testing.assert_allclose(np.asarray(apply_rope(x, shifted)),
+                             np.asarray(jax.jit(apply_rope)(x, jnp.asarray(shifted))),
+                             atol=1e-5)

@@ -114,15 +114,23 @@ def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -
   """Rotary position embedding of ``x [B, T, H, Dh]`` at integer ``positions [B, T]``.
 
   Channel pairs ``(j, j + Dh/2)`` are rotated by angle ``position * base^(-2j/Dh)``, so the dot product of a rotated
-  query and key depends only on their offset. Computed in float32, returned in ``x.dtype``.
+  query and key depends only on their offset. Computed in float32, returned in ``x.dtype``. When ``positions`` is a
+  numpy array (static positions, as in training), the sin/cos tables are computed once on the host and enter the
+  program as constants; otherwise XLA:CPU fuses sin/cos into the rotation and evaluates them once per head.
   """
   head_dim = x.shape[-1]
   if head_dim % 2:
     raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
   half = head_dim // 2
-  inv_freq = base ** (-jnp.arange(half, dtype=jnp.float32) * 2.0 / head_dim)
-  angles = positions.astype(jnp.float32)[..., None, None] * inv_freq  # [B, T, 1, half]
-  sin, cos = jnp.sin(angles), jnp.cos(angles)
+  inv_freq = (base ** (-np.arange(half, dtype=np.float64) * 2.0 / head_dim)).astype(np.float32)
+  if isinstance(positions, np.ndarray):
+    if positions.ndim == 2 and (positions == positions[:1]).all():
+      positions = positions[:1]  # the same positions in every row: one [1, T] table
+    angles = positions.astype(np.float32)[..., None, None] * inv_freq  # [B, T, 1, half]
+    sin, cos = np.sin(angles), np.cos(angles)
+  else:
+    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)

@@ -15,6 +15,7 @@ import dataclasses
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
@@ -45,7 +46,7 @@ class GPT(nn.Module):
     if positions is None:
       if decode and not self.is_initializing():
         raise ValueError("decode=True needs the absolute positions [B, T] of the new tokens")
-      positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+      positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))  # static: see apply_rope
 
     embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="embed")
     x = embed(ids)
