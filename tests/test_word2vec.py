@@ -91,6 +91,33 @@ def test_sparse_sgd_step_equals_dense_sgd_on_the_module_loss():
   assert not np.allclose(w_out, params["output_embedding"])  # the step did something
 
 
+def test_cbow_sparse_sgd_step_equals_dense_sgd_on_the_module_loss():
+  """CBOW's gather/scatter-add step (masked slots sent out of range) is plain SGD on the CBOW module's loss; the
+  default (word2vec.c/gensim) update gives each neighbour the full hidden gradient instead of its share."""
+  v, d, lr = 9, 4, 0.1
+  params = _params(v, d, seed=3)
+  context = np.array([[2, 3, 2, 7], [5, 0, 8, 1], [4, 6, 6, 6]], np.int32)  # a repeated neighbour in rows 0 and 2
+  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0]], bool)  # masked slots hold real ids: must be ignored
+  batch = {"centre": np.array([1, 4, 7]), "context": context, "mask": mask, "noise": np.array([[6, 1], [4, 7], [0, 3]])}
+  model = w2v.CBOW(w2v.Word2VecConfig(vocab_size=v, dim=d, architecture="cbow", negatives=2))
+  grads = jax.grad(lambda p: model.apply({"params": p}, batch, method="loss"))(params)
+  want = jax.tree.map(lambda p, g: p - lr * g, params, grads)
+  # one row per centre (S = 1), as the module's loss lays them out
+  micro = {"context": context[:, None], "context_mask": mask[:, None], "target": batch["centre"][:, None],
+           "noise": batch["noise"], "mask": np.ones((3, 1), bool)}
+  tables = (params["input_embedding"], params["output_embedding"])
+  (w_in, w_out), (_, count) = task._ns_cbow_micro_step(tables, micro, lr, negatives=2, exact_mean_grad=True)
+  np.testing.assert_allclose(w_in, want["input_embedding"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(w_out, want["output_embedding"], rtol=1e-5, atol=1e-6)
+  assert int(count) == 3
+  (w_in_full, _), _ = task._ns_cbow_micro_step(tables, micro, lr, negatives=2)
+  delta_exact = np.asarray(w_in) - np.asarray(params["input_embedding"])
+  delta_full = np.asarray(w_in_full) - np.asarray(params["input_embedding"])
+  assert np.abs(delta_exact[5]).max() > 0
+  np.testing.assert_allclose(delta_full[5], 2 * delta_exact[5], rtol=1e-5, atol=1e-7)  # 5: in row 1 (2 neighbours)
+  np.testing.assert_allclose(delta_full[[7, 8]], 0.0)  # 7 and 8 are only in masked slots
+
+
 # ---------------------------------------------------------------------------------------------------- data
 
 

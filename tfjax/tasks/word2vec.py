@@ -160,22 +160,29 @@ def _ns_cbow_micro_step(tables, batch, lr, negatives: int, exact_mean_grad: bool
 
   As in word2vec.c and gensim (``cbow_mean=1``), every neighbour receives the full gradient of the hidden vector, not
   the gradient of the mean (which is that divided by the number of neighbours); ``exact_mean_grad`` uses the latter.
+
+  Masked context slots are sent out of range (index ``V``): the gather reads them as 0 and the scatter-add drops
+  them, so no mask multiplies the ``R x S x C x D`` rows and the neighbour sum is a plain reduction that XLA fuses
+  into the gather.
   """
   w_in, w_out = tables
   ctx, ctx_mask = batch["context"], batch["context_mask"]  # RxSxC
   target, noise, mask = batch["target"], batch["noise"], batch["mask"]  # RxS, RxK, RxS
   r, s, c = ctx.shape
-  d = w_in.shape[1]
+  v, d = w_in.shape
+  ctx = jnp.where(ctx_mask, ctx, v)
+  n_ctx = jnp.sum(ctx_mask, axis=-1).astype(w_in.dtype)  # RxS
+  inv = 1.0 / jnp.maximum(n_ctx, 1.0)
+  hidden = w_in.at[ctx].get(mode="fill", fill_value=0).sum(axis=2) * inv[..., None]
   noise_mask = _noise_weight(noise, target, negatives)
-  item_mask = mask & jnp.any(ctx_mask, axis=-1)
-  hidden = w2v.context_mean(w_in[ctx].reshape(r * s, c, d), ctx_mask.reshape(r * s, c)).reshape(r, s, d)
+  item_mask = mask & (n_ctx > 0)
   loss, (g_hidden, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
       hidden, w_out[target], w_out[noise], item_mask, noise_mask)
-  weight = ctx_mask.astype(g_hidden.dtype)  # RxSxC
+  g_in = -lr * g_hidden  # RxSxD
   if exact_mean_grad:
-    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1.0)
-  g_ctx = g_hidden[:, :, None, :] * weight[..., None]
-  w_in = w_in.at[ctx.reshape(-1)].add(-lr * g_ctx.reshape(-1, d))
+    g_in = g_in * inv[..., None]
+  g_ctx = jnp.broadcast_to(g_in[:, :, None, :], (r, s, c, d))
+  w_in = w_in.at[ctx.reshape(-1)].add(g_ctx.reshape(-1, d), mode="drop")
   out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
   w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
   return (w_in, w_out), (loss, jnp.sum(item_mask))
