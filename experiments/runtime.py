@@ -10,10 +10,10 @@ import os
 import sys
 
 
-# XLA:CPU's YNNPACK library fusions (dots and reductions) are slower than XLA's own kernels for these models on the
-# CPUs measured: the 6/6/384 GPT step takes 15.2 s instead of 19.3 s without them (2 cores, same run, see README
-# "Benchmarks"); the baby config is unchanged. Only set when jaxlib knows the flag (XLA aborts on unknown flags).
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
+# Opt-in (TFJAX_CPU_NO_YNN=1): XLA:CPU's own dot kernels instead of its YNNPACK library fusions. The 6/6/384 GPT step
+# takes 15.2 s instead of 19.3 s on 2 cores, but runs are then not bit-reproducible (a killed-and-resumed run differed
+# from an uninterrupted one in the last bit), so it is off by default. Only set when jaxlib knows the flag.
+CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",) if os.environ.get("TFJAX_CPU_NO_YNN") == "1" else ()
 
 
 def _jaxlib_knows_flag(flag: str) -> bool:
