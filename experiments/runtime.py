@@ -13,7 +13,7 @@ import sys
 # Opt-in (TFJAX_CPU_NO_YNN=1): XLA:CPU's own dot kernels instead of its YNNPACK library fusions. The 6/6/384 GPT step
 # takes 15.2 s instead of 19.3 s on 2 cores, but runs are then not bit-reproducible (a killed-and-resumed run differed
 # from an uninterrupted one in the last bit), so it is off by default. Only set when jaxlib knows the flag.
-CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",) if os.environ.get("TFJAX_CPU_NO_YNN") == "1" else ()
+NO_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def _jaxlib_knows_flag(flag: str) -> bool:
@@ -36,7 +36,7 @@ def _jaxlib_knows_flag(flag: str) -> bool:
 
 def configure_devices() -> None:
   """On CPU, one XLA device per core (the batch is then split across cores: ~1.6x faster on 2 cores than one
-  device) and the CPU compiler flags of ``CPU_XLA_FLAGS``. Must run before JAX is imported. The device count is left
+  device), and ``NO_YNN_FLAG`` when ``TFJAX_CPU_NO_YNN=1``. Must run before JAX is imported. The device count is left
   alone when XLA_FLAGS already sets one, or when ``TFJAX_CPU_DEVICES`` says otherwise (``TFJAX_CPU_DEVICES=1`` keeps
   one device); a flag XLA_FLAGS already names is left alone too. Harmless on GPU/TPU hosts: these flags only affect
   the host (CPU) platform."""
@@ -46,9 +46,9 @@ def configure_devices() -> None:
     count = os.environ.get("TFJAX_CPU_DEVICES") or str(os.cpu_count() or 1)
     if count != "1":
       extra.append(f"--xla_force_host_platform_device_count={count}")
-  for flag in CPU_XLA_FLAGS:
-    if flag.split("=")[0] not in flags and _jaxlib_knows_flag(flag):
-      extra.append(flag)
+  no_ynn = os.environ.get("TFJAX_CPU_NO_YNN") == "1"
+  if no_ynn and NO_YNN_FLAG.split("=")[0] not in flags and _jaxlib_knows_flag(NO_YNN_FLAG):
+    extra.append(NO_YNN_FLAG)
   if extra:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 

@@ -123,14 +123,11 @@ def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -
     raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
   half = head_dim // 2
   inv_freq = (base ** (-np.arange(half, dtype=np.float64) * 2.0 / head_dim)).astype(np.float32)
-  if isinstance(positions, np.ndarray):
-    if positions.ndim == 2 and (positions == positions[:1]).all():
-      positions = positions[:1]  # the same positions in every row: one [1, T] table
-    angles = positions.astype(np.float32)[..., None, None] * inv_freq  # [B, T, 1, half]
-    sin, cos = np.sin(angles), np.cos(angles)
-  else:
-    angles = positions.astype(jnp.float32)[..., None, None] * inv_freq
-    sin, cos = jnp.sin(angles), jnp.cos(angles)
+  xp = np if isinstance(positions, np.ndarray) else jnp  # numpy: host-side constant tables
+  if xp is np and positions.ndim == 2 and (positions == positions[:1]).all():
+    positions = positions[:1]  # the same positions in every row: one [1, T] table
+  angles = positions.astype(np.float32)[..., None, None] * inv_freq  # [B, T, 1, half]
+  sin, cos = xp.sin(angles), xp.cos(angles)
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)

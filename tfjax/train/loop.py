@@ -196,11 +196,11 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     host_params = lambda s: parallel.unreplicate(s.params)  # noqa: E731
     host_state = parallel.unreplicate
   else:
-    if mode == "dp":  # per-device gradients, one explicit flat psum
-      train_step = parallel.data_parallel(make_train_step(
-          task, tx, schedule, t.grad_accum_steps, axis_name=parallel.DATA, skip_nonfinite=t.skip_nonfinite), mesh)
-    else:  # none / fsdp: XLA partitions the step from the shardings
-      train_step = make_train_step(task, tx, schedule, t.grad_accum_steps, skip_nonfinite=t.skip_nonfinite)
+    # dp: per-device gradients and one explicit flat psum; none / fsdp: XLA partitions the step from the shardings
+    train_step = make_train_step(task, tx, schedule, t.grad_accum_steps, skip_nonfinite=t.skip_nonfinite,
+                                 axis_name=parallel.DATA if mode == "dp" else None)
+    if mode == "dp":
+      train_step = parallel.data_parallel(train_step, mesh)
     step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
     put_train = put_batch
     eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
