@@ -28,7 +28,24 @@ flags.DEFINE_integer("steps_default", 30, "Training steps measured for the 6/6/3
 flags.DEFINE_integer("new_tokens", 256, "Tokens generated in the KV-cache benchmark.")
 flags.DEFINE_string("only", "baby,default,generate", "Which parts to run.")
 flags.DEFINE_string("out", "bench_results/train.jsonl", "JSON lines output.")
+flags.DEFINE_multi_string("set", [], "A config override KEY=VALUE applied to the training configs measured, e.g. "
+                          "--set=model.attention_block_size=0 (repeatable).")
 FLAGS = flags.FLAGS
+
+
+def apply_overrides(config, overrides):
+  """``KEY=VALUE`` strings applied to ``config`` (values parsed as the sweeps parse them; ConfigDict checks types)."""
+  from tfjax.train.sweep import parse_value
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    parent, _, leaf = key.rpartition(".")
+    node = config
+    for p in filter(None, parent.split(".")):
+      node = node.get(p) if hasattr(node, "get") else None
+    if not sep or node is None or leaf not in node:
+      raise app.UsageError(f"--set wants KEY=VALUE with a known config key, got {item!r}")
+    node[leaf] = parse_value(value)
+  return config
 
 
 def measure_training(name, config, steps):
@@ -90,12 +107,15 @@ def main(argv):
   peak = peak or device_peak_flops()
   rows = []
   if "baby" in parts:
-    rows.append(measure_training("baby 4/4/128 ctx64 b12", gpt_shakespeare_tiny.get_config(), FLAGS.steps_baby))
+    rows.append(measure_training("baby 4/4/128 ctx64 b12",
+                                 apply_overrides(gpt_shakespeare_tiny.get_config(), FLAGS.set), FLAGS.steps_baby))
   if "default" in parts:
-    rows.append(measure_training("nanoGPT 6/6/384 ctx256 b64", gpt_shakespeare.get_config(), FLAGS.steps_default))
+    rows.append(measure_training("nanoGPT 6/6/384 ctx256 b64",
+                                 apply_overrides(gpt_shakespeare.get_config(), FLAGS.set), FLAGS.steps_default))
   stamp = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "backend": jax.default_backend(),
            "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
-           "peak_flops": peak, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+           "peak_flops": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "overrides": FLAGS.set}
   print(f"\npeak (2048² float32 matmul on this machine): {peak / 1e9:.1f} GFLOP/s; devices: {jax.device_count()}")
   print(f"{'config':30s} {'tokens/s':>10s} {'p10':>9s} {'ms/step':>8s} {'MFU':>6s}")
   for r in rows:

@@ -91,31 +91,93 @@ def test_sparse_sgd_step_equals_dense_sgd_on_the_module_loss():
   assert not np.allclose(w_out, params["output_embedding"])  # the step did something
 
 
+def _cbow_positions_batch(ids, ctx_mask, noise, window, v, rows, row_size, block_index=0):
+  """Micro-step ``block_index`` of ``rows x row_size`` consecutive centres in the position layout of
+  ``task.epoch_data`` (``window_ids`` over the block extended by ``window``; padding past the corpus end)."""
+  block = rows * row_size
+  num_blocks = -(-len(ids) // block)
+  pad = num_blocks * block - len(ids)
+  sl = slice(block_index * block, (block_index + 1) * block)
+  padded = lambda x: np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])[sl]
+  return {"window_ids": wd.extended_blocks(ids, block, num_blocks, window, v)[block_index],
+          "context_mask": padded(ctx_mask).reshape(rows, row_size, -1),
+          "target": padded(ids).reshape(rows, row_size),
+          "mask": padded(np.ones(len(ids), bool)).reshape(rows, row_size), "noise": noise}
+
+
 def test_cbow_sparse_sgd_step_equals_dense_sgd_on_the_module_loss():
-  """CBOW's gather/scatter-add step (masked slots sent out of range) is plain SGD on the CBOW module's loss; the
-  default (word2vec.c/gensim) update gives each neighbour the full hidden gradient instead of its share."""
-  v, d, lr = 9, 4, 0.1
+  """CBOW's position-based step (rows gathered once per corpus position, one scatter-add) is plain SGD on the CBOW
+  module's loss; the default (word2vec.c/gensim) update gives each neighbour the full hidden gradient instead of its
+  share."""
+  v, d, lr, window = 9, 4, 0.1, 2
   params = _params(v, d, seed=3)
-  context = np.array([[2, 3, 2, 7], [5, 0, 8, 1], [4, 6, 6, 6]], np.int32)  # a repeated neighbour in rows 0 and 2
-  mask = np.array([[1, 1, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0]], bool)  # masked slots hold real ids: must be ignored
-  batch = {"centre": np.array([1, 4, 7]), "context": context, "mask": mask, "noise": np.array([[6, 1], [4, 7], [0, 3]])}
+  # sentences [2 3 2 7 1] [4 5 6] [8]: a repeated neighbour (2); 5 only has neighbours of 2 neighbours each; 8 is a
+  # one-word sentence (no context, never a neighbour); slots across sentence ends hold real positions: ignored
+  corpus = wd.EncodedCorpus(np.array([2, 3, 2, 7, 1, 4, 5, 6, 8], np.int32),
+                            np.array([0, 0, 0, 0, 0, 1, 1, 1, 2], np.int32))
+  context, mask = wd.windows(corpus, window, np.random.default_rng(0), dynamic=False)
+  noise = np.random.default_rng(1).integers(0, v, (len(corpus), 2)).astype(np.int32)
+  batch = {"centre": corpus.ids, "context": context, "mask": mask, "noise": noise}
   model = w2v.CBOW(w2v.Word2VecConfig(vocab_size=v, dim=d, architecture="cbow", negatives=2))
   grads = jax.grad(lambda p: model.apply({"params": p}, batch, method="loss"))(params)
   want = jax.tree.map(lambda p, g: p - lr * g, params, grads)
   # one row per centre (S = 1), as the module's loss lays them out
-  micro = {"context": context[:, None], "context_mask": mask[:, None], "target": batch["centre"][:, None],
-           "noise": batch["noise"], "mask": np.ones((3, 1), bool)}
+  micro = _cbow_positions_batch(corpus.ids, mask, noise, window, v, rows=len(corpus), row_size=1)
   tables = (params["input_embedding"], params["output_embedding"])
   (w_in, w_out), (_, count) = task._ns_cbow_micro_step(tables, micro, lr, negatives=2, exact_mean_grad=True)
   np.testing.assert_allclose(w_in, want["input_embedding"], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(w_out, want["output_embedding"], rtol=1e-5, atol=1e-6)
-  assert int(count) == 3
+  assert int(count) == 8
   (w_in_full, _), _ = task._ns_cbow_micro_step(tables, micro, lr, negatives=2)
   delta_exact = np.asarray(w_in) - np.asarray(params["input_embedding"])
   delta_full = np.asarray(w_in_full) - np.asarray(params["input_embedding"])
   assert np.abs(delta_exact[5]).max() > 0
-  np.testing.assert_allclose(delta_full[5], 2 * delta_exact[5], rtol=1e-5, atol=1e-7)  # 5: in row 1 (2 neighbours)
-  np.testing.assert_allclose(delta_full[[7, 8]], 0.0)  # 7 and 8 are only in masked slots
+  np.testing.assert_allclose(delta_full[5], 2 * delta_exact[5], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(delta_full[[0, 8]], 0.0)  # 0 is not in the corpus, 8 is nobody's neighbour
+
+
+def _gather_scatter_cbow_step(tables, batch, lr, negatives, exact_mean_grad=False):
+  """The former CBOW step: every context slot gathered and scatter-added (masked slots sent out of range)."""
+  w_in, w_out = tables
+  ctx, ctx_mask, target, noise, mask = (batch[k] for k in ("context", "context_mask", "target", "noise", "mask"))
+  r, s, c = ctx.shape
+  v, d = w_in.shape
+  ctx = jnp.where(ctx_mask, ctx, v)
+  n_ctx = jnp.sum(ctx_mask, axis=-1).astype(w_in.dtype)
+  inv = 1.0 / jnp.maximum(n_ctx, 1.0)
+  hidden = w_in.at[ctx].get(mode="fill", fill_value=0).sum(axis=2) * inv[..., None]
+  item_mask = mask & (n_ctx > 0)
+  _, (g_hidden, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
+      hidden, w_out[target], w_out[noise], item_mask, task._noise_weight(noise, target, negatives))
+  g_in = -lr * g_hidden * (inv[..., None] if exact_mean_grad else 1.0)
+  w_in = w_in.at[ctx.reshape(-1)].add(jnp.broadcast_to(g_in[:, :, None], (r, s, c, d)).reshape(-1, d), mode="drop")
+  out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
+  w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
+  return w_in, w_out
+
+
+@pytest.mark.parametrize("exact_mean_grad", [False, True])
+def test_cbow_position_step_equals_gather_scatter_step(exact_mean_grad):
+  """On a random corpus with dynamic windows, rows of 8 centres sharing a pool of 3 noise words, a block in the
+  middle and the last (padded) block: the position-based step equals gathering and scatter-adding every slot."""
+  v, d, lr, window, rows, row_size = 40, 6, 0.2, 5, 4, 8
+  rng = np.random.default_rng(7)
+  n = 150
+  corpus = wd.EncodedCorpus(rng.integers(0, v, n).astype(np.int32), np.cumsum(rng.random(n) < 0.1).astype(np.int32))
+  context, mask = wd.windows(corpus, window, rng)
+  params = _params(v, d, seed=4)
+  tables = (params["input_embedding"], params["output_embedding"])
+  block = rows * row_size
+  for b in (1, -(-n // block) - 1):
+    noise = rng.integers(0, v, (rows, 3)).astype(np.int32)
+    micro = _cbow_positions_batch(corpus.ids, mask, noise, window, v, rows, row_size, block_index=b)
+    ctx = np.concatenate([context, np.zeros((block, 2 * window), np.int32)])[b * block:(b + 1) * block]
+    old = dict(micro, context=ctx.reshape(rows, row_size, -1))
+    got = task._ns_cbow_micro_step(tables, micro, lr, negatives=5, exact_mean_grad=exact_mean_grad)[0]
+    want = _gather_scatter_cbow_step(tables, old, lr, negatives=5, exact_mean_grad=exact_mean_grad)
+    for g, w, t in zip(got, want, tables):
+      assert np.abs(np.asarray(w) - np.asarray(t)).max() > 1e-3  # the step did something
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -320,6 +382,30 @@ def test_training_recovers_a_synthetic_analogy(synthetic, arch, loss):
   untrained = ev.WordVectors(wv.words, np.asarray(task.init_params(task._model_config(config, len(wv)), 0)
                                                   ["input_embedding"]))
   assert ev.evaluate_analogies(untrained, questions)["accuracy"] < 0.3
+
+
+def test_cbow_epoch_layout_reads_each_neighbour_at_its_position(synthetic):
+  """epoch_data's CBOW layout: window_ids[W + k + o_j] of a micro-step's block is the neighbour in slot j of its
+  centre k (wd.windows' context, drawn from the same rng), and V outside the corpus."""
+  corpus_path, _ = synthetic
+  config = _config([str(corpus_path)], "cbow")
+  corpus = task.load_corpus(config)
+  data = task.epoch_data(corpus, config, epoch=1, num_devices=2)
+  w, block, v = config.data.window, config.train.rows_per_step * config.train.row_size, len(corpus.vocab)
+  ids = data.arrays["window_ids"].reshape(-1, block + 2 * w)
+  ctx_mask = data.arrays["context_mask"].reshape(-1, block, 2 * w)
+  rng = np.random.default_rng([config.seed, 1])  # epoch_data's draws: subsampling, then windows
+  kept = wd.subsample(corpus.encoded, corpus.keep_prob, rng)
+  context, mask = wd.windows(kept, w, rng, config.data.dynamic_window)
+  n = len(kept)
+  np.testing.assert_array_equal(ctx_mask.reshape(-1, 2 * w)[:n], mask)
+  for j, o in enumerate(wd.window_offsets(w)):
+    at_offset = ids[:, w + o:w + o + block].reshape(-1)[:n]  # the word at position q + o of every centre q
+    np.testing.assert_array_equal(np.where(mask[:, j], at_offset, 0), context[:, j])
+  np.testing.assert_array_equal(ids[:, w:w + block].reshape(-1)[:n], kept.ids)
+  position = np.arange(len(ids))[:, None] * block - w + np.arange(block + 2 * w)  # of every window_ids entry
+  outside = (position < 0) | (position >= n)
+  assert outside.sum() > 2 * w and (ids[outside] == v).all() and (ids[~outside] < v).all()
 
 
 def test_loss_falls_and_same_seed_gives_identical_vectors(synthetic, tmp_path):

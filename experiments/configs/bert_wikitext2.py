@@ -38,7 +38,8 @@ def get_config():
 
   c.model.update(num_layers=4, num_heads=4, emb_dim=128, mlp_dim=512, max_len=64, dropout_rate=0.0,
                  attention_dropout_rate=0.0, positional="learned", norm="layernorm", norm_eps=1e-12, use_bias=True,
-                 pre_ln=False, activation="gelu", tie_embeddings=True)
+                 pre_ln=False, activation="gelu", tie_embeddings=True,
+                 attention_block_size=0)  # bidirectional: no causal blocks to skip (and HF exports carry none)
   c.model.type_vocab_size = 2
 
   c.optimizer.update(lr=2e-3, min_lr=1e-4, warmup_steps=100, b2=0.98, weight_decay=0.01)

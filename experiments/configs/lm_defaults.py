@@ -34,6 +34,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.activation = "gelu_tanh"  # GPT-2's GELU; cheaper than the exact erf GELU on CPUs. gelu|gelu_tanh|relu|swiglu
   c.model.tie_embeddings = True
   c.model.attention_impl = "auto"  # auto | xla | cudnn | reference
+  # Queries in blocks of this many, each against only the keys the causal mask lets it see (0: one block; see
+  # tfjax.layers.attention.dot_product_attention). 6/6/384 on 2 CPU cores: 16.1 -> 14.7 s/step; contexts <= 64: no-op.
+  c.model.attention_block_size = 64
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"
   c.model.remat = "none"  # none | full | dots | dots_no_batch

@@ -154,6 +154,28 @@ def subsample(corpus: EncodedCorpus, keep_prob: np.ndarray, rng: np.random.Gener
   return EncodedCorpus(corpus.ids[keep], corpus.sentence[keep])
 
 
+def window_offsets(window: int) -> list[int]:
+  """The context offsets ``-window..-1, 1..window``: column ``j`` of :func:`windows` is offset ``[j]``."""
+  return [o for o in range(-window, window + 1) if o != 0]
+
+
+def window_mask(corpus: EncodedCorpus, window: int, rng: np.random.Generator, dynamic: bool = True) -> np.ndarray:
+  """``mask_NxC`` of :func:`windows` alone (the same draws from ``rng``): ``mask[i, j]`` says that the token at
+  ``i + window_offsets(window)[j]`` is a neighbour of token ``i``."""
+  sent = corpus.sentence
+  n = len(sent)
+  if dynamic:
+    reach = window - rng.integers(0, window, size=n, dtype=np.int32)
+  else:
+    reach = np.full(n, window, np.int32)
+  offsets = window_offsets(window)
+  mask = np.zeros((n, len(offsets)), bool)
+  for j, o in enumerate(offsets):  # 2 * window iterations, each vectorised over the corpus
+    lo, hi = max(0, -o), min(n, n - o)  # centres i with 0 <= i + o < n
+    mask[lo:hi, j] = (sent[lo + o:hi + o] == sent[lo:hi]) & (reach[lo:hi] >= abs(o))
+  return mask
+
+
 def windows(corpus: EncodedCorpus, window: int, rng: np.random.Generator, dynamic: bool = True
             ) -> tuple[np.ndarray, np.ndarray]:
   """Context windows of every token of ``corpus`` (already subsampled).
@@ -161,22 +183,26 @@ def windows(corpus: EncodedCorpus, window: int, rng: np.random.Generator, dynami
   Returns ``(context_NxC, mask_NxC)`` with ``C = 2 * window``: column ``j`` holds the word at offset
   ``-window..-1, 1..window``; ``mask`` is False where the offset is outside the token's (dynamic) window or its
   sentence, and there ``context`` is 0. With ``dynamic`` the reach of each centre is uniform in ``[1, window]``.
+  So wherever ``mask[i, j]``, ``context[i, j] == corpus.ids[i + window_offsets(window)[j]]``.
   """
-  ids, sent = corpus.ids, corpus.sentence
+  ids = corpus.ids
   n = len(ids)
-  if dynamic:
-    reach = window - rng.integers(0, window, size=n, dtype=np.int32)
-  else:
-    reach = np.full(n, window, np.int32)
-  offsets = [o for o in range(-window, window + 1) if o != 0]
-  context = np.zeros((n, len(offsets)), np.int32)
-  mask = np.zeros((n, len(offsets)), bool)
-  for j, o in enumerate(offsets):  # 2 * window iterations, each vectorised over the corpus
-    lo, hi = max(0, -o), min(n, n - o)  # centres i with 0 <= i + o < n
-    ok = (sent[lo + o:hi + o] == sent[lo:hi]) & (reach[lo:hi] >= abs(o))
-    mask[lo:hi, j] = ok
-    context[lo:hi, j] = np.where(ok, ids[lo + o:hi + o], 0)
+  mask = window_mask(corpus, window, rng, dynamic)
+  context = np.zeros(mask.shape, np.int32)
+  for j, o in enumerate(window_offsets(window)):
+    lo, hi = max(0, -o), min(n, n - o)
+    context[lo:hi, j] = np.where(mask[lo:hi, j], ids[lo + o:hi + o], 0)
   return context, mask
+
+
+def extended_blocks(ids: np.ndarray, block: int, num_blocks: int, window: int, fill: int) -> np.ndarray:
+  """The ids of ``num_blocks`` consecutive blocks of ``block`` positions, each extended by ``window`` positions on
+  both sides: ``out[b, k] = ids[b * block - window + k]`` (int32 ``num_blocks x (block + 2 * window)``), ``fill``
+  where that position is outside ``ids`` (before its start, or past its end when the blocks pad it)."""
+  padded = np.full(num_blocks * block + 2 * window, fill, np.int32)
+  n = min(len(ids), num_blocks * block)
+  padded[window:window + n] = ids[:n]
+  return np.lib.stride_tricks.sliding_window_view(padded, block + 2 * window)[::block].copy()
 
 
 def sample_noise(noise_cdf: np.ndarray, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:

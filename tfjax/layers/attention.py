@@ -23,6 +23,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.dropout import dropout
@@ -79,18 +80,60 @@ def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float =
   return (out, pattern) if return_pattern else out
 
 
+def query_blocks(mask, q_len: int, kv_len: int, block_size: int) -> list[tuple[int, int, int, int]] | None:
+  """Static block structure of attention under a mask known when tracing (a numpy array).
+
+  Splits the queries into blocks of ``block_size`` and returns, for each, ``(q0, q1, k0, k1)``: the smallest key
+  range ``[k0, k1)`` holding every key a query of ``[q0, q1)`` may attend to (in any batch row or head); ``k0 == k1``
+  when the whole block is masked. Returns None when there is nothing to skip: no block size, a traced mask, or every
+  block seeing every key. Under a causal mask with ``T = S = 256`` and blocks of 64, the blocks see 64, 128, 192 and
+  256 keys: 62.5% of the scores of the full ``T x S`` product.
+  """
+  if block_size <= 0 or not isinstance(mask, np.ndarray) or q_len <= block_size:
+    return None
+  visible = np.broadcast_to(mask.any(axis=(0, 1)), (q_len, kv_len))  # [T, S]: some row or head may attend
+  blocks = []
+  for q0 in range(0, q_len, block_size):
+    q1 = min(q0 + block_size, q_len)
+    keys = np.flatnonzero(visible[q0:q1].any(axis=0))
+    k0, k1 = (int(keys[0]), int(keys[-1]) + 1) if keys.size else (0, 0)
+    blocks.append((q0, q1, k0, k1))
+  if all((k0, k1) == (0, kv_len) for _, _, k0, k1 in blocks):
+    return None
+  return blocks
+
+
 def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation = "auto", scale=None,
-                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None):
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, block_size: int = 0):
   """Attention ``[B, T, H, Dh]`` by the chosen implementation.
 
   ``"reference"`` is :func:`reference_attention`; ``"xla"``/``"cudnn"`` call :func:`jax.nn.dot_product_attention`
   with that implementation; ``"auto"`` lets JAX choose (cuDNN on GPUs when it applies, XLA otherwise). Attention
   dropout (``dropout_rate > 0`` with a key) is only available in the reference path, which is then used.
+
+  ``block_size > 0`` with a mask known when tracing (a numpy array, e.g. the causal mask of
+  :func:`tfjax.layers.masks.causal_mask_at` for static positions): the queries are processed in blocks of
+  ``block_size``, each against only the keys its rows may see (:func:`query_blocks`), so a causal mask costs about
+  half the scores. The result is the same up to float rounding (the skipped keys have zero weight); attention
+  dropout then draws its bits per block (``fold_in(dropout_rng, block)``).
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
   if mask is not None:
     masks_lib.check_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  blocks = query_blocks(mask, q.shape[1], k.shape[1], block_size)
+  if blocks is not None:
+    outs = []
+    for i, (q0, q1, k0, k1) in enumerate(blocks):
+      if k0 == k1:  # every query of the block is fully masked: zeros
+        outs.append(jnp.zeros((q.shape[0], q1 - q0) + q.shape[2:], q.dtype))
+        continue
+      block_mask = mask[:, :, q0:q1, k0:k1] if mask.shape[2] > 1 else mask[:, :, :, k0:k1]
+      rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
+      outs.append(dot_product_attention(
+          q[:, q0:q1], k[:, k0:k1], v[:, k0:k1], None if block_mask.all() else block_mask,
+          implementation=implementation, scale=scale, dropout_rate=dropout_rate, dropout_rng=rng))
+    return jnp.concatenate(outs, axis=1)
   if implementation == "reference" or (dropout_rate > 0.0 and dropout_rng is not None):
     return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
@@ -124,6 +167,7 @@ class MultiHeadAttention(nn.Module):
   use_bias: bool = True
   dropout_rate: float = 0.0
   implementation: Implementation = "auto"
+  block_size: int = 0  # queries per block under a static mask (see dot_product_attention); 0: one block
   rope: bool = False
   rope_base: float = 10_000.0
   out_stddev: float = 0.02
@@ -177,7 +221,8 @@ class MultiHeadAttention(nn.Module):
                                          return_pattern=True)
     else:
       out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
-                                  dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
+                                  dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                  block_size=self.block_size)
     out = out.reshape(*out.shape[:2], heads * head_dim)
     out = _dense(width, "out", ("qkv", "embed"), self.use_bias, self.dtype, self.param_dtype,
                  stddev=self.out_stddev)(out)

@@ -52,6 +52,7 @@ class TransformerConfig:
   activation: str = "gelu"  # gelu | gelu_tanh | relu | silu | swiglu
   tie_embeddings: bool = True
   attention_impl: str = "auto"  # auto | xla | cudnn | reference
+  attention_block_size: int = 0  # >0: queries in blocks that skip keys a static (e.g. causal) mask hides
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
   remat: str = "none"  # none | full | dots | dots_no_batch
@@ -75,6 +76,8 @@ class TransformerConfig:
         (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
         (self.attention_impl in IMPLEMENTATIONS,
          f"attention_impl must be one of {IMPLEMENTATIONS}, got {self.attention_impl!r}"),
+        (self.attention_block_size >= 0,
+         f"attention_block_size must be >= 0 (0: no blocks), got {self.attention_block_size}"),
         (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}"),
     ]
     for ok, msg in checks:
@@ -111,6 +114,7 @@ class TransformerBlock(nn.Module):
     out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
+                block_size=cfg.attention_block_size,
                 out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
     drop = Dropout(cfg.dropout_rate)
 

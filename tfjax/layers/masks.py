@@ -8,6 +8,12 @@ by the caller, never inferred from the data.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
+
+
+def _xp(*arrays):
+  """numpy when every array is a numpy array (a mask known when tracing stays static), else jax.numpy."""
+  return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
 
 
 def causal_mask(q_len: int, kv_len: int | None = None, offset=0) -> jnp.ndarray:
@@ -21,8 +27,16 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset=0) -> jnp.ndarray:
 
 def causal_mask_at(positions: jnp.ndarray, kv_len: int) -> jnp.ndarray:
   """The causal mask ``[B, 1, T, kv_len]`` for queries at absolute ``positions [B, T]``: key ``j`` is visible to a
-  query at position ``p`` iff ``j <= p`` (keys are the positions ``0 .. kv_len-1``, e.g. the slots of a KV cache)."""
-  return (jnp.arange(kv_len)[None, None, None, :] <= positions[:, None, :, None])
+  query at position ``p`` iff ``j <= p`` (keys are the positions ``0 .. kv_len-1``, e.g. the slots of a KV cache).
+
+  Positions given as a numpy array (known when tracing, as in training) give a numpy mask, which attention can use to
+  skip key blocks no query of a block may see (see :func:`tfjax.layers.attention.dot_product_attention`); if every
+  row of such ``positions`` is the same, the mask is ``[1, 1, T, kv_len]``.
+  """
+  xp = _xp(positions)
+  if xp is np and positions.shape[0] > 1 and (positions == positions[:1]).all():
+    positions = positions[:1]
+  return xp.arange(kv_len)[None, None, None, :] <= positions[:, None, :, None]
 
 
 def padding_mask(q_valid: jnp.ndarray, kv_valid: jnp.ndarray | None = None) -> jnp.ndarray:
@@ -32,7 +46,7 @@ def padding_mask(q_valid: jnp.ndarray, kv_valid: jnp.ndarray | None = None) -> j
   (self-attention). Rows of padding queries are fully masked; attention returns zeros there.
   """
   kv_valid = q_valid if kv_valid is None else kv_valid
-  return jnp.logical_and(q_valid[:, None, :, None], kv_valid[:, None, None, :])
+  return _xp(q_valid, kv_valid).logical_and(q_valid[:, None, :, None], kv_valid[:, None, None, :])
 
 
 def combine_masks(*masks: jnp.ndarray | None) -> jnp.ndarray | None:
@@ -40,9 +54,10 @@ def combine_masks(*masks: jnp.ndarray | None) -> jnp.ndarray | None:
   masks = [m for m in masks if m is not None]
   if not masks:
     return None
+  xp = _xp(*masks)
   out = masks[0].astype(bool)
   for m in masks[1:]:
-    out = jnp.logical_and(out, m)
+    out = xp.logical_and(out, m)
   return out
 
 

@@ -17,6 +17,11 @@ How the step is made fast (the work is gathers, small batched matrix products an
   and write all ``2 x V x D`` parameters every micro-step; here a micro-step touches ~2 rows per item. The learning
   rate decays linearly from ``alpha`` to ``min_alpha`` over all epochs, by the position of each micro-step in the
   corpus, as word2vec.c/gensim do. (Full softmax uses dense gradients: its output matrix is touched entirely anyway.)
+* CBOW (negative sampling) reads its input table by corpus position, not by context slot: a micro-step's centres are
+  consecutive positions, so the input rows of the block extended by the window are gathered once, each centre's
+  neighbour sum is ``2 * window`` shifted masked adds, and the update is ONE scatter-add of those rows
+  (``B + 2W`` rows instead of ``B x 2W``; XLA:CPU's scatter-add costs ~100 ns per row). On the 2-core CPU, same
+  settings and seeds, 0.51M -> 1.23M words/s with identical accuracy.
 * All local devices: each call's micro-steps are split over a 1-D mesh with ``shard_map``; each device runs its share
   sequentially on its own copy of the tables, and at the end of the call the tables become
   ``W + sum_devices(W_device - W)``: every device's updates are applied, as with gensim's lock-free (Hogwild)
@@ -94,23 +99,29 @@ class EpochData:
 
 
 def epoch_data(corpus: Corpus, config: ml_collections.ConfigDict, epoch: int, num_devices: int) -> EpochData:
-  """Lays out the items of ``epoch`` (a pure function of seed and epoch)."""
+  """Lays out the items of ``epoch`` (a pure function of seed and epoch).
+
+  Arrays, each ``[call, step, device, ...]``: negative-sampling skip-gram: ``input``, ``target``, ``mask``
+  (``rows x row_size`` pairs) and ``noise`` (``rows x noise_pool``); negative-sampling CBOW: ``context_mask``
+  (``rows x row_size x 2W``), ``target``, ``mask``, ``noise`` and ``window_ids`` (``rows * row_size + 2W``: the ids at
+  the micro-step's consecutive centre positions extended by ``W`` on both sides, ``V`` outside the corpus); full
+  softmax: ``context``, ``context_mask``, ``target``, ``mask`` (``rows`` centres)."""
   rng = np.random.default_rng([config.seed, epoch])
   kept = wd.subsample(corpus.encoded, corpus.keep_prob, rng)
-  context, mask = wd.windows(kept, config.data.window, rng, config.data.dynamic_window)
-  arch, loss = config.model.architecture, config.model.loss
+  window = config.data.window
   t = config.train
-  if loss == w2v.NEGATIVE_SAMPLING:
-    if arch == w2v.SKIPGRAM:
+  sampled = config.model.loss == w2v.NEGATIVE_SAMPLING
+  cbow_by_position = sampled and config.model.architecture == w2v.CBOW_ARCH
+  if cbow_by_position:  # the neighbours' ids are not laid out per centre: they are read from "window_ids"
+    items = {"context_mask": wd.window_mask(kept, window, rng, config.data.dynamic_window), "target": kept.ids}
+  else:
+    context, mask = wd.windows(kept, window, rng, config.data.dynamic_window)
+    if sampled:  # skip-gram pairs
       target, source = wd.skipgram_pairs(context, mask, kept.ids)
       items = {"input": source, "target": target}
     else:
       items = {"context": context, "context_mask": mask, "target": kept.ids}
-    row = t.row_size
-    row_shape = (row,)
-  else:
-    items = {"context": context, "context_mask": mask, "target": kept.ids}
-    row, row_shape = 1, ()
+  row, row_shape = (t.row_size, (t.row_size,)) if sampled else (1, ())
   n = len(items["target"])
   per_call = t.steps_per_call * num_devices * t.rows_per_step * row
   num_calls = max(1, -(-n // per_call))
@@ -121,7 +132,11 @@ def epoch_data(corpus: Corpus, config: ml_collections.ConfigDict, epoch: int, nu
     v = np.concatenate([v, np.zeros((pad,) + v.shape[1:], v.dtype)])
     arrays[k] = v.reshape(shape + row_shape + v.shape[1:])
   arrays["mask"] = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)]).reshape(shape + row_shape)
-  if loss == w2v.NEGATIVE_SAMPLING:
+  if cbow_by_position:  # a micro-step on a device is a block of rows_per_step * row_size consecutive centres
+    block = t.rows_per_step * row
+    arrays["window_ids"] = wd.extended_blocks(kept.ids, block, (n + pad) // block, window,
+                                              len(corpus.vocab)).reshape(shape[:-1] + (block + 2 * window,))
+  if sampled:
     arrays["noise"] = wd.sample_noise(corpus.noise_cdf, shape + (noise_pool(config),), rng)
   return EpochData(arrays, num_calls, len(kept), n)
 
@@ -155,34 +170,74 @@ def _ns_skipgram_micro_step(tables, batch, lr, negatives: int):
   return (w_in, w_out), (loss, jnp.sum(mask))
 
 
+def _window_sum(rows_LxD, ctx_mask_BxC):
+  """``out[q] = sum_j ctx_mask[q, j] * rows[q + W + o_j]`` (``B x D``), with ``L = B + 2W`` rows at positions
+  ``-W .. B + W - 1`` and ``o_j`` the offsets ``-W..-1, 1..W`` (``C = 2W``): each centre's neighbour sum as ``C``
+  shifted, masked dense adds. (The mask multiplies as 0/1 floats: XLA:CPU runs that faster than a select.)"""
+  b, c = ctx_mask_BxC.shape
+  w = c // 2
+  m = ctx_mask_BxC.astype(rows_LxD.dtype)
+  out = jnp.zeros((b, rows_LxD.shape[1]), rows_LxD.dtype)
+  for j, o in enumerate(wd.window_offsets(w)):
+    out = out + m[:, j, None] * rows_LxD[w + o:w + o + b]
+  return out
+
+
+def _window_sum_transpose(g_BxD, ctx_mask_BxC):
+  """The transpose of :func:`_window_sum`: ``out[p] = sum_j ctx_mask[q, j] * g[q]`` over ``q = p - W - o_j``
+  (``L x D``, ``L = B + 2W``): what each position receives from the centres it is a neighbour of.
+
+  ``g`` and the mask are padded once (by ``2W`` on both sides) and every term is a slice of them: XLA:CPU runs this
+  several times faster than a sum of ``C`` padded arrays."""
+  b, c = ctx_mask_BxC.shape
+  w = c // 2
+  g = jnp.pad(g_BxD, ((2 * w, 2 * w), (0, 0)))
+  m = jnp.pad(ctx_mask_BxC.astype(g_BxD.dtype), ((2 * w, 2 * w), (0, 0)))
+  out = jnp.zeros((b + 2 * w, g_BxD.shape[1]), g_BxD.dtype)
+  for j, o in enumerate(wd.window_offsets(w)):
+    lo, hi = w - o, w - o + b + 2 * w  # out[p] reads centre q = p - W - o_j, at p + W - o_j in the padded arrays
+    out = out + m[lo:hi, j, None] * g[lo:hi]
+  return out
+
+
 def _ns_cbow_micro_step(tables, batch, lr, negatives: int, exact_mean_grad: bool = False):
-  """One SGD micro-step of negative-sampling CBOW on ``R`` rows of ``S`` centres (``C`` context slots each).
+  """One SGD micro-step of negative-sampling CBOW on ``R`` rows of ``S`` centres (``C = 2W`` context slots each).
+
+  The ``B = R * S`` centres are consecutive positions of the (subsampled) corpus, and the neighbour in slot ``j`` of
+  centre ``q`` is the word at position ``q + o_j`` (``o_j`` in ``-W..-1, 1..W``; see ``wd.windows``). So the input
+  table is read once per position: ``batch["window_ids"]`` (``L = B + 2W``) are the ids at positions ``-W .. B+W-1``
+  (``V``, out of range, outside the corpus), the ``L`` rows are gathered once, each centre's neighbour sum is ``C``
+  shifted masked adds of them (:func:`_window_sum`), and the update is the transpose: ``C`` shifted masked adds of
+  the centres' gradients, then ONE scatter-add of ``L`` rows (instead of gathering and scatter-adding ``B x C``).
+  Same batched SGD step as gathering every slot; only the order of the sums differs.
 
   As in word2vec.c and gensim (``cbow_mean=1``), every neighbour receives the full gradient of the hidden vector, not
   the gradient of the mean (which is that divided by the number of neighbours); ``exact_mean_grad`` uses the latter.
 
-  Masked context slots are sent out of range (index ``V``): the gather reads them as 0 and the scatter-add drops
-  them, so no mask multiplies the ``R x S x C x D`` rows and the neighbour sum is a plain reduction that XLA fuses
-  into the gather.
+  ``batch``: ``window_ids`` L, ``context_mask`` RxSxC, ``target`` RxS, ``noise`` RxP, ``mask`` RxS.
   """
   w_in, w_out = tables
-  ctx, ctx_mask = batch["context"], batch["context_mask"]  # RxSxC
-  target, noise, mask = batch["target"], batch["noise"], batch["mask"]  # RxS, RxK, RxS
-  r, s, c = ctx.shape
-  v, d = w_in.shape
-  ctx = jnp.where(ctx_mask, ctx, v)
-  n_ctx = jnp.sum(ctx_mask, axis=-1).astype(w_in.dtype)  # RxS
-  inv = 1.0 / jnp.maximum(n_ctx, 1.0)
-  hidden = w_in.at[ctx].get(mode="fill", fill_value=0).sum(axis=2) * inv[..., None]
+  ids, ctx_mask = batch["window_ids"], batch["context_mask"]
+  target, noise, mask = batch["target"], batch["noise"], batch["mask"]
+  r, s, c = ctx_mask.shape
+  d = w_in.shape[1]
+  ctx_mask = ctx_mask.reshape(r * s, c)
+  n_ctx = jnp.sum(ctx_mask, axis=-1).astype(w_in.dtype)  # B
+  denom = jnp.maximum(n_ctx, 1.0)[:, None]
+  rows = w_in.at[ids.astype(jnp.uint32)].get(mode="clip")  # LxD
+  # Under lax.cond the sums are computed once and stored: inlined, XLA:CPU recomputes the C-term sum inside each of
+  # its consumers (~30% of the step). Micro-steps of padding only (no centre with context) skip them.
+  hidden = jax.lax.cond(jnp.any(ctx_mask), _window_sum, lambda rows, _: jnp.zeros_like(rows[:r * s]),
+                        rows, ctx_mask)
+  hidden = (hidden / denom).reshape(r, s, d)
   noise_mask = _noise_weight(noise, target, negatives)
-  item_mask = mask & (n_ctx > 0)
+  item_mask = mask & (n_ctx > 0).reshape(r, s)
   loss, (g_hidden, g_target, g_noise) = jax.value_and_grad(w2v.negative_sampling_loss, argnums=(0, 1, 2))(
       hidden, w_out[target], w_out[noise], item_mask, noise_mask)
-  g_in = -lr * g_hidden  # RxSxD
+  g_in = -lr * g_hidden.reshape(r * s, d)  # BxD
   if exact_mean_grad:
-    g_in = g_in * inv[..., None]
-  g_ctx = jnp.broadcast_to(g_in[:, :, None, :], (r, s, c, d))
-  w_in = w_in.at[ctx.reshape(-1)].add(g_ctx.reshape(-1, d), mode="drop")
+    g_in = g_in / denom
+  w_in = w_in.at[ids].add(_window_sum_transpose(g_in, ctx_mask), mode="drop")
   out_ids = jnp.concatenate([target.reshape(-1), noise.reshape(-1)])
   w_out = w_out.at[out_ids].add(-lr * jnp.concatenate([g_target.reshape(-1, d), g_noise.reshape(-1, d)]))
   return (w_in, w_out), (loss, jnp.sum(item_mask))
@@ -220,7 +275,12 @@ def make_train_call(config: ml_collections.ConfigDict, model_config: w2v.Word2Ve
   def per_device(w_in, w_out, batch, lr):
     batch = jax.tree.map(lambda x: x[:, 0], batch)  # [M, 1, ...] -> [M, ...]
     start = (jax.lax.pcast(w_in, (DATA,), to="varying"), jax.lax.pcast(w_out, (DATA,), to="varying"))
-    body = lambda tables, xs: micro(tables, xs[0], xs[1])
+
+    def skip(tables, batch, lr):  # a micro-step of padding only (the end of an epoch's last call)
+      zero = jax.lax.pcast(jnp.zeros((), jnp.float32), (DATA,), to="varying")
+      return tables, (zero, zero.astype(jnp.int32))
+
+    body = lambda tables, xs: jax.lax.cond(jnp.any(xs[0]["mask"]), micro, skip, tables, *xs)
     (new_in, new_out), (losses, counts) = jax.lax.scan(body, start, (batch, lr))
     # Apply every device's updates: W + sum_d (W_d - W).
     new_in = w_in + jax.lax.psum(new_in - w_in, DATA)
