@@ -68,6 +68,25 @@ def wait_for_training(proc, timeout=300):
   return False
 
 
+def complete_checkpoints(workdir):
+  """Steps with a finalised checkpoint in ``workdir`` (orbax renames a step's directory when its save completes)."""
+  d = workdir / "checkpoints"
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists()) \
+      if d.is_dir() else []
+
+
+def wait_for_checkpoint(workdir, proc, timeout=300):
+  """Waits until ``workdir`` holds a finalised checkpoint; False if the run ended first."""
+  t0 = time.time()
+  while not complete_checkpoints(workdir):
+    if proc.poll() is not None:
+      return False
+    if time.time() - t0 > timeout:
+      raise TimeoutError("the run wrote no checkpoint")
+    time.sleep(0.02)
+  return True
+
+
 def final_state(workdir, config):
   task = LMTask(config, None)
   tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
@@ -93,10 +112,14 @@ def test_sigkill_at_random_moments_then_relaunch_is_bit_identical(tmp_path):
   rng = random.Random(int(os.environ.get("TFJAX_KILL_SEED", time.time_ns() % 10**6)))
   kills = int(os.environ.get("TFJAX_KILLS", "2"))
   killed_at = []
-  for _ in range(kills):
+  for i in range(kills):
     proc = start_train(config, dir_)
     if not wait_for_training(proc):
       break  # finished before the kill
+    # the first kill comes after a checkpoint exists (on a slow machine two early kills could both precede the first
+    # finished save, and the relaunch would then rightly start afresh instead of resuming); later kills are anywhere
+    if i == 0 and not wait_for_checkpoint(dir_, proc):
+      break
     time.sleep(rng.uniform(0.0, 1.0))
     if proc.poll() is not None:
       break
