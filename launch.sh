@@ -19,7 +19,9 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           word2vec nearest neighbours and a - b + c queries
   fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
                                           BERT fill-in-the-blank
-  bench [train|word2vec] [ARGS...]        benchmarks (print a table, append JSON lines to bench_results/)
+  bench [train|word2vec|nanogpt] [ARGS...]
+                                          benchmarks (print a table, append JSON lines to bench_results/);
+                                          nanogpt: the PyTorch reference for train (needs torch)
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in
