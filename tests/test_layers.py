@@ -301,6 +301,25 @@ def test_query_blocks_of_a_causal_mask():
   assert attention.query_blocks(jnp.asarray(mask), 8, 8, 3) is None  # a traced/device mask: no blocks
 
 
+def test_static_mask_softmax_equals_traced_mask_path():
+  """A numpy mask with no fully masked row takes a plain softmax; it equals the general (traced-mask) path and the
+  naive float64 attention, values and gradients."""
+  q, k, v = _qkv()
+  k, v = k[:, :T], v[:, :T]
+  mask = masks.causal_mask_at(np.broadcast_to(np.arange(T), (B, T)), T)
+  assert isinstance(mask, np.ndarray) and mask.any(axis=-1).all()
+
+  def loss(q, k, v, m):
+    o = attention.reference_attention(q, k, v, m)
+    return jnp.sum(o * jnp.cos(o))
+  np.testing.assert_allclose(attention.reference_attention(q, k, v, mask), naive_attention(q, k, v, mask), atol=1e-5)
+  traced = jax.jit(lambda q, k, v, m: (attention.attention_pattern(q, k, m), jax.grad(loss, (0, 1, 2))(q, k, v, m)))
+  pattern, grads = traced(q, k, v, jnp.asarray(mask))
+  np.testing.assert_allclose(attention.attention_pattern(q, k, mask), pattern, atol=1e-6)
+  for g, w in zip(jax.grad(loss, (0, 1, 2))(q, k, v, mask), grads):
+    np.testing.assert_allclose(g, w, atol=1e-5)
+
+
 @pytest.mark.parametrize("impl", ["reference", "xla"])
 @pytest.mark.parametrize("block_size", [2, 3, 5])
 def test_blocked_attention_equals_naive_and_unblocked(impl, block_size):
