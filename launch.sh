@@ -19,9 +19,10 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           word2vec nearest neighbours and a - b + c queries
   fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
                                           BERT fill-in-the-blank
-  bench [train|word2vec|nanogpt] [ARGS...]
+  bench [train|word2vec|nanogpt|ab] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
-                                          nanogpt: the PyTorch reference for train (needs torch)
+                                          nanogpt: the PyTorch reference for train (needs torch); ab: variants
+                                          of the train step timed in alternating rounds in one process
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in

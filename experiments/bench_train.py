@@ -34,18 +34,12 @@ FLAGS = flags.FLAGS
 
 
 def apply_overrides(config, overrides):
-  """``KEY=VALUE`` strings applied to ``config`` (values parsed as the sweeps parse them; ConfigDict checks types)."""
-  from tfjax.train.sweep import parse_value
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    parent, _, leaf = key.rpartition(".")
-    node = config
-    for p in filter(None, parent.split(".")):
-      node = node.get(p) if hasattr(node, "get") else None
-    if not sep or node is None or leaf not in node:
-      raise app.UsageError(f"--set wants KEY=VALUE with a known config key, got {item!r}")
-    node[leaf] = parse_value(value)
-  return config
+  """``KEY=VALUE`` strings applied to ``config`` (:func:`tfjax.config.apply_overrides`), as a usage error if bad."""
+  from tfjax import config as config_lib
+  try:
+    return config_lib.apply_overrides(config, overrides)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(f"--set: {e}") from e
 
 
 def measure_training(name, config, steps):

@@ -142,3 +142,29 @@ def test_unknown_config_key_is_rejected(tmp_path):
                    "--config.model.num_layerz=3")
   assert out.returncode != 0
   assert "num_layerz" in out.stderr + out.stdout
+
+
+def test_apply_overrides_sets_nested_keys_and_names_bad_ones():
+  from experiments.configs import gpt_shakespeare_tiny
+  from tfjax.config import apply_overrides
+  config = apply_overrides(gpt_shakespeare_tiny.get_config(),
+                           ["model.num_layers=2", "model.positional=learned", "optimizer.lr=3e-4"])
+  assert (config.model.num_layers, config.model.positional, config.optimizer.lr) == (2, "learned", 3e-4)
+  for bad, named in (("model.num_layerz=2", "num_layerz"), ("nope.x=1", "nope.x"), ("model.num_layers", "KEY=VALUE"),
+                     ("model.num_layers=two", "num_layers")):
+    with pytest.raises(ConfigError, match=named):
+      apply_overrides(gpt_shakespeare_tiny.get_config(), [bad])
+
+
+def test_bench_ab_times_paired_variants(tmp_path):
+  out = tmp_path / "ab.jsonl"
+  env = dict(os.environ, TFJAX_CPU_DEVICES="2")
+  res = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_ab.py"), "--rounds=3",
+                        "--steps_per_round=2", "--variant=base:model.num_layers=1",
+                        "--variant=relu:model.num_layers=1,model.activation=relu", f"--out={out}"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+  assert res.returncode == 0, res.stderr[-2000:]
+  rows = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["variant"] for r in rows] == ["base", "relu"]
+  assert rows[0]["speedup_median"] == 1.0 and rows[1]["overrides"][-1] == "model.activation=relu"
+  assert all(r["tokens_per_s"] > 0 and r["rounds"] == 1 for r in rows)

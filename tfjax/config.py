@@ -21,6 +21,30 @@ class ConfigError(ValueError):
   """An invalid config value; the message names the key."""
 
 
+def apply_overrides(config: Any, overrides: list[str]) -> Any:
+  """Applies ``"KEY=VALUE"`` strings (``"model.num_layers=2"``) to ``config`` in place and returns it. Values are
+  parsed as Python literals where they are one (``"2"`` -> 2, ``"True"`` -> True), else kept as strings; the
+  ConfigDict checks their types. An unknown key raises :class:`ConfigError` naming it."""
+  import ast
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    parent, _, leaf = key.strip().rpartition(".")
+    node = config
+    for part in filter(None, parent.split(".")):
+      node = node.get(part) if hasattr(node, "get") else None
+    if not sep or node is None or not hasattr(node, "get") or leaf not in node:
+      raise ConfigError(f"override {item!r}: want KEY=VALUE with a known config key")
+    try:
+      value = ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+      value = text.strip()
+    try:
+      node[leaf] = value
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"override {item!r}: {e}") from e
+  return config
+
+
 def get_dtype(name: str, key: str = "dtype"):
   if name not in DTYPES:
     raise ConfigError(f"config key '{key}' must be one of {sorted(DTYPES)}, got {name!r}")

@@ -292,6 +292,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
         jax.profiler.start_trace(os.path.join(workdir, "profile"))
       batch = task.train_batch(step, pid, nproc)
       state, metrics = step_fn(state, put_train(batch))
+      # the previous step's metrics are read while this one runs: at most two steps in flight (on CPU, ~100 queued
+      # data-parallel steps make XLA's all-reduce rendezvous time out)
       if pending is not None:
         consume(*pending)
       pending = (step, metrics)
