@@ -18,7 +18,6 @@ Steps in flight are bounded by ``--steps_per_round`` (at most 20): XLA:CPU's all
 aborts the process when ~100 data-parallel steps are queued without waiting (seen with jaxlib 0.10.2, 2 devices).
 """
 
-import json
 import os
 import statistics
 import sys
@@ -142,10 +141,7 @@ def main(argv):
     vs = "  baseline" if name == base else f"{row['faster_share']:10.0%}"
     print(f"{name:24s} {row['step_ms']:9.2f} {row['step_ms_p10']:9.2f} {row['tokens_per_s']:10,.0f} "
           f"{row['speedup_median']:7.3f}x {vs}")
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "a") as f:
-    for row in rows:
-      f.write(json.dumps({**stamp, **row}) + "\n")
+  runtime.append_json_lines(FLAGS.out, [{**stamp, **row} for row in rows])
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Batches are drawn with ``torch.randint`` from the encoded text in memory (nanoGP
 iteration, slightly slower). Throughput is the median of the tokens/s of 10-iteration intervals after the first, as in ``bench_train.py``.
 """
 
-import json
 import math
 import os
 import statistics
@@ -163,9 +162,8 @@ def main(argv):
   print(f"{'config':<30} {'tokens/s':>9} {'p10':>9} {'ms/step':>8}")
   print(f"{name + ' (torch)':<30} {rec['tokens_per_s']:>9,.0f} {rec['tokens_per_s_p10']:>9,.0f} {rec['step_ms']:>8.1f}")
   if FLAGS.out:
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(FLAGS.out, "a", encoding="utf-8") as f:
-      f.write(json.dumps(rec) + "\n")
+    from experiments import runtime
+    runtime.append_json_lines(FLAGS.out, [rec])
 
 
 if __name__ == "__main__":

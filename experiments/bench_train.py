@@ -9,7 +9,6 @@ the peak measured as the FLOP/s of a 2048×2048 float32 matmul on this machine. 
 appended as JSON lines to ``bench_results/train.jsonl``.
 """
 
-import json
 import os
 import statistics
 import sys
@@ -121,10 +120,7 @@ def main(argv):
     rows.append(g)
     print(f"generation ({g['new_tokens']} new tokens, 6/6/384): with KV cache {g['cache_tokens_per_s']:,.0f} tok/s, "
           f"without {g['no_cache_tokens_per_s']:,.0f} tok/s: {g['speedup']:.1f}x")
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-  with open(FLAGS.out, "a") as f:
-    for r in rows:
-      f.write(json.dumps({**stamp, **r}) + "\n")
+  runtime.append_json_lines(FLAGS.out, [{**stamp, **r} for r in rows])
 
 
 if __name__ == "__main__":

@@ -111,7 +111,6 @@ def main(argv):
              "platform": jax.devices()[0].platform, "jax": jax.__version__, "gensim": gensim.__version__}
   print(f"corpus: {sum(map(len, sentences))} words in {len(sentences)} lines; {FLAGS.epochs} epochs; "
         f"seeds {seeds}; {machine['jax_devices']} JAX {machine['platform']} devices; gensim workers={FLAGS.workers}")
-  os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   rows = []
   for arch in FLAGS.archs.split(","):
     for seed in seeds:
@@ -133,8 +132,7 @@ def main(argv):
             "machine": machine, "overrides": FLAGS.set if impl == "tfjax" else [],
         }
         rows.append(rec)
-        with open(FLAGS.out, "a") as f:
-          f.write(json.dumps(rec) + "\n")
+        runtime.append_json_lines(FLAGS.out, [rec])
         print(f"  {arch:8s} seed {seed} {impl:6s}: {stats['words_per_s'] / 1e3:6.0f}k words/s "
               f"({rec['words_per_cpu_s'] / 1e3:.0f}k per CPU-s), train "
               f"{stats['train_s']:5.2f}s, wall {stats['wall_s']:5.2f}s, analogy {100 * rec['analogy']:.2f}%, "

@@ -53,6 +53,15 @@ def configure_devices() -> None:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 
 
+def append_json_lines(path: str, records) -> None:
+  """Appends one JSON object per record to ``path`` (a benchmark's results file), creating its folder."""
+  import json
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  with open(path, "a", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record) + "\n")
+
+
 def setup_logging() -> None:
   log = logging.getLogger("tfjax")
   if not log.handlers:
