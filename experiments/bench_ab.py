@@ -44,7 +44,7 @@ WARMUP_ROUNDS = 2
 
 def parse_variant(spec: str) -> tuple[str, list[str], dict]:
   """``"name:a.b=1,@xla_opt=x"`` -> ``("name", ["a.b=1"], {"xla_opt": "x"})``."""
-  from tfjax.train.sweep import parse_value
+  from tfjax.config import parse_value
   name, sep, rest = spec.partition(":")
   if not sep or not name:
     raise app.UsageError(f"--variant wants NAME:SETTINGS (SETTINGS may be empty), got {spec!r}")

@@ -6,6 +6,7 @@ at fault when a value is invalid.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from typing import Any
 
@@ -21,11 +22,19 @@ class ConfigError(ValueError):
   """An invalid config value; the message names the key."""
 
 
+def parse_value(text: str) -> Any:
+  """A command-line value: ``"4" -> 4``, ``"3e-4" -> 0.0003``, ``"True" -> True``, anything else stays a string."""
+  text = text.strip()
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def apply_overrides(config: Any, overrides: list[str]) -> Any:
   """Applies ``"KEY=VALUE"`` strings (``"model.num_layers=2"``) to ``config`` in place and returns it. Values are
   parsed as Python literals where they are one (``"2"`` -> 2, ``"True"`` -> True), else kept as strings; the
   ConfigDict checks their types. An unknown key raises :class:`ConfigError` naming it."""
-  import ast
   for item in overrides:
     key, sep, text = item.partition("=")
     parent, _, leaf = key.strip().rpartition(".")
@@ -35,11 +44,7 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
     if not sep or node is None or not hasattr(node, "get") or leaf not in node:
       raise ConfigError(f"override {item!r}: want KEY=VALUE with a known config key")
     try:
-      value = ast.literal_eval(text.strip())
-    except (ValueError, SyntaxError):
-      value = text.strip()
-    try:
-      node[leaf] = value
+      node[leaf] = parse_value(text)
     except (TypeError, ValueError) as e:
       raise ConfigError(f"override {item!r}: {e}") from e
   return config

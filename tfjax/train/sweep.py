@@ -10,7 +10,6 @@ train entry point resumes by itself). Learning rate and weight decay are optimiz
 
 from __future__ import annotations
 
-import ast
 import csv
 import itertools
 import json
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from tfjax.config import parse_value
 from tfjax.train.metrics import read_metrics
 
 log = logging.getLogger("tfjax")
@@ -32,15 +32,6 @@ log = logging.getLogger("tfjax")
 
 class SweepError(ValueError):
   """A malformed ``--sweep``/``--range`` specification; the message shows the expected form."""
-
-
-def parse_value(text: str) -> Any:
-  """``"4" -> 4``, ``"3e-4" -> 0.0003``, ``"True" -> True``, anything else stays a string."""
-  text = text.strip()
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
 
 
 def parse_axis(spec: str) -> tuple[str, list[Any]]:
