@@ -2,9 +2,9 @@
 
 ``./launch.sh bench ab --config=baby --variant=base: --variant=learned:model.positional=learned``
 
-Each ``--variant=NAME:SETTINGS`` is the config (``baby``: gpt_shakespeare_tiny, ``default``: gpt_shakespeare) with
-comma-separated ``KEY=VALUE`` overrides, or ``@OPTION=VALUE`` XLA compiler options for that variant's compile only
-(e.g. ``@xla_cpu_multi_thread_eigen=False``). The first variant is the baseline. All variants are built and compiled
+Each ``--variant=NAME:SETTINGS`` is the config (``--config``: a language-model or BERT config of experiments/configs;
+``baby`` is gpt_shakespeare_tiny, ``default`` gpt_shakespeare) with comma-separated ``KEY=VALUE`` overrides, or
+``@OPTION=VALUE`` XLA compiler options for that variant's compile only (e.g. ``@xla_cpu_multi_thread_eigen=False``). The first variant is the baseline. All variants are built and compiled
 in the same process, on the same devices, through the same data-parallel train step as ``train.py`` (``parallel=dp``
 when there is more than one device); then each round runs ``--steps_per_round`` steps of every variant in turn (the
 order reversed every other round) and times them. Printed per variant: the median and p10 step time, tokens/s, and
@@ -31,7 +31,8 @@ runtime.configure_devices()
 
 from absl import app, flags  # noqa: E402
 
-flags.DEFINE_enum("config", "baby", ["baby", "default"], "baby: gpt_shakespeare_tiny; default: gpt_shakespeare.")
+flags.DEFINE_string("config", "baby", "A config in experiments/configs (a language-model or BERT one), or baby "
+                    "(gpt_shakespeare_tiny) / default (gpt_shakespeare).")
 flags.DEFINE_multi_string("variant", [], "NAME:KEY=VALUE,@XLA_OPTION=VALUE,... (repeatable; the first is the "
                           "baseline; 'NAME:' alone is the config unchanged).")
 flags.DEFINE_integer("rounds", 30, "Timed rounds (each runs every variant once); the first 2 are warm-up.")
@@ -40,6 +41,7 @@ flags.DEFINE_string("out", "bench_results/ab.jsonl", "JSON lines output.")
 FLAGS = flags.FLAGS
 
 WARMUP_ROUNDS = 2
+ALIASES = {"baby": "gpt_shakespeare_tiny", "default": "gpt_shakespeare"}
 
 
 def parse_variant(spec: str) -> tuple[str, list[str], dict]:
@@ -63,18 +65,23 @@ def parse_variant(spec: str) -> tuple[str, list[str], dict]:
 def build(config_name: str, overrides: list[str], options: dict):
   """(compiled step, state, device batches, tokens per step) for one variant."""
   import functools
+  import importlib
   import jax
   from jax.sharding import NamedSharding, PartitionSpec as P
   from tfjax import config as config_lib
-  from experiments.configs import gpt_shakespeare, gpt_shakespeare_tiny
-  from tfjax.tasks.lm import LMTask
   from tfjax.train import parallel
   from tfjax.train.optimizer import make_optimizer
+  from tfjax.train.loop import _tokens_in
   from tfjax.train.step import init_state, make_train_step
 
-  config = (gpt_shakespeare_tiny if config_name == "baby" else gpt_shakespeare).get_config()
+  name = ALIASES.get(config_name, config_name)
+  if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.py")):
+    raise app.UsageError(f"--config={config_name}: no experiments/configs/{name}.py")
+  config = importlib.import_module(f"experiments.configs.{name}").get_config()
   config_lib.apply_overrides(config, overrides)
-  task = LMTask(config, tempfile.mkdtemp(prefix="tfjax_ab_"))
+  if config.task == "word2vec":
+    raise app.UsageError("bench ab times the transformer train step; for word2vec use ./launch.sh bench word2vec")
+  task = runtime.make_task(config, tempfile.mkdtemp(prefix="tfjax_ab_"))
   mode = parallel.resolve_mode("auto")
   parallel.check_batch_divisible(config.train.batch_size, mode)
   mesh = parallel.make_mesh(mode)
@@ -88,7 +95,7 @@ def build(config_name: str, overrides: list[str], options: dict):
   batches = [parallel.global_batch(task.train_batch(s, 0, 1), rows) for s in range(8)]
   step_fn = jax.jit(step, in_shardings=(rep, rows), out_shardings=(rep, rep), donate_argnums=0)
   compiled = step_fn.lower(state, batches[0]).compile(compiler_options=options or None)
-  return compiled, state, batches, int(batches[0]["inputs"].size)
+  return compiled, state, batches, _tokens_in(batches[0])
 
 
 def main(argv):
