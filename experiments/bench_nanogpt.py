@@ -156,7 +156,8 @@ def main(argv):
     raise app.UsageError("--steps must be at least 20 (the first 10 iterations are warm-up)")
   name = {"baby": "baby 4/4/128 ctx64 b12", "default": "nanoGPT 6/6/384 ctx256 b64"}[FLAGS.config]
   rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "implementation": f"nanoGPT (torch {torch.__version__})",
-         "threads": torch.get_num_threads(), "config": name, "steps": FLAGS.steps,
+         "threads": torch.get_num_threads(), "ld_preload": os.environ.get("LD_PRELOAD", ""), "config": name,
+         "steps": FLAGS.steps,
          "tokens_per_s": statistics.median(rates), "tokens_per_s_p10": sorted(rates)[len(rates) // 10],
          "step_ms": 1e3 * b * t / statistics.median(rates)}
   print(f"{'config':<30} {'tokens/s':>9} {'p10':>9} {'ms/step':>8}")

@@ -108,7 +108,8 @@ def main(argv):
   stamp = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "backend": jax.default_backend(),
            "device_kind": jax.devices()[0].device_kind, "device_count": jax.device_count(),
            "peak_flops": peak, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "overrides": FLAGS.set}
+           "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""), "ld_preload": os.environ.get("LD_PRELOAD", ""),
+           "overrides": FLAGS.set}
   print(f"\npeak (2048² float32 matmul on this machine): {peak / 1e9:.1f} GFLOP/s; devices: {jax.device_count()}")
   print(f"{'config':30s} {'tokens/s':>10s} {'p10':>9s} {'ms/step':>8s} {'MFU':>6s}")
   for r in rows:

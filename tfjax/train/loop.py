@@ -61,6 +61,7 @@ def run_info() -> dict[str, Any]:
       "optax": optax.__version__, "orbax": getattr(ocp, "__version__", "?"), "backend": jax.default_backend(),
       "device_kinds": sorted({d.device_kind for d in jax.devices()}), "device_count": jax.device_count(),
       "process_count": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "ld_preload": os.environ.get("LD_PRELOAD", ""),  # e.g. jemalloc, which ./launch.sh uses on CPU when present
   }
 
 
