@@ -64,7 +64,7 @@ fast_allocator() {
   # step page-faults its whole working set (6/6/384 on 2 cores: 1.3M faults and 3.4 s of kernel time a step).
   # jemalloc keeps freed pages for reuse: 7.8 -> 6.0 s a step. Used when the system has it (Debian/Ubuntu:
   # apt install libjemalloc2) or TFJAX_JEMALLOC names it; TFJAX_ALLOCATOR=system keeps glibc's malloc.
-  [[ "${TFJAX_ALLOCATOR:-}" == "system" ]] && return
+  [[ "${TFJAX_ALLOCATOR:-}" == "system" || "$(uname -s)" != "Linux" ]] && return 0
   local lib="${TFJAX_JEMALLOC:-}"
   if [[ -z "$lib" ]]; then
     lib="$( (ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')"
@@ -76,7 +76,6 @@ fast_allocator() {
     done
   fi
   [[ -n "$lib" && -f "$lib" ]] || return 0
-  [[ "$(uname -s)" == "Linux" ]] || return 0
   case ":${LD_PRELOAD:-}:" in *":$lib:"*) ;; *) export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" ;; esac
   # keep freed pages (no decay): a step reuses them at once
   export MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"

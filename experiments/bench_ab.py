@@ -4,10 +4,11 @@
 
 Each ``--variant=NAME:SETTINGS`` is the config (``--config``: a language-model or BERT config of experiments/configs;
 ``baby`` is gpt_shakespeare_tiny, ``default`` gpt_shakespeare) with comma-separated ``KEY=VALUE`` overrides, or
-``@OPTION=VALUE`` XLA compiler options for that variant's compile only (e.g. ``@xla_cpu_multi_thread_eigen=False``). The first variant is the baseline. All variants are built and compiled
-in the same process, on the same devices, through the same data-parallel train step as ``train.py`` (``parallel=dp``
-when there is more than one device); then each round runs ``--steps_per_round`` steps of every variant in turn (the
-order reversed every other round) and times them. Printed per variant: the median and p10 step time, tokens/s, and
+``@OPTION=VALUE`` XLA compiler options for that variant's compile only (e.g. ``@xla_cpu_multi_thread_eigen=False``).
+The first variant is the baseline. All variants are built and compiled in the same process, on the same devices,
+through the same train step as ``train.py`` (:func:`tfjax.train.loop.jit_train_step`, ``parallel=dp`` when there is
+more than one device); then each round runs ``--steps_per_round`` steps of every variant in turn (the order reversed
+every other round) and times them. Printed per variant: the median and p10 step time, tokens/s, and
 against the baseline the median of the per-round ratios and the share of rounds it was faster. One JSON line per
 variant is appended to ``bench_results/ab.jsonl``.
 
@@ -70,9 +71,9 @@ def build(config_name: str, overrides: list[str], options: dict):
   from jax.sharding import NamedSharding, PartitionSpec as P
   from tfjax import config as config_lib
   from tfjax.train import parallel
+  from tfjax.train.loop import jit_train_step, tokens_in
   from tfjax.train.optimizer import make_optimizer
-  from tfjax.train.loop import _tokens_in
-  from tfjax.train.step import init_state, make_train_step
+  from tfjax.train.step import init_state
 
   name = ALIASES.get(config_name, config_name)
   if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.py")):
@@ -88,14 +89,10 @@ def build(config_name: str, overrides: list[str], options: dict):
   tx, schedule = make_optimizer(config.optimizer, config.train.num_steps)
   rep, rows = NamedSharding(mesh, P()), NamedSharding(mesh, P(parallel.DATA))
   state = jax.jit(functools.partial(init_state, task, tx, config.seed), out_shardings=rep)()
-  step = make_train_step(task, tx, schedule, config.train.grad_accum_steps,
-                         axis_name=parallel.DATA if mode == "dp" else None)
-  if mode == "dp":
-    step = parallel.data_parallel(step, mesh)
+  step_fn = jit_train_step(task, tx, schedule, config.train, mode, mesh, rep, rows)
   batches = [parallel.global_batch(task.train_batch(s, 0, 1), rows) for s in range(8)]
-  step_fn = jax.jit(step, in_shardings=(rep, rows), out_shardings=(rep, rep), donate_argnums=0)
   compiled = step_fn.lower(state, batches[0]).compile(compiler_options=options or None)
-  return compiled, state, batches, _tokens_in(batches[0])
+  return compiled, state, batches, tokens_in(batches[0])
 
 
 def main(argv):

@@ -113,16 +113,16 @@ def main(argv):
     raise app.UsageError("bench nanogpt needs PyTorch: .venv/bin/pip install torch --index-url "
                          "https://download.pytorch.org/whl/cpu") from None
   from tfjax.data.files import TINY_SHAKESPEARE, find_data_file
+  from tfjax.data.tokenizers import CharTokenizer
   if FLAGS.threads:
     torch.set_num_threads(FLAGS.threads)
   cfg = CONFIGS[FLAGS.config]
   path = find_data_file(TINY_SHAKESPEARE, FLAGS.data_dir or None)
   text = open(path, encoding="utf-8").read()
-  chars = sorted(set(text))
-  ids = np.array([chars.index(c) for c in text[: int(0.9 * len(text))]], dtype=np.int64)
-  data = torch.from_numpy(ids)
+  tokenizer = CharTokenizer.from_text(text)
+  data = torch.from_numpy(tokenizer.encode(text[: int(0.9 * len(text))]).astype(np.int64))
   torch.manual_seed(1337)
-  model = build(torch, cfg, len(chars))
+  model = build(torch, cfg, tokenizer.vocab_size)
   model.train()
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]

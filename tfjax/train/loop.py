@@ -87,10 +87,23 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _tokens_in(batch) -> int:
+def tokens_in(batch) -> int:
+  """Tokens in a batch: the size of its ``inputs`` (or of its first array)."""
   if "inputs" in batch:
     return int(np.asarray(batch["inputs"]).size)
   return int(np.asarray(next(iter(batch.values()))).size)
+
+
+def jit_train_step(task, tx, schedule, t, mode: str, mesh, state_sh, batch_sh):
+  """The jitted train step for ``mode`` none / dp / fsdp (``t``: ``config.train``): dp runs per device under
+  ``shard_map`` with one explicit flat psum; none / fsdp let XLA partition the step from the shardings. The state is
+  donated."""
+  train_step = make_train_step(task, tx, schedule, t.grad_accum_steps, skip_nonfinite=t.skip_nonfinite,
+                               axis_name=parallel.DATA if mode == "dp" else None)
+  if mode == "dp":
+    train_step = parallel.data_parallel(train_step, mesh)
+  return jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, NamedSharding(mesh, P())),
+                 donate_argnums=0)
 
 
 def memory_stats(compiled) -> dict[str, int]:
@@ -197,12 +210,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     host_params = lambda s: parallel.unreplicate(s.params)  # noqa: E731
     host_state = parallel.unreplicate
   else:
-    # dp: per-device gradients and one explicit flat psum; none / fsdp: XLA partitions the step from the shardings
-    train_step = make_train_step(task, tx, schedule, t.grad_accum_steps, skip_nonfinite=t.skip_nonfinite,
-                                 axis_name=parallel.DATA if mode == "dp" else None)
-    if mode == "dp":
-      train_step = parallel.data_parallel(train_step, mesh)
-    step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, rep), donate_argnums=0)
+    step_fn = jit_train_step(task, tx, schedule, t, mode, mesh, state_sh, batch_sh)
     put_train = put_batch
     eval_fn = jax.jit(eval_step, in_shardings=(param_sh, batch_sh))
     host_params = lambda s: s.params  # noqa: E731
@@ -280,7 +288,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       window.clear()
       last_log_time, last_log_step = now, done
 
-  tokens_per_step = _tokens_in(task.train_batch(start_step, pid, nproc)) * nproc
+  tokens_per_step = tokens_in(task.train_batch(start_step, pid, nproc)) * nproc
   if start_step == 0 and t.eval_every and t.num_steps > 0:  # the curve starts at the initial loss
     ev0 = evaluate(task, eval_fn, host_params(state), put_batch)
     if ev0:
