@@ -105,3 +105,54 @@ def test_sweep_runs_the_grid_reports_and_resumes(tmp_path):
   out = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(tmp_path)], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
   assert out.returncode == 0 and "lr=0.003" in out.stdout and (tmp_path / "summary.md").exists()
+
+
+def test_gpu_groups_split_the_visible_gpus():
+  assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "3, 5,6,7"}) == ["3", "5", "6", "7"]
+  assert sweep.visible_gpus({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+  assert sweep.gpu_groups(["0", "1", "2", "3"], 2) == [["0", "1"], ["2", "3"]]
+  assert sweep.gpu_groups(["0", "1", "2", "3", "4"], 2) == [["0", "1"], ["2", "3"]]  # one left idle
+  assert sweep.gpu_groups(["0", "1", "2", "3"], 3, gpus_per_run=1) == [["0"], ["1"], ["2"]]
+  assert sweep.gpu_groups(["0", "1"], 1) == [] and sweep.gpu_groups([], 4) == []
+  with pytest.raises(sweep.SweepError, match="need 3 GPUs; 2 visible"):
+    sweep.gpu_groups(["0", "1"], 3)
+  with pytest.raises(sweep.SweepError, match="Lower --parallel or --gpus_per_run"):
+    sweep.gpu_groups(["0", "1", "2", "3"], 2, gpus_per_run=3)
+
+
+FAKE_TRAIN = '''
+import json, os, sys, time
+args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:])
+wd = args["workdir"]
+t0 = time.time()
+time.sleep(0.6)
+with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+  f.write(json.dumps({"step": 1, "loss": 1.0, "eval_loss": 1.0, "tokens_per_s": 1.0}) + "\\n")
+with open(os.path.join(wd, "results.json"), "w") as f:
+  json.dump({"step": 1, "eval_loss": 1.0, "gpus": os.environ.get("CUDA_VISIBLE_DEVICES"),
+             "cpu_devices": os.environ.get("TFJAX_CPU_DEVICES"), "start": t0, "end": time.time()}, f)
+'''
+
+
+@pytest.mark.parametrize("visible,expect_groups", [("0,1,2,3", {"0,1", "2,3"}), (None, None)])
+def test_parallel_runs_get_disjoint_gpus(tmp_path, visible, expect_groups):
+  """Runs in flight at the same time never share a GPU; without GPUs each parallel run gets one CPU device."""
+  script = tmp_path / "fake_train.py"
+  script.write_text(FAKE_TRAIN)
+  env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "TFJAX_CPU_DEVICES")}
+  env["PATH"] = ""  # no nvidia-smi: only CUDA_VISIBLE_DEVICES names GPUs here
+  if visible:
+    env["CUDA_VISIBLE_DEVICES"] = visible
+  settings = [{"optimizer.lr": lr} for lr in (1e-3, 2e-3, 3e-3, 4e-3, 5e-3)]
+  rows = sweep.run_sweep("unused_config.py", settings, str(tmp_path / "sweep"), parallel=2,
+                         train_script=str(script), env=env, poll_s=0.05)
+  assert len(rows) == 5
+  res = [json.load(open(tmp_path / "sweep" / sweep.run_name(s) / "results.json")) for s in settings]
+  if expect_groups is None:
+    assert all(r["gpus"] is None and r["cpu_devices"] == "1" for r in res)
+    return
+  assert {r["gpus"] for r in res} == expect_groups and all(r["cpu_devices"] is None for r in res)
+  overlapping = [(a, b) for i, a in enumerate(res) for b in res[i + 1:]
+                 if a["start"] < b["end"] and b["start"] < a["end"]]
+  assert overlapping  # two at a time really ran side by side
+  assert all(a["gpus"] != b["gpus"] for a, b in overlapping)

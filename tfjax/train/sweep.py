@@ -100,19 +100,41 @@ def is_finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "results.json"))
 
 
-def _cpu_only() -> bool:
+def visible_gpus(env: dict[str, str]) -> list[str]:
+  """The GPUs the sweep may hand out: ``CUDA_VISIBLE_DEVICES`` when set, else the indices ``nvidia-smi`` lists
+  (none without it). Found without importing JAX: a JAX client in the sweep's own process would take ~75% of every
+  GPU's memory before any run starts."""
+  if "CUDA_VISIBLE_DEVICES" in env:
+    return [g.strip() for g in env["CUDA_VISIBLE_DEVICES"].split(",") if g.strip() and g.strip() != "-1"]
   try:
-    import jax
-    return jax.default_backend() == "cpu"
-  except Exception:  # pylint: disable=broad-except
-    return True
+    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+  except (OSError, subprocess.SubprocessError):
+    return []
+  return [line.strip() for line in out.splitlines() if line.strip().isdigit()]
+
+
+def gpu_groups(gpus: list[str], parallel: int, gpus_per_run: int = 0) -> list[list[str]]:
+  """Disjoint groups of ``gpus`` for runs that go ``parallel`` at a time (``gpus_per_run`` 0: an equal share; the
+  remainder stays idle). No GPUs or one run at a time: ``[]`` (each run sees every device)."""
+  if not gpus or parallel <= 1:
+    return []
+  per = gpus_per_run or len(gpus) // parallel
+  if per < 1 or per * parallel > len(gpus):
+    raise SweepError(f"--parallel={parallel} runs of {per or 1} GPU(s) each need {(per or 1) * parallel} GPUs; "
+                     f"{len(gpus)} visible ({','.join(gpus)}). Lower --parallel or --gpus_per_run.")
+  return [gpus[i * per:(i + 1) * per] for i in range(parallel)]
 
 
 def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parallel: int = 1,
               extra_args: list[str] = (), train_script: str | None = None, env: dict[str, str] | None = None,
-              poll_s: float = 0.2) -> list[dict[str, Any]]:
+              poll_s: float = 0.2, gpus_per_run: int = 0) -> list[dict[str, Any]]:
   """Runs every setting (skipping finished ones) ``parallel`` at a time; returns one row per run (see
-  :func:`summarize`) after writing the summary files. Each run's output goes to ``WORKDIR/train.log``."""
+  :func:`summarize`) after writing the summary files. Each run's output goes to ``WORKDIR/train.log``.
+
+  Devices: with GPUs (:func:`visible_gpus`) and ``parallel`` > 1, each run in flight gets its own group of GPUs
+  (:func:`gpu_groups`, through ``CUDA_VISIBLE_DEVICES``); a finished run's group goes to the next. On a CPU-only
+  machine runs in parallel get one XLA CPU device each (``TFJAX_CPU_DEVICES=1``) since they share the cores."""
   sweepdir = os.path.abspath(sweepdir)
   os.makedirs(sweepdir, exist_ok=True)
   train_script = train_script or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
@@ -127,7 +149,11 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
   os.replace(meta_path + ".tmp", meta_path)
 
   base_env = dict(os.environ if env is None else env)
-  if parallel > 1 and "TFJAX_CPU_DEVICES" not in base_env and _cpu_only():
+  gpus = visible_gpus(base_env) if parallel > 1 else []
+  free_groups = gpu_groups(gpus, parallel, gpus_per_run)
+  for i, g in enumerate(free_groups):
+    log.info("sweep: run slot %d gets GPU(s) %s", i, ",".join(g))
+  if parallel > 1 and not gpus and "TFJAX_CPU_DEVICES" not in base_env:
     # runs share the cores: one XLA device per run (N devices per run would each want every core)
     base_env["TFJAX_CPU_DEVICES"] = "1"
   todo = [r for r in runs if not is_finished(r["workdir"])]
@@ -146,18 +172,22 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
         logf = open(os.path.join(r["workdir"], "train.log"), "a")  # pylint: disable=consider-using-with
         logf.write(f"$ {' '.join(cmd)}\n")
         logf.flush()
-        log.info("sweep: start %s", r["name"])
-        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=base_env,
-                                                      start_new_session=True),  # Ctrl-C: we send SIGTERM
-                       logf, time.time()))
+        group = free_groups.pop(0) if free_groups else None
+        run_env = base_env if group is None else {**base_env, "CUDA_VISIBLE_DEVICES": ",".join(group)}
+        log.info("sweep: start %s%s", r["name"], f" on GPU(s) {','.join(group)}" if group else "")
+        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=run_env,
+                                           start_new_session=True),  # Ctrl-C: we send SIGTERM
+                       logf, time.time(), group))
       time.sleep(poll_s)
       still = []
-      for r, proc, logf, t0 in active:
+      for r, proc, logf, t0, group in active:
         rc = proc.poll()
         if rc is None:
-          still.append((r, proc, logf, t0))
+          still.append((r, proc, logf, t0, group))
           continue
         logf.close()
+        if group is not None:
+          free_groups.append(group)
         if rc == 0 and is_finished(r["workdir"]):
           log.info("sweep: %s done in %.0fs", r["name"], time.time() - t0)
         else:
@@ -166,9 +196,9 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
                     os.path.join(r["workdir"], "train.log"))
       active = still
   finally:  # interrupted: stop the children (they save on SIGTERM) and wait for them
-    for _, proc, logf, _ in active:
+    for _, proc, logf, _, _ in active:
       proc.terminate()
-    for _, proc, logf, _ in active:
+    for _, proc, logf, _, _ in active:
       try:
         proc.wait(timeout=120)
       except subprocess.TimeoutExpired:
