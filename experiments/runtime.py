@@ -95,7 +95,10 @@ def make_task(config, workdir: str):
   if config.task == "mlm":
     from tfjax.tasks.mlm import MLMTask
     return MLMTask(config, workdir)
-  raise ValueError(f"unknown config.task {config.task!r}; known: lm, mlm, word2vec")
+  if config.task == "translate":
+    from tfjax.tasks.translate import TranslationTask
+    return TranslationTask(config, workdir)
+  raise ValueError(f"unknown config.task {config.task!r}; known: lm, mlm, translate, word2vec")
 
 
 def run(config, workdir: str):

@@ -112,3 +112,44 @@ def generate(model: Any, params: Any, prompt, max_new_tokens: int, rng: jax.Arra
     tokens = np.concatenate([tokens, np.asarray(nxt)[:, None]], axis=1)
   return tokens
 
+
+
+@functools.partial(jax.jit, static_argnames=("model", "bos_id", "eos_id", "pad_id", "temperature", "top_k", "top_p"))
+def _translate(model, params, src, src_valid, rngs, bos_id, eos_id, pad_id, temperature, top_k, top_p):
+  from tfjax.models.transformer import EncoderDecoder, init_cache  # local: models import layers, not generate
+  batch, src_len = src.shape
+  memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
+  cache = init_cache(model, batch, src_len)
+
+  def step(carry, xs):
+    cache, token, done = carry
+    pos, rng_t = xs
+    logits, vars_ = model.apply({"params": params, "cache": cache}, token[:, None], memory, src_valid,
+                                positions=jnp.full((batch, 1), pos), decode=True, mutable=["cache"],
+                                method=EncoderDecoder.decode)
+    nxt = sample_logits(logits[:, -1], rng_t, temperature, top_k, top_p)
+    nxt = jnp.where(done, pad_id, nxt)
+    return (vars_["cache"], nxt, done | (nxt == eos_id)), nxt
+
+  start = (cache, jnp.full((batch,), bos_id, jnp.int32), jnp.zeros((batch,), bool))
+  _, out = jax.lax.scan(step, start, (jnp.arange(len(rngs), dtype=jnp.int32), rngs))
+  return out.T
+
+
+def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, bos_id: int, eos_id: int,
+              pad_id: int = 0, rng: jax.Array | None = None, temperature: float = 0.0, top_k: int | None = None,
+              top_p: float | None = None) -> np.ndarray:
+  """Target ids ``[B, max_new_tokens]`` (numpy) for source ids ``src [B, S]`` (``src_valid [B, S]``: real tokens)
+  with an :class:`tfjax.models.transformer.EncoderDecoder`: the source is encoded once, then the target grows from
+  ``bos_id`` one position at a time with the decoder's KV cache. ``temperature = 0`` (default) is greedy decoding.
+  After a sequence's ``eos_id`` (included in the output) its remaining positions are ``pad_id``."""
+  src = np.asarray(src, dtype=np.int32)
+  if src.ndim != 2 or src.shape[1] == 0:
+    raise ValueError(f"src must be [batch, length >= 1] token ids, got shape {src.shape}")
+  check_token_ids(src, model.cfg.vocab_size)
+  if not 0 < max_new_tokens <= model.cfg.max_len:
+    raise ValueError(f"max_new_tokens must be in [1, max_len={model.cfg.max_len}], got {max_new_tokens}")
+  rngs = jax.random.split(jax.random.key(0) if rng is None else rng, max_new_tokens)
+  out = _translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), rngs, int(bos_id), int(eos_id),
+                   int(pad_id), float(temperature), top_k, top_p)
+  return np.asarray(out)

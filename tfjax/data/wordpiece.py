@@ -1,4 +1,5 @@
-"""Subword tokenizers through Hugging Face ``tokenizers``: BERT's WordPiece (trained here) and loading saved ones.
+"""Subword tokenizers through Hugging Face ``tokenizers``: BERT's WordPiece and SentencePiece-style BPE (both trained
+here), and loading saved ones.
 
 :func:`train_wordpiece` trains a BERT-style uncased WordPiece vocabulary on text (normaliser: NFD, lowercase, strip
 accents; pre-tokeniser: split on whitespace and punctuation; post-processor: ``[CLS] A [SEP]``). The special tokens
@@ -7,6 +8,12 @@ get the first ids: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``.
 :class:`Tokenizer` wraps a ``tokenizers.Tokenizer`` (any model: WordPiece, byte-level BPE of GPT-2, ...) with the few
 methods tfjax uses: ``encode(text) -> list[int]``, ``decode(ids) -> str``, ``token_to_id``, ``vocab_size``; it is
 saved and loaded as a single ``tokenizer.json``.
+
+:func:`train_bpe` trains a lossless byte-pair-encoding vocabulary (SentencePiece's scheme: a space becomes ``▁`` and
+belongs to the next word, so ``decode(encode(text)) == text`` for text made of characters seen in training (others
+become ``[UNK]``); case and accents kept), for generating text in any
+language, e.g. the joint source/target vocabulary of a translator. Special tokens ``[PAD]=0, [UNK]=1, [BOS]=2,
+[EOS]=3``; ``encode`` adds none of them.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import os
 import re
 from typing import Iterable, Sequence
 
-PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+PAD, UNK, CLS, SEP, MASK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"
 BERT_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 
 
 def clean_wikitext(text: str) -> str:
@@ -88,6 +96,21 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
   for i, t in enumerate(BERT_SPECIAL_TOKENS):
     assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
   return Tokenizer(tok)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
+  """Trains a SentencePiece-style BPE tokenizer on an iterable of strings; see the module docstring."""
+  from tokenizers import Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, trainers
+  tok = HFTok(models.BPE(unk_token=UNK))
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                special_tokens=list(SEQ2SEQ_SPECIAL_TOKENS))
+  tok.train_from_iterator(texts, trainer=trainer)
+  for i, t in enumerate(SEQ2SEQ_SPECIAL_TOKENS):
+    assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+  return Tokenizer(tok, eos_token=EOS)
 
 
 def load_or_train_wordpiece(path: str | os.PathLike, texts_fn, vocab_size: int = 8192,

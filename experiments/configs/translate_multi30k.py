@@ -1,0 +1,27 @@
+"""An encoder-decoder transformer translating Multi30k captions from English to German ("Attention Is All You Need"
+at a CPU-friendly size): 3 + 3 layers, width 256, 4 heads, ReLU MLP 1024, sinusoidal positions, label smoothing 0.1,
+dropout 0.1, a joint BPE vocabulary of 8,000, tied embeddings. Blocks are pre-LN (the paper's are post-LN; pre-LN
+trains stably without its long warmup). Evaluation: validation cross-entropy; at the end, greedy BLEU (sacreBLEU) on test2016."""
+
+import ml_collections
+
+from experiments.configs import lm_defaults
+
+
+def get_config():
+  c = lm_defaults.get_config()
+  c.task = "translate"
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "en"  # en | de | fr
+  c.data.target = "de"
+  c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
+  c.model.update(num_layers=3, num_heads=4, emb_dim=256, mlp_dim=1024, max_len=40, dropout_rate=0.1,
+                 positional="sinusoidal", activation="relu", attention_block_size=0)
+  c.model.num_encoder_layers = 0  # 0: as many as the decoder (num_layers)
+  c.optimizer.update(lr=1e-3, min_lr=1e-4, warmup_steps=400, weight_decay=0.01, b2=0.98)
+  c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)
+  c.train.label_smoothing = 0.1
+  c.eval = ml_collections.ConfigDict()
+  c.eval.bleu_sentences = -1  # test2016 sentences translated for BLEU at the end (-1: all 1,000; 0: none)
+  del c.sample
+  return c

@@ -1,0 +1,154 @@
+"""The encoder-decoder translator: decoding with the KV cache against full forward passes, source padding, the
+decoder's causality, length errors, the BPE tokenizer, and a short real training run on Multi30k with its BLEU."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tfjax.generate import translate
+from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.transformer import EncoderDecoder, init_cache
+
+BOS, EOS = 2, 3
+
+
+def _model(positional="learned", tie_embeddings=False, **kw):
+  # untied: with a tied random embedding, greedy decoding at init repeats one token
+  cfg = TransformerConfig(vocab_size=40, num_layers=2, num_heads=4, emb_dim=32, max_len=12, positional=positional,
+                          tie_embeddings=tie_embeddings, **kw)
+  model = EncoderDecoder(cfg, num_encoder_layers=3)
+  rng = np.random.RandomState(0)
+  src = rng.randint(4, 40, (3, 9)).astype(np.int32)
+  valid = np.ones((3, 9), bool)
+  valid[1, 5:] = False
+  valid[2, 7:] = False
+  src[~valid] = 0
+  params = model.init(jax.random.key(1), src, valid, src[:, :4])["params"]
+  # larger weights than at init, so that greedy decoding does not repeat one token
+  params = jax.tree.map(lambda p: p * 4.0 if p.ndim == 2 else p, params)
+  return model, params, src, valid
+
+
+def _greedy_by_full_forward(model, params, src, valid, n, eos):
+  """Reference: at every step, the whole target so far through the teacher-forced forward pass (no cache)."""
+  tgt = np.full((src.shape[0], 1), BOS, np.int32)
+  done = np.zeros(src.shape[0], bool)
+  out = []
+  for _ in range(n):
+    logits = model.apply({"params": params}, src, valid, tgt)
+    nxt = np.asarray(jnp.argmax(logits[:, -1], -1)).astype(np.int32)
+    nxt = np.where(done, 0, nxt)
+    done |= nxt == eos
+    out.append(nxt)
+    tgt = np.concatenate([tgt, nxt[:, None]], axis=1)
+  return np.stack(out, 1)
+
+
+@pytest.mark.parametrize("positional,tie", [("learned", False), ("sinusoidal", False), ("rope", True)])
+def test_cached_greedy_translation_equals_full_forward(positional, tie):
+  model, params, src, valid = _model(positional, tie_embeddings=tie)
+  fast = translate(model, params, src, valid, 10, bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(fast, _greedy_by_full_forward(model, params, src, valid, 10, EOS))
+  if not tie:
+    assert len(np.unique(fast)) > 3  # a real sequence, not one token repeated
+  # a token that occurs mid-sequence as the end token: it is kept, and the rest of that row is padding
+  eos = int(fast[0, 3]) if not tie else EOS
+  fast = translate(model, params, src, valid, 10, bos_id=BOS, eos_id=eos)
+  np.testing.assert_array_equal(fast, _greedy_by_full_forward(model, params, src, valid, 10, eos))
+  if not tie:
+    first = int(np.argmax(fast[0] == eos))
+    assert first <= 3 and (fast[0, first + 1:] == 0).all()
+
+
+def test_cached_decoder_logits_equal_teacher_forced_logits():
+  model, params, src, valid = _model("rope")
+  tgt = np.random.RandomState(3).randint(4, 40, (3, 8)).astype(np.int32)
+  full = model.apply({"params": params}, src, valid, tgt)
+  memory = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
+  cache = init_cache(model, 3, src.shape[1])
+  for t in range(tgt.shape[1]):
+    logits, v = model.apply({"params": params, "cache": cache}, tgt[:, t:t + 1], memory, valid,
+                            positions=np.full((3, 1), t), decode=True, mutable=["cache"],
+                            method=EncoderDecoder.decode)
+    cache = v["cache"]
+    np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+
+
+def test_padded_source_tokens_change_nothing():
+  model, params, src, valid = _model()
+  other = src.copy()
+  other[~valid] = 7  # different ids where the source is padding
+  tgt = src[:, :5]
+  np.testing.assert_allclose(model.apply({"params": params}, src, valid, tgt),
+                             model.apply({"params": params}, other, valid, tgt), atol=1e-6)
+  changed = src.copy()
+  changed[1, 2] = (changed[1, 2] + 1) % 36 + 4  # a real source token: the translation of row 1 only changes
+  a = model.apply({"params": params}, src, valid, tgt)
+  b = model.apply({"params": params}, changed, valid, tgt)
+  assert not np.allclose(a[1], b[1]) and np.allclose(a[0], b[0]) and np.allclose(a[2], b[2])
+
+
+def test_decoder_is_causal_and_encoder_sees_both_ways():
+  model, params, src, valid = _model()
+  tgt = np.random.RandomState(4).randint(4, 40, (3, 8)).astype(np.int32)
+  later = tgt.copy()
+  later[:, 5] = (later[:, 5] + 1) % 36 + 4
+  a = model.apply({"params": params}, src, valid, tgt)
+  b = model.apply({"params": params}, src, valid, later)
+  np.testing.assert_allclose(a[:, :5], b[:, :5], atol=1e-6)  # positions before 5 do not see token 5
+  assert not np.allclose(a[:, 5:], b[:, 5:])
+  # the encoder is bidirectional: the last source token changes the memory at the first position
+  last = src.copy()
+  last[0, 8] = (last[0, 8] + 1) % 36 + 4
+  m1 = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
+  m2 = model.apply({"params": params}, last, valid, method=EncoderDecoder.encode)
+  assert not np.allclose(m1[0, 0], m2[0, 0])
+
+
+def test_lengths_and_ids_are_checked():
+  model, params, src, valid = _model()
+  long = np.ones((1, 13), np.int32)
+  with pytest.raises(ValueError, match="source of length 13 is longer than the context window max_len=12"):
+    model.apply({"params": params}, long, np.ones_like(long, bool), long[:, :3])
+  with pytest.raises(ValueError, match="target of length 13 is longer"):
+    model.apply({"params": params}, long[:, :5], np.ones((1, 5), bool), long)
+  with pytest.raises(ValueError, match="max_new_tokens must be in"):
+    translate(model, params, src, valid, 13, bos_id=BOS, eos_id=EOS)
+  with pytest.raises(ValueError, match="out of range"):
+    translate(model, params, src + 100, valid, 4, bos_id=BOS, eos_id=EOS)
+
+
+def test_bpe_tokenizer_is_lossless():
+  from tfjax.data.wordpiece import SEQ2SEQ_SPECIAL_TOKENS, train_bpe
+  lines = ["Zwei junge weiße Männer sind im Freien.", "Two young, White males are outside near many bushes."] * 50
+  tok = train_bpe(lines, vocab_size=200)
+  assert [tok.token_to_id(t) for t in SEQ2SEQ_SPECIAL_TOKENS] == [0, 1, 2, 3] and tok.eos_id == 3
+  for text in lines[:2] + ["Zwei Männer, junge Männer, sind im Freien near bushes."]:  # unseen words too
+    assert tok.decode(tok.encode(text)) == text
+  assert 1 in tok.encode("Gras")  # a character never seen in training ("G") is [UNK]
+
+
+def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
+  """A short real run: the loss falls, and results.json has the test BLEU (sacreBLEU) and example translations."""
+  from experiments import runtime
+  from experiments.configs import translate_multi30k
+  c = translate_multi30k.get_config()
+  c.data.vocab_size = 1000
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=24, dropout_rate=0.0)
+  c.train.update(batch_size=16, num_steps=40, log_every=10, eval_every=0, checkpoint_every=0, parallel="none",
+                 log_mfu=False, async_checkpoint=False, tensorboard=False)
+  c.optimizer.update(warmup_steps=5, lr=3e-3)
+  c.eval.bleu_sentences = 20
+  res = runtime.run(c, str(tmp_path))
+  assert res is not None
+  recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  losses = [r["loss"] for r in recs if "loss" in r]
+  assert losses[-1] < losses[0] - 0.5
+  assert res["eval_loss"] < np.log(1000) - 0.5 and 0.0 <= res["test_bleu"] <= 100.0
+  assert res["test_bleu_signature"].startswith("BLEU = ")
+  ex = res["examples"][0]
+  assert ex["source"].startswith("A man in an orange hat") and ex["translation"] and "[EOS]" not in ex["translation"]
+  assert (tmp_path / "tokenizer.json").exists()
