@@ -19,6 +19,8 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           word2vec nearest neighbours and a - b + c queries
   fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
                                           BERT fill-in-the-blank
+  translate WORKDIR --text="A dog runs." | --bleu=test
+                                          translate with a trained encoder-decoder (greedy; sacreBLEU)
   bench [train|word2vec|nanogpt|ab] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
@@ -125,6 +127,10 @@ case "$cmd" in
   fill-mask)
     ensure_env
     exec "$PY" "$ROOT/experiments/fill_mask.py" "$@"
+    ;;
+  translate)
+    ensure_env; default_data_dir
+    exec "$PY" "$ROOT/experiments/translate.py" "$@"
     ;;
   bench)
     ensure_env; default_data_dir

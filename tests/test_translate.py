@@ -152,3 +152,13 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   ex = res["examples"][0]
   assert ex["source"].startswith("A man in an orange hat") and ex["translation"] and "[EOS]" not in ex["translation"]
   assert (tmp_path / "tokenizer.json").exists()
+
+  # the checkpoint restored for inference (no data files needed) translates as the trained params did
+  from tfjax.tasks import translate as tr
+  model, params, tokenizer, _ = tr.load_for_inference(str(tmp_path))
+  again = tr.translate_texts(model, params, tokenizer, [e["source"] for e in res["examples"]])
+  assert again == [e["translation"] for e in res["examples"]]
+  (tmp_path / "lm").mkdir()
+  (tmp_path / "lm" / "config.json").write_text(json.dumps({"task": "lm"}))
+  with pytest.raises(ValueError, match="task='lm', not a translation config"):
+    tr.load_for_inference(str(tmp_path / "lm"))

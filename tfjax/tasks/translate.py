@@ -154,17 +154,7 @@ class TranslationTask:
 
   def translate(self, params, sources: list[str], batch_size: int = 128) -> list[str]:
     """Greedy translations of ``sources`` (strings of the source language)."""
-    out = []
-    for start in range(0, len(sources), batch_size):
-      chunk = [ids[:self.max_len - 1] + [EOS_ID] for ids in self.tokenizer.encode_batch(
-          sources[start:start + batch_size])]
-      n = len(chunk)
-      chunk += [[EOS_ID]] * (batch_size - n)  # one compiled shape for every batch
-      src = pad_rows(chunk, self.max_len)
-      ids = translate(self.model, params, src, src != PAD_ID, self.max_len, bos_id=BOS_ID, eos_id=EOS_ID,
-                      pad_id=PAD_ID)
-      out += [self.tokenizer.decode([i for i in row if i not in (PAD_ID, EOS_ID)]) for row in ids[:n]]
-    return out
+    return translate_texts(self.model, params, self.tokenizer, sources, batch_size)
 
   def bleu(self, params, split: str = "test", limit: int | None = None) -> dict[str, Any]:
     """sacreBLEU of greedy translations of ``split`` (``limit``: its first pairs only) and three examples."""
@@ -179,3 +169,38 @@ class TranslationTask:
   def final_report(self, params) -> dict[str, Any]:
     n = self.config.eval.bleu_sentences
     return self.bleu(params, "test", n if n > 0 else None) if n else {}
+
+
+def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenizer, sources: list[str],
+                    batch_size: int = 128, temperature: float = 0.0, seed: int = 0) -> list[str]:
+  """Translations of ``sources`` (greedy by default; ``temperature`` > 0 samples), ``batch_size`` at a time (the
+  last batch padded, so one compiled shape serves them all). Sources longer than the context window are cut."""
+  max_len = model.cfg.max_len
+  out = []
+  for start in range(0, len(sources), batch_size):
+    chunk = [ids[:max_len - 1] + [EOS_ID] for ids in tokenizer.encode_batch(sources[start:start + batch_size])]
+    n = len(chunk)
+    chunk += [[EOS_ID]] * (batch_size - n)
+    src = pad_rows(chunk, max_len)
+    ids = translate(model, params, src, src != PAD_ID, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+                    rng=jax.random.key(seed + start), temperature=temperature)
+    out += [tokenizer.decode([i for i in row if i not in (PAD_ID, EOS_ID)]) for row in ids[:n]]
+  return out
+
+
+def load_for_inference(workdir: str, step: int | None = None
+                       ) -> tuple[EncoderDecoder, Any, wordpiece.Tokenizer, Any]:
+  """``(model, params, tokenizer, config)`` of a translation workdir: its ``config.json``, ``tokenizer.json`` and
+  the checkpoint at ``step`` (default: the latest). Needs no data files."""
+  from tfjax.train import restore
+  config = restore.load_config(workdir)
+  if config.get("task") != "translate":
+    raise ValueError(f"{workdir} was trained with task={config.get('task')!r}, not a translation config")
+  tok_path = os.path.join(workdir, "tokenizer.json")
+  if not os.path.isfile(tok_path):
+    raise FileNotFoundError(f"workdir {workdir} has no tokenizer.json")
+  tokenizer = wordpiece.Tokenizer.from_file(tok_path, eos_token=wordpiece.EOS)
+  params, _ = restore.load_params(workdir, step)
+  model_cfg = config_lib.transformer_config(config.model, tokenizer.vocab_size)
+  model = EncoderDecoder(model_cfg, num_encoder_layers=config.model.get("num_encoder_layers") or None)
+  return model, params, tokenizer, config
