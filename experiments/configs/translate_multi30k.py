@@ -1,7 +1,9 @@
 """An encoder-decoder transformer translating Multi30k captions from English to German ("Attention Is All You Need"
-at a CPU-friendly size): 3 + 3 layers, width 256, 4 heads, ReLU MLP 1024, sinusoidal positions, label smoothing 0.1,
-dropout 0.1, a joint BPE vocabulary of 8,000, tied embeddings. Blocks are pre-LN (the paper's are post-LN; pre-LN
-trains stably without its long warmup). Evaluation: validation cross-entropy; at the end, greedy BLEU (sacreBLEU) on test2016."""
+at a CPU-friendly size): 3 + 3 layers, width 256, 4 heads, ReLU MLP 1024, label smoothing 0.1, dropout 0.1, a joint
+BPE vocabulary of 8,000, tied embeddings. Blocks are pre-LN (the paper's are post-LN; pre-LN trains stably without
+its long warmup). Positions: RoPE in both stacks' self-attention. The paper's sinusoids (``model.positional=
+sinusoidal``) are added to token embeddings initialised at std 0.02 (tfjax does not scale embeddings by sqrt(D)),
+so at first they drown the tokens: 500 steps reached validation loss 5.46 with them. Evaluation: validation cross-entropy; at the end, greedy BLEU (sacreBLEU) on test2016."""
 
 import ml_collections
 
@@ -16,7 +18,7 @@ def get_config():
   c.data.target = "de"
   c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
   c.model.update(num_layers=3, num_heads=4, emb_dim=256, mlp_dim=1024, max_len=40, dropout_rate=0.1,
-                 positional="sinusoidal", activation="relu", attention_block_size=0)
+                 positional="rope", activation="relu", attention_block_size=0)
   c.model.num_encoder_layers = 0  # 0: as many as the decoder (num_layers)
   c.optimizer.update(lr=1e-3, min_lr=1e-4, warmup_steps=400, weight_decay=0.01, b2=0.98)
   c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)
