@@ -77,6 +77,21 @@ def test_cached_decoder_logits_equal_teacher_forced_logits():
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
 
 
+def test_cross_attention_cache_needs_the_source_first():
+  model, params, src, valid = _model("rope")
+  cache = init_cache(model, 3, src.shape[1])
+  step = dict(positions=np.zeros((3, 1), np.int32), decode=True, mutable=["cache"], method=EncoderDecoder.decode)
+  with pytest.raises(ValueError, match="needs the cache filled by a call with the context first"):
+    model.apply({"params": params, "cache": cache}, src[:, :1], None, valid, **step)
+  memory = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
+  first, v = model.apply({"params": params, "cache": cache}, src[:, :1], memory, valid, **step)
+  # the next step without the memory uses the source's cached keys/values: same logits as passing it again
+  step["positions"] = np.ones((3, 1), np.int32)
+  a, _ = model.apply({"params": params, "cache": v["cache"]}, src[:, 1:2], None, valid, **step)
+  b, _ = model.apply({"params": params, "cache": v["cache"]}, src[:, 1:2], memory, valid, **step)
+  np.testing.assert_array_equal(a, b)
+
+
 def test_padded_source_tokens_change_nothing():
   model, params, src, valid = _model()
   other = src.copy()

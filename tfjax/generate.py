@@ -121,7 +121,7 @@ def _translate(model, params, src, src_valid, rngs, bos_id, eos_id, pad_id, temp
   memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
   cache = init_cache(model, batch, src_len)
 
-  def step(carry, xs):
+  def step(carry, xs, memory=None):  # memory: only on the first step; later steps reuse its cached keys/values
     cache, token, done = carry
     pos, rng_t = xs
     logits, vars_ = model.apply({"params": params, "cache": cache}, token[:, None], memory, src_valid,
@@ -132,8 +132,9 @@ def _translate(model, params, src, src_valid, rngs, bos_id, eos_id, pad_id, temp
     return (vars_["cache"], nxt, done | (nxt == eos_id)), nxt
 
   start = (cache, jnp.full((batch,), bos_id, jnp.int32), jnp.zeros((batch,), bool))
-  _, out = jax.lax.scan(step, start, (jnp.arange(len(rngs), dtype=jnp.int32), rngs))
-  return out.T
+  carry, first = step(start, (jnp.int32(0), rngs[0]), memory)
+  _, rest = jax.lax.scan(step, carry, (jnp.arange(1, len(rngs), dtype=jnp.int32), rngs[1:]))
+  return jnp.concatenate([first[:, None], rest.T], axis=1)
 
 
 def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, bos_id: int, eos_id: int,

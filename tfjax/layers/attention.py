@@ -166,10 +166,12 @@ class MultiHeadAttention(nn.Module):
   otherwise (``query [D, H·Dh]`` on ``x`` and ``key_value [D, 2K·Dh]`` on ``context``). ``out [H·Dh, D]`` maps the
   heads back to the width.
 
-  With ``decode=True`` (self-attention only), keys and values are written into a ``cache`` collection
+  With ``decode=True``, self-attention writes its keys and values into a ``cache`` collection
   (``cached_key``/``cached_value [B, max_len, K, Dh]`` and ``cache_index``) and the queries attend to the whole cache:
   the mask must then have ``max_len`` keys. Initialise the cache by calling the module once with ``decode=True`` on
-  an input of shape ``[B, max_len]`` under ``init``.
+  an input of shape ``[B, max_len]`` under ``init``. Cross-attention (``cross_attention=True``) with ``decode=True``
+  keeps the context's keys and values (``cached_context_kv [B, S, 2K·Dh]``): a call with ``context`` projects and
+  stores them, a later call with ``context=None`` reuses them, so a decoder step does not re-project the source.
   """
   num_heads: int
   num_kv_heads: int | None = None
@@ -183,6 +185,7 @@ class MultiHeadAttention(nn.Module):
   out_stddev: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  cross_attention: bool = False  # keys/values from ``context`` (also when ``context`` is given without it)
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, context: jnp.ndarray | None = None,
@@ -199,14 +202,19 @@ class MultiHeadAttention(nn.Module):
     head_dim = self.head_dim or width // heads
     dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
 
-    if context is None:
+    cross = self.cross_attention or context is not None
+    if not cross:
       qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"))(x)
       q, k, v = jnp.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
     else:
-      if decode:
-        raise ValueError("decode=True is for self-attention; cross-attention keys are computed once per sequence")
       q = dense(heads * head_dim, "query", ("embed", "qkv"))(x)
-      k, v = jnp.split(dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"))(context), 2, axis=-1)
+      kv = None if context is None else dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"))(context)
+      if decode:
+        kv = self._context_cache(kv)
+      elif kv is None:
+        raise ValueError("cross-attention needs a context [B, S, D] (context=None only when decoding with a cache "
+                         "that an earlier call with the context filled)")
+      k, v = jnp.split(kv, 2, axis=-1)
     q = q.reshape(*q.shape[:2], heads, head_dim)
     k = k.reshape(*k.shape[:2], kv_heads, head_dim)
     v = v.reshape(*v.shape[:2], kv_heads, head_dim)
@@ -215,10 +223,10 @@ class MultiHeadAttention(nn.Module):
       if positions is None:
         raise ValueError("rope=True needs the token positions [B, T]")
       q = apply_rope(q, positions, self.rope_base)
-      if context is None:
+      if not cross:
         k = apply_rope(k, positions, self.rope_base)
 
-    if decode:
+    if decode and not cross:
       k, v = self._update_cache(k, v)
 
     dropout_rng = None
@@ -237,6 +245,19 @@ class MultiHeadAttention(nn.Module):
     out = _dense(width, "out", ("qkv", "embed"), self.use_bias, self.dtype, self.param_dtype,
                  stddev=self.out_stddev)(out)
     return (out, pattern) if return_pattern else out
+
+  def _context_cache(self, kv):
+    """Cross-attention while decoding: stores the context's projected ``kv [B, S, 2K·Dh]`` when given, else returns
+    the stored one."""
+    has = self.has_variable("cache", "cached_context_kv")
+    if kv is None:
+      if not has:
+        raise ValueError("decoding cross-attention with context=None needs the cache filled by a call with the "
+                         "context first")
+      return self.get_variable("cache", "cached_context_kv")
+    if not self.is_initializing():  # an empty cache (from init) has no context yet: the first real call brings it
+      self.put_variable("cache", "cached_context_kv", kv)
+    return kv
 
   def _update_cache(self, k, v):
     """Writes ``k, v [B, T, K, Dh]`` at ``cache_index`` and returns the whole cache ``[B, max_len, K, Dh]``."""

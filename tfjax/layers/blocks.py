@@ -127,8 +127,8 @@ class TransformerBlock(nn.Module):
                                                  name="attn", **attn)(
         h, mask, positions=positions, deterministic=deterministic, decode=decode), "ln_attn")
     if self.cross_attention:
-      x = residual(x, lambda h: MultiHeadAttention(name="cross_attn", **attn)(
-          h, cross_mask, context=context, deterministic=deterministic), "ln_cross")
+      x = residual(x, lambda h: MultiHeadAttention(name="cross_attn", cross_attention=True, **attn)(
+          h, cross_mask, context=context, deterministic=deterministic, decode=decode), "ln_cross")
     mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, name="mlp")
     return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp")
 

@@ -16,7 +16,9 @@ of both stacks). Padding is never inferred from ids: ``src_valid`` (True = real 
 needs no mask: it only follows the real tokens, which the causal mask already hides it from.
 
 Decoding (:func:`tfjax.generate.translate`): ``encode`` once, then ``decode(..., decode=True)`` one target position
-at a time with a KV cache for the decoder's self-attention (``cache`` collection, as in :class:`tfjax.models.gpt.GPT`).
+at a time with a KV cache (``cache`` collection, as in :class:`tfjax.models.gpt.GPT`): the decoder's self-attention
+keys and values grow by one position a step, and each cross-attention keeps the source's keys and values, projected
+on the first step (``memory``) and reused after it (``memory=None``).
 """
 
 from __future__ import annotations
@@ -83,12 +85,13 @@ class EncoderDecoder(nn.Module):
     x = self.encoder(x, mask, positions, deterministic=deterministic)
     return self.ln_encoder(x)
 
-  def decode(self, tgt: jnp.ndarray, memory: jnp.ndarray, src_valid: jnp.ndarray, *,
+  def decode(self, tgt: jnp.ndarray, memory: jnp.ndarray | None, src_valid: jnp.ndarray, *,
              positions: jnp.ndarray | None = None, deterministic: bool = True, decode: bool = False) -> jnp.ndarray:
     """Next-token logits ``[B, T, V]`` (float32) for target ids ``tgt [B, T]`` given the encoder's ``memory``.
 
     With ``decode=True`` the target's self-attention keys and values come from (and go to) the ``cache`` collection
-    and ``positions [B, T]`` (the absolute target positions of ``tgt``) are required.
+    and ``positions [B, T]`` (the absolute target positions of ``tgt``) are required; ``memory`` may then be None
+    after a first call with it (its keys and values are in the cache).
     """
     cfg = self.cfg
     batch, length = tgt.shape
