@@ -1,4 +1,5 @@
-"""Run in a subprocess with 8 fake CPU devices: trains the tiny LM under each parallel mode, prints JSON losses."""
+"""Run in a subprocess with 8 fake CPU devices: trains the tiny LM (or, with ``--translate``, a tiny translator)
+under each parallel mode, prints JSON losses."""
 
 import json
 import os
@@ -27,8 +28,28 @@ def losses(mode, **extra):
   return {"loss": [r["loss"] for r in recs if "loss" in r], "eval_loss": res["eval_loss"]}
 
 
+def translate_losses(mode):
+  from experiments.configs import translate_multi30k
+  from tfjax.tasks.translate import TranslationTask
+  c = translate_multi30k.get_config()
+  c.data.vocab_size = 500
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=24, dropout_rate=0.0)
+  c.train.update(batch_size=16, num_steps=4, log_every=1, eval_every=4, checkpoint_every=0, parallel=mode,
+                 log_mfu=False, async_checkpoint=False, tensorboard=False)
+  c.optimizer.warmup_steps = 0
+  c.eval.bleu_sentences = 0
+  with tempfile.TemporaryDirectory() as wd:
+    res = train_and_evaluate(c, wd, TranslationTask(c, wd))
+    with open(os.path.join(wd, "metrics.jsonl")) as f:
+      recs = [json.loads(l) for l in f]
+  return {"loss": [r["loss"] for r in recs if "loss" in r], "eval_loss": res["eval_loss"]}
+
+
 def main():
   assert jax.device_count() == 8, jax.devices()
+  if sys.argv[1] == "--translate":
+    print("RESULT " + json.dumps({mode: translate_losses(mode) for mode in sys.argv[2].split(",")}))
+    return
   out = {mode: losses(mode) for mode in sys.argv[1].split(",")}
   # the fsdp rules must actually shard a parameter
   config = tiny_lm_config()
