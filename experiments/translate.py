@@ -3,7 +3,8 @@
     ./launch.sh translate runs/translate_multi30k --text="A dog runs through the snow." [--text=...]
     ./launch.sh translate runs/translate_multi30k --bleu=test      # sacreBLEU of the whole test2016 set
 
-``--temperature`` > 0 samples instead of greedy decoding; ``--step`` picks a checkpoint (default: the latest).
+``--beam_size=4`` searches with 4 hypotheses; ``--temperature`` > 0 samples instead of greedy decoding; ``--step``
+picks a checkpoint (default: the latest).
 """
 
 import os
@@ -17,6 +18,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", [], "A sentence in the source language (repeat the flag for several).")
 flags.DEFINE_enum("bleu", None, ["val", "test"], "Translate a whole Multi30k split and print its sacreBLEU.")
 flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logits / temperature).")
+flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).")
+flags.DEFINE_float("length_penalty", 0.6, "Beam search: GNMT length penalty exponent (0: raw log-probabilities).")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
 
@@ -37,7 +40,8 @@ def main(argv):
     return 1
   for src, out in zip(FLAGS.text, tr.translate_texts(model, params, tokenizer, FLAGS.text,
                                                      batch_size=max(len(FLAGS.text), 1),
-                                                     temperature=FLAGS.temperature)):
+                                                     temperature=FLAGS.temperature, beam_size=FLAGS.beam_size,
+                                                     length_penalty=FLAGS.length_penalty)):
     print(f"{src}\n  -> {out}")
   if FLAGS.bleu:
     import sacrebleu
@@ -48,7 +52,8 @@ def main(argv):
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
-    hyps = tr.translate_texts(model, params, tokenizer, sources, temperature=FLAGS.temperature)
+    hyps = tr.translate_texts(model, params, tokenizer, sources, temperature=FLAGS.temperature,
+                              beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
     print(f"{FLAGS.bleu} ({len(hyps)} sentences): {sacrebleu.corpus_bleu(hyps, [refs])}")
   return 0
 

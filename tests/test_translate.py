@@ -176,6 +176,8 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   model, params, tokenizer, _ = tr.load_for_inference(str(tmp_path))
   again = tr.translate_texts(model, params, tokenizer, [e["source"] for e in res["examples"]])
   assert again == [e["translation"] for e in res["examples"]]
+  beams = tr.translate_texts(model, params, tokenizer, [e["source"] for e in res["examples"]], beam_size=3)
+  assert len(beams) == 3 and all(isinstance(b, str) and "[PAD]" not in b for b in beams)
   (tmp_path / "lm").mkdir()
   (tmp_path / "lm" / "config.json").write_text(json.dumps({"task": "lm"}))
   with pytest.raises(ValueError, match="task='lm', not a translation config"):
@@ -196,3 +198,30 @@ def test_translator_sharded_equals_single_device():
   for mode in ("dp", "fsdp"):
     np.testing.assert_allclose(res[mode]["loss"], res["none"]["loss"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(res[mode]["eval_loss"], res["none"]["eval_loss"], rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_of_width_one_is_greedy_and_wide_beams_are_exhaustive():
+  from tfjax.generate import beam_translate
+  model, params, src, valid = _model("rope")
+  greedy = translate(model, params, src, valid, 6, bos_id=BOS, eos_id=EOS)
+  ids, _ = beam_translate(model, params, src, valid, 6, beam_size=1, bos_id=BOS, eos_id=EOS, length_penalty=0.0)
+  np.testing.assert_array_equal(ids, greedy)
+  # with vocab 40 and 2 new tokens, 1600 beams hold every sequence: the result is the most probable one
+  eos = int(greedy[0, 0])  # an end token that the model likes, so that finished hypotheses compete
+  ids, score = beam_translate(model, params, src, valid, 2, beam_size=1600, bos_id=BOS, eos_id=eos,
+                              length_penalty=0.0)
+  logp1 = jax.nn.log_softmax(model.apply({"params": params}, src, valid, np.full((3, 1), BOS))[:, 0])  # [B, V]
+  best = []
+  for b in range(3):
+    seqs = []
+    for a in range(40):
+      if a == eos:
+        seqs.append((float(logp1[b, a]), [a, 0]))
+        continue
+      tgt = np.array([[BOS, a]])
+      logp2 = jax.nn.log_softmax(model.apply({"params": params}, src[b:b + 1], valid[b:b + 1], tgt)[0, 1])
+      c = int(np.argmax(logp2))
+      seqs.append((float(logp1[b, a] + logp2[c]), [a, c]))
+    best.append(max(seqs))
+  np.testing.assert_allclose(score, [s for s, _ in best], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(ids, [seq for _, seq in best])

@@ -154,3 +154,65 @@ def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, b
   out = _translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), rngs, int(bos_id), int(eos_id),
                    int(pad_id), float(temperature), top_k, top_p)
   return np.asarray(out)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "bos_id", "eos_id", "pad_id"))
+def _beam_translate(model, params, src, src_valid, max_new_tokens, beam_size, bos_id, eos_id, pad_id,
+                    length_penalty):
+  from tfjax.models.transformer import EncoderDecoder, init_cache
+  batch, src_len = src.shape
+  k = beam_size
+  src = jnp.repeat(src, k, axis=0)  # [B*K, S]: row b's beams are rows b*K .. b*K+K-1
+  src_valid = jnp.repeat(src_valid, k, axis=0)
+  memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
+  cache = init_cache(model, batch * k, src_len)
+  vocab = model.cfg.vocab_size
+  # a finished beam may only continue with pad_id, at no cost: its score stays as it was
+  finished_logp = jnp.full((vocab,), -jnp.inf).at[pad_id].set(0.0)
+
+  def step(carry, t, memory=None):
+    cache, tokens, scores, finished = carry  # tokens [B, K, N], scores / finished [B, K]
+    last = jnp.where(t == 0, bos_id, jnp.take_along_axis(tokens, jnp.maximum(t - 1, 0)[None, None, None], 2)[..., 0])
+    logits, vars_ = model.apply({"params": params, "cache": cache}, last.reshape(batch * k, 1), memory, src_valid,
+                                positions=jnp.full((batch * k, 1), t), decode=True, mutable=["cache"],
+                                method=EncoderDecoder.decode)
+    logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(batch, k, vocab)
+    logp = jnp.where(finished[..., None], finished_logp, logp)
+    cand = (scores[..., None] + logp).reshape(batch, k * vocab)
+    scores, idx = jax.lax.top_k(cand, k)  # [B, K]
+    beam, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
+    rows = (jnp.arange(batch)[:, None] * k + beam).reshape(-1)  # the parent of each new beam, in [B*K]
+    cache = jax.tree.map(lambda c: c[rows] if c.ndim and c.shape[0] == batch * k else c, vars_["cache"])
+    tokens = jnp.take_along_axis(tokens, beam[..., None], 1).at[:, :, t].set(tok)
+    finished = jnp.take_along_axis(finished, beam, 1) | (tok == eos_id)
+    return (cache, tokens, scores, finished), None
+
+  scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (batch, 1))  # one live beam at first
+  carry = (cache, jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32), scores, jnp.zeros((batch, k), bool))
+  carry, _ = step(carry, jnp.int32(0), memory)
+  (_, tokens, scores, _), _ = jax.lax.scan(step, carry, jnp.arange(1, max_new_tokens, dtype=jnp.int32))
+  lengths = jnp.sum(tokens != pad_id, axis=-1)
+  normalised = scores / ((5.0 + lengths) / 6.0) ** length_penalty  # GNMT's length penalty (0: raw log-prob)
+  best = jnp.argmax(normalised, axis=1)
+  return (jnp.take_along_axis(tokens, best[:, None, None], 1)[:, 0],
+          jnp.take_along_axis(scores, best[:, None], 1)[:, 0])
+
+
+def beam_translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, beam_size: int, bos_id: int,
+                   eos_id: int, pad_id: int = 0, length_penalty: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+  """Beam search with an :class:`tfjax.models.transformer.EncoderDecoder`: ``(ids [B, max_new_tokens], log-prob
+  [B])`` of the best of ``beam_size`` hypotheses kept at every step (scored by their summed log-probabilities; at the
+  end ranked by them divided by GNMT's length penalty ``((5 + length) / 6) ** length_penalty``). Each beam has its
+  own KV cache rows, reordered after every step. A finished hypothesis (after ``eos_id``) keeps its score and
+  continues with ``pad_id``. ``beam_size=1`` is greedy decoding."""
+  src = np.asarray(src, dtype=np.int32)
+  if src.ndim != 2 or src.shape[1] == 0:
+    raise ValueError(f"src must be [batch, length >= 1] token ids, got shape {src.shape}")
+  check_token_ids(src, model.cfg.vocab_size)
+  if not 0 < max_new_tokens <= model.cfg.max_len:
+    raise ValueError(f"max_new_tokens must be in [1, max_len={model.cfg.max_len}], got {max_new_tokens}")
+  if not 1 <= beam_size <= model.cfg.vocab_size ** min(max_new_tokens, 8):
+    raise ValueError(f"beam_size must be >= 1 (and at most vocab_size ** max_new_tokens), got {beam_size}")
+  ids, score = _beam_translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), max_new_tokens,
+                               beam_size, int(bos_id), int(eos_id), int(pad_id), float(length_penalty))
+  return np.asarray(ids), np.asarray(score)

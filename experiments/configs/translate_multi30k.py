@@ -25,5 +25,7 @@ def get_config():
   c.train.label_smoothing = 0.1
   c.eval = ml_collections.ConfigDict()
   c.eval.bleu_sentences = -1  # test2016 sentences translated for BLEU at the end (-1: all 1,000; 0: none)
+  c.eval.beam_size = 1  # 1: greedy; 4: beam search (test2016 BLEU 35.10 -> 36.80 for the shipped run, 3x the time)
+  c.eval.length_penalty = 0.6  # beam search: GNMT length penalty exponent
   del c.sample
   return c

@@ -33,7 +33,7 @@ import optax
 
 from tfjax import config as config_lib
 from tfjax.data import files, wordpiece
-from tfjax.generate import translate
+from tfjax.generate import beam_translate, translate
 from tfjax.models.transformer import EncoderDecoder, flops_per_token
 
 log = logging.getLogger("tfjax")
@@ -153,11 +153,14 @@ class TranslationTask:
                            self.config.model.num_encoder_layers or None)
 
   def translate(self, params, sources: list[str], batch_size: int = 128) -> list[str]:
-    """Greedy translations of ``sources`` (strings of the source language)."""
-    return translate_texts(self.model, params, self.tokenizer, sources, batch_size)
+    """Translations of ``sources`` (strings of the source language): greedy, or beam search with
+    ``config.eval.beam_size`` > 1."""
+    e = self.config.get("eval", {})
+    return translate_texts(self.model, params, self.tokenizer, sources, batch_size,
+                           beam_size=e.get("beam_size", 1), length_penalty=e.get("length_penalty", 0.6))
 
   def bleu(self, params, split: str = "test", limit: int | None = None) -> dict[str, Any]:
-    """sacreBLEU of greedy translations of ``split`` (``limit``: its first pairs only) and three examples."""
+    """sacreBLEU of the translations of ``split`` (``limit``: its first pairs only) and three examples."""
     import sacrebleu
     d = self.config.data
     sources, refs = self.texts[split, d.source][:limit], self.texts[split, d.target][:limit]
@@ -172,9 +175,11 @@ class TranslationTask:
 
 
 def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenizer, sources: list[str],
-                    batch_size: int = 128, temperature: float = 0.0, seed: int = 0) -> list[str]:
-  """Translations of ``sources`` (greedy by default; ``temperature`` > 0 samples), ``batch_size`` at a time (the
-  last batch padded, so one compiled shape serves them all). Sources longer than the context window are cut."""
+                    batch_size: int = 128, temperature: float = 0.0, seed: int = 0, beam_size: int = 1,
+                    length_penalty: float = 0.6) -> list[str]:
+  """Translations of ``sources``: greedy by default, ``temperature`` > 0 samples, ``beam_size`` > 1 is beam search
+  (:func:`tfjax.generate.beam_translate`); ``batch_size`` at a time (the last batch padded, so one compiled shape
+  serves them all). Sources longer than the context window are cut."""
   max_len = model.cfg.max_len
   out = []
   for start in range(0, len(sources), batch_size):
@@ -182,8 +187,12 @@ def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenize
     n = len(chunk)
     chunk += [[EOS_ID]] * (batch_size - n)
     src = pad_rows(chunk, max_len)
-    ids = translate(model, params, src, src != PAD_ID, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
-                    rng=jax.random.key(seed + start), temperature=temperature)
+    if beam_size > 1:
+      ids, _ = beam_translate(model, params, src, src != PAD_ID, max_len, beam_size=beam_size, bos_id=BOS_ID,
+                              eos_id=EOS_ID, pad_id=PAD_ID, length_penalty=length_penalty)
+    else:
+      ids = translate(model, params, src, src != PAD_ID, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
+                      rng=jax.random.key(seed + start), temperature=temperature)
     out += [tokenizer.decode([i for i in row if i not in (PAD_ID, EOS_ID)]) for row in ids[:n]]
   return out
 
