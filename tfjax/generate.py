@@ -114,6 +114,17 @@ def generate(model: Any, params: Any, prompt, max_new_tokens: int, rng: jax.Arra
 
 
 
+def _check_source(model, src, max_new_tokens: int) -> np.ndarray:
+  """``src`` as int32 ``[B, S]`` token ids in range, and ``max_new_tokens`` within the context window."""
+  src = np.asarray(src, dtype=np.int32)
+  if src.ndim != 2 or src.shape[1] == 0:
+    raise ValueError(f"src must be [batch, length >= 1] token ids, got shape {src.shape}")
+  check_token_ids(src, model.cfg.vocab_size)
+  if not 0 < max_new_tokens <= model.cfg.max_len:
+    raise ValueError(f"max_new_tokens must be in [1, max_len={model.cfg.max_len}], got {max_new_tokens}")
+  return src
+
+
 @functools.partial(jax.jit, static_argnames=("model", "bos_id", "eos_id", "pad_id", "temperature", "top_k", "top_p"))
 def _translate(model, params, src, src_valid, rngs, bos_id, eos_id, pad_id, temperature, top_k, top_p):
   from tfjax.models.transformer import EncoderDecoder, init_cache  # local: models import layers, not generate
@@ -144,12 +155,7 @@ def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, b
   with an :class:`tfjax.models.transformer.EncoderDecoder`: the source is encoded once, then the target grows from
   ``bos_id`` one position at a time with the decoder's KV cache. ``temperature = 0`` (default) is greedy decoding.
   After a sequence's ``eos_id`` (included in the output) its remaining positions are ``pad_id``."""
-  src = np.asarray(src, dtype=np.int32)
-  if src.ndim != 2 or src.shape[1] == 0:
-    raise ValueError(f"src must be [batch, length >= 1] token ids, got shape {src.shape}")
-  check_token_ids(src, model.cfg.vocab_size)
-  if not 0 < max_new_tokens <= model.cfg.max_len:
-    raise ValueError(f"max_new_tokens must be in [1, max_len={model.cfg.max_len}], got {max_new_tokens}")
+  src = _check_source(model, src, max_new_tokens)
   rngs = jax.random.split(jax.random.key(0) if rng is None else rng, max_new_tokens)
   out = _translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), rngs, int(bos_id), int(eos_id),
                    int(pad_id), float(temperature), top_k, top_p)
@@ -205,12 +211,7 @@ def beam_translate(model: Any, params: Any, src, src_valid, max_new_tokens: int,
   end ranked by them divided by GNMT's length penalty ``((5 + length) / 6) ** length_penalty``). Each beam has its
   own KV cache rows, reordered after every step. A finished hypothesis (after ``eos_id``) keeps its score and
   continues with ``pad_id``. ``beam_size=1`` is greedy decoding."""
-  src = np.asarray(src, dtype=np.int32)
-  if src.ndim != 2 or src.shape[1] == 0:
-    raise ValueError(f"src must be [batch, length >= 1] token ids, got shape {src.shape}")
-  check_token_ids(src, model.cfg.vocab_size)
-  if not 0 < max_new_tokens <= model.cfg.max_len:
-    raise ValueError(f"max_new_tokens must be in [1, max_len={model.cfg.max_len}], got {max_new_tokens}")
+  src = _check_source(model, src, max_new_tokens)
   if not 1 <= beam_size <= model.cfg.vocab_size ** min(max_new_tokens, 8):
     raise ValueError(f"beam_size must be >= 1 (and at most vocab_size ** max_new_tokens), got {beam_size}")
   ids, score = _beam_translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), max_new_tokens,
