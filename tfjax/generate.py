@@ -125,22 +125,34 @@ def _check_source(model, src, max_new_tokens: int) -> np.ndarray:
   return src
 
 
+def _encode_for_decoding(model, params, src, src_valid):
+  """``(memory, empty cache, step)`` for an encoder-decoder: ``step(cache, tokens [N], pos, memory=None) -> (logits
+  [N, V], cache)`` runs the decoder on one new position (``memory`` only on the first step; later steps reuse the
+  source's keys/values kept in the cache)."""
+  from tfjax.models.transformer import EncoderDecoder, init_cache  # local: models import layers, not generate
+  memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
+
+  def step(cache, tokens, pos, memory=None):
+    logits, vars_ = model.apply({"params": params, "cache": cache}, tokens[:, None], memory, src_valid,
+                                positions=jnp.full((tokens.shape[0], 1), pos), decode=True, mutable=["cache"],
+                                method=EncoderDecoder.decode)
+    return logits[:, -1], vars_["cache"]
+
+  return memory, init_cache(model, src.shape[0], src.shape[1]), step
+
+
 @functools.partial(jax.jit, static_argnames=("model", "bos_id", "eos_id", "pad_id", "temperature", "top_k", "top_p"))
 def _translate(model, params, src, src_valid, rngs, bos_id, eos_id, pad_id, temperature, top_k, top_p):
-  from tfjax.models.transformer import EncoderDecoder, init_cache  # local: models import layers, not generate
-  batch, src_len = src.shape
-  memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
-  cache = init_cache(model, batch, src_len)
+  batch = src.shape[0]
+  memory, cache, decode_step = _encode_for_decoding(model, params, src, src_valid)
 
-  def step(carry, xs, memory=None):  # memory: only on the first step; later steps reuse its cached keys/values
+  def step(carry, xs, memory=None):  # memory: only on the first step
     cache, token, done = carry
     pos, rng_t = xs
-    logits, vars_ = model.apply({"params": params, "cache": cache}, token[:, None], memory, src_valid,
-                                positions=jnp.full((batch, 1), pos), decode=True, mutable=["cache"],
-                                method=EncoderDecoder.decode)
-    nxt = sample_logits(logits[:, -1], rng_t, temperature, top_k, top_p)
+    logits, cache = decode_step(cache, token, pos, memory)
+    nxt = sample_logits(logits, rng_t, temperature, top_k, top_p)
     nxt = jnp.where(done, pad_id, nxt)
-    return (vars_["cache"], nxt, done | (nxt == eos_id)), nxt
+    return (cache, nxt, done | (nxt == eos_id)), nxt
 
   start = (cache, jnp.full((batch,), bos_id, jnp.int32), jnp.zeros((batch,), bool))
   carry, first = step(start, (jnp.int32(0), rngs[0]), memory)
@@ -165,38 +177,33 @@ def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, b
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "bos_id", "eos_id", "pad_id"))
 def _beam_translate(model, params, src, src_valid, max_new_tokens, beam_size, bos_id, eos_id, pad_id,
                     length_penalty):
-  from tfjax.models.transformer import EncoderDecoder, init_cache
-  batch, src_len = src.shape
-  k = beam_size
-  src = jnp.repeat(src, k, axis=0)  # [B*K, S]: row b's beams are rows b*K .. b*K+K-1
-  src_valid = jnp.repeat(src_valid, k, axis=0)
-  memory = model.apply({"params": params}, src, src_valid, method=EncoderDecoder.encode)
-  cache = init_cache(model, batch * k, src_len)
+  batch, k = src.shape[0], beam_size
+  # [B*K, S]: row b's beams are rows b*K .. b*K+K-1
+  memory, cache, decode_step = _encode_for_decoding(model, params, jnp.repeat(src, k, axis=0),
+                                                    jnp.repeat(src_valid, k, axis=0))
   vocab = model.cfg.vocab_size
   # a finished beam may only continue with pad_id, at no cost: its score stays as it was
   finished_logp = jnp.full((vocab,), -jnp.inf).at[pad_id].set(0.0)
 
   def step(carry, t, memory=None):
-    cache, tokens, scores, finished = carry  # tokens [B, K, N], scores / finished [B, K]
-    last = jnp.where(t == 0, bos_id, jnp.take_along_axis(tokens, jnp.maximum(t - 1, 0)[None, None, None], 2)[..., 0])
-    logits, vars_ = model.apply({"params": params, "cache": cache}, last.reshape(batch * k, 1), memory, src_valid,
-                                positions=jnp.full((batch * k, 1), t), decode=True, mutable=["cache"],
-                                method=EncoderDecoder.decode)
-    logp = jax.nn.log_softmax(logits[:, -1].astype(jnp.float32)).reshape(batch, k, vocab)
+    cache, tokens, last, scores, finished = carry  # tokens [B, K, N]; last, scores, finished [B, K]
+    logits, cache = decode_step(cache, last.reshape(batch * k), t, memory)
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
     logp = jnp.where(finished[..., None], finished_logp, logp)
     cand = (scores[..., None] + logp).reshape(batch, k * vocab)
     scores, idx = jax.lax.top_k(cand, k)  # [B, K]
     beam, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
     rows = (jnp.arange(batch)[:, None] * k + beam).reshape(-1)  # the parent of each new beam, in [B*K]
-    cache = jax.tree.map(lambda c: c[rows] if c.ndim and c.shape[0] == batch * k else c, vars_["cache"])
+    cache = jax.tree.map(lambda c: c[rows] if c.ndim and c.shape[0] == batch * k else c, cache)
     tokens = jnp.take_along_axis(tokens, beam[..., None], 1).at[:, :, t].set(tok)
     finished = jnp.take_along_axis(finished, beam, 1) | (tok == eos_id)
-    return (cache, tokens, scores, finished), None
+    return (cache, tokens, tok, scores, finished), None
 
   scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (batch, 1))  # one live beam at first
-  carry = (cache, jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32), scores, jnp.zeros((batch, k), bool))
+  carry = (cache, jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32), jnp.full((batch, k), bos_id, jnp.int32),
+           scores, jnp.zeros((batch, k), bool))
   carry, _ = step(carry, jnp.int32(0), memory)
-  (_, tokens, scores, _), _ = jax.lax.scan(step, carry, jnp.arange(1, max_new_tokens, dtype=jnp.int32))
+  (_, tokens, _, scores, _), _ = jax.lax.scan(step, carry, jnp.arange(1, max_new_tokens, dtype=jnp.int32))
   lengths = jnp.sum(tokens != pad_id, axis=-1)
   normalised = scores / ((5.0 + lengths) / 6.0) ** length_penalty  # GNMT's length penalty (0: raw log-prob)
   best = jnp.argmax(normalised, axis=1)

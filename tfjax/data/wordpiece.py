@@ -47,7 +47,11 @@ class Tokenizer:
     return cls(tokenizers.Tokenizer.from_file(os.fspath(path)), eos_token)
 
   def save(self, path: str | os.PathLike) -> None:
-    self.tokenizer.save(os.fspath(path))
+    """Writes ``tokenizer.json`` atomically (a temporary file, then a rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    self.tokenizer.save(tmp)
+    os.replace(tmp, path)
 
   @property
   def vocab_size(self) -> int:
@@ -121,7 +125,5 @@ def load_or_train_wordpiece(path: str | os.PathLike, texts_fn, vocab_size: int =
     return Tokenizer.from_file(path)
   tok = train_wordpiece(texts_fn(), vocab_size, min_frequency, lowercase)
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}"
-  tok.save(tmp)
-  os.replace(tmp, path)
+  tok.save(path)
   return tok

@@ -58,6 +58,12 @@ def pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
   return out
 
 
+def make_model(config: Any, vocab_size: int) -> EncoderDecoder:
+  """The :class:`EncoderDecoder` that ``config.model`` describes."""
+  return EncoderDecoder(config_lib.transformer_config(config.model, vocab_size),
+                        num_encoder_layers=config.model.get("num_encoder_layers") or None)
+
+
 class TranslationTask:
   """An :class:`EncoderDecoder` trained to translate. Implements :class:`tfjax.tasks.base.Task`."""
 
@@ -79,11 +85,10 @@ class TranslationTask:
       self.tokenizer = wordpiece.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size)
       if tok_path and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        self.tokenizer.save(tok_path + ".tmp")
-        os.replace(tok_path + ".tmp", tok_path)
-    self.model_cfg = config_lib.transformer_config(config.model, self.tokenizer.vocab_size)
+        self.tokenizer.save(tok_path)
+    self.model = make_model(config, self.tokenizer.vocab_size)
+    self.model_cfg = self.model.cfg
     self.max_len = self.model_cfg.max_len
-    self.model = EncoderDecoder(self.model_cfg, num_encoder_layers=config.model.num_encoder_layers or None)
     self.texts = text
     self.pairs = {}
     for split in SPLITS:
@@ -149,8 +154,7 @@ class TranslationTask:
     return jnp.sum(ce * w), jnp.sum(w), {"accuracy": correct}
 
   def flops_per_token(self, params) -> float:
-    return flops_per_token(self.model_cfg, params, self.max_len, self.max_len,
-                           self.config.model.num_encoder_layers or None)
+    return flops_per_token(self.model_cfg, params, self.max_len, self.max_len, self.model.num_encoder_layers)
 
   def translate(self, params, sources: list[str], batch_size: int = 128) -> list[str]:
     """Translations of ``sources`` (strings of the source language): greedy, or beam search with
@@ -210,6 +214,4 @@ def load_for_inference(workdir: str, step: int | None = None
     raise FileNotFoundError(f"workdir {workdir} has no tokenizer.json")
   tokenizer = wordpiece.Tokenizer.from_file(tok_path, eos_token=wordpiece.EOS)
   params, _ = restore.load_params(workdir, step)
-  model_cfg = config_lib.transformer_config(config.model, tokenizer.vocab_size)
-  model = EncoderDecoder(model_cfg, num_encoder_layers=config.model.get("num_encoder_layers") or None)
-  return model, params, tokenizer, config
+  return make_model(config, tokenizer.vocab_size), params, tokenizer, config
