@@ -16,8 +16,9 @@ LayerNorm, ``lm_head`` tied to the token embedding; weights N(0, 0.02), residual
 A training iteration is nanoGPT's ``train.py`` loop body at ``gradient_accumulation_steps=1``: a random batch of
 windows of the training text, forward, cross-entropy, backward, global-norm clipping at 1.0, AdamW (betas 0.9/0.99,
 weight decay 0.1 on matrices), ``zero_grad(set_to_none=True)``, with the cosine learning rate set each iteration.
-Batches are drawn with ``torch.randint`` from the encoded text in memory (nanoGPT re-opens a ``np.memmap`` each
-iteration, slightly slower). Throughput is the median of the tokens/s of 10-iteration intervals after the first, as in ``bench_train.py``.
+Batches are drawn with ``torch.randint`` from the encoded text in the device's memory (nanoGPT re-opens a ``np.memmap``
+each iteration, slightly slower). On a GPU, ``--device=cuda --dtype=bfloat16 --compile`` is nanoGPT's own setting
+there (TF32 matmuls, bfloat16 autocast, ``torch.compile``, fused AdamW). Throughput is the median of the tokens/s of 10-iteration intervals after the first, as in ``bench_train.py``.
 """
 
 import math
@@ -35,6 +36,10 @@ flags.DEFINE_enum("config", "baby", ["baby", "default"], "baby: 4/4/128 ctx 64 b
 flags.DEFINE_integer("steps", 300, "Training iterations measured.")
 flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: torch's default, one per core).")
 flags.DEFINE_string("data_dir", "", "Where tinyshakespeare/input.txt is (default: $TFJAX_DATA_DIR, then the cache).")
+flags.DEFINE_string("device", "cpu", "torch device: cpu | cuda (nanoGPT's own default on a GPU).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype: bfloat16 runs forward and loss under "
+                  "torch.autocast, as nanoGPT does on GPUs that support it (parameters stay float32).")
+flags.DEFINE_bool("compile", False, "torch.compile the model (nanoGPT's default on GPU; it used --compile=False on CPU).")
 flags.DEFINE_string("out", "bench_results/train.jsonl", "JSON lines output.")
 FLAGS = flags.FLAGS
 
@@ -92,7 +97,7 @@ def build(torch, cfg, vocab_size):
       for block in self.blocks:
         x = block(x)
       logits = self.lm_head(self.ln_f(x))
-      return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+      return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
   return GPT()
 
@@ -122,24 +127,33 @@ def main(argv):
   tokenizer = CharTokenizer.from_text(text)
   data = torch.from_numpy(tokenizer.encode(text[: int(0.9 * len(text))]).astype(np.int64))
   torch.manual_seed(1337)
-  model = build(torch, cfg, tokenizer.vocab_size)
+  device = torch.device(FLAGS.device)
+  if device.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True  # as nanoGPT's train.py
+    torch.backends.cudnn.allow_tf32 = True
+  data = data.to(device)
+  model = build(torch, cfg, tokenizer.vocab_size).to(device)
   model.train()
+  forward = torch.compile(model) if FLAGS.compile else model
+  autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=FLAGS.dtype == "bfloat16")
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=1e-3, betas=(0.9, 0.99))
+                          lr=1e-3, betas=(0.9, 0.99), fused=device.type == "cuda")
   b, t = cfg["batch_size"], cfg["block_size"]
 
   def get_batch():
-    ix = torch.randint(len(data) - t, (b,))
-    return torch.stack([data[i:i + t] for i in ix]), torch.stack([data[i + 1:i + 1 + t] for i in ix])
+    ix = torch.randint(len(data) - t, (b,), device=device)
+    windows = data[ix[:, None] + torch.arange(t + 1, device=device)]  # [b, t + 1], one gather
+    return windows[:, :-1], windows[:, 1:]
 
   rates, t_last = [], time.perf_counter()
   for it in range(FLAGS.steps):
     for group in opt.param_groups:
       group["lr"] = lr_at(it, cfg["max_iters"])
     x, y = get_batch()
-    loss = model(x, y)
+    with autocast:
+      loss = forward(x, y)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -156,7 +170,7 @@ def main(argv):
     raise app.UsageError("--steps must be at least 20 (the first 10 iterations are warm-up)")
   name = {"baby": "baby 4/4/128 ctx64 b12", "default": "nanoGPT 6/6/384 ctx256 b64"}[FLAGS.config]
   rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "implementation": f"nanoGPT (torch {torch.__version__})",
-         "threads": torch.get_num_threads(), "ld_preload": os.environ.get("LD_PRELOAD", ""), "config": name,
+         "threads": torch.get_num_threads(), "device": str(device), "dtype": FLAGS.dtype, "compile": FLAGS.compile, "ld_preload": os.environ.get("LD_PRELOAD", ""), "config": name,
          "steps": FLAGS.steps,
          "tokens_per_s": statistics.median(rates), "tokens_per_s_p10": sorted(rates)[len(rates) // 10],
          "step_ms": 1e3 * b * t / statistics.median(rates)}

@@ -3,12 +3,17 @@
 import os
 import pathlib
 
+import jax
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _shared = ROOT.parent / "shared" / "data"
 if "TFJAX_DATA_DIR" not in os.environ and _shared.is_dir():
   os.environ["TFJAX_DATA_DIR"] = str(_shared)
+
+# Tests compare against float32/float64 references: on GPUs (TF32) and TPUs (bf16 passes) a float32 matmul's default
+# precision is lower than that, so tests ask for full float32 matmuls everywhere (a no-op on CPUs).
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_collection_modifyitems(config, items):

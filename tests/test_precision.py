@@ -107,3 +107,19 @@ def test_bfloat16_logits_are_computed_in_float32(setup):
   rounded = np.asarray(jnp.asarray(logits).astype(jnp.bfloat16).astype(jnp.float32))
   # float32 logits are almost never exactly representable in bfloat16; bfloat16 ones always are
   assert np.mean(logits == rounded) < 0.5
+
+
+def test_embedding_gradient_is_summed_in_float32_under_bfloat16_compute():
+  """The lookup's backward pass scatter-adds every position's gradient into its row: in bfloat16 4,096 adds of 1
+  would stop at 256 (8-bit mantissa); gathered in float32 and cast after, the sum is exact."""
+  from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding
+  ids = jnp.zeros((2, 2048), jnp.int32)
+  for module in (TokenEmbedding(8, 4, dtype=jnp.bfloat16), LearnedPositionalEmbedding(8, 4, dtype=jnp.bfloat16)):
+    params = module.init(jax.random.key(0), ids)["params"]
+    out = module.apply({"params": params}, ids)
+    assert out.dtype == jnp.bfloat16
+    grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p}, ids).astype(jnp.float32)))(params)
+    g = nn.unbox(grads)["embedding"]
+    assert g.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(g[0]), np.full(4, 4096.0))
+    np.testing.assert_array_equal(np.asarray(g[1:]), 0.0)

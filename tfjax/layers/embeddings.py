@@ -38,6 +38,16 @@ def embed_init(stddev: float = 0.02):
   return nn.initializers.normal(stddev=stddev)
 
 
+def lookup(table: jnp.ndarray, ids: jnp.ndarray, dtype: Dtype) -> jnp.ndarray:
+  """Rows ``table[ids]`` (``[V, D]``, ``[...]`` -> ``[..., D]``) in ``dtype``, gathered before the cast.
+
+  Gathering from the table in its own dtype (float32) and casting the rows keeps the backward pass, a scatter-add of
+  every position's gradient into its row, in float32: a bfloat16 scatter-add rounds each sum to 8 bits (4,096 adds of 1
+  stop at 256) and on an H100 took 31 ms of a 40 ms 6/6/384 step (its atomics), against ~0.3 ms in float32.
+  """
+  return jnp.take(table, ids, axis=0).astype(dtype)
+
+
 class TokenEmbedding(nn.Module):
   """Embedding lookup ``ids [B, T] (int) -> [B, T, D]``; :meth:`unembed` maps ``[B, T, D] -> logits [B, T, V]``.
 
@@ -57,7 +67,7 @@ class TokenEmbedding(nn.Module):
   def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
     if not isinstance(ids, jax.core.Tracer):
       check_token_ids(ids, self.vocab_size)
-    return jnp.take(jnp.asarray(self.embedding, self.dtype), ids, axis=0)
+    return lookup(self.embedding, ids, self.dtype)
 
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
     """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
@@ -92,7 +102,7 @@ class LearnedPositionalEmbedding(nn.Module):
   def __call__(self, positions: jnp.ndarray) -> jnp.ndarray:
     table = self.param("embedding", nn.with_logical_partitioning(embed_init(self.stddev), (None, "embed")),
                        (self.max_len, self.features), self.param_dtype)
-    return jnp.take(jnp.asarray(table, self.dtype), positions, axis=0)
+    return lookup(table, positions, self.dtype)
 
 
 def sinusoidal_positions(positions: jnp.ndarray, features: int, max_timescale: float = 10_000.0,
