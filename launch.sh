@@ -13,7 +13,7 @@ Usage: ./launch.sh COMMAND [ARGS...]
   train CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]
                                           train experiments/configs/CONFIG.py (default workdir: runs/CONFIG);
                                           relaunching the same command resumes from the workdir's checkpoints
-  sample WORKDIR [--prompt=TEXT] [--num_tokens=N] [--temperature=T] [--top_k=K] [--top_p=P]
+  sample WORKDIR [--prompt=TEXT] [--num_tokens=N] [--temperature=T] [--top_k=K] [--top_p=P] [--best]
                                           generate text from a trained GPT workdir or a Hugging Face GPT-2 dir
   query WORKDIR|--vectors=FILE --neighbors=WORD | --analogy=a,b,c
                                           word2vec nearest neighbours and a - b + c queries

@@ -18,6 +18,7 @@ flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1: off).")
 flags.DEFINE_integer("num_samples", 1, "Independent samples.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_bool("best", False, "The parameters with the lowest evaluation loss (runs with train.keep_best).")
 flags.DEFINE_bool("no_cache", False, "Full forward pass per token instead of the KV cache.")
 FLAGS = flags.FLAGS
 
@@ -41,8 +42,8 @@ def load(path):
     raise app.UsageError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
   tokenizer = CharTokenizer.load(os.path.join(path, "tokenizer.json"))
   model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
-  params, step = load_params(path, FLAGS.step)
-  print(f"# {path}: step {step}", file=sys.stderr)
+  params, step = load_params(path, FLAGS.step, best=FLAGS.best)
+  print(f"# {path}: {'best, ' if FLAGS.best else ''}step {step}", file=sys.stderr)
   return model, params, tokenizer.encode, tokenizer.decode
 
 
@@ -52,7 +53,12 @@ def main(argv):
   import jax
   import numpy as np
   from tfjax.generate import generate
-  model, params, encode, decode = load(argv[1])
+  from tfjax.train.checkpoint import CheckpointError
+  try:
+    model, params, encode, decode = load(argv[1])
+  except (FileNotFoundError, CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   prompt = np.asarray(encode(FLAGS.prompt or "\n"), np.int32)[None, :]
   prompt = np.repeat(prompt, FLAGS.num_samples, axis=0)
   out = generate(model, params, prompt, FLAGS.num_tokens, jax.random.key(FLAGS.seed), temperature=FLAGS.temperature,

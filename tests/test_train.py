@@ -90,6 +90,33 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
   assert la == lb  # the resumed run logs each step once, with the same values
 
 
+def test_keep_best_keeps_the_parameters_of_the_lowest_eval_loss(tmp_path, monkeypatch):
+  """Scripted eval losses 3, 2, 1, 1.5, 1.2 at steps 0, 5, 10, 15, 20: best/ holds step 10's parameters, equal to the
+  regular checkpoint of step 10, also after a relaunch whose later evaluation is worse."""
+  from tfjax.train import loop
+  from tfjax.train.restore import load_params
+  scripted = iter([3.0, 2.0, 1.0, 1.5, 1.2, 1.1])
+  monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"eval_loss": next(scripted)})
+  overrides = {"train.num_steps": 15, "optimizer.decay_steps": 20, "train.eval_every": 5, "train.checkpoint_every": 5,
+               "train.max_to_keep": 10, "train.keep_best": True}
+  config = tiny_lm_config(**overrides)
+  results = train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
+  assert results["best_eval_step"] == results["best_checkpoint_step"] == 10
+  config = tiny_lm_config(**{**overrides, "train.num_steps": 20})  # relaunch: resumes at 15, evaluates 1.2 at 20
+  results = train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
+  assert (results["eval_loss"], results["best_eval_step"], results["best_checkpoint_step"]) == (1.2, 10, 10)
+  best, best_step = load_params(str(tmp_path), best=True)
+  at_10, _ = load_params(str(tmp_path), step=10)
+  last, _ = load_params(str(tmp_path))
+  assert best_step == 10 and sorted(os.listdir(tmp_path / "best")) == ["10"]
+  for x, y, z in zip(jax.tree.leaves(best), jax.tree.leaves(at_10), jax.tree.leaves(last)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert any(not np.array_equal(np.asarray(x), np.asarray(z)) for x, z in zip(jax.tree.leaves(best),
+                                                                               jax.tree.leaves(last)))
+  with pytest.raises(ckpt_lib.CheckpointError, match="keep_best"):
+    load_params(str(tmp_path / "nothing"), best=True)
+
+
 def test_gradient_accumulation_equals_one_big_batch():
   # plain SGD: the update is proportional to the gradient (Adam's first step, g/|g|, would amplify rounding)
   config = tiny_lm_config(**{"optimizer.warmup_steps": 0, "optimizer.name": "sgd", "optimizer.b1": 0.0,

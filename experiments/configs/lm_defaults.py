@@ -64,6 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.eval_steps = 20  # batches per evaluation
   c.train.checkpoint_every = 250
   c.train.max_to_keep = 3
+  # also keep the parameters of the lowest evaluation loss in WORKDIR/best (./launch.sh sample WORKDIR --best)
+  c.train.keep_best = False
   c.train.parallel = "auto"  # auto | none | pmap | dp | fsdp
   c.train.skip_nonfinite = False
   c.train.restore_fallback = False  # restore an earlier checkpoint if the latest is unreadable

@@ -28,6 +28,20 @@ def make_manager(workdir: str, max_to_keep: int, async_save: bool = True) -> ocp
       "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
+def make_best_manager(workdir: str, async_save: bool = True) -> ocp.CheckpointManager:
+  """The parameters with the lowest evaluation loss so far, in ``WORKDIR/best/<step>`` (one kept; atomic saves)."""
+  directory = os.path.join(os.path.abspath(workdir), "best")
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(directory, options=options, item_handlers={
+      "params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, params: Any, meta: dict) -> None:
+  manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
+               force=True)
+
+
 def complete_steps(manager: ocp.CheckpointManager) -> list[int]:
   """Steps whose checkpoint directory was finalised (holds orbax's metadata file), oldest first."""
   steps = []

@@ -179,6 +179,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     state_sh = jax.tree.map(lambda _: single, abstract)
 
   manager = ckpt_lib.make_manager(workdir, t.max_to_keep, async_save=t.async_checkpoint)
+  best_manager = ckpt_lib.make_best_manager(workdir, t.async_checkpoint) if t.get("keep_best", False) else None
   abstract_sh = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
   state, start_step = None, 0
   steps = ckpt_lib.complete_steps(manager)
@@ -322,6 +323,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
           last_record.update(ev)
           if ev["eval_loss"] < best["eval_loss"]:
             best = {"eval_loss": ev["eval_loss"], "step": done}
+            if best_manager is not None:
+              ckpt_lib.save_best(best_manager, done, host_params(state), {"step": done, **ev})
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last:
         if pending is not None:  # check this step's metrics first: a NaN step must not become the last checkpoint
           consume(*pending)
@@ -336,6 +339,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
           pending = None
         save(done, force=True)
         manager.wait_until_finished()
+        if best_manager is not None:
+          best_manager.wait_until_finished()
+          best_manager.close()
         log.warning("SIGTERM: saved a checkpoint at step %d in %s; relaunch the same command to resume", done,
                     workdir)
         manager.close()
@@ -361,6 +367,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       "wall_time_s": time.perf_counter() - run_start, "num_params": int(n_params),
       "parallel": mode, "device_count": jax.device_count(),
   })
+  if best_manager is not None:
+    best_manager.wait_until_finished()
+    results["best_checkpoint_step"] = (ckpt_lib.complete_steps(best_manager) or [None])[-1]
   if memory:
     results["step_memory_bytes"] = memory
   if flops_per_token and peak and rates:
@@ -382,6 +391,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       log.warning("could not draw loss.png: %s", e)
   manager.wait_until_finished()
   manager.close()
+  if best_manager is not None:
+    best_manager.wait_until_finished()
+    best_manager.close()
   writer.close()
   if "sample" in results:
     log.info("sample:\n%s", results["sample"])

@@ -9,7 +9,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from tfjax.train.checkpoint import CheckpointError, complete_steps, make_manager
+from tfjax.train.checkpoint import CheckpointError, complete_steps, make_best_manager, make_manager
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -20,8 +20,13 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
-def load_params(workdir: str, step: int | None = None):
-  """The parameters of the latest (or given) checkpoint of ``workdir`` as a tree of arrays, and the step."""
+def load_params(workdir: str, step: int | None = None, best: bool = False):
+  """The parameters of the latest (or given) checkpoint of ``workdir`` as a tree of arrays, and the step.
+
+  ``best=True``: those with the lowest evaluation loss, kept in ``WORKDIR/best`` by runs with ``train.keep_best``.
+  """
+  if best:
+    return _load_best(workdir, step)
   manager = make_manager(workdir, max_to_keep=1000, async_save=False)
   try:
     steps = complete_steps(manager)
@@ -39,5 +44,28 @@ def load_params(workdir: str, step: int | None = None):
     state = restored["state"]
     params = state["params"] if isinstance(state, dict) else state.params
     return params, step
+  finally:
+    manager.close()
+
+
+def _load_best(workdir: str, step: int | None):
+  if step is not None:
+    raise CheckpointError("the best checkpoint has its own step: ask for best or for a step, not both")
+  directory = os.path.join(os.path.abspath(workdir), "best")
+  if not os.path.isdir(directory):
+    raise CheckpointError(f"{workdir} has no best/ checkpoint: train with --config.train.keep_best=True (it is kept "
+                          "at every evaluation that lowers the loss), or load the latest checkpoint instead")
+  manager = make_best_manager(workdir, async_save=False)
+  try:
+    steps = complete_steps(manager)
+    if not steps:
+      raise CheckpointError(f"no complete checkpoint in {directory}: the run has not evaluated yet")
+    try:
+      one_device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      restored = manager.restore(steps[-1], args=ocp.args.Composite(
+          params=ocp.args.StandardRestore(fallback_sharding=one_device)))
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f"cannot read the best checkpoint {directory}/{steps[-1]}: {type(e).__name__}: {e}") from e
+    return restored["params"], steps[-1]
   finally:
     manager.close()
