@@ -123,3 +123,49 @@ def test_embedding_gradient_is_summed_in_float32_under_bfloat16_compute():
     assert g.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(g[0]), np.full(4, 4096.0))
     np.testing.assert_array_equal(np.asarray(g[1:]), 0.0)
+
+
+def _dot_precisions(jaxpr):
+  """The ``precision`` of every dot_general in ``jaxpr`` and its sub-jaxprs (jit, remat, custom_jvp, scan...)."""
+  out = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      out.append(eqn.params["precision"])
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else [value]:
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          out += _dot_precisions(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          out += _dot_precisions(sub)
+  return out
+
+
+@pytest.mark.parametrize("model_name", ["gpt", "bert", "encoder_decoder"])
+def test_precision_reaches_every_matmul_forward_and_backward(model_name):
+  """``model.precision`` is a parameter of every matmul of the three models (projections, attention scores and values,
+  MLP, unembedding), in the forward pass and in the gradients: with "highest", no dot is left at the default."""
+  from tfjax.layers.blocks import TransformerConfig
+  from tfjax.models.bert import BERT
+  from tfjax.models.transformer import EncoderDecoder
+  cfg = TransformerConfig(vocab_size=40, num_layers=2, num_heads=2, emb_dim=16, max_len=8,
+                          positional="learned" if model_name == "bert" else "rope",
+                          attention_impl="reference", tie_embeddings=model_name != "gpt", precision="highest")
+  ids = jnp.arange(16, dtype=jnp.int32).reshape(2, 8) % 40
+  valid = jnp.ones((2, 8), bool)
+  model, args = {"gpt": (GPT(cfg), (ids,)), "bert": (BERT(cfg), (ids, valid)),
+                 "encoder_decoder": (EncoderDecoder(cfg), (ids, valid, ids))}[model_name]
+  params = model.init(jax.random.key(0), *args)["params"]
+  loss = lambda p: jnp.sum(model.apply({"params": p}, *args)[..., :3])  # noqa: E731
+  with jax.default_matmul_precision("bfloat16"):  # a matmul that ignores model.precision would show DEFAULT
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr
+  precisions = _dot_precisions(jaxpr)
+  assert len(precisions) >= 10
+  assert all(p is not None and {str(x) for x in p} == {"HIGHEST"} for p in precisions), precisions
+
+
+def test_precision_must_be_a_known_name():
+  from tfjax import config as config_lib
+  from tfjax.config import ConfigError
+  c = tiny_lm_config(**{"model.precision": "tf32"})
+  with pytest.raises(ConfigError, match="precision must be one of"):
+    config_lib.transformer_config(c.model, 65)

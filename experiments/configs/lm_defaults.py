@@ -39,6 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.attention_block_size = 64
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
   c.model.param_dtype = "float32"
+  # float32 matmuls on GPUs/TPUs: default (TF32 / bfloat16 passes, fast) | high | highest (full float32); CPUs: same
+  c.model.precision = "default"
   c.model.remat = "none"  # none | full | dots | dots_no_batch
   c.model.scan_layers = False
 

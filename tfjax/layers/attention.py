@@ -18,6 +18,7 @@ masked query row, never NaN.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ import numpy as np
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.dropout import dropout
 from tfjax.layers.embeddings import apply_rope
-from tfjax.layers.linear import Dense
+from tfjax.layers.linear import Dense, Precision
 
 Dtype = Any
 Implementation = Literal["reference", "xla", "cudnn", "auto"]
@@ -45,7 +46,7 @@ def _repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
 
 
 def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
-                      scale: float | None = None) -> jnp.ndarray:
+                      scale: float | None = None, precision: Precision = None) -> jnp.ndarray:
   """The attention pattern ``[B, H, T, S]``: softmax over keys of the masked, scaled scores ``q·kᵀ/√Dh``.
 
   Scores and softmax are computed in float32. Masked entries are set to -inf before the softmax; a row whose keys are
@@ -54,7 +55,7 @@ def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None =
   num_heads, head_dim = q.shape[2], q.shape[3]
   k = _repeat_kv(k, num_heads)
   scale = head_dim ** -0.5 if scale is None else scale
-  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32, precision=precision) * scale
   if mask is None:
     return jax.nn.softmax(scores, axis=-1)
   scores = jnp.where(mask, scores, -jnp.inf)
@@ -71,17 +72,19 @@ def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None =
 
 
 def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float = 0.0,
-                        dropout_rng: jax.Array | None = None, return_pattern: bool = False):
+                        dropout_rng: jax.Array | None = None, return_pattern: bool = False,
+                        precision: Precision = None):
   """Textbook attention ``[B, T, H, Dh]`` (and the attention pattern ``[B, H, T, S]`` if ``return_pattern``).
 
   Dropout, when ``dropout_rate > 0`` and a ``dropout_rng`` is given, is applied to the attention pattern.
+  ``precision`` is that of both matmuls (scores and the weighted sum of values).
   """
-  pattern = attention_pattern(q, k, mask, scale)
+  pattern = attention_pattern(q, k, mask, scale, precision)
   weights = pattern
   if dropout_rate > 0.0 and dropout_rng is not None:
     weights = dropout(weights, dropout_rate, dropout_rng)
   v = _repeat_kv(v, q.shape[2])
-  out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v).astype(q.dtype)
+  out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v, precision=precision).astype(q.dtype)
   return (out, pattern) if return_pattern else out
 
 
@@ -109,7 +112,8 @@ def query_blocks(mask, q_len: int, kv_len: int, block_size: int) -> list[tuple[i
 
 
 def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation = "auto", scale=None,
-                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, block_size: int = 0):
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, block_size: int = 0,
+                          precision: Precision = None):
   """Attention ``[B, T, H, Dh]`` by the chosen implementation.
 
   ``"reference"`` is :func:`reference_attention`; ``"xla"``/``"cudnn"`` call :func:`jax.nn.dot_product_attention`
@@ -140,23 +144,28 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
       rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, i)
       outs.append(dot_product_attention(
           q[:, q0:q1], k[:, k0:k1], v[:, k0:k1], None if block_mask.all() else block_mask,
-          implementation=implementation, scale=scale, dropout_rate=dropout_rate, dropout_rng=rng))
+          implementation=implementation, scale=scale, dropout_rate=dropout_rate, dropout_rng=rng,
+          precision=precision))
     return jnp.concatenate(outs, axis=1)
   if implementation == "auto" and jax.default_backend() != "gpu":
     implementation = "reference"
   if implementation == "reference" or (dropout_rate > 0.0 and dropout_rng is not None):
-    return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng)
-  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
-                                     implementation=None if implementation == "auto" else implementation)
+    return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                               precision=precision)
+  # jax.nn.dot_product_attention takes no precision argument: its XLA einsums follow the default matmul precision
+  with (contextlib.nullcontext() if precision is None else
+        jax.default_matmul_precision(precision if isinstance(precision, str) else precision.name.lower())):
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                       implementation=None if implementation == "auto" else implementation)
   if mask is not None:  # jax returns the mean of the values for a fully masked row; tfjax returns zeros
     any_valid = jnp.any(mask, axis=-1)  # [B|1, H|1, T]
     out = out * jnp.swapaxes(any_valid, 1, 2)[..., None].astype(out.dtype)
   return out
 
 
-def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02):
+def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02, precision=None):
   return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stddev=stddev, axes=axes,
-               name=name)
+               precision=precision, name=name)
 
 
 class MultiHeadAttention(nn.Module):
@@ -186,6 +195,7 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   cross_attention: bool = False  # keys/values from ``context`` (also when ``context`` is given without it)
+  precision: Precision = None  # of every matmul: projections, scores, weighted values
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, context: jnp.ndarray | None = None,
@@ -200,7 +210,8 @@ class MultiHeadAttention(nn.Module):
       raise ValueError(f"num_heads={heads} does not divide the width {width}; choose heads dividing it "
                        "or set head_dim explicitly")
     head_dim = self.head_dim or width // heads
-    dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+    dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                              precision=self.precision)
 
     cross = self.cross_attention or context is not None
     if not cross:
@@ -236,14 +247,13 @@ class MultiHeadAttention(nn.Module):
       if mask is not None:
         masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
       out, pattern = reference_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                         return_pattern=True)
+                                         return_pattern=True, precision=self.precision)
     else:
       out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                  block_size=self.block_size)
+                                  block_size=self.block_size, precision=self.precision)
     out = out.reshape(*out.shape[:2], heads * head_dim)
-    out = _dense(width, "out", ("qkv", "embed"), self.use_bias, self.dtype, self.param_dtype,
-                 stddev=self.out_stddev)(out)
+    out = dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev)(out)
     return (out, pattern) if return_pattern else out
 
   def _context_cache(self, kv):

@@ -25,6 +25,7 @@ from tfjax.layers.dropout import Dropout
 from tfjax.layers.mlp import ACTIVATIONS, MLP
 
 Dtype = Any
+PRECISIONS = ("default", "high", "highest")
 POSITIONALS = ("learned", "sinusoidal", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
@@ -55,6 +56,8 @@ class TransformerConfig:
   attention_block_size: int = 0  # >0: queries in blocks that skip keys a static (e.g. causal) mask hides
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
+  # float32 matmuls on GPUs/TPUs: "default" lets them use TF32 / bfloat16 passes (fast); "highest" is full float32
+  precision: str = "default"  # default | high | highest
   remat: str = "none"  # none | full | dots | dots_no_batch
   scan_layers: bool = False
 
@@ -76,6 +79,7 @@ class TransformerConfig:
         (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
         (self.attention_impl in IMPLEMENTATIONS,
          f"attention_impl must be one of {IMPLEMENTATIONS}, got {self.attention_impl!r}"),
+        (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
         (self.attention_block_size >= 0,
          f"attention_block_size must be >= 0 (0: no blocks), got {self.attention_block_size}"),
         (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}"),
@@ -115,7 +119,7 @@ class TransformerBlock(nn.Module):
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
                 block_size=cfg.attention_block_size,
-                out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+                out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision)
     drop = Dropout(cfg.dropout_rate)
 
     def residual(x, branch, norm_name):
@@ -129,7 +133,8 @@ class TransformerBlock(nn.Module):
     if self.cross_attention:
       x = residual(x, lambda h: MultiHeadAttention(name="cross_attn", cross_attention=True, **attn)(
           h, cross_mask, context=context, deterministic=deterministic, decode=decode), "ln_cross")
-    mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, name="mlp")
+    mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, cfg.precision,
+              name="mlp")
     return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp")
 
 

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.layers.linear import Dense
+from tfjax.layers.linear import Dense, Precision
 
 Dtype = Any
 
@@ -58,6 +58,7 @@ class TokenEmbedding(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   stddev: float = 0.02
+  precision: Precision = None  # of the unembedding matmul
 
   def setup(self):
     self.embedding = self.param(
@@ -73,7 +74,8 @@ class TokenEmbedding(nn.Module):
     """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # one 2-D matmul (see tfjax.layers.linear)
     # inputs in the compute dtype, products accumulated and returned in float32: logits are never rounded to bf16
-    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T, preferred_element_type=jnp.float32)
+    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T, preferred_element_type=jnp.float32,
+                     precision=self.precision)
     return logits.reshape(*x.shape[:-1], self.vocab_size)
 
 
@@ -83,11 +85,12 @@ class Unembed(nn.Module):
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  precision: Precision = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     return Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 axes=("embed", "vocab"), out_dtype=jnp.float32, name="kernel_dense")(x)
+                 axes=("embed", "vocab"), out_dtype=jnp.float32, precision=self.precision, name="kernel_dense")(x)
 
 
 class LearnedPositionalEmbedding(nn.Module):

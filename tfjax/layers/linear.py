@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 Dtype = Any
+# jax.lax.Precision, its name ("default" | "high" | "highest"), or None: how float32 matmuls run on GPUs and TPUs
+Precision = Any
 
 
 class Dense(nn.Module):
@@ -25,6 +27,7 @@ class Dense(nn.Module):
   stddev: float = 0.02
   axes: Sequence[str | None] = ("embed", "mlp")
   out_dtype: Dtype | None = None  # e.g. float32 logits from bfloat16 inputs (accumulated in that dtype)
+  precision: Precision = None  # the matmul's precision: None/"default" (TF32 on GPUs, bf16 passes on TPUs) | "highest"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -32,7 +35,7 @@ class Dense(nn.Module):
                         (x.shape[-1], self.features), self.param_dtype)
     lead = x.shape[:-1]
     y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype),
-                preferred_element_type=self.out_dtype)
+                preferred_element_type=self.out_dtype, precision=self.precision)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
                         (self.features,), self.param_dtype)

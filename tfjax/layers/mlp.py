@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.linear import Dense
+from tfjax.layers.linear import Dense, Precision
 
 Dtype = Any
 
@@ -42,6 +42,7 @@ class MLP(nn.Module):
   out_stddev: float = 0.02
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  precision: Precision = None
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
@@ -49,7 +50,7 @@ class MLP(nn.Module):
 
     def dense(features, name, axes, stddev=0.02):
       return Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, stddev=stddev,
-                   axes=axes, name=name)
+                   axes=axes, precision=self.precision, name=name)
 
     h = dense(self.hidden_dim, "fc_in", ("embed", "mlp"))(x)
     if self.activation == "swiglu":

@@ -41,7 +41,7 @@ class MLMHead(nn.Module):
   @nn.compact
   def __call__(self, x: jnp.ndarray, embed: TokenEmbedding | None) -> jnp.ndarray:
     cfg = self.cfg
-    h = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="dense",
+    h = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision, name="dense",
                  kernel_init=nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed", "mlp")),
                  bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)))(x)
     h = get_activation(cfg.activation)(h)
@@ -49,7 +49,8 @@ class MLMHead(nn.Module):
     if embed is not None:
       logits = embed.unembed(h)
     else:
-      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="unembed")(h)
+      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
+                       name="unembed")(h)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,),
                       cfg.param_dtype)
     return logits + jnp.asarray(bias, logits.dtype)
@@ -102,7 +103,8 @@ class BERT(nn.Module):
     else:
       mask = None
 
-    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="embed")
+    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
+                           name="embed")
     x = embed(input_ids)
     x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
         positions)

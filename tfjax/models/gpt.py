@@ -48,7 +48,8 @@ class GPT(nn.Module):
         raise ValueError("decode=True needs the absolute positions [B, T] of the new tokens")
       positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))  # static: see apply_rope
 
-    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="embed")
+    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
+                           name="embed")
     x = embed(ids)
     if cfg.positional == "learned":
       x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
@@ -65,7 +66,8 @@ class GPT(nn.Module):
     if cfg.tie_embeddings:
       logits = embed.unembed(x)
     else:
-      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name="unembed")(x)
+      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
+                       name="unembed")(x)
     return logits.astype(jnp.float32)
 
 

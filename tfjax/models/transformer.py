@@ -48,7 +48,8 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="embed")
+    self.embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
+                                name="embed")
     if cfg.positional == "learned":
       self.src_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
       self.tgt_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
@@ -58,7 +59,7 @@ class EncoderDecoder(nn.Module):
     self.ln_encoder = make_norm(cfg, "ln_encoder")
     self.ln_decoder = make_norm(cfg, "ln_decoder")
     if not cfg.tie_embeddings:
-      self.unembed = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+      self.unembed = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision)
     self.dropout = Dropout(cfg.dropout_rate)
 
   def _check_length(self, n: int, what: str):
