@@ -169,3 +169,7 @@ def test_precision_must_be_a_known_name():
   c = tiny_lm_config(**{"model.precision": "tf32"})
   with pytest.raises(ConfigError, match="precision must be one of"):
     config_lib.transformer_config(c.model, 65)
+  # "default" leaves the matmuls to JAX's default, so jax.default_matmul_precision (as tests/conftest.py) applies
+  assert config_lib.transformer_config(tiny_lm_config().model, 65).precision is None
+  c = tiny_lm_config(**{"model.precision": "highest"})
+  assert config_lib.transformer_config(c.model, 65).precision == "highest"

@@ -68,6 +68,8 @@ def transformer_config(model: Any, vocab_size: int, **overrides) -> TransformerC
       value = None
     if key in ("dtype", "param_dtype"):
       value = get_dtype(value, f"model.{key}")
+    if key == "precision" and value == "default":
+      value = None  # JAX's default, so that jax.default_matmul_precision still applies
     kwargs[key] = value
   kwargs.update(overrides)
   try:

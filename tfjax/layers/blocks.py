@@ -56,8 +56,9 @@ class TransformerConfig:
   attention_block_size: int = 0  # >0: queries in blocks that skip keys a static (e.g. causal) mask hides
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
-  # float32 matmuls on GPUs/TPUs: "default" lets them use TF32 / bfloat16 passes (fast); "highest" is full float32
-  precision: str = "default"  # default | high | highest
+  # float32 matmuls on GPUs/TPUs: None follows JAX's default (TF32 / bfloat16 passes, fast, and whatever
+  # jax.default_matmul_precision sets); "high" | "highest" (full float32) fix it for every matmul of the model
+  precision: str | None = None
   remat: str = "none"  # none | full | dots | dots_no_batch
   scan_layers: bool = False
 
@@ -79,7 +80,8 @@ class TransformerConfig:
         (self.activation in ACTIVATIONS, f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}"),
         (self.attention_impl in IMPLEMENTATIONS,
          f"attention_impl must be one of {IMPLEMENTATIONS}, got {self.attention_impl!r}"),
-        (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
+        (self.precision is None or self.precision in PRECISIONS,
+         f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
         (self.attention_block_size >= 0,
          f"attention_block_size must be >= 0 (0: no blocks), got {self.attention_block_size}"),
         (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}"),
