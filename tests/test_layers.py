@@ -10,7 +10,7 @@ import pytest
 
 from tfjax.layers import attention, masks
 from tfjax.layers.blocks import TransformerConfig, TransformerStack
-from tfjax.layers.embeddings import apply_rope, sinusoidal_positions
+from tfjax.layers.embeddings import TokenEmbedding, apply_rope, sinusoidal_positions
 from tfjax.models.gpt import GPT
 
 B, T, S, H, DH = 2, 7, 9, 4, 8
@@ -356,3 +356,21 @@ def test_blocked_attention_with_dropout_keeps_the_rate_and_the_causal_structure(
   g = jax.grad(lambda k: attention.dot_product_attention(q[:, :2], k, v, mask[:, :, :2], dropout_rate=0.5,
                                                          dropout_rng=jax.random.key(3), block_size=1).sum())(k)
   assert np.all(np.asarray(g)[:, 2:] == 0.0)
+
+
+def test_embed_scale_multiplies_the_lookup_by_sqrt_width_not_the_unembedding():
+  from tfjax.layers.blocks import TransformerConfig
+  from tfjax.models.gpt import GPT
+  ids = jnp.array([[1, 2, 3]], jnp.int32)
+  plain = TokenEmbedding(10, 16)
+  params = plain.init(jax.random.key(0), ids)
+  scaled = TokenEmbedding(10, 16, scale=4.0)
+  np.testing.assert_allclose(scaled.apply(params, ids), 4.0 * plain.apply(params, ids), rtol=1e-6)
+  x = jax.random.normal(jax.random.key(1), (1, 3, 16))
+  np.testing.assert_array_equal(scaled.apply(params, x, method="unembed"), plain.apply(params, x, method="unembed"))
+  # in the GPT: the same parameters give different logits, and scaling by sqrt(16) is what embed_scale does
+  cfg = TransformerConfig(vocab_size=10, num_layers=1, num_heads=2, emb_dim=16, max_len=8, positional="sinusoidal")
+  p = GPT(cfg).init(jax.random.key(0), ids)["params"]
+  a = GPT(cfg).apply({"params": p}, ids)
+  b = GPT(dataclasses.replace(cfg, embed_scale=True)).apply({"params": p}, ids)
+  assert not np.allclose(a, b)

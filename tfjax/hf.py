@@ -268,6 +268,8 @@ def _check_exportable(cfg: TransformerConfig, what: str, pre_ln: bool) -> None:
     problems.append(f"positional={cfg.positional!r} (needs 'learned')")
   if cfg.norm != "layernorm":
     problems.append(f"norm={cfg.norm!r} (needs 'layernorm')")
+  if cfg.embed_scale:
+    problems.append("embed_scale=True (its embeddings are not scaled)")
   if not cfg.use_bias:
     problems.append("use_bias=False")
   if cfg.num_kv_heads not in (None, cfg.num_heads):

@@ -27,6 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
   # RoPE: with the baby config it reaches val loss 1.78 at 2000 steps where learned positions reach 1.88 (as nanoGPT).
   c.model.positional = "rope"  # learned | sinusoidal | rope | none
   c.model.rope_base = 10000.0
+  # token embeddings times sqrt(emb_dim) (the paper's): with sinusoidal positions of amplitude 1 and embeddings of
+  # std 0.02 the positions otherwise drown the tokens at first
+  c.model.embed_scale = False
   c.model.norm = "layernorm"  # layernorm | rmsnorm
   c.model.norm_eps = 1e-5
   c.model.use_bias = False

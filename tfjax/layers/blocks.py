@@ -45,6 +45,7 @@ class TransformerConfig:
   dropout_rate: float = 0.0  # embeddings and residual branches
   attention_dropout_rate: float = 0.0  # on the attention pattern (uses the reference attention when training)
   positional: str = "learned"  # learned | sinusoidal | rope | none
+  embed_scale: bool = False  # token embeddings times sqrt(emb_dim), as in "Attention Is All You Need"
   rope_base: float = 10_000.0
   norm: str = "layernorm"  # layernorm | rmsnorm
   norm_eps: float = 1e-5

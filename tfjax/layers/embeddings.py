@@ -51,7 +51,9 @@ def lookup(table: jnp.ndarray, ids: jnp.ndarray, dtype: Dtype) -> jnp.ndarray:
 class TokenEmbedding(nn.Module):
   """Embedding lookup ``ids [B, T] (int) -> [B, T, D]``; :meth:`unembed` maps ``[B, T, D] -> logits [B, T, V]``.
 
-  The table is ``embedding [V, D]`` in ``param_dtype``; lookups and logits are computed in ``dtype``.
+  The table is ``embedding [V, D]`` in ``param_dtype``; lookups and logits are computed in ``dtype``. Looked-up rows
+  are multiplied by ``scale`` (√D in "Attention Is All You Need", so that tokens are not drowned by sinusoidal
+  positions of amplitude 1); the unembedding uses the table unscaled.
   """
   vocab_size: int
   features: int
@@ -59,6 +61,7 @@ class TokenEmbedding(nn.Module):
   param_dtype: Dtype = jnp.float32
   stddev: float = 0.02
   precision: Precision = None  # of the unembedding matmul
+  scale: float = 1.0
 
   def setup(self):
     self.embedding = self.param(
@@ -68,7 +71,8 @@ class TokenEmbedding(nn.Module):
   def __call__(self, ids: jnp.ndarray) -> jnp.ndarray:
     if not isinstance(ids, jax.core.Tracer):
       check_token_ids(ids, self.vocab_size)
-    return lookup(self.embedding, ids, self.dtype)
+    rows = lookup(self.embedding, ids, self.dtype)
+    return rows if self.scale == 1.0 else rows * jnp.asarray(self.scale, rows.dtype)
 
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
     """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""

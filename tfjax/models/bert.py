@@ -104,7 +104,7 @@ class BERT(nn.Module):
       mask = None
 
     embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                           name="embed")
+                           scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
     x = embed(input_ids)
     x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
         positions)

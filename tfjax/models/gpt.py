@@ -49,7 +49,7 @@ class GPT(nn.Module):
       positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))  # static: see apply_rope
 
     embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                           name="embed")
+                           scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
     x = embed(ids)
     if cfg.positional == "learned":
       x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(

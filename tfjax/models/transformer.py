@@ -49,7 +49,7 @@ class EncoderDecoder(nn.Module):
   def setup(self):
     cfg = self.cfg
     self.embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                                name="embed")
+                                scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
     if cfg.positional == "learned":
       self.src_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
       self.tgt_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
