@@ -160,6 +160,7 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
                  log_mfu=False, async_checkpoint=False, tensorboard=False)
   c.optimizer.update(warmup_steps=5, lr=3e-3)
   c.eval.bleu_sentences = 20
+  c.data.length_buckets = "12,16"  # three batch shapes: the loop compiles each
   res = runtime.run(c, str(tmp_path))
   assert res is not None
   recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -225,3 +226,43 @@ def test_beam_search_of_width_one_is_greedy_and_wide_beams_are_exhaustive():
     best.append(max(seqs))
   np.testing.assert_allclose(score, [s for s, _ in best], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(ids, [seq for _, seq in best])
+
+
+def test_length_buckets_draw_every_pair_alike_and_pad_to_the_bucket():
+  """Each batch is one bucket's pairs padded to that bucket (nothing cut), a pure function of the step, split the same
+  across processes; buckets are drawn in proportion to their sizes, so every pair is drawn with the same probability."""
+  from experiments.configs import translate_multi30k
+  from tfjax.config import ConfigError
+  from tfjax.tasks.translate import TranslationTask
+  c = translate_multi30k.get_config()
+  c.data.vocab_size = 1000
+  c.data.length_buckets = "12,16,24"
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32)
+  c.train.batch_size = 8
+  task = TranslationTask(c)
+  lengths, rows = task.buckets
+  assert lengths == [12, 16, 24, 32] and sum(len(r) for r in rows) == len(task.pairs["train"][0])
+  src, tgt = task.pairs["train"]
+  counts = np.zeros(len(lengths))
+  for step in range(1500):
+    batch = task.train_batch(step)
+    width = batch["src"].shape[1]
+    b = lengths.index(width)
+    counts[b] += 1
+    assert all(a.shape == (8, width) for a in batch.values())
+    if step < 50:
+      for name in batch:
+        np.testing.assert_array_equal(batch[name], task.train_batch(step)[name])
+        halves = [task.train_batch(step, i, 2)[name] for i in range(2)]
+        np.testing.assert_array_equal(np.concatenate(halves), batch[name])
+    # every pair whole: as many real source tokens and target weights as the pair has, and too long for a shorter bucket
+    n_src, n_tgt = (batch["src"] != 0).sum(1), batch["weights"].sum(1).astype(int)
+    need = np.maximum(n_src, n_tgt)
+    assert (need <= width).all() and (b == 0 or (need > lengths[b - 1]).all())
+    assert {len(s) for s in src}.issuperset(n_src) and {len(t) + 1 for t in tgt}.issuperset(n_tgt)
+  share = np.array([len(r) for r in rows]) / len(src)
+  np.testing.assert_allclose(counts / counts.sum(), share, atol=0.04)
+  for bad in ("12,x", "1,16", "12,64"):
+    c.data.length_buckets = bad
+    with pytest.raises(ConfigError, match="length_buckets"):
+      task._make_buckets(bad)

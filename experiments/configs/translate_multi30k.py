@@ -17,6 +17,8 @@ def get_config():
   c.data.source = "en"  # en | de | fr
   c.data.target = "de"
   c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
+  # "16,24,32": batches of pairs of similar length, padded to their bucket (the context window is the last bucket)
+  c.data.length_buckets = ""
   c.model.update(num_layers=3, num_heads=4, emb_dim=256, mlp_dim=1024, max_len=40, dropout_rate=0.1,
                  positional="rope", activation="relu", attention_block_size=0)
   c.model.num_encoder_layers = 0  # 0: as many as the decoder (num_layers)

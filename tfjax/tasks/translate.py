@@ -13,6 +13,13 @@ Training pairs longer than the context window are left out (their count is logge
 are cut to fit. The training batch at step ``s`` draws ``batch_size`` pairs with ``numpy.random.default_rng([seed,
 s])``: a pure function of (seed, step), so a resumed run sees the same batches.
 
+Length buckets (``config.data.length_buckets``, e.g. ``"16,24,32"``; the context window is the last bucket): each
+training pair belongs to the shortest bucket that holds it (source and target), and the batch at step ``s`` first
+draws a bucket with probability proportional to its number of pairs, then ``batch_size`` pairs from it, padded to
+the bucket's length. Every pair is still drawn with the same probability, so the expected gradient is unchanged,
+while the padding, which at one width of 40 is ~2/3 of the positions (median pair: 13 tokens), mostly goes. Each
+bucket is one more compiled shape of the train step.
+
 Loss: cross-entropy with label smoothing ``config.train.label_smoothing`` while training; evaluation reports the plain
 cross-entropy per target token (so ``exp(eval_loss)`` is the perplexity) over the whole validation set. At the end,
 :meth:`TranslationTask.final_report` translates the test set greedily (KV cache, :func:`tfjax.generate.translate`) and
@@ -106,24 +113,58 @@ class TranslationTask:
       self.pairs[split] = (src, tgt)
     self.batch_size = config.train.batch_size
     self.seed = config.seed
+    self.buckets = self._make_buckets(str(d.get("length_buckets", "")))
+    # one batch shape (the loop then runs its ahead-of-time compiled step), or one per bucket (jit compiles each)
+    self.fixed_batch_shape = self.buckets is None
+
+  def _make_buckets(self, spec: str):
+    """``(lengths, rows of each bucket)`` of the training pairs for ``"L1,L2,..."``, or None for ``""``."""
+    if not spec.strip():
+      return None
+    try:
+      lengths = sorted({int(x) for x in spec.split(",") if x.strip()} | {self.max_len})
+    except ValueError:
+      raise config_lib.ConfigError(f"config key 'data.length_buckets' must be comma-separated lengths such as "
+                                   f"'16,24,32', got {spec!r}") from None
+    if lengths[0] < 2 or lengths[-1] > self.max_len:
+      raise config_lib.ConfigError(f"config key 'data.length_buckets' must hold lengths in [2, model.max_len="
+                                   f"{self.max_len}], got {spec!r}")
+    src, tgt = self.pairs["train"]
+    need = np.maximum([len(s) for s in src], [len(t) + 1 for t in tgt])  # [BOS] + target / target + [EOS]
+    which = np.searchsorted(lengths, need)  # the shortest bucket >= need
+    rows = [np.flatnonzero(which == b) for b in range(len(lengths))]
+    keep = [b for b in range(len(lengths)) if len(rows[b])]
+    lengths, rows = [lengths[b] for b in keep], [rows[b] for b in keep]
+    log.info("translate: length buckets %s hold %s training pairs", lengths, [len(r) for r in rows])
+    return lengths, rows
 
   # -- batches -------------------------------------------------------------------------------------------------------
-  def make_batch(self, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The padded arrays (see the module docstring) of the pairs ``rows`` of ``split``; ``-1`` rows are empty."""
+  def make_batch(self, split: str, rows: np.ndarray, length: int | None = None) -> dict[str, np.ndarray]:
+    """The padded arrays (see the module docstring) of the pairs ``rows`` of ``split``, ``length`` (default: the
+    context window) wide; ``-1`` rows are empty."""
+    length = length or self.max_len
     src, tgt = self.pairs[split]
     s = [src[i] if i >= 0 else [] for i in rows]
     t = [tgt[i] if i >= 0 else None for i in rows]
-    targets = pad_rows([x + [EOS_ID] if x is not None else [] for x in t], self.max_len)
-    return {"src": pad_rows(s, self.max_len),
-            "inputs": pad_rows([[BOS_ID] + x if x is not None else [] for x in t], self.max_len),
+    targets = pad_rows([x + [EOS_ID] if x is not None else [] for x in t], length)
+    return {"src": pad_rows(s, length),
+            "inputs": pad_rows([[BOS_ID] + x if x is not None else [] for x in t], length),
             "targets": targets, "weights": (targets != PAD_ID).astype(np.float32)}
 
   def train_batch(self, step, shard=0, num_shards=1):
     if self.batch_size % num_shards:
       raise ValueError(f"batch_size={self.batch_size} does not divide into {num_shards} processes")
-    rows = np.random.default_rng([self.seed, step]).integers(0, len(self.pairs["train"][0]), self.batch_size)
+    rng = np.random.default_rng([self.seed, step])
+    length = None
+    if self.buckets is None:
+      rows = rng.integers(0, len(self.pairs["train"][0]), self.batch_size)
+    else:
+      lengths, bucket_rows = self.buckets
+      sizes = np.array([len(r) for r in bucket_rows], np.float64)
+      b = rng.choice(len(lengths), p=sizes / sizes.sum())
+      rows, length = bucket_rows[b][rng.integers(0, len(bucket_rows[b]), self.batch_size)], lengths[b]
     per = self.batch_size // num_shards
-    return self.make_batch("train", rows[shard * per:(shard + 1) * per])
+    return self.make_batch("train", rows[shard * per:(shard + 1) * per], length)
 
   def eval_batches(self, shard=0, num_shards=1):
     """The whole validation set in batches of ``batch_size`` rows (the last one padded with empty rows)."""

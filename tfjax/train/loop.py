@@ -222,7 +222,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   try:
     compiled = step_fn.lower(state, put_train(task.train_batch(start_step, pid, nproc))).compile()
     memory = memory_stats(compiled)
-    if mode != "pmap":
+    if mode != "pmap" and getattr(task, "fixed_batch_shape", True):  # else jit compiles each batch shape it meets
       step_fn = compiled
   except Exception as e:  # pylint: disable=broad-except
     log.warning("could not compile the step ahead of time for memory_analysis: %s", e)
@@ -244,7 +244,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   for rec in metrics_lib.read_metrics(workdir):
     if "eval_loss" in rec and rec["eval_loss"] < best["eval_loss"]:
       best = {"eval_loss": rec["eval_loss"], "step": rec["step"]}
-  rates, pending, window, skipped = [], None, [], 0
+  rates, pending, window, skipped, tokens_since_log = [], None, [], 0, 0
   last_log_time, last_log_step = time.perf_counter(), start_step
   run_start = time.perf_counter()
   last_record: dict[str, Any] = {}
@@ -252,9 +252,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   def save(step: int, force: bool = False):
     ckpt_lib.save(manager, step, host_state(state), {"step": step, "config": config.to_json()}, force=force)
 
-  def consume(step: int, metrics) -> None:
+  def consume(step: int, metrics, tokens: int) -> None:
     """Host side of a finished step: NaN check, then logging on log steps."""
-    nonlocal last_log_time, last_log_step, skipped, last_record
+    nonlocal last_log_time, last_log_step, skipped, last_record, tokens_since_log
     m = jax.device_get(metrics)
     if mode == "pmap":
       m = jax.tree.map(lambda x: np.asarray(x)[0], m)
@@ -265,11 +265,12 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
                                  f"in {workdir}/checkpoints. Lower the learning rate or enable "
                                  "--config.train.skip_nonfinite=True.")
     window.append(m)
+    tokens_since_log += tokens
     done = step + 1
     if done % t.log_every == 0 or done == t.num_steps:
       now = time.perf_counter()
       dt = now - last_log_time
-      tokens_per_s = tokens_per_step * (done - last_log_step) / dt
+      tokens_per_s = tokens_since_log / dt
       if last_log_step > start_step:  # the first interval includes compilation
         rates.append(tokens_per_s)
       eta = (t.num_steps - done) * dt / max(done - last_log_step, 1)
@@ -287,9 +288,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s%s | ETA %s", done, t.num_steps, rec["loss"], rec["lr"],
                f"{tokens_per_s:,.0f}", mfu, metrics_lib.format_duration(eta))
       window.clear()
-      last_log_time, last_log_step = now, done
+      last_log_time, last_log_step, tokens_since_log = now, done, 0
 
-  tokens_per_step = tokens_in(task.train_batch(start_step, pid, nproc)) * nproc
   if start_step == 0 and t.eval_every and t.num_steps > 0:  # the curve starts at the initial loss
     ev0 = evaluate(task, eval_fn, host_params(state), put_batch)
     if ev0:
@@ -306,7 +306,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       # data-parallel steps make XLA's all-reduce rendezvous time out)
       if pending is not None:
         consume(*pending)
-      pending = (step, metrics)
+      pending = (step, metrics, tokens_in(batch) * nproc)  # positions of the global batch
       done = step + 1
       if profile and done == profile[1] and profile[0] >= start_step:
         jax.block_until_ready(state)
