@@ -156,16 +156,19 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   c = translate_multi30k.get_config()
   c.data.vocab_size = 1000
   c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=24, dropout_rate=0.0)
-  c.train.update(batch_size=16, num_steps=40, log_every=10, eval_every=0, checkpoint_every=0, parallel="none",
+  c.train.update(batch_size=16, num_steps=40, log_every=10, eval_every=20, checkpoint_every=0, parallel="none",
                  log_mfu=False, async_checkpoint=False, tensorboard=False)
   c.optimizer.update(warmup_steps=5, lr=3e-3)
   c.eval.bleu_sentences = 20
+  c.eval.val_bleu_sentences = 10
   c.data.length_buckets = "12,16"  # three batch shapes: the loop compiles each
   res = runtime.run(c, str(tmp_path))
   assert res is not None
   recs = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
   losses = [r["loss"] for r in recs if "loss" in r]
   assert losses[-1] < losses[0] - 0.5
+  bleu = {r["step"]: r["eval_bleu"] for r in recs if "eval_bleu" in r}  # at each evaluation after step 0
+  assert sorted(bleu) == [20, 40] and all(0.0 <= b <= 100.0 for b in bleu.values())
   assert res["eval_loss"] < np.log(1000) - 0.5 and 0.0 <= res["test_bleu"] <= 100.0
   assert res["test_bleu_signature"].startswith("BLEU = ")
   ex = res["examples"][0]

@@ -214,6 +214,11 @@ class TranslationTask:
     return {f"{split}_bleu": bleu.score, f"{split}_bleu_signature": str(bleu), "examples": [
         {"source": s, "reference": r, "translation": h} for s, r, h in list(zip(sources, refs, hyps))[:3]]}
 
+  def eval_report(self, params) -> dict[str, float]:
+    """At each periodic evaluation: greedy sacreBLEU on the validation set (``eval.val_bleu_sentences`` of it)."""
+    n = self.config.eval.get("val_bleu_sentences", 0)
+    return {"eval_bleu": self.bleu(params, "val", n if n > 0 else None)["val_bleu"]} if n else {}
+
   def final_report(self, params) -> dict[str, Any]:
     n = self.config.eval.bleu_sentences
     return self.bleu(params, "test", n if n > 0 else None) if n else {}

@@ -317,6 +317,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
         consume(*pending)
         pending = None
         ev = evaluate(task, eval_fn, host_params(state), put_batch)
+        if ev and hasattr(task, "eval_report") and nproc == 1:  # e.g. the translator's BLEU (one process: its
+          ev.update(task.eval_report(host_params(state)))        # decoding runs on this process's devices)
         if ev:
           writer.write({"step": done, **ev})
           log.info("step %d | %s", done, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
