@@ -19,7 +19,7 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           word2vec nearest neighbours and a - b + c queries
   fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
                                           BERT fill-in-the-blank
-  translate WORKDIR --text="A dog runs." | --bleu=test
+  translate WORKDIR --text="A dog runs." | --bleu=test [--beam_size=4] [--best]
                                           translate with a trained encoder-decoder (greedy; sacreBLEU)
   bench [train|word2vec|nanogpt|ab] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);

@@ -21,6 +21,7 @@ flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logi
 flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).")
 flags.DEFINE_float("length_penalty", 0.6, "Beam search: GNMT length penalty exponent (0: raw log-probabilities).")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
+flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation loss (runs with train.keep_best).")
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
 
 
@@ -34,7 +35,7 @@ def main(argv):
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
   try:
-    model, params, tokenizer, config = tr.load_for_inference(argv[1], FLAGS.step)
+    model, params, tokenizer, config = tr.load_for_inference(argv[1], FLAGS.step, best=FLAGS.best)
   except (FileNotFoundError, ValueError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

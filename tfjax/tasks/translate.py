@@ -247,10 +247,11 @@ def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenize
   return out
 
 
-def load_for_inference(workdir: str, step: int | None = None
+def load_for_inference(workdir: str, step: int | None = None, best: bool = False
                        ) -> tuple[EncoderDecoder, Any, wordpiece.Tokenizer, Any]:
   """``(model, params, tokenizer, config)`` of a translation workdir: its ``config.json``, ``tokenizer.json`` and
-  the checkpoint at ``step`` (default: the latest). Needs no data files."""
+  the checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, with ``train.keep_best``).
+  Needs no data files."""
   from tfjax.train import restore
   config = restore.load_config(workdir)
   if config.get("task") != "translate":
@@ -259,5 +260,5 @@ def load_for_inference(workdir: str, step: int | None = None
   if not os.path.isfile(tok_path):
     raise FileNotFoundError(f"workdir {workdir} has no tokenizer.json")
   tokenizer = wordpiece.Tokenizer.from_file(tok_path, eos_token=wordpiece.EOS)
-  params, _ = restore.load_params(workdir, step)
+  params, _ = restore.load_params(workdir, step, best=best)
   return make_model(config, tokenizer.vocab_size), params, tokenizer, config
