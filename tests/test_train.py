@@ -4,6 +4,7 @@ and bad inputs give clear errors."""
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -91,18 +92,21 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path):
 
 
 def test_keep_best_keeps_the_parameters_of_the_lowest_eval_loss(tmp_path, monkeypatch):
-  """Scripted eval losses 3, 2, 1, 1.5, 1.2 at steps 0, 5, 10, 15, 20: best/ holds step 10's parameters, equal to the
-  regular checkpoint of step 10, also after a relaunch whose later evaluation is worse."""
+  """Scripted eval losses 3, 2, 1, 1.5 at steps 0, 5, 10, 15, then a relaunch from step 5 (as if killed after best/10
+  was written, before checkpoint 10 was) evaluating 1, 1.5, 1.2 at 10, 15, 20: best/ holds step 10's parameters,
+  equal to the regular checkpoint of step 10 and not to the last one."""
   from tfjax.train import loop
   from tfjax.train.restore import load_params
-  scripted = iter([3.0, 2.0, 1.0, 1.5, 1.2, 1.1])
+  scripted = iter([3.0, 2.0, 1.0, 1.5, 1.0, 1.5, 1.2])
   monkeypatch.setattr(loop, "evaluate", lambda *a, **k: {"eval_loss": next(scripted)})
   overrides = {"train.num_steps": 15, "optimizer.decay_steps": 20, "train.eval_every": 5, "train.checkpoint_every": 5,
                "train.max_to_keep": 10, "train.keep_best": True}
   config = tiny_lm_config(**overrides)
   results = train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
   assert results["best_eval_step"] == results["best_checkpoint_step"] == 10
-  config = tiny_lm_config(**{**overrides, "train.num_steps": 20})  # relaunch: resumes at 15, evaluates 1.2 at 20
+  for step in ("10", "15"):
+    shutil.rmtree(tmp_path / "checkpoints" / step)
+  config = tiny_lm_config(**{**overrides, "train.num_steps": 20})  # relaunch: resumes at 5
   results = train_and_evaluate(config, str(tmp_path), LMTask(config, str(tmp_path)))
   assert (results["eval_loss"], results["best_eval_step"], results["best_checkpoint_step"]) == (1.2, 10, 10)
   best, best_step = load_params(str(tmp_path), best=True)

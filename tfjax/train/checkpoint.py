@@ -38,6 +38,8 @@ def make_best_manager(workdir: str, async_save: bool = True) -> ocp.CheckpointMa
 
 
 def save_best(manager: ocp.CheckpointManager, step: int, params: Any, meta: dict) -> None:
+  if step in manager.all_steps():  # a run killed after saving it resumed from an earlier step and got here again
+    manager.delete(step)
   manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
                force=True)
 
