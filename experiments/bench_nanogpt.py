@@ -18,7 +18,8 @@ windows of the training text, forward, cross-entropy, backward, global-norm clip
 weight decay 0.1 on matrices), ``zero_grad(set_to_none=True)``, with the cosine learning rate set each iteration.
 Batches are drawn with ``torch.randint`` from the encoded text in the device's memory (nanoGPT re-opens a ``np.memmap``
 each iteration, slightly slower). On a GPU, ``--device=cuda --dtype=bfloat16 --compile`` is nanoGPT's own setting
-there (TF32 matmuls, bfloat16 autocast, ``torch.compile``, fused AdamW). Throughput is the median of the tokens/s of 10-iteration intervals after the first, as in ``bench_train.py``.
+there (TF32 matmuls, bfloat16 autocast, ``torch.compile``, fused AdamW). Throughput is the median of the tokens/s of
+10-iteration intervals after the first, as in ``bench_train.py``.
 """
 
 import math
@@ -39,7 +40,8 @@ flags.DEFINE_string("data_dir", "", "Where tinyshakespeare/input.txt is (default
 flags.DEFINE_string("device", "cpu", "torch device: cpu | cuda (nanoGPT's own default on a GPU).")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype: bfloat16 runs forward and loss under "
                   "torch.autocast, as nanoGPT does on GPUs that support it (parameters stay float32).")
-flags.DEFINE_bool("compile", False, "torch.compile the model (nanoGPT's default on GPU; it used --compile=False on CPU).")
+flags.DEFINE_bool("compile", False, "torch.compile the model (nanoGPT's default on GPU; its CPU figures used "
+                  "--compile=False).")
 flags.DEFINE_string("out", "bench_results/train.jsonl", "JSON lines output.")
 FLAGS = flags.FLAGS
 
@@ -170,7 +172,8 @@ def main(argv):
     raise app.UsageError("--steps must be at least 20 (the first 10 iterations are warm-up)")
   name = {"baby": "baby 4/4/128 ctx64 b12", "default": "nanoGPT 6/6/384 ctx256 b64"}[FLAGS.config]
   rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "implementation": f"nanoGPT (torch {torch.__version__})",
-         "threads": torch.get_num_threads(), "device": str(device), "dtype": FLAGS.dtype, "compile": FLAGS.compile, "ld_preload": os.environ.get("LD_PRELOAD", ""), "config": name,
+         "threads": torch.get_num_threads(), "device": str(device), "dtype": FLAGS.dtype, "compile": FLAGS.compile,
+         "ld_preload": os.environ.get("LD_PRELOAD", ""), "config": name,
          "steps": FLAGS.steps,
          "tokens_per_s": statistics.median(rates), "tokens_per_s_p10": sorted(rates)[len(rates) // 10],
          "step_ms": 1e3 * b * t / statistics.median(rates)}

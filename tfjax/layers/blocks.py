@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from tfjax.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
 from tfjax.layers.dropout import Dropout
+from tfjax.layers.embeddings import TokenEmbedding, Unembed
 from tfjax.layers.mlp import ACTIVATIONS, MLP
 
 Dtype = Any
@@ -102,6 +103,17 @@ def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=cfg.dtype, param_dtype=cfg.param_dtype, name=name)
   return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.use_bias, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                       name=name)
+
+
+def make_token_embedding(cfg: TransformerConfig, name: str | None = None) -> TokenEmbedding:
+  """The token embedding of ``cfg`` (its dtypes and matmul precision; rows times √D with ``embed_scale``)."""
+  return TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
+                        scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name=name)
+
+
+def make_unembed(cfg: TransformerConfig, name: str | None = None) -> Unembed:
+  """The untied unembedding of ``cfg``: ``[..., D] -> logits [..., V]`` in float32."""
+  return Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision, name=name)
 
 
 class TransformerBlock(nn.Module):

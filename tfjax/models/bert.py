@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
-from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from tfjax.layers.mlp import get_activation
 
 
@@ -49,8 +49,7 @@ class MLMHead(nn.Module):
     if embed is not None:
       logits = embed.unembed(h)
     else:
-      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
-                       name="unembed")(h)
+      logits = make_unembed(cfg, name="unembed")(h)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,),
                       cfg.param_dtype)
     return logits + jnp.asarray(bias, logits.dtype)
@@ -103,8 +102,7 @@ class BERT(nn.Module):
     else:
       mask = None
 
-    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                           scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
+    embed = make_token_embedding(cfg, name="embed")
     x = embed(input_ids)
     x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
         positions)

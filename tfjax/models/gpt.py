@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.layers import masks as masks_lib
-from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed, sinusoidal_positions
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions
 
 
 class GPT(nn.Module):
@@ -48,8 +48,7 @@ class GPT(nn.Module):
         raise ValueError("decode=True needs the absolute positions [B, T] of the new tokens")
       positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))  # static: see apply_rope
 
-    embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                           scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
+    embed = make_token_embedding(cfg, name="embed")
     x = embed(ids)
     if cfg.positional == "learned":
       x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
@@ -66,8 +65,7 @@ class GPT(nn.Module):
     if cfg.tie_embeddings:
       logits = embed.unembed(x)
     else:
-      logits = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
-                       name="unembed")(x)
+      logits = make_unembed(cfg, name="unembed")(x)
     return logits.astype(jnp.float32)
 
 

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.layers import masks as masks_lib
-from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm
+from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding, Unembed, sinusoidal_positions
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions
 
 
 class EncoderDecoder(nn.Module):
@@ -48,8 +48,7 @@ class EncoderDecoder(nn.Module):
 
   def setup(self):
     cfg = self.cfg
-    self.embed = TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                                scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name="embed")
+    self.embed = make_token_embedding(cfg, name="embed")
     if cfg.positional == "learned":
       self.src_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
       self.tgt_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
@@ -59,7 +58,7 @@ class EncoderDecoder(nn.Module):
     self.ln_encoder = make_norm(cfg, "ln_encoder")
     self.ln_decoder = make_norm(cfg, "ln_decoder")
     if not cfg.tie_embeddings:
-      self.unembed = Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision)
+      self.unembed = make_unembed(cfg)
     self.dropout = Dropout(cfg.dropout_rate)
 
   def _check_length(self, n: int, what: str):
