@@ -269,3 +269,36 @@ def test_length_buckets_draw_every_pair_alike_and_pad_to_the_bucket():
     c.data.length_buckets = bad
     with pytest.raises(ConfigError, match="length_buckets"):
       task._make_buckets(bad)
+
+
+def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_sqrt_step():
+  """fairseq's inverse_sqrt: lr = peak·step/warmup, then peak·sqrt(warmup/step); through the optimizer config too."""
+  import ml_collections
+  from tfjax.config import ConfigError, validate_train_config
+  from tfjax.train.optimizer import inverse_sqrt_schedule, make_optimizer
+  from experiments.configs import translate_multi30k
+  peak, warmup = 0.005, 2000
+  sched = inverse_sqrt_schedule(peak, warmup)
+  for step, want in [(0, 0.0), (500, peak / 4), (1999, peak * 1999 / 2000), (2000, peak), (8000, peak / 2),
+                     (18000, peak / 3), (200000, peak / 10)]:
+    np.testing.assert_allclose(float(sched(step)), want, rtol=1e-6, atol=1e-12, err_msg=f"step {step}")
+  no_warmup = inverse_sqrt_schedule(1.0, 0)
+  np.testing.assert_allclose([float(no_warmup(s)) for s in (0, 1, 4, 100)], [1.0, 1.0, 0.5, 0.1], rtol=1e-6)
+  with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+    inverse_sqrt_schedule(1.0, -1)
+  # the config's optimizer uses it: update n (0-based) is made with schedule(n)
+  c = translate_multi30k.get_config()
+  c.optimizer.update(schedule="inverse_sqrt", lr=peak, warmup_steps=4, grad_clip=0.0)
+  validate_train_config(c)
+  tx, schedule = make_optimizer(c.optimizer, 100)
+  params = {"w": jnp.ones((2, 2))}
+  state = tx.init(params)
+  lrs = []
+  for _ in range(16):  # the state holds the learning rate of the update just made (chain(inject_hyperparams(adamw)))
+    _, state = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
+    lrs.append(float(state[-1].hyperparams["learning_rate"]))
+  np.testing.assert_allclose(lrs, [peak * min(s / 4, np.sqrt(4 / max(s, 4))) for s in range(16)], rtol=1e-6)
+  bad = ml_collections.ConfigDict(c.to_dict())
+  bad.optimizer.schedule = "inverse_square"
+  with pytest.raises(ConfigError, match="optimizer.schedule"):
+    validate_train_config(bad)

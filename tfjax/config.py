@@ -101,7 +101,7 @@ def validate_train_config(config: Any) -> None:
   check(o.lr > 0, "optimizer.lr", "must be positive", o.lr)
   check(0 <= o.min_lr <= o.lr, "optimizer.min_lr", "must be in [0, optimizer.lr]", o.min_lr)
   check(o.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0", o.warmup_steps)
-  check(o.schedule in ("cosine", "linear", "constant"), "optimizer.schedule", "must be cosine, linear or constant",
-        o.schedule)
+  check(o.schedule in ("cosine", "linear", "constant", "inverse_sqrt"), "optimizer.schedule",
+        "must be cosine, linear, constant or inverse_sqrt", o.schedule)
   check(o.grad_clip >= 0, "optimizer.grad_clip", "must be >= 0 (0: no clipping)", o.grad_clip)
   check(o.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", o.weight_decay)

@@ -51,7 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.name = "adamw"
   c.optimizer.lr = 1e-3
   c.optimizer.min_lr = 1e-4
-  c.optimizer.schedule = "cosine"  # cosine | linear | constant
+  c.optimizer.schedule = "cosine"  # cosine | linear | constant | inverse_sqrt (peak lr·sqrt(warmup/step))
   c.optimizer.warmup_steps = 100
   c.optimizer.decay_steps = 0  # 0: train.num_steps
   c.optimizer.b1 = 0.9

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 
 def make_schedule(o: Any, num_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then cosine / linear decay to ``o.min_lr`` at
-  ``o.decay_steps`` (0: ``num_steps``), or constant."""
+  ``o.decay_steps`` (0: ``num_steps``), constant, or ``inverse_sqrt`` (:func:`inverse_sqrt_schedule`)."""
   decay_steps = o.decay_steps or num_steps
   if o.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
@@ -24,8 +25,26 @@ def make_schedule(o: Any, num_steps: int) -> optax.Schedule:
     return optax.join_schedules(
         [optax.linear_schedule(0.0, o.lr, o.warmup_steps),
          optax.linear_schedule(o.lr, o.min_lr, max(decay_steps - o.warmup_steps, 1))], [o.warmup_steps])
+  if o.schedule == "inverse_sqrt":
+    return inverse_sqrt_schedule(o.lr, o.warmup_steps)
   return optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps, max(decay_steps, o.warmup_steps + 1),
                                             end_value=o.min_lr)
+
+
+def inverse_sqrt_schedule(peak_lr: float, warmup_steps: int) -> optax.Schedule:
+  """The Transformer's (and fairseq's ``inverse_sqrt``) schedule: linear warmup from 0 to ``peak_lr`` over
+  ``warmup_steps``, then ``peak_lr * sqrt(warmup_steps / step)`` with no end. ``warmup_steps=0``: ``peak_lr /
+  sqrt(max(step, 1))``."""
+  if warmup_steps < 0:
+    raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+  warmup = float(max(warmup_steps, 1))
+
+  def schedule(step):
+    step = jnp.asarray(step, jnp.float32)
+    decay = peak_lr * jnp.sqrt(warmup / jnp.maximum(step, warmup))
+    return jnp.where(step < warmup_steps, peak_lr * step / warmup, decay)
+
+  return schedule
 
 
 def decay_mask(params):
