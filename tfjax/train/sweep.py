@@ -126,6 +126,64 @@ def gpu_groups(gpus: list[str], parallel: int, gpus_per_run: int = 0) -> list[li
   return [gpus[i * per:(i + 1) * per] for i in range(parallel)]
 
 
+def default_train_script() -> str:
+  """``experiments/train.py`` of this checkout: the entry point every sweep run is launched with."""
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments",
+                      "train.py")
+
+
+def train_command(config: str, workdir: str, settings: dict[str, Any], extra_args: list[str] = (),
+                  train_script: str | None = None, python: str | None = None) -> list[str]:
+  """The command line of one run: ``python experiments/train.py --config=CONFIG --workdir=WORKDIR`` with the fixed
+  overrides ``extra_args`` and then the run's ``settings`` as ``--config.KEY=VALUE`` (so the settings win). Local
+  sweeps, Optuna trials and SLURM array tasks all launch runs with it."""
+  return [python or sys.executable, train_script or default_train_script(), f"--config={config}",
+          f"--workdir={workdir}", *extra_args, *(f"--config.{k}={v}" for k, v in settings.items())]
+
+
+def _die_with_parent() -> None:  # pragma: no cover (runs in the child between fork and exec)
+  """Linux: the child gets SIGTERM when the process that started it dies (even by SIGKILL), so a killed sweep
+  worker never leaves an orphan run writing into a workdir that a retry takes over; SIGTERM makes the run save a
+  checkpoint and exit. Elsewhere a no-op."""
+  try:
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+  except (OSError, AttributeError):
+    pass
+
+
+def start_run(cmd: list[str], workdir: str, env: dict[str, str], die_with_parent: bool = False
+              ) -> tuple[subprocess.Popen, Any]:
+  """Starts ``cmd`` in its own session (a Ctrl-C of the sweep does not reach it: the sweep sends SIGTERM), output
+  appended to ``WORKDIR/train.log`` after a ``$ CMD`` line. Returns the process and the open log file (the caller
+  closes it). ``die_with_parent``: see :func:`_die_with_parent` (use it only from a process without threads)."""
+  os.makedirs(workdir, exist_ok=True)
+  logf = open(os.path.join(workdir, "train.log"), "a")  # pylint: disable=consider-using-with
+  logf.write(f"$ {' '.join(cmd)}\n")
+  logf.flush()
+  proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                          preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
+  return proc, logf
+
+
+def write_sweep_meta(config: str, settings: list[dict[str, Any]], sweepdir: str, extra_args: list[str] = ()
+                     ) -> list[dict[str, Any]]:
+  """Names the runs of ``settings`` (:func:`run_name`, each in ``SWEEPDIR/<name>``) and writes ``sweep.json`` (the
+  config, fixed overrides and runs) atomically; returns the runs ``{"name", "workdir", "settings"}``."""
+  sweepdir = os.path.abspath(sweepdir)
+  os.makedirs(sweepdir, exist_ok=True)
+  names = [run_name(s) for s in settings]
+  if len(set(names)) != len(names):
+    raise SweepError(f"two runs of the sweep have the same settings: {names}")
+  runs = [{"name": n, "workdir": os.path.join(sweepdir, n), "settings": s} for n, s in zip(names, settings)]
+  meta_path = os.path.join(sweepdir, "sweep.json")
+  with open(meta_path + ".tmp", "w") as f:
+    json.dump({"config": os.path.abspath(config), "extra_args": list(extra_args), "runs": runs}, f, indent=2)
+  os.replace(meta_path + ".tmp", meta_path)
+  return runs
+
+
 def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parallel: int = 1,
               extra_args: list[str] = (), train_script: str | None = None, env: dict[str, str] | None = None,
               poll_s: float = 0.2, gpus_per_run: int = 0) -> list[dict[str, Any]]:
@@ -136,17 +194,7 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
   (:func:`gpu_groups`, through ``CUDA_VISIBLE_DEVICES``); a finished run's group goes to the next. On a CPU-only
   machine runs in parallel get one XLA CPU device each (``TFJAX_CPU_DEVICES=1``) since they share the cores."""
   sweepdir = os.path.abspath(sweepdir)
-  os.makedirs(sweepdir, exist_ok=True)
-  train_script = train_script or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__)))), "experiments", "train.py")
-  names = [run_name(s) for s in settings]
-  if len(set(names)) != len(names):
-    raise SweepError(f"two runs of the sweep have the same settings: {names}")
-  runs = [{"name": n, "workdir": os.path.join(sweepdir, n), "settings": s} for n, s in zip(names, settings)]
-  meta_path = os.path.join(sweepdir, "sweep.json")
-  with open(meta_path + ".tmp", "w") as f:
-    json.dump({"config": os.path.abspath(config), "extra_args": list(extra_args), "runs": runs}, f, indent=2)
-  os.replace(meta_path + ".tmp", meta_path)
+  runs = write_sweep_meta(config, settings, sweepdir, extra_args)
 
   base_env = dict(os.environ if env is None else env)
   gpus = visible_gpus(base_env) if parallel > 1 else []
@@ -166,18 +214,12 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
     while todo or active:
       while todo and len(active) < parallel:
         r = todo.pop(0)
-        os.makedirs(r["workdir"], exist_ok=True)
-        cmd = [sys.executable, train_script, f"--config={config}", f"--workdir={r['workdir']}", *extra_args,
-               *(f"--config.{k}={v}" for k, v in r["settings"].items())]
-        logf = open(os.path.join(r["workdir"], "train.log"), "a")  # pylint: disable=consider-using-with
-        logf.write(f"$ {' '.join(cmd)}\n")
-        logf.flush()
+        cmd = train_command(config, r["workdir"], r["settings"], extra_args, train_script)
         group = free_groups.pop(0) if free_groups else None
         run_env = base_env if group is None else {**base_env, "CUDA_VISIBLE_DEVICES": ",".join(group)}
         log.info("sweep: start %s%s", r["name"], f" on GPU(s) {','.join(group)}" if group else "")
-        active.append((r, subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=run_env,
-                                           start_new_session=True),  # Ctrl-C: we send SIGTERM
-                       logf, time.time(), group))
+        proc, logf = start_run(cmd, r["workdir"], run_env)  # Ctrl-C: we send SIGTERM
+        active.append((r, proc, logf, time.time(), group))
       time.sleep(poll_s)
       still = []
       for r, proc, logf, t0, group in active:
@@ -210,8 +252,30 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
   return rows
 
 
+def run_row(workdir: str) -> dict[str, Any]:
+  """What a run's workdir says about it: ``status`` (``done``, ``pruned``, ``running/stopped`` or ``not started``),
+  final / best eval loss, steps, median tokens/s and wall time (from ``results.json``, else from ``metrics.jsonl``)."""
+  res = {}
+  if os.path.exists(os.path.join(workdir, "results.json")):
+    with open(os.path.join(workdir, "results.json")) as f:
+      res = json.load(f)
+  recs = read_metrics(workdir)
+  evals = [x["eval_loss"] for x in recs if "eval_loss" in x]
+  train = [x for x in recs if "loss" in x]
+  rates = [x["tokens_per_s"] for x in train[1:] if "tokens_per_s" in x]
+  status = ("pruned" if res.get("pruned") else "done") if res else ("running/stopped" if recs else "not started")
+  return {
+      "status": status,
+      "final_eval_loss": res.get("eval_loss", evals[-1] if evals else None),
+      "best_eval_loss": res.get("best_eval_loss", min(evals) if evals else None),
+      "steps": res.get("step", train[-1]["step"] if train else 0),
+      "tokens_per_s": res.get("tokens_per_s_median") or (float(np.median(rates)) if rates else None),
+      "wall_time_s": res.get("wall_time_s", train[-1].get("elapsed_s") if train else None),
+  }
+
+
 def summarize(sweepdir: str) -> list[dict[str, Any]]:
-  """One row per run of the sweep: its settings, final / best eval loss, steps, median tokens/s, wall time."""
+  """One row per run of the sweep: its settings, then :func:`run_row` of its workdir."""
   sweepdir = os.path.abspath(sweepdir)
   meta_path = os.path.join(sweepdir, "sweep.json")
   if os.path.exists(meta_path):
@@ -220,27 +284,7 @@ def summarize(sweepdir: str) -> list[dict[str, Any]]:
   else:  # any directory of workdirs
     runs = [{"name": n, "workdir": os.path.join(sweepdir, n), "settings": {}} for n in sorted(os.listdir(sweepdir))
             if os.path.exists(os.path.join(sweepdir, n, "metrics.jsonl"))]
-  rows = []
-  for r in runs:
-    wd = os.path.join(sweepdir, r["name"])
-    res = {}
-    if os.path.exists(os.path.join(wd, "results.json")):
-      with open(os.path.join(wd, "results.json")) as f:
-        res = json.load(f)
-    recs = read_metrics(wd)
-    evals = [x["eval_loss"] for x in recs if "eval_loss" in x]
-    train = [x for x in recs if "loss" in x]
-    rates = [x["tokens_per_s"] for x in train[1:] if "tokens_per_s" in x]
-    rows.append({
-        "run": r["name"], **r["settings"],
-        "status": "done" if res else ("running/stopped" if recs else "not started"),
-        "final_eval_loss": res.get("eval_loss", evals[-1] if evals else None),
-        "best_eval_loss": res.get("best_eval_loss", min(evals) if evals else None),
-        "steps": res.get("step", train[-1]["step"] if train else 0),
-        "tokens_per_s": res.get("tokens_per_s_median") or (float(np.median(rates)) if rates else None),
-        "wall_time_s": res.get("wall_time_s", train[-1].get("elapsed_s") if train else None),
-    })
-  return rows
+  return [{"run": r["name"], **r["settings"], **run_row(os.path.join(sweepdir, r["name"]))} for r in runs]
 
 
 def best_run(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -256,23 +300,20 @@ def _fmt(v: Any) -> str:
   return str(v)
 
 
-def report(sweepdir: str) -> list[dict[str, Any]]:
-  """Writes ``summary.md``, ``summary.csv`` and ``curves.png`` (best run highlighted) in ``sweepdir``; returns the
-  rows, best eval loss first."""
-  sweepdir = os.path.abspath(sweepdir)
-  rows = summarize(sweepdir)
-  rows.sort(key=lambda r: (r["best_eval_loss"] is None, r["best_eval_loss"] or 0.0))
+def write_summary(sweepdir: str, rows: list[dict[str, Any]], title: str, best: dict[str, Any] | None,
+                  notes: list[str] = ()) -> None:
+  """``summary.csv`` and ``summary.md`` (a markdown table of ``rows``, the ``best`` row named, ``notes`` below) and
+  ``curves.png`` (the loss curves of the rows' workdirs ``SWEEPDIR/<run>``, the best one thick) in ``sweepdir``."""
   columns = list(dict.fromkeys(k for r in rows for k in r))
   with open(os.path.join(sweepdir, "summary.csv"), "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=columns)
     w.writeheader()
     w.writerows(rows)
-  best = best_run(rows)
-  lines = [f"# Sweep {os.path.basename(sweepdir)}", "", f"{len(rows)} runs; best (lowest eval loss): "
-           f"**{best['run'] if best else '-'}**", "", "| " + " | ".join(columns) + " |",
-           "|" + "---|" * len(columns)]
+  lines = [f"# {title}", "", f"{len(rows)} runs; best (lowest eval loss): **{best['run'] if best else '-'}**", "",
+           "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for r in rows:
     lines.append("| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |")
+  lines += ["", *notes] if notes else []
   with open(os.path.join(sweepdir, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   workdirs = [os.path.join(sweepdir, r["run"]) for r in rows if os.path.exists(
@@ -281,5 +322,14 @@ def report(sweepdir: str) -> list[dict[str, Any]]:
     from tfjax.train import plots
     plots.plot_runs(workdirs, os.path.join(sweepdir, "curves.png"),
                     highlight=os.path.join(sweepdir, best["run"]) if best else None,
-                    title=f"sweep {os.path.basename(sweepdir)} (thick: best)")
+                    title=f"{title} (thick: best)")
+
+
+def report(sweepdir: str) -> list[dict[str, Any]]:
+  """Writes ``summary.md``, ``summary.csv`` and ``curves.png`` (best run highlighted) in ``sweepdir``; returns the
+  rows, best eval loss first."""
+  sweepdir = os.path.abspath(sweepdir)
+  rows = summarize(sweepdir)
+  rows.sort(key=lambda r: (r["best_eval_loss"] is None, r["best_eval_loss"] or 0.0))
+  write_summary(sweepdir, rows, f"Sweep {os.path.basename(sweepdir)}", best_run(rows))
   return rows
