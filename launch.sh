@@ -19,13 +19,20 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           word2vec nearest neighbours and a - b + c queries
   fill-mask --workdir=DIR --text="the capital of [MASK] is paris"
                                           BERT fill-in-the-blank
-  translate WORKDIR --text="A dog runs." | --bleu=test [--beam_size=4] [--best]
-                                          translate with a trained encoder-decoder (greedy; sacreBLEU)
+  translate WORKDIR --text="A dog runs." | --bleu=test | --file=IN [--out=OUT] [--beam_size=5] [--best]
+                                          translate with a trained encoder-decoder (greedy or beam); --bleu
+                                          scores tokenised BLEU and sacreBLEU, hypotheses written beside them
+  average WORKDIR --last=K | --steps=S1,S2 [--out=DIR]
+                                          average checkpoints' parameters into DIR (default WORKDIR/averaged),
+                                          an inference workdir for translate / sample / hf save
   bench [train|word2vec|nanogpt|ab] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
                                           of the train step timed in alternating rounds in one process
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
+  explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
+                                          look inside a model: attention, heads, qk, mlp, logit_lens,
+                                          temperature, embeddings, superposition (PNG + JSON + HTML)
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in
                                           SWEEPDIR/<settings>; relaunching skips finished runs, resumes the rest
@@ -132,10 +139,18 @@ case "$cmd" in
     ensure_env; default_data_dir
     exec "$PY" "$ROOT/experiments/translate.py" "$@"
     ;;
+  average)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/average.py" "$@"
+    ;;
   bench)
     ensure_env; default_data_dir
     what="${1:-train}"; [[ $# -ge 1 ]] && shift
     exec "$PY" "$ROOT/experiments/bench_$what.py" "$@"
+    ;;
+  explain)
+    ensure_env; default_data_dir
+    exec "$PY" "$ROOT/experiments/explain.py" "$@"
     ;;
   plot)
     ensure_env
