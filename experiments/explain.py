@@ -1,0 +1,86 @@
+"""Look inside a trained model: ``./launch.sh explain NAME [WORKDIR|HF_DIR] --out=DIR [--text=...] [...]``.
+
+NAME is one of tfjax.explain.commands.COMMANDS (``./launch.sh explain --help`` lists them). Each writes PNGs, the
+numbers behind them as JSON (and HTML where it helps) into ``--out`` and prints a short summary. Only the options
+given are passed on; each command has its own defaults.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+
+
+def _ints(s):
+  return [int(x) for x in s.split(",") if x.strip()]
+
+
+def _floats(s):
+  return [float(x) for x in s.split(",") if x.strip()]
+
+
+def _words(s):
+  return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def parser():
+  from tfjax.explain.commands import COMMANDS
+  p = argparse.ArgumentParser(
+      prog="./launch.sh explain", argument_default=argparse.SUPPRESS,
+      description="Look inside a trained model.",
+      epilog="commands:\n" + "\n".join(f"  {n:<14s}{c.help}" for n, c in COMMANDS.items()),
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("name", choices=sorted(COMMANDS), metavar="NAME", help="the command (see below)")
+  p.add_argument("path", nargs="?", default=None, metavar="WORKDIR",
+                 help="a tfjax workdir, a Hugging Face GPT-2/BERT directory, or a word2vec vectors file")
+  p.add_argument("--out", default=None, help="output directory (default: WORKDIR/explain/NAME, or explain/NAME)")
+  p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+  p.add_argument("--best", action="store_true", default=False, help="the lowest-eval-loss parameters")
+  g = p.add_argument_group("command options (passed on only when given)")
+  g.add_argument("--text", help="the text to look at (the translator: the source sentence)")
+  g.add_argument("--target", help="translator: the target sentence (default: the model's greedy translation)")
+  g.add_argument("--layer", type=int, help="layer index (0-based)")
+  g.add_argument("--head", type=int, help="head index (0-based)")
+  g.add_argument("--neurons", type=_ints, help="comma-separated MLP neuron indices")
+  g.add_argument("--top_k", type=int, help="how many items to list")
+  g.add_argument("--max_batches", type=int, help="validation batches to read")
+  g.add_argument("--temperatures", type=_floats, help="comma-separated temperatures")
+  g.add_argument("--num_samples", type=int, help="samples per temperature")
+  g.add_argument("--num_tokens", type=int, help="tokens per sample")
+  g.add_argument("--words", type=_words, help="comma-separated words/tokens (neighbours, cosine matrix)")
+  g.add_argument("--analogy", action="append", help="a,b,c: a - b + c (repeatable)")
+  g.add_argument("--group", action="append", dest="groups", help="NAME:w1,w2,... a group to project (repeatable)")
+  g.add_argument("--stack", help="translator: encoder | decoder | cross")
+  g.add_argument("--steps", type=int, help="training steps (superposition)")
+  g.add_argument("--seed", type=int, help="random seed")
+  g.add_argument("--quick", action="store_true", help="a quick, smaller run (superposition)")
+  return p
+
+
+def main(argv=None):
+  args = vars(parser().parse_args(argv))
+  name, path, out, step, best = (args.pop(k) for k in ("name", "path", "out", "step", "best"))
+  if out is None:
+    out = os.path.join(path if path and os.path.isdir(path) else ".", "explain", name)
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
+  from tfjax.explain.commands import run_command
+  from tfjax.explain.subjects import SubjectError
+  from tfjax.train.checkpoint import CheckpointError
+  start = time.perf_counter()
+  try:
+    result = run_command(name, path, out, step=step, best=best, **args)
+  except (SubjectError, CheckpointError, FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  summary = result.get("summary") if isinstance(result, dict) else None
+  if summary:
+    print(summary)
+  print(f"[explain {name}] wrote {os.path.abspath(out)} in {time.perf_counter() - start:.1f} s")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

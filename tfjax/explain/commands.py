@@ -1,0 +1,93 @@
+"""The ``explain`` commands: one registry entry per NAME, and :func:`run_command` that loads the subject and runs one.
+
+A command is a function in some module, named in :data:`COMMANDS` as ``"module:function"`` (imported only when run):
+
+* commands that read a model (``kinds`` non-empty) are called ``fn(subject, out_dir, **options)`` with a
+  :class:`tfjax.explain.subjects.Subject` of one of ``kinds``;
+* self-contained commands (``kinds == ()``) are called ``fn(out_dir, **options)``.
+
+``options`` are exactly the command-line options the user gave (``--text``, ``--layer``, ...): a command's own keyword
+defaults apply to the rest, and an option the function does not take is an error naming the ones it does. Each
+command writes its PNG / JSON / HTML files into ``out_dir`` and returns a dict; its ``"summary"`` (a string), when
+present, is what the command line prints. Adding a command is one line here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import os
+from typing import Any
+
+from tfjax.explain.subjects import SubjectError, load_subject
+
+MODELS = ("gpt", "bert", "translator")
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+  """``target``: ``"module:function"``; ``kinds``: the subjects it reads (``()``: none); ``help``: one line."""
+  target: str
+  kinds: tuple[str, ...]
+  help: str
+
+
+COMMANDS: dict[str, Command] = {
+    "attention": Command("tfjax.explain.attention:run", MODELS,
+                         "every layer x head's attention pattern on a text (and the translator's cross-attention), "
+                         "a head summary table, and the offline attention explorer page"),
+    "heads": Command("tfjax.explain.heads:run", MODELS,
+                     "validation-loss increase when each head is ablated (layer x head heatmap)"),
+    "qk": Command("tfjax.explain.qk:run", MODELS,
+                  "one head's query/key story: which query tokens attend to which keys, and W_Q W_K^T on tokens"),
+    "mlp": Command("tfjax.explain.mlp:run", MODELS,
+                   "MLP neurons as questions: top-activating validation contexts and the tokens each promotes"),
+    "logit_lens": Command("tfjax.explain.logit_lens:run", MODELS,
+                          "each layer's top next-token guesses on a text, and its KL from the final distribution"),
+    "temperature": Command("tfjax.explain.temperature:run", ("gpt",),
+                           "next-token distribution at several temperatures; entropy and distinct-n of samples vs T"),
+    "embeddings": Command("tfjax.explain.embeddings:run", ("word2vec", "gpt", "bert", "translator"),
+                          "embedding geometry: nearest neighbours, analogies, 2-D projection, cosine matrix"),
+    "superposition": Command("tfjax.explain.superposition:run_superposition", (),
+                             "near-orthogonality in high dimensions and the toy model of superposition (no workdir)"),
+}
+
+
+def resolve(command: Command):
+  """The function a command names."""
+  module, _, name = command.target.partition(":")
+  return getattr(importlib.import_module(module), name)
+
+
+def accepted_options(fn) -> list[str]:
+  """The keyword options ``fn`` takes after its positional subject/out_dir."""
+  return [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+
+
+def run_command(name: str, path: str | None, out_dir: str, *, step: int | None = None, best: bool = False,
+                **options: Any) -> dict:
+  """Runs ``explain NAME`` on the workdir / Hugging Face directory ``path`` (None for self-contained commands),
+  writing into ``out_dir``; returns the command's result dict. ``step`` / ``best`` choose the checkpoint.
+  Raises :class:`SubjectError` for an unknown command, a missing or wrong kind of workdir, or an option the command
+  does not take."""
+  if name not in COMMANDS:
+    raise SubjectError(f"unknown explain command {name!r}; choose one of {sorted(COMMANDS)}")
+  command = COMMANDS[name]
+  fn = resolve(command)
+  accepted = accepted_options(fn)
+  unknown = sorted(set(options) - set(accepted))
+  if unknown:
+    raise SubjectError(f"`explain {name}` takes no {', '.join('--' + u for u in unknown)}; its options: "
+                       f"{', '.join('--' + a for a in accepted) or 'none'}")
+  os.makedirs(out_dir, exist_ok=True)
+  if not command.kinds:
+    if path is not None:
+      raise SubjectError(f"`explain {name}` is self-contained and takes no workdir (got {path})")
+    return fn(out_dir, **options)
+  if path is None:
+    raise SubjectError(f"`explain {name}` needs a workdir or Hugging Face directory "
+                       f"(a {' / '.join(command.kinds)} model)")
+  subject = load_subject(path, step=step, best=best)
+  subject.require(command.kinds, name)
+  return fn(subject, out_dir, **options)
