@@ -33,9 +33,6 @@ Usage: ./launch.sh COMMAND [ARGS...]
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
                                           look inside a model: attention, heads, qk, mlp, logit_lens,
                                           temperature, embeddings, superposition (PNG + JSON + HTML)
-  explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
-                                          look inside a model: attention, heads, qk, mlp, logit_lens,
-                                          temperature, embeddings, superposition (PNG + JSON + HTML)
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in
                                           SWEEPDIR/<settings>; relaunching skips finished runs, resumes the rest
@@ -150,10 +147,6 @@ case "$cmd" in
     ensure_env; default_data_dir
     what="${1:-train}"; [[ $# -ge 1 ]] && shift
     exec "$PY" "$ROOT/experiments/bench_$what.py" "$@"
-    ;;
-  explain)
-    ensure_env; default_data_dir
-    exec "$PY" "$ROOT/experiments/explain.py" "$@"
     ;;
   explain)
     ensure_env; default_data_dir
