@@ -1,10 +1,18 @@
-"""Translate sentences with a trained encoder-decoder (a workdir of a translation config, e.g. translate_multi30k).
+"""Translate with a trained encoder-decoder (a workdir of a translation config, e.g. translate_multi30k_tiny, or the
+averaged workdir that ./launch.sh average writes).
 
     ./launch.sh translate runs/translate_multi30k --text="A dog runs through the snow." [--text=...]
-    ./launch.sh translate runs/translate_multi30k --bleu=test      # sacreBLEU of the whole test2016 set
+    ./launch.sh translate runs/translate_multi30k_tiny/averaged --bleu=test --beam_size=5
+    ./launch.sh translate runs/translate_multi30k_tiny --file=captions.en --out=captions.de
 
-``--beam_size=4`` searches with 4 hypotheses; ``--temperature`` > 0 samples instead of greedy decoding; ``--step``
-picks a checkpoint (default: the latest).
+``--bleu=val|test`` translates the whole Multi30k split and prints both scores: BLEU on the lowercased
+Moses-tokenised text (as papers on Multi30k score it) and sacreBLEU (detokenised, cased) with its signature; the
+scores and the hypotheses (one line per sentence, in each form scored) are written to ``WORKDIR/bleu/``.
+``--file`` translates a file line by line (batched; an empty line gives an empty line; a line longer than the context
+window is cut, with a warning). Input is taken as raw text (``--input_form=raw``) and Moses-tokenised for a model
+trained on the tokenised text (``data.text=tok``), whose output is then that form (``--detokenize``: running text).
+``--beam_size=5`` searches with 5 hypotheses; ``--temperature`` > 0 samples instead of greedy decoding; ``--step``
+picks a checkpoint (default: the latest), ``--best`` the one of the lowest validation loss.
 """
 
 import os
@@ -16,10 +24,16 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("text", [], "A sentence in the source language (repeat the flag for several).")
-flags.DEFINE_enum("bleu", None, ["val", "test"], "Translate a whole Multi30k split and print its sacreBLEU.")
+flags.DEFINE_enum("bleu", None, ["val", "test"], "Translate a whole Multi30k split and print both BLEU scores.")
+flags.DEFINE_string("file", None, "Translate this file, one sentence a line.")
+flags.DEFINE_string("out", None, "With --file: write the translations here (default: stdout).")
+flags.DEFINE_enum("input_form", "raw", ["raw", "tok"], "Form of --text/--file input: raw text, or lowercased "
+                  "Moses-tokenised; converted to the model's form.")
+flags.DEFINE_bool("detokenize", False, "A model of tokenised text (data.text=tok): print/write running text.")
 flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logits / temperature).")
 flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).")
 flags.DEFINE_float("length_penalty", 0.6, "Beam search: GNMT length penalty exponent (0: raw log-probabilities).")
+flags.DEFINE_integer("batch_size", 128, "Sentences translated at a time (--file, --bleu).")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation loss (runs with train.keep_best).")
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
@@ -27,35 +41,73 @@ flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: t
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: translate.py WORKDIR (--text=SENTENCE ... | --bleu=val|test)")
-  if not FLAGS.text and not FLAGS.bleu:
-    raise app.UsageError("give --text=SENTENCE (repeatable) or --bleu=val|test")
+    raise app.UsageError("usage: translate.py WORKDIR (--text=SENTENCE ... | --bleu=val|test | --file=IN [--out=OUT])")
+  if not (FLAGS.text or FLAGS.bleu or FLAGS.file):
+    raise app.UsageError("give --text=SENTENCE (repeatable), --bleu=val|test or --file=IN")
+  if FLAGS.out and not FLAGS.file:
+    raise app.UsageError("--out goes with --file")
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
+  workdir = argv[1]
   try:
-    model, params, tokenizer, config = tr.load_for_inference(argv[1], FLAGS.step, best=FLAGS.best)
+    model, params, tokenizer, config = tr.load_for_inference(workdir, FLAGS.step, best=FLAGS.best)
   except (FileNotFoundError, ValueError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  for src, out in zip(FLAGS.text, tr.translate_texts(model, params, tokenizer, FLAGS.text,
-                                                     batch_size=max(len(FLAGS.text), 1),
-                                                     temperature=FLAGS.temperature, beam_size=FLAGS.beam_size,
-                                                     length_penalty=FLAGS.length_penalty)):
-    print(f"{src}\n  -> {out}")
+  form = config.data.get("text", "raw")
+  src_lang, tgt_lang = config.data.source, config.data.target
+  decode = dict(temperature=FLAGS.temperature, beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
+
+  def run(lines):
+    """Translations of ``lines`` given in --input_form, in the model's form (or running text with --detokenize)."""
+    if FLAGS.input_form != form:
+      lines = tr.moses_tokenise(lines, src_lang) if form == "tok" else tr.moses_detokenise(lines, src_lang)
+    hyps = tr.translate_texts(model, params, tokenizer, lines, batch_size=FLAGS.batch_size, **decode)
+    return tr.moses_detokenise(hyps, tgt_lang) if FLAGS.detokenize and form == "tok" else hyps
+
+  if FLAGS.text:
+    for src, out in zip(FLAGS.text, run(FLAGS.text)):
+      print(f"{src}\n  -> {out}")
+  if FLAGS.file:
+    try:
+      with open(FLAGS.file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      print(f"error: cannot read --file: {e}", file=sys.stderr)
+      return 1
+    hyps = run(lines)
+    if FLAGS.out:
+      tr.write_lines(FLAGS.out, hyps)
+      print(f"{len(hyps)} lines of {FLAGS.file} translated into {FLAGS.out}", file=sys.stderr)
+    else:
+      sys.stdout.write("".join(h + "\n" for h in hyps))
   if FLAGS.bleu:
-    import sacrebleu
     data_dir = FLAGS.data_dir or config.get("data_dir") or None
     try:
-      sources = tr.load_multi30k(FLAGS.bleu, config.data.source, data_dir)
-      refs = tr.load_multi30k(FLAGS.bleu, config.data.target, data_dir)
+      sources = tr.load_multi30k(FLAGS.bleu, src_lang, data_dir, form)
+      tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "tok")
+      tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "raw")
     except FileNotFoundError as e:
       print(f"error: {e}", file=sys.stderr)
       return 1
-    hyps = tr.translate_texts(model, params, tokenizer, sources, temperature=FLAGS.temperature,
-                              beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
-    print(f"{FLAGS.bleu} ({len(hyps)} sentences): {sacrebleu.corpus_bleu(hyps, [refs])}")
+    hyps = tr.translate_texts(model, params, tokenizer, sources, batch_size=FLAGS.batch_size, **decode)
+    scores, forms = tr.score_bleu(hyps, FLAGS.bleu, tgt_lang, data_dir, form)
+    decoding = f"beam{FLAGS.beam_size}" if FLAGS.beam_size > 1 else (
+        "greedy" if FLAGS.temperature == 0 else f"sample_t{FLAGS.temperature:g}")
+    checkpoint = "best" if FLAGS.best else (f"step{FLAGS.step}" if FLAGS.step is not None else "latest")
+    paths = tr.write_bleu_report(os.path.join(workdir, "bleu"), f"{FLAGS.bleu}.{checkpoint}.{decoding}", scores,
+                                 forms, tgt_lang)
+    b = FLAGS.bleu
+    print(f"{b} ({len(hyps)} sentences, {decoding}):")
+    print(f"  tokenised BLEU (lowercased Moses-tokenised text, tokenize=none): {scores[f'{b}_bleu_tok']:.2f}  "
+          f"[{scores[f'{b}_bleu_tok_detail']}]")
+    print(f"  sacreBLEU (detokenised, cased): {scores[f'{b}_bleu']:.2f}  {scores[f'{b}_bleu_signature']}")
+    if f"{b}_bleu_lc" in scores:
+      print(f"  sacreBLEU (detokenised, case-insensitive): {scores[f'{b}_bleu_lc']:.2f}  "
+            f"{scores[f'{b}_bleu_lc_signature']}")
+    print(f"  scores: {paths['scores']}\n  hypotheses: {paths['tok']} (tokenised), {paths['detok']} (detokenised)")
   return 0
 
 

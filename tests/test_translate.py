@@ -302,3 +302,85 @@ def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_sqrt_step():
   bad.optimizer.schedule = "inverse_square"
   with pytest.raises(ConfigError, match="optimizer.schedule"):
     validate_train_config(bad)
+
+
+def _multi_bleu(hyps, refs, max_n=4):
+  """Reference: corpus BLEU as multi-bleu.perl computes it on whitespace-tokenised text (clipped n-gram counts summed
+  over the corpus, geometric mean of the 4 precisions, brevity penalty exp(1 - r/c) when c < r)."""
+  from collections import Counter
+  match, total = np.zeros(max_n), np.zeros(max_n)
+  hyp_len = ref_len = 0
+  for h, r in zip(hyps, refs):
+    h, r = h.split(), r.split()
+    hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
+    for n in range(1, max_n + 1):
+      hc = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
+      rc = Counter(tuple(r[i:i + n]) for i in range(len(r) - n + 1))
+      match[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+      total[n - 1] += max(len(h) - n + 1, 0)
+  bp = 1.0 if hyp_len > ref_len else np.exp(1 - ref_len / hyp_len)
+  return 100 * bp * np.exp(np.mean(np.log(match / total))), 100 * match / total, bp
+
+
+def test_tokenised_bleu_scores_the_reference_as_100_and_agrees_with_multi_bleu_and_sacrebleu():
+  import sacrebleu
+  from tfjax.tasks import translate as tr
+  refs = tr.load_multi30k("test", "de", None, "tok")
+  assert len(refs) == 1000 and refs[0] == "ein mann mit einem orangefarbenen hut , der etwas anstarrt ."
+  score, signature = tr.tokenised_bleu(refs, refs)
+  assert score.score == pytest.approx(100.0) and score.ref_len == 12103  # the paper's reflen
+  assert "tok:none" in signature and "case:mixed" in signature
+  # a small case with real errors: a word dropped, words changed, a sentence cut short (brevity penalty < 1)
+  hyps = ["ein mann mit einem roten hut , der etwas anstarrt .", refs[1].replace("läuft", "rennt"),
+          " ".join(refs[2].split()[:5]), refs[3], "leute reparieren ein dach ."]
+  score, _ = tr.tokenised_bleu(hyps, refs[:5])
+  want, precisions, bp = _multi_bleu(hyps, refs[:5])
+  assert 20 < want < 90 and bp < 1.0
+  assert score.score == pytest.approx(want, abs=1e-9)
+  np.testing.assert_allclose(score.precisions, precisions, atol=1e-9)
+  assert score.score == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs[:5]], tokenize="none").score, abs=1e-9)
+  with pytest.raises(ValueError, match="5 hypotheses for 4 references"):
+    tr.tokenised_bleu(hyps, refs[:4])
+
+
+def test_score_bleu_gives_both_scores_for_either_text_form():
+  """The references in either form score 100 on the metric of that form; sacremoses' tokenisation of the raw test set
+  reproduces the dataset's own tokenised file, and its detokenisation loses only the case."""
+  from tfjax.tasks import translate as tr
+  raw = tr.load_multi30k("test", "de", None, "raw")[:200]
+  tok = tr.load_multi30k("test", "de", None, "tok")[:200]
+  scores, forms = tr.score_bleu(raw, "test", "de", None, "raw", limit=200)
+  assert scores["test_bleu"] == pytest.approx(100.0) and scores["test_bleu_tok"] == pytest.approx(100.0)
+  assert forms["tok"] == tok and "tok:13a" in scores["test_bleu_signature"] and "test_bleu_lc" not in scores
+  scores, forms = tr.score_bleu(tok, "test", "de", None, "tok", limit=200)
+  assert scores["test_bleu_tok"] == pytest.approx(100.0) and "tok:none" in scores["test_bleu_tok_signature"]
+  assert scores["test_bleu_lc"] > 99.5 and scores["test_bleu"] < 40  # a lowercased model cannot get the case right
+  assert "case:lc" in scores["test_bleu_lc_signature"] and forms["tok"] == tok
+  assert scores["test_bleu_tok_detail"].startswith("BLEU = 100.00")
+
+
+def test_translating_empty_and_overlong_lines(caplog):
+  """An empty line translates to "" (the model is not run on it); a line longer than the context window is cut to it
+  with a warning naming it, or, with too_long="error", a ValueError naming it. Line order is kept."""
+  import logging
+  from tfjax.data.wordpiece import train_bpe
+  from tfjax.tasks.translate import translate_texts
+  tok = train_bpe(["a dog runs", "ein hund rennt", "two dogs run in the snow", "zwei hunde"] * 5, vocab_size=60)
+  cfg = TransformerConfig(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, emb_dim=16, max_len=8,
+                          positional="sinusoidal")
+  model = EncoderDecoder(cfg)
+  ids = np.ones((1, 8), np.int32)
+  params = model.init(jax.random.key(0), ids, ids > 0, ids)["params"]
+  long_line = " ".join(["a dog runs"] * 6)
+  assert len(tok.encode(long_line)) > 7
+  lines = ["a dog runs", "", "   ", long_line, "zwei hunde"]
+  with caplog.at_level(logging.WARNING, logger="tfjax"):
+    out = translate_texts(model, params, tok, lines, batch_size=2)
+  assert len(out) == 5 and out[1] == "" and out[2] == "" and all(isinstance(o, str) for o in out)
+  assert "1 of 5 sources are longer than the context window (7 tokens + [EOS]), the first is line 4" in caplog.text
+  cut = " ".join(tok.decode(tok.encode(long_line)[:7]).split())
+  assert out[3] == translate_texts(model, params, tok, [cut], batch_size=2)[0]  # the cut source's translation
+  assert out[0] == translate_texts(model, params, tok, ["a dog runs"], batch_size=3)[0]  # batching changes nothing
+  with pytest.raises(ValueError, match="the first is line 4"):
+    translate_texts(model, params, tok, lines, too_long="error")
+  assert translate_texts(model, params, tok, ["", ""]) == ["", ""]

@@ -17,6 +17,7 @@ def get_config():
   c.data = ml_collections.ConfigDict()
   c.data.source = "en"  # en | de | fr
   c.data.target = "de"
+  c.data.text = "raw"  # raw: the cased captions | tok: their lowercased Moses-tokenised form (multi30k/tok/)
   c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
   # "16,24,32": batches of pairs of similar length, padded to their bucket (the context window is the last bucket)
   c.data.length_buckets = ""
@@ -31,5 +32,7 @@ def get_config():
   c.eval.val_bleu_sentences = -1  # validation sentences for eval_bleu at each evaluation (-1: all 1,014; 0: none)
   c.eval.beam_size = 1  # 1: greedy; 4: beam search (test2016 BLEU 35.10 -> 36.80 for the shipped run, 3x the time)
   c.eval.length_penalty = 0.6  # beam search: GNMT length penalty exponent
+  c.eval.average_last = 0  # > 1: final BLEU of the final parameters averaged with the checkpoints before them
+  c.eval.report_val = False  # also the final BLEU scores of the validation set
   del c.sample
   return c

@@ -80,6 +80,24 @@ MULTI30K = {
 }
 
 
+# The same files lowercased, punctuation-normalised and Moses-tokenised by the dataset's scripts/task1-tokenize.sh (its
+# data/task1/tok/, gzipped here): the text the multimodal-translation literature trains on and scores BLEU against.
+MULTI30K_TOK = {
+    name: DataFile("multi30k/tok/{}.lc.norm.tok.{}.gz".format(*name.rsplit(".", 1)), None, sha)
+    for name, sha in {
+        "train.en": "79d990dd71713faec0e3165cbd3b60acdf6fe11cab2e37a28f374c6bdbb297ec",
+        "train.de": "7e3392f03c0fe978165d22fb5eaf0d0b9b1d9c413283b5193f02d4cb27e50797",
+        "train.fr": "10438b7694a52af6164448c31198e9453b59a0d3b8a6715428722f0f8fbba2c0",
+        "val.en": "2c7e5e9cf54ba0dff0cc4b84836d5a583f80ecaaab90b37a123d1376306215cd",
+        "val.de": "006ad58fd6a2ad6502094160fe5273d93abf34a207967fdc69eafd7558b5ef39",
+        "val.fr": "78b89a01ca96bb9940c525ad5eb73c0028d3e5bfd90008886a22961afb8e8994",
+        "test_2016_flickr.en": "b95df925929cb222d0cf733f153bcbfba0f00180c85fd61dd5c4fb27f29ee394",
+        "test_2016_flickr.de": "2628844bbb7783afa0ba8a9927f174aafeee715871aa8deed3af2c4d0b71a658",
+        "test_2016_flickr.fr": "97b9b377d15dfc98e55e270dda3d6c91f8df02a5cf9e682457f6c59bd6be00db",
+    }.items()
+}
+
+
 def sha256_of(path: os.PathLike | str) -> str:
   h = hashlib.sha256()
   with open(path, "rb") as f:

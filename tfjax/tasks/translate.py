@@ -20,15 +20,30 @@ the bucket's length. Every pair is still drawn with the same probability, so the
 while the padding, which at one width of 40 is ~2/3 of the positions (median pair: 13 tokens), mostly goes. Each
 bucket is one more compiled shape of the train step.
 
+Text (``config.data.text``): ``raw``, the dataset's cased captions, or ``tok``, the same captions lowercased,
+punctuation-normalised and Moses-tokenised by the dataset's own script (``multi30k/tok/``): the text the
+multimodal-translation literature trains on and scores BLEU against.
+
 Loss: cross-entropy with label smoothing ``config.train.label_smoothing`` while training; evaluation reports the plain
 cross-entropy per target token (so ``exp(eval_loss)`` is the perplexity) over the whole validation set. At the end,
-:meth:`TranslationTask.final_report` translates the test set greedily (KV cache, :func:`tfjax.generate.translate`) and
-scores it with sacreBLEU (the standard BLEU implementation: its 13a tokenisation on detokenised text).
+:meth:`TranslationTask.final_report` translates the test set (greedy or beam search, ``config.eval.beam_size``; the
+average of the last ``config.eval.average_last`` checkpoints when > 0) and scores it twice (:func:`score_bleu`):
+
+* ``test_bleu_tok``: BLEU as papers on Multi30k score it: hypotheses in the lowercased Moses-tokenised form against
+  ``test_2016_flickr.lc.norm.tok.de`` with no further tokenisation (sacreBLEU ``tokenize="none"``, which equals
+  ``multi-bleu.perl`` / fairseq on this text);
+* ``test_bleu``: sacreBLEU's standard score (its 13a tokenisation of detokenised text against the raw, cased
+  references), with its signature.
+
+A ``tok`` model's output is detokenised (Moses) for the second score; a ``raw`` model's output is lowercased, normalised
+and tokenised with sacremoses (a Python port of the Moses scripts, so ``test_bleu_tok`` is then very close to, not
+byte-for-byte, the dataset's preprocessing) for the first.
 """
 
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 from typing import Any
@@ -46,16 +61,114 @@ from tfjax.models.transformer import EncoderDecoder, flops_per_token
 log = logging.getLogger("tfjax")
 LANGUAGES = ("en", "de", "fr")
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+TEXTS = ("raw", "tok")  # the dataset's captions, or their lowercased Moses-tokenised form (multi30k/tok/)
 PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # wordpiece.SEQ2SEQ_SPECIAL_TOKENS
 
 
-def load_multi30k(split: str, lang: str, data_dir: str | None) -> list[str]:
-  """The lines (captions) of one Multi30k file, e.g. ``("train", "en")``."""
+def load_multi30k(split: str, lang: str, data_dir: str | None, text: str = "raw") -> list[str]:
+  """The lines (captions) of one Multi30k file, e.g. ``("train", "en")``; ``text="tok"``: their lowercased
+  Moses-tokenised form."""
   if lang not in LANGUAGES:
     raise config_lib.ConfigError(f"Multi30k languages are {LANGUAGES}, got {lang!r}")
-  path = files.find_data_file(files.MULTI30K[f"{SPLITS[split]}.{lang}"], data_dir or None)
+  if split not in SPLITS:
+    raise config_lib.ConfigError(f"Multi30k splits are {tuple(SPLITS)}, got {split!r}")
+  if text not in TEXTS:
+    raise config_lib.ConfigError(f"config key 'data.text' must be one of {TEXTS}, got {text!r}")
+  table = files.MULTI30K if text == "raw" else files.MULTI30K_TOK
+  path = files.find_data_file(table[f"{SPLITS[split]}.{lang}"], data_dir or None)
   with gzip.open(path, "rt", encoding="utf-8") as f:
     return f.read().rstrip("\n").split("\n")
+
+
+# -- the two forms of the text, and BLEU on each -----------------------------------------------------------------------
+def moses_tokenise(lines: list[str], lang: str) -> list[str]:
+  """``lines`` as the dataset's ``task1-tokenize.sh`` makes them (lowercase, normalise punctuation, Moses-tokenise
+  with escaping such as ``&apos;``), through sacremoses."""
+  from sacremoses import MosesPunctNormalizer, MosesTokenizer
+  normalizer, tokenizer = MosesPunctNormalizer(lang), MosesTokenizer(lang)
+  return [tokenizer.tokenize(normalizer.normalize(line.lower()), escape=True, return_str=True) for line in lines]
+
+
+def moses_detokenise(lines: list[str], lang: str) -> list[str]:
+  """Moses-tokenised ``lines`` back to running text (``&apos;`` etc. unescaped), through sacremoses."""
+  from sacremoses import MosesDetokenizer
+  detokenizer = MosesDetokenizer(lang)
+  return [detokenizer.detokenize(line.split()) for line in lines]
+
+
+def tokenised_bleu(hypotheses: list[str], references: list[str]):
+  """Corpus BLEU of already-tokenised ``hypotheses`` against one tokenised reference each, with no further
+  tokenisation (sacreBLEU ``tokenize="none"``: ``multi-bleu.perl`` and fairseq's score on such text). Returns
+  ``(sacrebleu BLEUScore, signature)``."""
+  from sacrebleu.metrics import BLEU
+  _check_parallel(hypotheses, references)
+  metric = BLEU(tokenize="none", force=True)  # force: the input is tokenised on purpose
+  score = metric.corpus_score(hypotheses, [references])
+  return score, str(metric.get_signature())
+
+
+def sacre_bleu(hypotheses: list[str], references: list[str], lowercase: bool = False):
+  """sacreBLEU's standard corpus score of detokenised ``hypotheses`` (13a tokenisation, cased unless ``lowercase``).
+  Returns ``(sacrebleu BLEUScore, signature)``."""
+  from sacrebleu.metrics import BLEU
+  _check_parallel(hypotheses, references)
+  metric = BLEU(lowercase=lowercase)
+  score = metric.corpus_score(hypotheses, [references])
+  return score, str(metric.get_signature())
+
+
+def _check_parallel(hypotheses, references):
+  if len(hypotheses) != len(references):
+    raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references: one line per sentence needed")
+
+
+def score_bleu(hypotheses: list[str], split: str, lang: str, data_dir: str | None, text: str, limit: int | None = None
+               ) -> tuple[dict[str, Any], dict[str, list[str]]]:
+  """Both BLEU scores (see the module docstring) of the translations ``hypotheses`` (in the model's ``text`` form) of
+  Multi30k ``split`` into ``lang`` (``limit``: of its first sentences only). Returns ``(scores, hypotheses by form)``:
+  ``scores`` has ``{split}_bleu_tok``, ``{split}_bleu`` (and for a ``tok`` model ``{split}_bleu_lc``, case-insensitive),
+  each with ``_signature`` (sacreBLEU's) and ``_detail`` (n-gram precisions, brevity penalty, lengths); the forms are
+  ``"tok"`` (what ``{split}_bleu_tok`` scored) and ``"detok"`` (what ``{split}_bleu`` scored)."""
+  tok_refs = load_multi30k(split, lang, data_dir, "tok")[:limit]
+  raw_refs = load_multi30k(split, lang, data_dir, "raw")[:limit]
+  if text == "tok":
+    forms = {"tok": list(hypotheses), "detok": moses_detokenise(hypotheses, lang)}
+  else:
+    forms = {"tok": moses_tokenise(hypotheses, lang), "detok": list(hypotheses)}
+  scores: dict[str, Any] = {}
+  runs = [("bleu_tok", tokenised_bleu(forms["tok"], tok_refs)), ("bleu", sacre_bleu(forms["detok"], raw_refs))]
+  if text == "tok":  # a lowercased model cannot restore case: the case-insensitive score beside the cased one
+    runs.append(("bleu_lc", sacre_bleu(forms["detok"], raw_refs, lowercase=True)))
+  for name, (score, signature) in runs:
+    scores.update({f"{split}_{name}": score.score, f"{split}_{name}_signature": signature,
+                   f"{split}_{name}_detail": str(score)})
+  return scores, forms
+
+
+def write_bleu_report(directory: str, name: str, scores: dict[str, Any], forms: dict[str, list[str]], lang: str
+                      ) -> dict[str, str]:
+  """Writes ``DIR/NAME.json`` (the scores) and, beside it, the hypotheses one line per sentence in each scored form:
+  ``DIR/NAME.hyp.tok.LANG`` (tokenised BLEU's input) and ``DIR/NAME.hyp.LANG`` (sacreBLEU's). Returns the paths."""
+  os.makedirs(directory, exist_ok=True)
+  paths = {"scores": os.path.join(directory, f"{name}.json"),
+           "tok": os.path.join(directory, f"{name}.hyp.tok.{lang}"),
+           "detok": os.path.join(directory, f"{name}.hyp.{lang}")}
+  for form in ("tok", "detok"):
+    write_lines(paths[form], forms[form])
+  with open(paths["scores"] + ".tmp", "w") as f:
+    json.dump({**scores, "hypotheses": {"tok": paths["tok"], "detok": paths["detok"]}}, f, indent=2)
+  os.replace(paths["scores"] + ".tmp", paths["scores"])
+  return paths
+
+
+def write_lines(path: str, lines: list[str]) -> None:
+  """Writes ``lines`` to ``path``, one a line (atomically); a line holding a newline is an error."""
+  for i, line in enumerate(lines):
+    if "\n" in line:
+      raise ValueError(f"hypothesis {i} spans several lines: {line!r}")
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+  os.replace(path + ".tmp", path)
 
 
 def pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
@@ -76,10 +189,12 @@ class TranslationTask:
 
   def __init__(self, config: Any, workdir: str | None = None):
     self.config = config
+    self.workdir = workdir
     d = config.data
     if d.source == d.target:
       raise config_lib.ConfigError(f"data.source and data.target must differ, both are {d.source!r}")
-    text = {(split, lang): load_multi30k(split, lang, config.data_dir) for split in SPLITS
+    self.text_form = d.get("text", "raw")
+    text = {(split, lang): load_multi30k(split, lang, config.data_dir, self.text_form) for split in SPLITS
             for lang in (d.source, d.target)}
     for split in SPLITS:
       if len(text[split, d.source]) != len(text[split, d.target]):
@@ -197,43 +312,106 @@ class TranslationTask:
   def flops_per_token(self, params) -> float:
     return flops_per_token(self.model_cfg, params, self.max_len, self.max_len, self.model.num_encoder_layers)
 
-  def translate(self, params, sources: list[str], batch_size: int = 128) -> list[str]:
-    """Translations of ``sources`` (strings of the source language): greedy, or beam search with
-    ``config.eval.beam_size`` > 1."""
+  def translate(self, params, sources: list[str], batch_size: int = 128, beam_size: int | None = None) -> list[str]:
+    """Translations of ``sources`` (strings of the source language, in the task's text form): greedy, or beam search
+    with ``beam_size`` (default ``config.eval.beam_size``) > 1."""
     e = self.config.get("eval", {})
     return translate_texts(self.model, params, self.tokenizer, sources, batch_size,
-                           beam_size=e.get("beam_size", 1), length_penalty=e.get("length_penalty", 0.6))
+                           beam_size=beam_size or e.get("beam_size", 1), length_penalty=e.get("length_penalty", 0.6))
 
-  def bleu(self, params, split: str = "test", limit: int | None = None) -> dict[str, Any]:
-    """sacreBLEU of the translations of ``split`` (``limit``: its first pairs only) and three examples."""
-    import sacrebleu
+  def bleu(self, params, split: str = "test", limit: int | None = None, report_name: str | None = None,
+           beam_size: int | None = None) -> dict[str, Any]:
+    """Both BLEU scores (:func:`score_bleu`) of the translations of ``split`` (``limit``: its first pairs only;
+    ``beam_size``: default ``config.eval.beam_size``) and three examples; ``report_name``: also written, with the
+    hypotheses, to ``WORKDIR/bleu/`` (:func:`write_bleu_report`)."""
     d = self.config.data
     sources, refs = self.texts[split, d.source][:limit], self.texts[split, d.target][:limit]
-    hyps = self.translate(params, sources)
-    bleu = sacrebleu.corpus_bleu(hyps, [refs])
-    return {f"{split}_bleu": bleu.score, f"{split}_bleu_signature": str(bleu), "examples": [
+    hyps = self.translate(params, sources, beam_size=beam_size)
+    scores, forms = score_bleu(hyps, split, d.target, self.config.data_dir, self.text_form, limit)
+    if report_name and self.workdir:
+      write_bleu_report(os.path.join(self.workdir, "bleu"), report_name, scores, forms, d.target)
+    return {**scores, "examples": [
         {"source": s, "reference": r, "translation": h} for s, r, h in list(zip(sources, refs, hyps))[:3]]}
 
   def eval_report(self, params) -> dict[str, float]:
-    """At each periodic evaluation: greedy sacreBLEU on the validation set (``eval.val_bleu_sentences`` of it)."""
+    """At each periodic evaluation: greedy BLEU on the validation set (``eval.val_bleu_sentences`` of it), the
+    tokenised one for a ``tok`` model (the literature's), sacreBLEU for a ``raw`` one."""
     n = self.config.eval.get("val_bleu_sentences", 0)
-    return {"eval_bleu": self.bleu(params, "val", n if n > 0 else None)["val_bleu"]} if n else {}
+    if not n:
+      return {}
+    scores = self.bleu(params, "val", n if n > 0 else None, beam_size=1)
+    return {"eval_bleu": scores["val_bleu_tok" if self.text_form == "tok" else "val_bleu"]}
 
   def final_report(self, params) -> dict[str, Any]:
-    n = self.config.eval.bleu_sentences
-    return self.bleu(params, "test", n if n > 0 else None) if n else {}
+    """The test BLEU scores of the final parameters, or of the average of the last ``eval.average_last`` checkpoints
+    (the final parameters and the ``average_last - 1`` checkpoints before them in ``WORKDIR/checkpoints``); with
+    ``eval.report_val``, the validation scores too. Written with the hypotheses to ``WORKDIR/bleu/``."""
+    e = self.config.eval
+    n = e.bleu_sentences
+    if not n:
+      return {}
+    out: dict[str, Any] = {}
+    k = e.get("average_last", 0)
+    if k > 1:
+      params, steps = self._average_with_last_checkpoints(params, k)
+      out["averaged_steps"] = steps
+    name = f"{'avg' + str(k) + '.' if k > 1 else ''}{'beam' + str(e.beam_size) if e.beam_size > 1 else 'greedy'}"
+    if e.get("report_val", False):
+      out.update({key: v for key, v in self.bleu(params, "val", report_name=f"val.{name}").items()
+                  if key != "examples"})
+    out.update(self.bleu(params, "test", n if n > 0 else None, report_name=f"test.{name}"))
+    return out
+
+  def _average_with_last_checkpoints(self, params, k: int):
+    """The mean of ``params`` (the final step's) and the ``k - 1`` newest complete checkpoints before the final step,
+    and the steps averaged."""
+    from tfjax.train import average, restore
+    from tfjax.train.checkpoint import CheckpointError, complete_steps, make_manager
+    final = self.config.train.num_steps
+    if not self.workdir:
+      raise CheckpointError("eval.average_last needs the task's workdir (its checkpoints)")
+    manager = make_manager(self.workdir, max_to_keep=10**6, async_save=False)
+    try:
+      earlier = [s for s in complete_steps(manager) if s < final]
+    finally:
+      manager.close()
+    if len(earlier) < k - 1:
+      raise CheckpointError(f"eval.average_last={k} needs {k - 1} checkpoints before step {final}, the workdir keeps "
+                            f"{earlier}: set train.max_to_keep >= {k} and train.checkpoint_every small enough")
+    steps = earlier[-(k - 1):]
+    trees = [restore.load_params(self.workdir, s)[0] for s in steps] + [jax.device_get(params)]
+    return average.average_params(trees), steps + [final]
 
 
 def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenizer, sources: list[str],
                     batch_size: int = 128, temperature: float = 0.0, seed: int = 0, beam_size: int = 1,
-                    length_penalty: float = 0.6) -> list[str]:
-  """Translations of ``sources``: greedy by default, ``temperature`` > 0 samples, ``beam_size`` > 1 is beam search
-  (:func:`tfjax.generate.beam_translate`); ``batch_size`` at a time (the last batch padded, so one compiled shape
-  serves them all). Sources longer than the context window are cut."""
+                    length_penalty: float = 0.6, too_long: str = "cut") -> list[str]:
+  """Translations of ``sources`` (one string each, in the model's text form): greedy by default, ``temperature`` > 0
+  samples, ``beam_size`` > 1 is beam search (:func:`tfjax.generate.beam_translate`); ``batch_size`` at a time (the
+  last batch padded, so one compiled shape serves them all).
+
+  An empty (or all-space) source translates to ``""`` without running the model. A source longer than the context
+  window (``max_len - 1`` tokens and its ``[EOS]``): ``too_long="cut"`` keeps its first ``max_len - 1`` tokens and logs
+  a warning with the count, ``"error"`` raises ValueError naming the first such line.
+  """
+  if too_long not in ("cut", "error"):
+    raise ValueError(f"too_long must be 'cut' or 'error', got {too_long!r}")
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   max_len = model.cfg.max_len
-  out = []
-  for start in range(0, len(sources), batch_size):
-    chunk = [ids[:max_len - 1] + [EOS_ID] for ids in tokenizer.encode_batch(sources[start:start + batch_size])]
+  out = [""] * len(sources)
+  todo = [i for i, text in enumerate(sources) if text.strip()]
+  encoded = tokenizer.encode_batch([sources[i] for i in todo]) if todo else []
+  long_lines = [i for i, ids in zip(todo, encoded) if len(ids) > max_len - 1]
+  if long_lines:
+    first = long_lines[0]
+    msg = (f"{len(long_lines)} of {len(sources)} sources are longer than the context window ({max_len - 1} tokens + "
+           f"[EOS]), the first is line {first + 1} ({len(tokenizer.encode(sources[first]))} tokens)")
+    if too_long == "error":
+      raise ValueError(msg)
+    log.warning("%s: translating their first %d tokens", msg, max_len - 1)
+  for start in range(0, len(todo), batch_size):
+    chunk = [ids[:max_len - 1] + [EOS_ID] for ids in encoded[start:start + batch_size]]
     n = len(chunk)
     chunk += [[EOS_ID]] * (batch_size - n)
     src = pad_rows(chunk, max_len)
@@ -243,7 +421,8 @@ def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenize
     else:
       ids = translate(model, params, src, src != PAD_ID, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
                       rng=jax.random.key(seed + start), temperature=temperature)
-    out += [tokenizer.decode([i for i in row if i not in (PAD_ID, EOS_ID)]) for row in ids[:n]]
+    for i, row in zip(todo[start:start + n], ids[:n]):
+      out[i] = tokenizer.decode([t for t in row if t not in (PAD_ID, EOS_ID)])
   return out
 
 
