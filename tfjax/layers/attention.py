@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfjax.layers import hooks
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.dropout import dropout
 from tfjax.layers.embeddings import apply_rope
@@ -45,20 +46,25 @@ def _repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
   return x if kv_heads == num_heads else jnp.repeat(x, num_heads // kv_heads, axis=2)
 
 
-def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
-                      scale: float | None = None, precision: Precision = None) -> jnp.ndarray:
-  """The attention pattern ``[B, H, T, S]``: softmax over keys of the masked, scaled scores ``q·kᵀ/√Dh``.
+def attention_scores(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
+                     scale: float | None = None, precision: Precision = None) -> jnp.ndarray:
+  """The scaled scores ``q·kᵀ/√Dh`` ``[B, H, T, S]`` in float32, masked entries set to -inf (before the softmax).
 
-  Scores and softmax are computed in float32. Masked entries are set to -inf before the softmax; a row whose keys are
-  all masked gets an all-zero pattern instead of NaN.
+  ``q [B, T, H, Dh]``, ``k [B, S, K, Dh]`` (each key/value head serves ``H // K`` query heads), ``mask [B|1, H|1, T,
+  S]`` boolean (True = may attend).
   """
   num_heads, head_dim = q.shape[2], q.shape[3]
   k = _repeat_kv(k, num_heads)
   scale = head_dim ** -0.5 if scale is None else scale
   scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32, precision=precision) * scale
+  return scores if mask is None else jnp.where(mask, scores, -jnp.inf)
+
+
+def masked_softmax(scores: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:
+  """The attention pattern ``[B, H, T, S]`` from masked ``scores [B, H, T, S]``: softmax over keys, 0 at masked keys;
+  a row whose keys are all masked gets all zeros instead of NaN."""
   if mask is None:
     return jax.nn.softmax(scores, axis=-1)
-  scores = jnp.where(mask, scores, -jnp.inf)
   if isinstance(mask, np.ndarray) and mask.any(axis=-1).all():
     # a mask known when tracing (e.g. causal) with no fully masked row: the plain softmax is exact and saves XLA
     # several elementwise passes over [B, H, T, S] (forward and backward)
@@ -71,6 +77,28 @@ def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None =
   return exp / jnp.where(denom > 0, denom, 1.0)
 
 
+def attention_pattern(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
+                      scale: float | None = None, precision: Precision = None) -> jnp.ndarray:
+  """The attention pattern ``[B, H, T, S]``: softmax over keys of the masked, scaled scores ``q·kᵀ/√Dh``.
+
+  Scores and softmax are computed in float32. Masked entries are set to -inf before the softmax; a row whose keys are
+  all masked gets an all-zero pattern instead of NaN.
+  """
+  return masked_softmax(attention_scores(q, k, mask, scale, precision), mask)
+
+
+def attend(pattern: jnp.ndarray, v: jnp.ndarray, *, dropout_rate: float = 0.0,
+           dropout_rng: jax.Array | None = None, precision: Precision = None, dtype: Dtype | None = None):
+  """The weighted sum of values ``pattern · v``: ``[B, H, T, S] x [B, S, K, Dh] -> [B, T, H, Dh]`` (in ``dtype``,
+  default ``v``'s), with dropout on the pattern when ``dropout_rate > 0`` and a ``dropout_rng`` is given."""
+  weights = pattern
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    weights = dropout(weights, dropout_rate, dropout_rng)
+  v = _repeat_kv(v, pattern.shape[1])
+  out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v, precision=precision)
+  return out.astype(dtype or v.dtype)
+
+
 def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float = 0.0,
                         dropout_rng: jax.Array | None = None, return_pattern: bool = False,
                         precision: Precision = None):
@@ -80,11 +108,7 @@ def reference_attention(q, k, v, mask=None, *, scale=None, dropout_rate: float =
   ``precision`` is that of both matmuls (scores and the weighted sum of values).
   """
   pattern = attention_pattern(q, k, mask, scale, precision)
-  weights = pattern
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    weights = dropout(weights, dropout_rate, dropout_rng)
-  v = _repeat_kv(v, q.shape[2])
-  out = jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v, precision=precision).astype(q.dtype)
+  out = attend(pattern, v, dropout_rate=dropout_rate, dropout_rng=dropout_rng, precision=precision, dtype=q.dtype)
   return (out, pattern) if return_pattern else out
 
 
@@ -181,6 +205,10 @@ class MultiHeadAttention(nn.Module):
   an input of shape ``[B, max_len]`` under ``init``. Cross-attention (``cross_attention=True``) with ``decode=True``
   keeps the context's keys and values (``cached_context_kv [B, S, 2K·Dh]``): a call with ``context`` projects and
   stores them, a later call with ``context=None`` reuses them, so a decoder step does not re-project the source.
+
+  Observation points (:func:`tfjax.layers.hooks.hook`): ``q``, ``k``, ``v``, ``scores``, ``pattern`` and ``z`` (each
+  head's output before ``out``). When ``scores`` or ``pattern`` is recorded or intervened on (or ``return_pattern``),
+  the attention is computed by the reference path, which forms the pattern; otherwise by ``implementation``.
   """
   num_heads: int
   num_kv_heads: int | None = None
@@ -237,21 +265,28 @@ class MultiHeadAttention(nn.Module):
       if not cross:
         k = apply_rope(k, positions, self.rope_base)
 
+    q, k, v = (hooks.hook(self, name, a) for name, a in (("q", q), ("k", k), ("v", v)))
     if decode and not cross:
       k, v = self._update_cache(k, v)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    if return_pattern:
+    if return_pattern or hooks.wants(self, "scores") or hooks.wants(self, "pattern"):
+      # the pattern is asked for (returned, recorded or changed): the reference path forms it explicitly
       if mask is not None:
         masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
-      out, pattern = reference_attention(q, k, v, mask, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                         return_pattern=True, precision=self.precision)
+      scores = hooks.hook(self, "scores", attention_scores(q, k, mask, precision=self.precision))
+      pattern = hooks.hook(self, "pattern", masked_softmax(scores, mask))
+      out = attend(pattern, v, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, precision=self.precision,
+                   dtype=q.dtype)
     else:
+      for name in ("scores", "pattern"):
+        hooks.skip(self, name, (q.shape[0], heads, q.shape[1], k.shape[1]))
       out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
                                   block_size=self.block_size, precision=self.precision)
+    out = hooks.hook(self, "z", out)
     out = out.reshape(*out.shape[:2], heads * head_dim)
     out = dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev)(out)
     return (out, pattern) if return_pattern else out

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tfjax.layers import hooks
 from tfjax.layers.attention import IMPLEMENTATIONS, MultiHeadAttention
 from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import TokenEmbedding, Unembed
@@ -121,6 +122,10 @@ class TransformerBlock(nn.Module):
 
   Args (call): ``x [B, T, D]``; ``mask [B|1, 1, T, S]`` for self-attention; ``positions [B, T]`` (for RoPE);
   ``context [B, S', D]`` and ``cross_mask [B|1, 1, T, S']`` for cross-attention.
+
+  Observation points (:func:`tfjax.layers.hooks.hook`), all ``[B, T, D]``: the residual stream ``resid_pre``,
+  ``resid_mid`` (after self-attention), ``resid_mid_cross`` (after cross-attention) and ``resid_post``; and what each
+  sublayer adds to it, ``attn_out``, ``cross_attn_out`` and ``mlp_out`` (post-LN: before the norm).
   """
   cfg: TransformerConfig
   cross_attention: bool = False
@@ -137,20 +142,25 @@ class TransformerBlock(nn.Module):
                 out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision)
     drop = Dropout(cfg.dropout_rate)
 
-    def residual(x, branch, norm_name):
+    def residual(x, branch, norm_name, out_name, resid_name):
+      """The residual branch; ``out_name``: what it adds to the stream, ``resid_name``: the stream after it."""
       if cfg.pre_ln:
-        return x + drop(branch(make_norm(cfg, norm_name)(x)), deterministic=deterministic)
-      return make_norm(cfg, norm_name)(x + drop(branch(x), deterministic=deterministic))
+        x = x + hooks.hook(self, out_name, drop(branch(make_norm(cfg, norm_name)(x)), deterministic=deterministic))
+      else:
+        x = make_norm(cfg, norm_name)(x + hooks.hook(self, out_name, drop(branch(x), deterministic=deterministic)))
+      return hooks.hook(self, resid_name, x)
 
+    x = hooks.hook(self, "resid_pre", x)
     x = residual(x, lambda h: MultiHeadAttention(rope=cfg.positional == "rope", rope_base=cfg.rope_base,
                                                  name="attn", **attn)(
-        h, mask, positions=positions, deterministic=deterministic, decode=decode), "ln_attn")
+        h, mask, positions=positions, deterministic=deterministic, decode=decode), "ln_attn", "attn_out", "resid_mid")
     if self.cross_attention:
       x = residual(x, lambda h: MultiHeadAttention(name="cross_attn", cross_attention=True, **attn)(
-          h, cross_mask, context=context, deterministic=deterministic, decode=decode), "ln_cross")
+          h, cross_mask, context=context, deterministic=deterministic, decode=decode), "ln_cross", "cross_attn_out",
+                   "resid_mid_cross")
     mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, cfg.precision,
               name="mlp")
-    return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp")
+    return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp", "mlp_out", "resid_post")
 
 
 _REMAT_POLICIES = {
@@ -184,7 +194,7 @@ class TransformerStack(nn.Module):
           return block_cls(self.cfg, self.cross_attention, name="block")(
               x, mask, positions, context, cross_mask, deterministic, decode), None
 
-      scanned = nn.scan(_Scanned, variable_axes={"params": 0, "cache": 0},
+      scanned = nn.scan(_Scanned, variable_axes={"params": 0, "cache": 0, hooks.INTERMEDIATES: 0},
                         split_rngs={"params": True, "dropout": True},
                         in_axes=(nn.broadcast,) * 6, length=cfg.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from tfjax.layers import hooks
 from tfjax.layers.dropout import Dropout
 from tfjax.layers.linear import Dense, Precision
 
@@ -34,7 +35,10 @@ def get_activation(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
 
 
 class MLP(nn.Module):
-  """``[B, T, D] -> [B, T, D]``: ``fc_in [D, F]``, activation (or SwiGLU gate ``fc_gate [D, F]``), ``fc_out [F, D]``."""
+  """``[B, T, D] -> [B, T, D]``: ``fc_in [D, F]``, activation (or SwiGLU gate ``fc_gate [D, F]``), ``fc_out [F, D]``.
+
+  Observation point (:func:`tfjax.layers.hooks.hook`): ``hidden [B, T, F]``, the activations after the nonlinearity.
+  """
   hidden_dim: int
   activation: str = "gelu"
   use_bias: bool = True
@@ -57,5 +61,6 @@ class MLP(nn.Module):
       h = act(dense(self.hidden_dim, "fc_gate", ("embed", "mlp"))(x)) * h
     else:
       h = act(h)
+    h = hooks.hook(self, "hidden", h)  # [B, T, F]: the answers to the bank of questions
     out = dense(x.shape[-1], "fc_out", ("mlp", "embed"), self.out_stddev)(h)
     return Dropout(self.dropout_rate)(out, deterministic=deterministic)

@@ -24,10 +24,25 @@ from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_posit
 
 
 class GPT(nn.Module):
-  """Decoder-only language model. See the module docstring for the computation and shapes."""
+  """Decoder-only language model. See the module docstring for the computation and shapes.
+
+  Submodules (parameter names): ``embed``, ``pos_embed`` (learned positions), ``decoder`` (the
+  :class:`~tfjax.layers.blocks.TransformerStack` ``block_0 .. block_{L-1}``), ``ln_final`` and, untied, ``unembed``.
+  """
   cfg: TransformerConfig
 
-  @nn.compact
+  def setup(self):
+    cfg = self.cfg
+    self.embed = make_token_embedding(cfg, name="embed")
+    if cfg.positional == "learned":
+      self.pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype,
+                                                  name="pos_embed")
+    self.dropout = Dropout(cfg.dropout_rate)
+    self.decoder = TransformerStack(cfg, name="decoder")
+    self.ln_final = make_norm(cfg, "ln_final")
+    if not cfg.tie_embeddings:
+      self.unembed_matrix = make_unembed(cfg, name="unembed")
+
   def __call__(self, ids: jnp.ndarray, *, positions: jnp.ndarray | None = None, mask: jnp.ndarray | None = None,
                deterministic: bool = True, decode: bool = False) -> jnp.ndarray:
     """Logits ``[B, T, V]`` (float32) for token ``ids [B, T]``.
@@ -48,24 +63,23 @@ class GPT(nn.Module):
         raise ValueError("decode=True needs the absolute positions [B, T] of the new tokens")
       positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))  # static: see apply_rope
 
-    embed = make_token_embedding(cfg, name="embed")
-    x = embed(ids)
+    x = self.embed(ids)
     if cfg.positional == "learned":
-      x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
-          positions)
+      x = x + self.pos_embed(positions)
     elif cfg.positional == "sinusoidal":
       x = x + sinusoidal_positions(positions, cfg.emb_dim, dtype=cfg.dtype)
-    x = Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = self.dropout(x, deterministic=deterministic)
 
     kv_len = cfg.max_len if decode else length
     causal = masks_lib.causal_mask_at(positions, kv_len)
-    x = TransformerStack(cfg, name="decoder")(x, masks_lib.combine_masks(causal, mask), positions,
-                                              deterministic=deterministic, decode=decode)
-    x = make_norm(cfg, "ln_final")(x)
-    if cfg.tie_embeddings:
-      logits = embed.unembed(x)
-    else:
-      logits = make_unembed(cfg, name="unembed")(x)
+    x = self.decoder(x, masks_lib.combine_masks(causal, mask), positions, deterministic=deterministic, decode=decode)
+    return self.unembed(x)
+
+  def unembed(self, resid: jnp.ndarray) -> jnp.ndarray:
+    """Logits ``[..., V]`` (float32) of a residual stream ``resid [..., D]``: the final norm ``ln_final``, then the
+    unembedding (the transposed token embedding when tied). The model's last step, and the logit lens's map."""
+    x = self.ln_final(resid)
+    logits = self.embed.unembed(x) if self.cfg.tie_embeddings else self.unembed_matrix(x)
     return logits.astype(jnp.float32)
 
 

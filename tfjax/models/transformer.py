@@ -58,7 +58,7 @@ class EncoderDecoder(nn.Module):
     self.ln_encoder = make_norm(cfg, "ln_encoder")
     self.ln_decoder = make_norm(cfg, "ln_decoder")
     if not cfg.tie_embeddings:
-      self.unembed = make_unembed(cfg)
+      self.unembed_matrix = make_unembed(cfg, name="unembed")
     self.dropout = Dropout(cfg.dropout_rate)
 
   def _check_length(self, n: int, what: str):
@@ -105,8 +105,14 @@ class EncoderDecoder(nn.Module):
     cross = masks_lib.padding_mask(jnp.ones((batch, length), bool), src_valid.astype(bool))  # [B, 1, T, S]
     x = self.decoder(x, causal, positions, context=memory, cross_mask=cross, deterministic=deterministic,
                      decode=decode)
-    x = self.ln_decoder(x)
-    logits = self.embed.unembed(x) if cfg.tie_embeddings else self.unembed(x)
+    return self.unembed(x)
+
+  def unembed(self, resid: jnp.ndarray) -> jnp.ndarray:
+    """Logits ``[..., V]`` (float32) of a decoder residual stream ``resid [..., D]``: the final norm ``ln_decoder``,
+    then the unembedding (the transposed token embedding when tied). The decoder's last step, and the logit lens's
+    map."""
+    x = self.ln_decoder(resid)
+    logits = self.embed.unembed(x) if self.cfg.tie_embeddings else self.unembed_matrix(x)
     return logits.astype(jnp.float32)
 
   def __call__(self, src: jnp.ndarray, src_valid: jnp.ndarray, tgt: jnp.ndarray, *,
