@@ -201,10 +201,12 @@ class CentreWordModel(w2v._Word2Vec):  # pylint: disable=protected-access
     hidden_BxD, weights = self.context(self.input_embedding[context_BxC], mask_BxC)
     return w2v.full_softmax_logits(hidden_BxD, self.output_embedding), weights
 
-  def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """``(summed cross-entropy, number of centres)`` of a batch ``{"centre": B, "context": BxC, "mask": BxC,
-    "weight": B}`` (``weight`` 0 for padding rows); a centre with no real context word counts for nothing."""
+  def loss(self, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(summed cross-entropy, number of centres, number predicted right by the argmax)`` of a batch
+    ``{"centre": B, "context": BxC, "mask": BxC, "weight": B}`` (``weight`` 0 for padding rows); a centre with no
+    real context word counts for nothing."""
     logits_BxV, _ = self(batch["context"], batch["mask"])
-    valid_Bx1 = (batch["weight"] > 0)[:, None] & jnp.any(batch["mask"], axis=1, keepdims=True)
-    return (w2v.full_softmax_loss(logits_BxV, batch["centre"][:, None], valid_Bx1),
-            jnp.sum(valid_Bx1.astype(jnp.float32)))
+    valid_B = (batch["weight"] > 0) & jnp.any(batch["mask"], axis=1)
+    loss = w2v.full_softmax_loss(logits_BxV, batch["centre"][:, None], valid_B[:, None])
+    correct = jnp.sum(((jnp.argmax(logits_BxV, axis=-1) == batch["centre"]) & valid_B).astype(jnp.float32))
+    return loss, jnp.sum(valid_B.astype(jnp.float32)), correct

@@ -506,3 +506,142 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log.info("trained %d effective words in %.1fs: %.0fk words/s (compile %.1fs)", stats["words"],
              stats["train_s"], stats["words_per_s"] / 1e3, stats["compile_s"])
   return results
+
+
+# ---------------------------------------------------------------------------------------------------- context models
+# The ladder from CBOW's average to attention (tfjax.models.context_models): every rung predicts the centre word
+# with a full softmax, trained by the shared loop (tfjax.train.loop) through CentreWordTask; ``model.context``
+# selects the rung.
+
+
+def split_heldout(sentences: list[list[str]], every: int) -> tuple[list[list[str]], list[list[str]]]:
+  """``(training, held_out)`` sentences: every ``every``-th line (the last of each group of ``every``) is held out,
+  so both splits span every corpus file."""
+  if every < 2:
+    raise ValueError(f"data.heldout_every must be >= 2 (one line in that many is held out), got {every}")
+  held = [s for i, s in enumerate(sentences) if i % every == every - 1]
+  return [s for i, s in enumerate(sentences) if i % every != every - 1], held
+
+
+@dataclasses.dataclass
+class CentreWindows:
+  """Every centre word of a split with a full (fixed) window: ``centre`` int32[N], ``context`` int32[N, C] and
+  ``mask`` bool[N, C] as :func:`tfjax.data.word2vec_data.windows` lays them (False past a sentence's edge, where the
+  id is 0); only centres with at least one real context word are kept. ``sentence`` int32[N] is the line number."""
+  centre: np.ndarray
+  context: np.ndarray
+  mask: np.ndarray
+  sentence: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.centre)
+
+
+def centre_windows(sentences: list[list[str]], vocab: wd.Vocab, window: int) -> CentreWindows:
+  """The windows of every in-vocabulary token of ``sentences`` (out-of-vocabulary words dropped first, as word2vec
+  does), without subsampling and with the full ``window`` each side."""
+  encoded = wd.encode(sentences, vocab)
+  context, mask = wd.windows(encoded, window, np.random.default_rng(0), dynamic=False)  # no draw without dynamic
+  has = mask.any(axis=1)
+  return CentreWindows(encoded.ids[has], context[has], mask[has], encoded.sentence[has])
+
+
+@dataclasses.dataclass
+class CentreWordData:
+  """The ladder's corpus: a vocabulary built on the training lines, and the windows of both splits."""
+  vocab: wd.Vocab
+  train: CentreWindows
+  heldout: CentreWindows
+  corpus_words: int  # tokens of all lines before min_count
+
+
+def load_centre_word_data(config: ml_collections.ConfigDict) -> CentreWordData:
+  """Reads ``config.data.files`` with word2vec's tokenisation, holds out one line in ``data.heldout_every``, builds
+  the vocabulary (``data.min_count``) on the training lines and lays the windows of ``data.window`` each side."""
+  if config.data.window < 1:
+    raise ValueError(f"data.window must be >= 1, got {config.data.window}")
+  if not config.data.files:
+    raise ValueError("data.files is empty: give at least one corpus file")
+  sentences = wd.read_sentences([data_path(p, config.data_dir) for p in config.data.files])
+  train_s, held_s = split_heldout(sentences, config.data.heldout_every)
+  if not held_s:
+    raise wd.CorpusError(f"no held-out line: the corpus has {len(sentences)} lines and data.heldout_every is "
+                         f"{config.data.heldout_every}")
+  vocab = wd.build_vocab(train_s, config.data.min_count)
+  return CentreWordData(vocab, centre_windows(train_s, vocab, config.data.window),
+                        centre_windows(held_s, vocab, config.data.window), sum(len(s) for s in sentences))
+
+
+def context_model_config(config: ml_collections.ConfigDict, vocab_size: int):
+  """The :class:`tfjax.models.context_models.ContextModelConfig` of ``config.model`` (``context`` picks the rung)."""
+  from tfjax.models import context_models as cm
+  m = config.model
+  return cm.ContextModelConfig(vocab_size=vocab_size, window=config.data.window, dim=m.dim, context=m.context,
+                               key_dim=m.key_dim, num_heads=m.num_heads,
+                               precision=None if m.precision == "default" else m.precision)
+
+
+class CentreWordTask:
+  """A context model of the ladder predicting each centre word from its window. Implements
+  :class:`tfjax.tasks.base.Task` for :func:`tfjax.train.loop.train_and_evaluate`.
+
+  The training batch at step ``s`` is ``train.batch_size`` centres drawn uniformly (with replacement) from the
+  training split by ``numpy.random.default_rng([seed, s])``: a pure function of (seed, step). With
+  ``data.dynamic_window`` each drawn centre's reach is uniform in ``[1, window]`` (word2vec's dynamic window, drawn
+  by the same generator); the held-out split always uses the full window. Evaluation: the held-out centre-word
+  cross-entropy (nats) and top-1 accuracy over every held-out centre; the final report adds the input vectors'
+  analogy, WordSim-353 and SimLex-999 scores (:func:`evaluate`).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, data: CentreWordData | None = None):
+    from tfjax.models import context_models as cm
+    self.config = config
+    self.data = data if data is not None else load_centre_word_data(config)
+    self.model_config = context_model_config(config, len(self.data.vocab))
+    self.model = cm.CentreWordModel(self.model_config)
+    self.batch_size = config.train.batch_size
+    self.eval_batch_size = config.train.get("eval_batch_size", 0) or self.batch_size
+    self.seed = config.seed
+    self.offsets = np.abs(np.asarray(wd.window_offsets(config.data.window)))
+
+  # -- Task protocol -------------------------------------------------------------------------------------------------
+  def init_params(self, rng):
+    slots = self.model_config.num_slots
+    return self.model.init(rng, jnp.zeros((1, slots), jnp.int32), jnp.ones((1, slots), bool))["params"]
+
+  def loss_fn(self, params, batch, rng, train):  # pylint: disable=unused-argument
+    loss, count, correct = self.model.apply({"params": params}, batch, method="loss")
+    return loss, count, {"accuracy": correct}
+
+  def _rows(self, split: CentreWindows, idx: np.ndarray, weight: np.ndarray) -> dict[str, np.ndarray]:
+    return {"centre": split.centre[idx], "context": split.context[idx], "mask": split.mask[idx],
+            "weight": weight.astype(np.float32)}
+
+  def train_batch(self, step: int, shard: int = 0, num_shards: int = 1):
+    if self.batch_size % num_shards:
+      raise ValueError(f"train.batch_size={self.batch_size} does not split into {num_shards} processes")
+    rng = np.random.default_rng([self.seed, step])
+    idx = rng.integers(0, len(self.data.train), size=self.batch_size)
+    batch = self._rows(self.data.train, idx, np.ones(self.batch_size))
+    if self.config.data.dynamic_window:
+      reach = self.config.data.window - rng.integers(0, self.config.data.window, size=self.batch_size)
+      batch["mask"] = batch["mask"] & (self.offsets[None, :] <= reach[:, None])
+    block = self.batch_size // num_shards
+    return {k: v[shard * block:(shard + 1) * block] for k, v in batch.items()}
+
+  def eval_batches(self, shard: int = 0, num_shards: int = 1):
+    held = self.data.heldout
+    size = self.eval_batch_size
+    for start in range(0, len(held), size):
+      idx = np.arange(start, start + size)
+      real = idx < len(held)
+      batch = self._rows(held, np.where(real, idx, 0), real)  # the last batch padded with weight-0 rows
+      block = size // num_shards
+      yield {k: v[shard * block:(shard + 1) * block] for k, v in batch.items()}
+
+  def final_report(self, params) -> dict:
+    wv = ev.WordVectors(list(self.data.vocab.words), np.asarray(params["input_embedding"]))
+    out = evaluate(wv, self.config)
+    out["vocab_size"] = len(self.data.vocab)
+    out["train_centres"], out["heldout_centres"] = len(self.data.train), len(self.data.heldout)
+    return out
