@@ -1,6 +1,9 @@
-"""``./launch.sh report SWEEPDIR``: the summary table (``summary.md``, ``summary.csv``) and the loss curves of all
-runs (``curves.png``, best highlighted) of a sweep directory, finished or not."""
+"""``./launch.sh report SWEEPDIR [--storage=URL]``: the summary table (``summary.md``, ``summary.csv``) and the loss
+curves of all runs (``curves.png``, best highlighted) of a sweep directory, finished or not: a local or SLURM sweep
+(``sweep.json``), any directory of workdirs, or an Optuna study (``study.json``: one row per trial, plus Optuna's
+``importance.png`` and ``history.png``; ``--storage`` where the recorded URL hides a password)."""
 
+import argparse
 import os
 import sys
 
@@ -8,16 +11,26 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1 or argv[0].startswith("-"):
-    print("usage: ./launch.sh report SWEEPDIR", file=sys.stderr)
-    return 2
-  if not os.path.isdir(argv[0]):
-    print(f"report: {argv[0]} is not a directory", file=sys.stderr)
+  p = argparse.ArgumentParser(prog="./launch.sh report", description=__doc__)
+  p.add_argument("sweepdir")
+  p.add_argument("--storage", default=None, help="the Optuna study's storage URL (default: from study.json)")
+  args = p.parse_args(argv)
+  if not os.path.isdir(args.sweepdir):
+    print(f"report: {args.sweepdir} is not a directory", file=sys.stderr)
     return 2
   from tfjax.train import sweep
-  sweep.report(argv[0])
-  with open(os.path.join(argv[0], "summary.md")) as f:
+  try:
+    if os.path.exists(os.path.join(args.sweepdir, "study.json")):
+      from tfjax.train import optuna_sweep
+      optuna_sweep.report(args.sweepdir, args.storage)
+    else:
+      if args.storage:
+        p.error(f"--storage is for Optuna studies; {args.sweepdir} has no study.json")
+      sweep.report(args.sweepdir)
+  except sweep.SweepError as e:
+    print(f"report: {e}", file=sys.stderr)
+    return 2
+  with open(os.path.join(args.sweepdir, "summary.md")) as f:
     print(f.read())
   return 0
 

@@ -1,7 +1,16 @@
-"""``./launch.sh sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--random=N --range KEY=LO:HI[:log|lin|int] ...]
-[--parallel=N] [--sweepdir=DIR] [--seed=S] [--config.KEY=VALUE ...]``: a grid (or random search) of training runs,
-each in ``SWEEPDIR/<settings>``, then ``summary.md``, ``summary.csv`` and ``curves.png``. Relaunching the same
-command skips finished runs and resumes the others."""
+"""``./launch.sh sweep CONFIG [--sweep KEY=V1,V2 ...] [--range KEY=LO:HI[:log|lin|int] ...] [--config.KEY=VALUE ...]``
+runs a sweep of training runs, each in its own workdir under SWEEPDIR, then writes ``summary.md``, ``summary.csv`` and
+``curves.png``. Three modes:
+
+  (default)  a grid of the --sweep axes (or --random=N draws from --range and --sweep), --parallel=N runs at a time
+             on this machine, each in SWEEPDIR/<settings>; relaunching skips finished runs and resumes the others.
+  --optuna   an Optuna study (TPE) of --trials=N runs over --range/--sweep, each in SWEEPDIR/trial_<n>, bad ones
+             pruned at evaluations (--pruner); --parallel=N workers here, or the same command on several machines
+             with one --storage=URL (default sqlite:///SWEEPDIR/study.db) share the study. Also: importance.png and
+             history.png.
+  --slurm    writes SWEEPDIR/sweep.sbatch, a SLURM job array whose task i runs the i-th run of the grid/random spec
+             (resumable, requeued on preemption); --submit also submits it with sbatch.
+"""
 
 import argparse
 import os
@@ -13,16 +22,41 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("config", help="experiments/configs/NAME.py (or a path)")
-  p.add_argument("--sweep", action="append", default=[], help="KEY=V1,V2,... (a grid axis; repeatable)")
-  p.add_argument("--range", action="append", default=[], help="KEY=LOW:HIGH[:lin|log|int] (with --random)")
+  p.add_argument("--sweep", action="append", default=[], help="KEY=V1,V2,... (a grid axis, or a categorical "
+                 "parameter with --optuna; repeatable)")
+  p.add_argument("--range", action="append", default=[], help="KEY=LOW:HIGH[:lin|log|int] (with --random or "
+                 "--optuna)")
   p.add_argument("--random", type=int, default=0, help="random search: this many runs drawn from --range "
                  "(and from --sweep lists)")
-  p.add_argument("--seed", type=int, default=0, help="seed of the random search")
-  p.add_argument("--parallel", type=int, default=1, help="runs at a time (on GPUs each gets its own share of them)")
+  p.add_argument("--seed", type=int, default=None, help="seed of the random search (default 0) or of Optuna's "
+                 "sampler (default: random; worker i of --parallel uses SEED+i)")
+  p.add_argument("--parallel", type=int, default=1, help="runs at a time (with --optuna: worker processes; on GPUs "
+                 "each gets its own share of them)")
   p.add_argument("--gpus_per_run", type=int, default=0, help="GPUs per run with --parallel > 1 (0: an equal share "
                  "of the visible GPUs)")
   p.add_argument("--sweepdir", default=None, help="default: runs/sweep_<CONFIG>")
-  p.add_argument("--dry_run", action="store_true", help="print the runs and exit")
+  p.add_argument("--dry_run", action="store_true", help="print the runs (or the search space) and exit")
+  p.add_argument("--train_script", default=None, help="the entry point each run is launched with (default "
+                 "experiments/train.py; another must take the same --config/--workdir flags)")
+  o = p.add_argument_group("Optuna")
+  o.add_argument("--optuna", action="store_true", help="an adaptive Optuna study instead of a grid")
+  o.add_argument("--trials", type=int, default=0, help="trials of the study in all (across workers and relaunches)")
+  o.add_argument("--storage", default=None, help="SQLAlchemy URL of the study (default sqlite:///SWEEPDIR/study.db; "
+                 "e.g. postgresql://user@host/db to share it between machines)")
+  o.add_argument("--study", default=None, help="study name (default: the sweep dir's name)")
+  o.add_argument("--pruner", default="median", help="median[:STARTUP[:WARMUP]] | hyperband | asha | "
+                 "threshold:UPPER | none")
+  o.add_argument("--objective", default="best_eval_loss", help="the results.json key to minimise")
+  o.add_argument("--heartbeat", type=int, default=60, help="seconds between a worker's heartbeats; a trial without "
+                 "one for --grace seconds (default 2x) is its dead worker's: failed and re-queued")
+  o.add_argument("--grace", type=int, default=0, help="see --heartbeat (0: twice the heartbeat)")
+  o.add_argument("--max_retry", type=int, default=3, help="re-queues of a trial whose worker died")
+  o.add_argument("--poll", type=float, default=1.0, help="seconds between reads of a trial's metrics.jsonl")
+  s = p.add_argument_group("SLURM")
+  s.add_argument("--slurm", action="store_true", help="write SWEEPDIR/sweep.sbatch, one array task per run")
+  s.add_argument("--slurm_args", default="", help='more sbatch options, e.g. "--gpus-per-task=1 --time=2:00:00 '
+                 '--partition=gpu"')
+  s.add_argument("--submit", action="store_true", help="with --slurm: submit the script with sbatch")
   args, extra = p.parse_known_args(argv)
   bad = [a for a in extra if not a.startswith("--config.")]
   if bad:
@@ -31,25 +65,76 @@ def main(argv=None) -> int:
   from experiments import runtime
   from tfjax.train import sweep
   runtime.setup_logging()
-  if args.range and not args.random:
-    p.error("--range needs --random=N")
+  if args.optuna and (args.random or args.slurm):
+    p.error("--optuna runs its own search: drop --random / --slurm (start the same --optuna command on several "
+            "machines, or in several SLURM jobs, with one --storage=URL instead)")
+  if args.optuna and args.trials < 1:
+    p.error("--optuna needs --trials=N (trials of the study in all)")
+  if not args.optuna and (args.trials or args.storage or args.study):
+    p.error("--trials / --storage / --study are for --optuna")
+  if args.submit and not args.slurm:
+    p.error("--submit needs --slurm")
+  if args.range and not (args.random or args.optuna):
+    p.error("--range needs --random=N (or --optuna)")
+  name = os.path.splitext(os.path.basename(args.config))[0]
+  sweepdir = os.path.abspath(args.sweepdir or os.path.join(
+      os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", f"sweep_{name}"))
+
+  if args.optuna:
+    from tfjax.train import optuna_sweep
+    try:
+      space = optuna_sweep.search_space([sweep.parse_axis(a) for a in args.sweep],
+                                        [sweep.parse_range(r) for r in args.range])
+      optuna_sweep.make_pruner(args.pruner)
+    except sweep.SweepError as e:
+      p.error(str(e))
+    if args.dry_run:
+      for k, v in space.items():
+        print(k, v)
+      return 0
+    try:
+      rows = optuna_sweep.run_study(
+          args.config, space, sweepdir, args.trials, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
+          study_name=args.study, storage_url=args.storage, extra_args=extra, objective=args.objective,
+          pruner=args.pruner, seed=args.seed, heartbeat_s=args.heartbeat, grace_s=args.grace or None,
+          max_retry=args.max_retry, poll_s=args.poll, train_script=args.train_script)
+    except sweep.SweepError as e:
+      p.error(str(e))
+    with open(os.path.join(sweepdir, "summary.md")) as f:
+      print(f.read())
+    print(f"summary: {sweepdir}/summary.md, summary.csv, curves.png, history.png, importance.png")
+    return 0 if any(r["state"] in ("COMPLETE", "PRUNED") for r in rows) else 1
+
   try:
     axes = [sweep.parse_axis(s) for s in args.sweep]
     if args.random:
-      settings = sweep.random_search([sweep.parse_range(r) for r in args.range], args.random, args.seed, axes)
+      settings = sweep.random_search([sweep.parse_range(r) for r in args.range], args.random, args.seed or 0, axes)
     else:
       settings = sweep.grid(axes) if axes else [{}]
   except sweep.SweepError as e:
     p.error(str(e))
-  name = os.path.splitext(os.path.basename(args.config))[0]
-  sweepdir = args.sweepdir or os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs",
-                                           f"sweep_{name}")
   if args.dry_run:
     for s in settings:
       print(sweep.run_name(s), s)
     return 0
+  if args.slurm:
+    from tfjax.train import slurm
+    try:
+      script = slurm.write_script(args.config, settings, sweepdir, extra, args.slurm_args,
+                                  train_script=args.train_script)
+      print(f"wrote {script}: a job array of {len(settings)} runs (tasks 0-{len(settings) - 1})")
+      if args.submit:
+        print(f"submitted: job {slurm.submit(script)}")
+      else:
+        print(f"submit with: sbatch {script}   (or rerun with --submit)")
+    except sweep.SweepError as e:
+      print(f"sweep: error: {e}", file=sys.stderr)
+      return 2
+    print(f"then: ./launch.sh report {sweepdir}")
+    return 0
   try:
-    rows = sweep.run_sweep(args.config, settings, sweepdir, args.parallel, extra, gpus_per_run=args.gpus_per_run)
+    rows = sweep.run_sweep(args.config, settings, sweepdir, args.parallel, extra, gpus_per_run=args.gpus_per_run,
+                           train_script=args.train_script)
   except sweep.SweepError as e:
     p.error(str(e))
   with open(os.path.join(sweepdir, "summary.md")) as f:
