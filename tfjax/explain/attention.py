@@ -136,6 +136,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
   ``attention_<view>.png`` (layers x heads heatmaps), ``attention_heads_<view>.png`` (the head summary table),
   ``attention.json`` (patterns, tokens, summaries) and the explorer page ``attention_explorer.html``."""
   views = collect_views(subject, text, target)
+  os.makedirs(out_dir, exist_ok=True)
   numbers, files, lines = {"kind": subject.kind, "views": []}, [], []
   explorer_views = []
   for v in views:

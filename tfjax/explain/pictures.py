@@ -81,8 +81,7 @@ def heatmap_grid(values: np.ndarray, path: str | os.PathLike, *, row_labels: Seq
   cell = min(0.32, 3.2 / max(t, s))
   panel_w, panel_h = s * cell + 0.9, t * cell + 0.9
   fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_w * n_cols + 0.6, panel_h * n_rows + 0.8), squeeze=False)
-  colormap = plt.get_cmap(cmap).copy()
-  colormap.set_bad("white")
+  colormap = plt.get_cmap(cmap).with_extremes(bad="white")
   every = max(t, s) <= 24
   image = None
   for r in range(n_rows):

@@ -66,6 +66,7 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
   ``temperature_entropy.png`` (entropy of the next-token distribution against T; unigram entropy and distinct-1/2/3
   of ``num_samples`` samples of ``num_tokens`` tokens at each T) and ``temperature.json``."""
   from tfjax.explain.subjects import SubjectError
+  os.makedirs(out_dir, exist_ok=True)
   temps = [float(t) for t in temperatures]
   if not temps or min(temps) < 0:
     raise SubjectError(f"--temperatures must be >= 0, got {temps}")
