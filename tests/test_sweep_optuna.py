@@ -34,6 +34,8 @@ stop = []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 ck = os.path.join(wd, "ckpt.json")
 start = json.load(open(ck))["step"] if os.path.exists(ck) else 0
+while not os.path.exists(os.environ.get("FAKE_GATE", "")):  # the test opens the gate when both workers run one
+  time.sleep(0.05)
 if start:
   print(f"resumed from the checkpoint at step {start}", flush=True)
 loss = lambda s: 1000 * lr + 1.0 / s
@@ -90,12 +92,12 @@ def test_cli_refuses_inconsistent_flags(capsys):
     assert msg in capsys.readouterr().err
 
 
-def _worker(sweepdir, script, trials, out, extra=()):
+def _worker(sweepdir, script, trials, out, extra=(), gate=None):
   cmd = [sys.executable, str(ROOT / "experiments" / "sweep.py"), CONFIG, "--optuna", f"--trials={trials}",
          "--range", "optimizer.lr=1e-3:9e-3", "--pruner=threshold:5", f"--train_script={script}",
-         f"--sweepdir={sweepdir}", "--poll=0.05", "--heartbeat=1", "--grace=3", "--config.train.num_steps=16",
+         f"--sweepdir={sweepdir}", "--poll=0.05", "--heartbeat=1", "--grace=3", "--config.train.num_steps=10",
          *extra]
-  env = dict(os.environ, FAKE_STEP_S="0.25")
+  env = dict(os.environ, FAKE_STEP_S="0.2", FAKE_GATE=str(gate or script))
   return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
@@ -126,17 +128,19 @@ def test_two_workers_share_a_study_prune_and_survive_a_killed_worker(tmp_path):
     path = sweepdir / f"trial_{t.number}" / "metrics.jsonl"
     return len(path.read_text().splitlines()) // 2 if path.exists() else 0
 
-  def victim():
-    """Both workers in a trial at once; the worker of one that would complete, two steps into it, is the victim."""
-    running = [t for t in study.get_trials() if t.state.name == "RUNNING"]
-    if len({t.user_attrs.get("worker") for t in running}) < 2:
-      return None
-    return next((t for t in running if t.params["optimizer.lr"] != 8e-3 and steps_done(t) >= 2), None)
+  def running():
+    return [t for t in study.get_trials() if t.state.name == "RUNNING" and "worker" in t.user_attrs]
 
+  gate = tmp_path / "go"
   logs = [open(tmp_path / f"{w}.log", "w") for w in "ab"]
-  workers = [_worker(sweepdir, script, 4, f) for f in logs]
+  workers = [_worker(sweepdir, script, 4, f, gate=gate) for f in logs]
   try:
-    killed = _wait(victim, 120, "both workers in a trial")
+    # both workers hold a trial (their runs wait at the gate): then the runs go, side by side
+    _wait(lambda: len({t.user_attrs["worker"] for t in running()}) == 2, 120, "both workers in a trial")
+    gate.write_text("go")
+    # the victim: the worker of the trial that would complete, two steps into it
+    killed = _wait(lambda: next((t for t in running() if t.params["optimizer.lr"] != 8e-3 and steps_done(t) >= 2),
+                                None), 60, "a trial two steps in")
     finished_before = {t.number: t.value for t in study.get_trials() if t.state.name == "COMPLETE"}
     dead_w = next(w for w in workers if killed.user_attrs["worker"] == f"{host}:{w.pid}")
     live_w = next(w for w in workers if w is not dead_w)
@@ -172,25 +176,26 @@ def test_two_workers_share_a_study_prune_and_survive_a_killed_worker(tmp_path):
   for t in trials.values():
     if t.state.name == "COMPLETE":
       res = json.loads((sweepdir / f"trial_{t.number}" / "results.json").read_text())
-      assert t.value == res["best_eval_loss"] == pytest.approx(1000 * t.params["optimizer.lr"] + 1 / 16)
+      assert t.value == res["best_eval_loss"] == pytest.approx(1000 * t.params["optimizer.lr"] + 1 / 10)
   pruned = next(t for t in trials.values() if t.state.name == "PRUNED")
   assert pruned.params["optimizer.lr"] == 8e-3 and list(pruned.intermediate_values) == [1]
   res = json.loads((sweepdir / f"trial_{pruned.number}" / "results.json").read_text())
-  assert res["pruned"] is True and res["pruned_at_step"] == 1 and res["step"] < 16  # stopped early
+  assert res["pruned"] is True and res["pruned_at_step"] == 1 and res["step"] < 10  # stopped early
 
   # the budget is the study's: another worker finds it spent and runs nothing
-  with open(tmp_path / "c.log", "w") as log_c:
-    assert _worker(sweepdir, script, 4, log_c).wait(timeout=60) == 0
+  space = optuna_sweep.search_space([], [sweep.parse_range("optimizer.lr=1e-3:9e-3")])
+  assert optuna_sweep.run_worker(CONFIG, space, str(sweepdir), 4, extra_args=["--config.train.num_steps=10"],
+                                 pruner="threshold:5", train_script=str(script)) == \
+      {"COMPLETE": 0, "PRUNED": 0, "FAIL": 0}
   assert len(study.get_trials()) == 5
 
-  out = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(sweepdir)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
-  assert out.returncode == 0, out.stderr
-  rows = {r["run"]: r for r in csv.DictReader(open(sweepdir / "summary.csv"))}
+  rows = {r["run"]: r for r in optuna_sweep.report(str(sweepdir))}
   assert len(rows) == 5 and rows[f"trial_{pruned.number}"]["status"] == "pruned"
   assert f"resumed as trial_{retry.number}" in rows[f"trial_{killed.number}"]["note"]
+  assert {n: r["state"] for n, r in rows.items()} == {f"trial_{n}": t.state.name for n, t in trials.items()}
   best = min((t for t in ended if t.state.name == "COMPLETE"), key=lambda t: t.value)
-  assert f"best (lowest eval loss): **trial_{best.number}**" in out.stdout
+  assert f"best (lowest eval loss): **trial_{best.number}**" in (sweepdir / "summary.md").read_text()
+  assert len(list(csv.DictReader(open(sweepdir / "summary.csv")))) == 5
   for png in ("curves.png", "history.png", "importance.png"):
     assert (sweepdir / png).stat().st_size > 5000
 
@@ -218,3 +223,6 @@ def test_a_real_run_is_pruned_through_sigterm(tmp_path):
   assert t.state.name == "PRUNED" and t.intermediate_values == {
       2: next(r["eval_loss"] for r in evals if r["step"] == 2 and "eval_loss" in r)}
   assert "| trial_0 | PRUNED |" in out.stdout
+  from experiments import report as report_cli
+  os.remove(sweepdir / "summary.md")
+  assert report_cli.main([str(sweepdir)]) == 0 and "| trial_0 | PRUNED |" in (sweepdir / "summary.md").read_text()
