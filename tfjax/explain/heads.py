@@ -1,0 +1,86 @@
+"""``explain heads``: which heads matter: the validation-loss increase when each head alone is zero-ablated.
+
+For every attention of the model (GPT/BERT: self-attention; translator: encoder self-, decoder self- and
+cross-attention) and every (layer, head), the head's output ``z`` is set to 0 (:mod:`tfjax.explain.interventions`)
+and the loss on the validation batches is measured again. One interventions tree per attention holds a mask for
+every layer, so the jitted loss compiles once per attention and each head is a new mask, not a new program.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfjax.explain import data as data_lib
+from tfjax.explain import pictures
+from tfjax.explain.capture import model_stacks
+from tfjax.explain.interventions import intervention, interventions_from_paths, run_with_interventions
+
+
+def head_masks_tree(stack: str, sublayer: str, num_layers: int, num_heads: int, layer: int, head: int) -> dict:
+  """An interventions tree zeroing head ``head`` of layer ``layer`` (and nothing else, though every layer of the
+  stack has a leaf, so that all (layer, head) share one tree structure)."""
+  leaves = {}
+  for l in range(num_layers):
+    mask = np.zeros((1, 1, num_heads, 1), bool)
+    if l == layer:
+      mask[0, 0, head, 0] = True
+    leaves[f"{stack}/block_{l}/{sublayer}/z"] = intervention(mask, jnp.zeros(()))
+  return interventions_from_paths(leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "kind"))
+def _loss(model, kind, params, tree, batch):
+  args, kwargs = data_lib.model_inputs(kind, batch)
+  if tree is None:
+    logits = model.apply({"params": params}, *args, **kwargs)
+  else:
+    logits = run_with_interventions(model, {"params": params}, tree, *args, **kwargs)
+  return data_lib.batch_loss(kind, logits, batch)
+
+
+def attentions(model) -> list[tuple[str, str]]:
+  """The (stack, sublayer) of every attention of ``model``."""
+  out = []
+  for name, layout in model_stacks(model).items():
+    out.append((name, "attn"))
+    if layout.cross_attention:
+      out.append((name, "cross_attn"))
+  return out
+
+
+def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None) -> dict:
+  """Writes ``heads.png`` (a layer x head heatmap of the loss increase per attention) and ``heads.json``."""
+  os.makedirs(out_dir, exist_ok=True)
+  model, params, kind = subject.model, subject.params, subject.kind
+  batches = [jax.tree.map(jnp.asarray, b) for b in data_lib.eval_batches(subject, max_batches, text)]
+  base = float(np.mean([_loss(model, kind, params, None, b) for b in batches]))
+  stacks = model_stacks(model)
+  numbers = {"base_loss": base, "batches": len(batches), "attentions": {}}
+  lines = [f"heads: validation loss {base:.4f} over {len(batches)} batch(es); loss increase when one head is zeroed"]
+  panels = []
+  for stack, sublayer in attentions(model):
+    layout = stacks[stack]
+    delta = np.zeros((layout.num_layers, layout.num_heads), np.float32)
+    for l in range(layout.num_layers):
+      for h in range(layout.num_heads):
+        tree = head_masks_tree(stack, sublayer, layout.num_layers, layout.num_heads, l, h)
+        delta[l, h] = np.mean([_loss(model, kind, params, tree, b) for b in batches]) - base
+    name = f"{stack}/{sublayer}"
+    numbers["attentions"][name] = delta
+    panels.append((name, delta))
+    l, h = np.unravel_index(np.argmax(delta), delta.shape)
+    lines.append(f"  {name}: most important head layer {l} head {h} (+{delta[l, h]:.4f}); "
+                 f"least {float(delta.min()):+.4f}; mean {float(delta.mean()):+.4f}")
+  for name, delta in panels:
+    pictures.heatmap(delta, os.path.join(out_dir, f"heads_{name.replace('/', '_')}.png"),
+                     row_labels=[f"layer {l}" for l in range(delta.shape[0])],
+                     col_labels=[f"head {h}" for h in range(delta.shape[1])],
+                     title=f"{name}: validation loss increase when the head is zeroed (base {base:.3f})",
+                     center=True, annotate=True, fmt="{:+.3f}")
+  pictures.write_json(os.path.join(out_dir, "heads.json"), numbers)
+  return {"summary": "\n".join(lines), **numbers}
