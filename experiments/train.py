@@ -23,6 +23,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   runtime.setup_logging()
+  runtime.enable_compilation_cache()
   runtime.maybe_initialize_distributed()
   results = runtime.run(FLAGS.config, FLAGS.workdir)
   return 0 if results is not None else 1

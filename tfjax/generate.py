@@ -48,25 +48,52 @@ def sample_logits(logits: jnp.ndarray, rng: jax.Array, temperature: float = 1.0,
 
 
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
-def _cached_segment(model, params, prompt, rngs, temperature, top_k, top_p):
-  """Prefills the cache with ``prompt [B, P]`` then decodes ``len(rngs)`` tokens one position at a time."""
+def _cached_generate(model, params, prompt, rngs, temperature, top_k, top_p):
+  """``[B, N]`` new tokens after ``prompt [B, P]`` (``P <= max_len``), one per key of ``rngs [N]``, in one compiled
+  program: the prompt is prefilled once, then a ``lax.scan`` over the ``N - 1`` remaining tokens either decodes one
+  position with the KV cache or, when the window is full, refills a fresh cache from the last ``max_len // 2``
+  tokens (a ``lax.cond``: only the branch taken runs). The shapes do not depend on how often the window refills, so
+  a whole sample compiles once (it used to compile once per segment shape and slice its keys eagerly)."""
   from tfjax.models.gpt import init_cache  # local: generate works for any decoder with the GPT call signature
+  max_len = model.cfg.max_len
   batch, plen = prompt.shape
-  cache = init_cache(model, batch)
-  positions = jnp.broadcast_to(jnp.arange(plen), (batch, plen))
-  logits, vars_ = model.apply({"params": params, "cache": cache}, prompt, positions=positions, decode=True,
-                              mutable=["cache"])
-  first = sample_logits(logits[:, -1], rngs[0], temperature, top_k, top_p)
+  num_new = rngs.shape[0]
+  half = max(1, max_len // 2)
 
-  def step(carry, rng_t):
-    cache, token, pos = carry
-    logits, vars_ = model.apply({"params": params, "cache": cache}, token[:, None],
-                                positions=jnp.full((batch, 1), pos), decode=True, mutable=["cache"])
-    nxt = sample_logits(logits[:, -1], rng_t, temperature, top_k, top_p)
-    return (vars_["cache"], nxt, pos + 1), nxt
+  def prefill(context):
+    """Logits ``[B, V]`` after ``context [B, C]`` at positions 0..C-1, and the filled cache."""
+    length = context.shape[1]
+    positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    logits, vars_ = model.apply({"params": params, "cache": init_cache(model, batch)}, context, positions=positions,
+                                decode=True, mutable=["cache"])
+    return logits[:, -1], vars_["cache"]
 
-  _, rest = jax.lax.scan(step, (vars_["cache"], first, jnp.int32(plen)), rngs[1:])
-  return jnp.concatenate([first[:, None], rest.T], axis=1)
+  logits, cache = prefill(prompt)
+  first = sample_logits(logits, rngs[0], temperature, top_k, top_p)
+  # every token written so far (the prompt, then the new ones): the refill reads its last `half` from here
+  tokens = jnp.zeros((batch, plen + num_new), jnp.int32).at[:, :plen].set(prompt).at[:, plen].set(first)
+
+  def step(carry, xs):
+    cache, tokens, pos = carry  # pos: the window position of the last token (already in `tokens`, not yet cached)
+    index, rng_t = xs  # index: where the token sampled now goes in `tokens`
+
+    def decode(cache):
+      logits, vars_ = model.apply({"params": params, "cache": cache}, tokens[:, index - 1][:, None],
+                                  positions=jnp.full((batch, 1), pos), decode=True, mutable=["cache"])
+      return logits[:, -1], vars_["cache"], pos + 1
+
+    def refill(_):
+      logits, cache = prefill(jax.lax.dynamic_slice_in_dim(tokens, index - half, half, axis=1))
+      return logits, cache, jnp.int32(half)
+
+    logits, cache, next_pos = jax.lax.cond(pos == max_len, refill, decode, cache)
+    nxt = sample_logits(logits, rng_t, temperature, top_k, top_p)
+    return (cache, tokens.at[:, index].set(nxt), next_pos), None
+
+  if num_new > 1:
+    indices = jnp.arange(plen + 1, plen + num_new, dtype=jnp.int32)
+    (_, tokens, _), _ = jax.lax.scan(step, (cache, tokens, jnp.int32(plen)), (indices, rngs[1:]))
+  return tokens[:, plen:]
 
 
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
@@ -91,18 +118,11 @@ def generate(model: Any, params: Any, prompt, max_new_tokens: int, rng: jax.Arra
   max_len = model.cfg.max_len
   tokens = prompt
   rngs = jax.random.split(rng, max_new_tokens) if max_new_tokens else None
-  done = 0
   if use_cache:
-    context_len = min(tokens.shape[1], max_len)
-    while done < max_new_tokens:
-      n = min(max_len - context_len + 1, max_new_tokens - done)  # prefill samples one token, then n-1 decode steps
-      new = _cached_segment(model, params, jnp.asarray(tokens[:, -context_len:]), rngs[done:done + n],
-                            float(temperature), top_k, top_p)
-      tokens = np.concatenate([tokens, np.asarray(new)], axis=1)
-      done += n
-      # once the window is full, refill the cache from the last max_len // 2 tokens
-      context_len = tokens.shape[1] if tokens.shape[1] < max_len else max(1, max_len // 2)
-    return tokens
+    if not max_new_tokens:
+      return tokens
+    new = _cached_generate(model, params, jnp.asarray(tokens[:, -max_len:]), rngs, float(temperature), top_k, top_p)
+    return np.concatenate([tokens, np.asarray(new)], axis=1)
   for i in range(max_new_tokens):
     window = tokens[:, -max_len:]
     length = window.shape[1]

@@ -9,6 +9,7 @@ The workdir receives ``config.json``, ``run_info.json``, ``metrics.jsonl``, ``re
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,6 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from tfjax import config as config_lib
+from tfjax.data import files
 from tfjax.train import checkpoint as ckpt_lib
 from tfjax.train import metrics as metrics_lib
 from tfjax.train import parallel
@@ -63,6 +65,28 @@ def run_info() -> dict[str, Any]:
       "process_count": jax.process_count(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "ld_preload": os.environ.get("LD_PRELOAD", ""),  # e.g. jemalloc, which ./launch.sh uses on CPU when present
   }
+
+
+class PhaseTimer:
+  """Wall seconds spent in each named phase of a run (``with timer("eval"): ...`` adds to ``eval``), so a run can
+  say where its time went: start-up, compilation, training steps, evaluation, checkpoints, the final report."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+
+  def add(self, name: str, seconds: float) -> None:
+    self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+  @contextlib.contextmanager
+  def __call__(self, name: str):
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.add(name, time.perf_counter() - start)
+
+  def summary(self) -> str:
+    return " | ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
 
 
 class _Preemption:
@@ -130,11 +154,12 @@ def parse_profile_steps(spec: str) -> tuple[int, int] | None:
 
 
 def evaluate(task, eval_fn, params, put_batch) -> dict[str, float]:
-  """Mean loss and metrics over the task's evaluation batches."""
+  """Mean loss and metrics over the task's evaluation batches (all dispatched, then read back at once: one host
+  sync per evaluation, not one per batch)."""
   loss_sum, weight, sums = 0.0, 0.0, {}
   pid, nproc = jax.process_index(), jax.process_count()
-  for batch in task.eval_batches(pid, nproc):
-    ls, w, ms = jax.device_get(eval_fn(params, put_batch(batch)))
+  outputs = [eval_fn(params, put_batch(batch)) for batch in task.eval_batches(pid, nproc)]
+  for ls, w, ms in jax.device_get(outputs):
     loss_sum, weight = loss_sum + float(ls), weight + float(w)
     for k, v in ms.items():
       sums[k] = sums.get(k, 0.0) + float(v)
@@ -148,14 +173,17 @@ def evaluate(task, eval_fn, params, put_batch) -> dict[str, float]:
 def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   """Trains ``task`` as ``config`` says, resuming from ``workdir``; returns the final results (also in
   ``results.json``)."""
+  entered_unix, entered = time.time(), time.perf_counter()
+  timer = PhaseTimer()
   config_lib.validate_train_config(config)
   t = config.train
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  info = run_info() if is_main else {}
   if is_main:
     _write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    _write_json(os.path.join(workdir, "run_info.json"), run_info())
+    _write_json(os.path.join(workdir, "run_info.json"), info)
 
   mode = parallel.resolve_mode(t.parallel)
   parallel.check_batch_divisible(t.batch_size, mode)
@@ -218,7 +246,9 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     host_state = lambda s: s  # noqa: E731
 
   # Compile ahead of time to log the step's memory (the same executable then runs every step).
+  timer.add("setup", time.perf_counter() - entered)
   memory = {}
+  compile_start = time.perf_counter()
   try:
     compiled = step_fn.lower(state, put_train(task.train_batch(start_step, pid, nproc))).compile()
     memory = memory_stats(compiled)
@@ -226,20 +256,23 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       step_fn = compiled
   except Exception as e:  # pylint: disable=broad-except
     log.warning("could not compile the step ahead of time for memory_analysis: %s", e)
+  timer.add("compile", time.perf_counter() - compile_start)
   if memory:
     log.info("compiled step memory per device: %s", ", ".join(
         f"{k.replace('_size_in_bytes', '')} {v / 2**20:.1f} MiB" for k, v in memory.items()))
     if is_main:
-      _write_json(os.path.join(workdir, "run_info.json"), {**run_info(), "step_memory_bytes": memory})
+      _write_json(os.path.join(workdir, "run_info.json"), {**info, "step_memory_bytes": memory})
   profile = parse_profile_steps(t.get("profile_steps", ""))
 
   flops_per_token = task.flops_per_token(host_params(state)) if hasattr(task, "flops_per_token") else None
-  peak = metrics_lib.device_peak_flops(measure_cpu=t.log_mfu) if t.log_mfu else None
+  with timer("mfu_peak"):  # measured once per machine and kept in the user cache dir (CPU)
+    peak = metrics_lib.device_peak_flops(measure_cpu=t.log_mfu, cache_dir=files.cache_dir()) if t.log_mfu else None
   if flops_per_token and peak:
     log.info("MFU reference: %.3g FLOPs/token, peak %.3g FLOP/s (%s)", flops_per_token, peak,
              "measured matmul" if jax.default_backend() == "cpu" else "data sheet")
 
-  writer = metrics_lib.MetricsWriter(workdir, start_step, tensorboard=t.get("tensorboard", True))
+  with timer("setup"):
+    writer = metrics_lib.MetricsWriter(workdir, start_step, tensorboard=t.get("tensorboard", True))
   best = {"eval_loss": float("inf")}
   for rec in metrics_lib.read_metrics(workdir):
     if "eval_loss" in rec and rec["eval_loss"] < best["eval_loss"]:
@@ -250,7 +283,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   last_record: dict[str, Any] = {}
 
   def save(step: int, force: bool = False):
-    ckpt_lib.save(manager, step, host_state(state), {"step": step, "config": config.to_json()}, force=force)
+    with timer("checkpoint"):  # the blocking part of the save (the write itself runs in orbax's background thread)
+      ckpt_lib.save(manager, step, host_state(state), {"step": step, "config": config.to_json()}, force=force)
 
   def consume(step: int, metrics, tokens: int) -> None:
     """Host side of a finished step: NaN check, then logging on log steps."""
@@ -291,10 +325,13 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       last_log_time, last_log_step, tokens_since_log = now, done, 0
 
   if start_step == 0 and t.eval_every and t.num_steps > 0:  # the curve starts at the initial loss
-    ev0 = evaluate(task, eval_fn, host_params(state), put_batch)
+    with timer("eval"):
+      ev0 = evaluate(task, eval_fn, host_params(state), put_batch)
     if ev0:
       writer.write({"step": 0, **ev0})
       log.info("step 0 | %s", " | ".join(f"{k} {v:.4f}" for k, v in ev0.items()))
+  loop_start = time.perf_counter()
+  outside_steps = sum(timer.seconds.get(k, 0.0) for k in ("eval", "checkpoint"))
   with _Preemption() as preempt:
     step = start_step
     for step in range(start_step, t.num_steps):
@@ -316,9 +353,10 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       if (t.eval_every and done % t.eval_every == 0) or is_last:
         consume(*pending)
         pending = None
-        ev = evaluate(task, eval_fn, host_params(state), put_batch)
-        if ev and hasattr(task, "eval_report") and nproc == 1:  # e.g. the translator's BLEU (one process: its
-          ev.update(task.eval_report(host_params(state)))        # decoding runs on this process's devices)
+        with timer("eval"):
+          ev = evaluate(task, eval_fn, host_params(state), put_batch)
+          if ev and hasattr(task, "eval_report") and nproc == 1:  # e.g. the translator's BLEU (one process: its
+            ev.update(task.eval_report(host_params(state)))        # decoding runs on this process's devices)
         if ev:
           writer.write({"step": done, **ev})
           log.info("step %d | %s", done, " | ".join(f"{k} {v:.4f}" for k, v in ev.items()))
@@ -326,7 +364,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
           if ev["eval_loss"] < best["eval_loss"]:
             best = {"eval_loss": ev["eval_loss"], "step": done}
             if best_manager is not None:
-              ckpt_lib.save_best(best_manager, done, host_params(state), {"step": done, **ev})
+              with timer("checkpoint"):
+                ckpt_lib.save_best(best_manager, done, host_params(state), {"step": done, **ev})
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last:
         if pending is not None:  # check this step's metrics first: a NaN step must not become the last checkpoint
           consume(*pending)
@@ -351,12 +390,16 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
         return {"preempted_at": done}
     if pending is not None:
       consume(*pending)
+  # the steps' own time: the loop's, less the evaluations and checkpoint saves inside it
+  timer.add("train", time.perf_counter() - loop_start
+            - (sum(timer.seconds.get(k, 0.0) for k in ("eval", "checkpoint")) - outside_steps))
 
   params = host_params(state)
   final_step = int(jax.device_get(host_state(state).step))
   results: dict[str, Any] = {"step": final_step}
   if "eval_loss" not in last_record:
-    ev = evaluate(task, eval_fn, params, put_batch)
+    with timer("eval"):
+      ev = evaluate(task, eval_fn, params, put_batch)
     results.update(ev)
     if ev and ev["eval_loss"] < best["eval_loss"]:
       best = {"eval_loss": ev["eval_loss"], "step": final_step}
@@ -370,7 +413,8 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
       "parallel": mode, "device_count": jax.device_count(),
   })
   if best_manager is not None:
-    best_manager.wait_until_finished()
+    with timer("checkpoint"):
+      best_manager.wait_until_finished()
     results["best_checkpoint_step"] = (ckpt_lib.complete_steps(best_manager) or [None])[-1]
   if memory:
     results["step_memory_bytes"] = memory
@@ -380,23 +424,31 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
     results["skipped_steps"] = skipped
   if nproc > 1:  # the report runs on process 0 alone: give it host copies of the (global) parameters
     params = multihost_utils.process_allgather(params, tiled=True)
-  if is_main:
+  if is_main:  # the last checkpoint is written in the background meanwhile
     try:
-      results.update(task.final_report(params))
+      with timer("final_report"):
+        results.update(task.final_report(params))
     except Exception as e:  # pylint: disable=broad-except
       log.warning("final report failed: %s", e)
-    _write_json(os.path.join(workdir, "results.json"), results)
     try:
-      from tfjax.train import plots
-      plots.plot_runs([workdir], os.path.join(workdir, "loss.png"))
+      with timer("plot"):
+        from tfjax.train import plots
+        plots.plot_runs([workdir], os.path.join(workdir, "loss.png"))
     except Exception as e:  # pylint: disable=broad-except
       log.warning("could not draw loss.png: %s", e)
-  manager.wait_until_finished()
+  with timer("checkpoint"):
+    manager.wait_until_finished()
   manager.close()
   if best_manager is not None:
     best_manager.wait_until_finished()
     best_manager.close()
   writer.close()
+  results["phase_seconds"] = dict(timer.seconds)
+  results["started_unix"] = entered_unix  # with the launch time: the interpreter's start-up and imports
+  results["run_seconds"] = time.perf_counter() - entered
+  if is_main:
+    _write_json(os.path.join(workdir, "results.json"), results)
+  log.info("time: %s", timer.summary())
   if "sample" in results:
     log.info("sample:\n%s", results["sample"])
   log.info("results: %s", {k: v for k, v in results.items() if k != "sample"})

@@ -34,12 +34,59 @@ def measure_matmul_peak(n: int = 1024, repeats: int = 10) -> float:
   return 2 * n**3 / best
 
 
-def device_peak_flops(measure_cpu: bool = True) -> float | None:
-  """Peak FLOP/s of all devices together: the data-sheet figure for known accelerators, a measured matmul on CPU."""
+PEAK_CACHE_FILE = "matmul_peak.json"
+
+
+def peak_cache_key() -> str:
+  """What a measured CPU peak depends on: the device kind and count, the host's cores, the jax/jaxlib versions and
+  ``XLA_FLAGS`` (e.g. a different thread count or YNNPACK setting)."""
+  import hashlib
+  import jaxlib
+  dev = jax.devices()[0]
+  flags = hashlib.sha256(os.environ.get("XLA_FLAGS", "").encode()).hexdigest()[:12]
+  return (f"{dev.platform}|{dev.device_kind}|devices={jax.device_count()}|cores={os.cpu_count()}|"
+          f"jax={jax.__version__}|jaxlib={jaxlib.__version__}|xla_flags={flags}")
+
+
+def cached_matmul_peak(cache_dir: str | os.PathLike) -> float:
+  """:func:`measure_matmul_peak`, measured once per :func:`peak_cache_key` and kept in ``cache_dir/matmul_peak.json``.
+
+  A training run then spends no time on it, and the MFU of runs on one machine share one reference (a peak measured
+  afresh each run moves with the machine's load). Delete the file to measure again; an unreadable file is measured
+  over."""
+  path = os.path.join(os.fspath(cache_dir), PEAK_CACHE_FILE)
+  key = peak_cache_key()
+  table: dict[str, Any] = {}
+  try:
+    with open(path, encoding="utf-8") as f:
+      table = json.load(f)
+    peak = float(table[key]["flops_per_s"])
+    if math.isfinite(peak) and peak > 0:
+      return peak
+  except (OSError, ValueError, KeyError, TypeError):
+    table = table if isinstance(table, dict) else {}
+  peak = measure_matmul_peak()
+  table[key] = {"flops_per_s": peak, "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      json.dump(table, f, indent=1)
+    os.replace(tmp, path)  # atomic: concurrent runs never read half a file
+  except OSError as e:
+    logging.getLogger("tfjax").warning("could not cache the matmul peak in %s: %s", path, e)
+  return peak
+
+
+def device_peak_flops(measure_cpu: bool = True, cache_dir: str | os.PathLike | None = None) -> float | None:
+  """Peak FLOP/s of all devices together: the data-sheet figure for known accelerators, a measured matmul on CPU
+  (measured once and kept in ``cache_dir`` when given, see :func:`cached_matmul_peak`)."""
   dev = jax.devices()[0]
   if dev.platform == "cpu":
     # fake CPU devices share the same cores: the machine's peak is one matmul using all of them
-    return measure_matmul_peak() if measure_cpu else None
+    if not measure_cpu:
+      return None
+    return cached_matmul_peak(cache_dir) if cache_dir is not None else measure_matmul_peak()
   for name, peak in PEAK_FLOPS.items():
     if name.lower() in dev.device_kind.lower():
       return peak * jax.device_count()
@@ -64,13 +111,29 @@ def to_python(x: Any) -> Any:
   return x
 
 
+def _import_summary_writer():
+  """``tensorboardX.SummaryWriter``, imported without PyTorch: tensorboardX's writer imports torch when it is
+  installed (only to accept torch tensors), which costs a training run seconds of start-up for nothing. Scalars are
+  all that is written here."""
+  import sys
+  block = "torch" not in sys.modules
+  if block:
+    sys.modules["torch"] = None  # makes ``import torch`` raise ImportError, which tensorboardX handles
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if block and sys.modules.get("torch", 0) is None:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class TensorBoardWriter:
   """Scalars to TensorBoard event files in ``logdir`` (tensorboardX; no TensorFlow). ``purge_step`` hides the events
   a resumed run repeats. A no-op, with a warning, when tensorboardX is not installed."""
 
   def __init__(self, logdir: str, purge_step: int | None = None):
     try:
-      from tensorboardX import SummaryWriter
+      SummaryWriter = _import_summary_writer()
     except ImportError:
       logging.getLogger("tfjax").warning("tensorboardX is not installed: no TensorBoard event files "
                                          "(pip install tensorboardX)")
