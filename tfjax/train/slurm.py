@@ -55,8 +55,7 @@ def write_script(config: str, settings: list[dict[str, Any]], sweepdir: str, ext
   name = job_name or f"tfjax_{os.path.basename(sweepdir)}"
   cases = []
   for i, r in enumerate(runs):
-    cmd = sweep_lib.train_command(os.path.abspath(config), r["workdir"], r["settings"], extra_args, train_script,
-                                  python)
+    cmd = sweep_lib.train_command(config, r["workdir"], r["settings"], extra_args, train_script, python)
     cases.append(f"  {i}) workdir={shlex.quote(r['workdir'])}\n"
                  f"     cmd=({' '.join(shlex.quote(c) for c in cmd)}) ;;")
   text = f"""#!/bin/bash

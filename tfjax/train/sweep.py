@@ -135,9 +135,10 @@ def default_train_script() -> str:
 def train_command(config: str, workdir: str, settings: dict[str, Any], extra_args: list[str] = (),
                   train_script: str | None = None, python: str | None = None) -> list[str]:
   """The command line of one run: ``python experiments/train.py --config=CONFIG --workdir=WORKDIR`` with the fixed
-  overrides ``extra_args`` and then the run's ``settings`` as ``--config.KEY=VALUE`` (so the settings win). Local
-  sweeps, Optuna trials and SLURM array tasks all launch runs with it."""
-  return [python or sys.executable, train_script or default_train_script(), f"--config={config}",
+  overrides ``extra_args`` and then the run's ``settings`` as ``--config.KEY=VALUE`` (so the settings win), paths
+  absolute. Local sweeps, Optuna trials and SLURM array tasks all launch runs with it."""
+  return [python or sys.executable, os.path.abspath(train_script or default_train_script()),
+          f"--config={os.path.abspath(config)}",
           f"--workdir={workdir}", *extra_args, *(f"--config.{k}={v}" for k, v in settings.items())]
 
 
