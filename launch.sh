@@ -35,8 +35,12 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           temperature, embeddings, superposition (PNG + JSON + HTML)
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in
-                                          SWEEPDIR/<settings>; relaunching skips finished runs, resumes the rest
-  report SWEEPDIR                         summary.md/.csv and curves.png of a sweep (finished or not)
+                                          SWEEPDIR/<settings>; relaunching skips finished runs, resumes the rest;
+                                          --optuna --trials=N --range KEY=LO:HI:log [--storage=URL] [--pruner=P]:
+                                          an Optuna study shared by workers (SWEEPDIR/trial_<n>, bad runs pruned);
+                                          --slurm [--slurm_args="..."] [--submit]: a SLURM job array of the runs
+  report SWEEPDIR                         summary.md/.csv and curves.png of a sweep or Optuna study (finished or
+                                          not; a study adds importance.png and history.png)
   multihost N CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]
                                           N processes on this machine joined by jax.distributed (a cluster:
                                           TFJAX_DISTRIBUTED=1 experiments/train.py on every host, see README)
@@ -157,7 +161,7 @@ case "$cmd" in
     exec "$PY" "$ROOT/experiments/plot.py" "$@"
     ;;
   sweep)
-    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh sweep CONFIG --sweep KEY=V1,V2 [--parallel=N] [--sweepdir=DIR]" >&2; exit 2; }
+    [[ $# -ge 1 ]] || { echo "usage: ./launch.sh sweep CONFIG --sweep KEY=V1,V2 [--parallel=N] [--sweepdir=DIR] [--optuna --trials=N | --slurm] (--help: all flags)" >&2; exit 2; }
     name="$1"; shift
     cfg="$(config_path "$name")"
     ensure_env; default_data_dir
