@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +35,7 @@ def tiny_gpt_subject(**overrides) -> Subject:
     cfg = TransformerConfig(**{**dict(vocab_size=tok.vocab_size, num_layers=2, num_heads=2, emb_dim=16, max_len=16),
                                **overrides})
     model = GPT(cfg)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"]
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
     _CACHE[key] = Subject("gpt", "tiny-gpt", model, params, tok)
   return _CACHE[key]
 
@@ -49,7 +50,7 @@ def tiny_translator_subject() -> Subject:
     cfg = TransformerConfig(vocab_size=tok.vocab_size, num_layers=2, num_heads=2, emb_dim=16, max_len=16)
     model = EncoderDecoder(cfg)
     z = jnp.zeros((1, 4), jnp.int32)
-    params = model.init(jax.random.key(1), z, jnp.ones((1, 4), bool), z)["params"]
+    params = nn.unbox(model.init(jax.random.key(1), z, jnp.ones((1, 4), bool), z)["params"])
     _CACHE["translator"] = Subject("translator", "tiny-translator", model, params, tok)
   return _CACHE["translator"]
 
@@ -213,3 +214,98 @@ def test_cli_prints_summary_and_errors(tmp_path, capsys):
   assert "explorer:" in capsys.readouterr().out
   assert cli.main(["attention", str(FIXTURES / "hf_gpt2"), f"--out={tmp_path}", "--layer=1"]) == 1
   assert "takes no --layer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- heads, qk, mlp, lens
+
+
+def test_heads_loss_increase_equals_zeroing_the_heads_out_rows(tmp_path):
+  from tfjax.explain import heads as heads_lib
+  from tfjax.explain.interventions import token_loss
+  subject = tiny_gpt_subject()
+  result = heads_lib.run(subject, str(tmp_path), text="abc cab bad fed")
+  delta = result["attentions"]["decoder/attn"]
+  ids = subject.encode("abc cab bad fed")
+  dh = 16 // 2
+
+  def loss(params):
+    logits = subject.model.apply({"params": params}, jnp.asarray(ids[None, :-1]))
+    return float(token_loss(logits, jnp.asarray(ids[None, 1:])))
+
+  base = loss(subject.params)
+  assert abs(result["base_loss"] - base) < 1e-5
+  for layer, head in ((0, 1), (1, 0)):
+    params = jax.tree.map(lambda x: x, subject.params)
+    kernel = params["decoder"][f"block_{layer}"]["attn"]["out"]["kernel"]
+    params["decoder"][f"block_{layer}"]["attn"]["out"]["kernel"] = kernel.at[head * dh:(head + 1) * dh].set(0.0)
+    np.testing.assert_allclose(delta[layer, head], loss(params) - base, atol=1e-5)
+  assert np.any(np.abs(delta) > 1e-4)
+  assert (tmp_path / "heads_decoder_attn.png").exists()
+
+
+def test_qk_embedding_scores_equal_layer0_scores_without_positions(tmp_path):
+  from tfjax.explain import qk as qk_lib
+  from tfjax.explain.capture import run_with_cache
+  subject = tiny_gpt_subject(positional="none")
+  ids = subject.encode("abcab")
+  _, cache = run_with_cache(subject.model, {"params": subject.params}, jnp.asarray(ids[None]),
+                            names=["block_0/attn/scores"])
+  scores = np.asarray(cache["scores", 0])[0, 1]  # head 1, [T, T], -inf above the diagonal
+  got = qk_lib.embedding_qk(subject, 0, 1, ids)
+  causal = np.tril(np.ones((5, 5), bool))
+  np.testing.assert_allclose(got[causal], scores[causal], rtol=1e-4, atol=1e-5)
+  result = qk_lib.run(subject, str(tmp_path), layer=0, head=1, text="abcab")
+  assert result["tokens"] == ["a", "b", "c"] and (tmp_path / "qk_tokens.png").exists()
+  with pytest.raises(SubjectError, match="head 2 does not exist"):
+    qk_lib.run(subject, str(tmp_path), layer=0, head=2, text="abcab")
+
+
+def test_mlp_contexts_and_promoted_tokens_against_numpy(tmp_path):
+  from tfjax.explain import mlp as mlp_lib
+  from tfjax.explain.capture import run_with_cache
+  subject = tiny_gpt_subject()
+  text = "abc cab bad fed"
+  result = mlp_lib.run(subject, str(tmp_path), layer=1, neurons=[3, 7], top_k=3, text=text)
+  ids = subject.encode(text)
+  _, cache = run_with_cache(subject.model, {"params": subject.params}, jnp.asarray(ids[None, :-1]),
+                            names=["block_1/mlp/hidden"])
+  hidden = np.asarray(cache["hidden", 1])[0]  # [T, F]
+  w_u = np.asarray(subject.params["embed"]["embedding"]).T
+  w_out = np.asarray(subject.params["decoder"]["block_1"]["mlp"]["fc_out"]["kernel"])
+  for n in (3, 7):
+    r = result["neurons"][n]
+    np.testing.assert_allclose([c["activation"] for c in r["top_contexts"]], np.sort(hidden[:, n])[::-1][:3],
+                               rtol=1e-5)
+    direct = w_out[n] @ w_u
+    assert [p[0] for p in r["promoted"]] == subject.labels(np.argsort(-direct)[:3])
+  with pytest.raises(SubjectError, match="neurons \\[999\\] do not exist"):
+    mlp_lib.run(subject, str(tmp_path), layer=1, neurons=[999], text=text)
+  with pytest.raises(SubjectError, match="layer 5 does not exist"):
+    mlp_lib.run(subject, str(tmp_path), layer=5, text=text)
+
+
+def test_logit_lens_command_last_layer_is_the_model(tmp_path):
+  from tfjax.explain import logit_lens_command as lens_lib
+  subject = tiny_gpt_subject()
+  result = lens_lib.run(subject, str(tmp_path), text="abc cab", top_k=2)
+  logits = subject.model.apply({"params": subject.params}, jnp.asarray(subject.encode("abc cab")[None]))[0]
+  probs = np.asarray(jax.nn.softmax(logits))
+  np.testing.assert_allclose(result["top_probs"][-1][:, 0], probs.max(-1), rtol=1e-5)
+  assert result["mean_kl"][-1] < 1e-6 and np.all(np.asarray(result["mean_kl"][:-1]) > 0)
+  assert len(result["layers"]) == 3 and (tmp_path / "logit_lens.png").exists()
+
+
+def test_embeddings_on_word2vec_vectors(tmp_path):
+  vec = tmp_path / "vectors.txt"
+  rng = np.random.default_rng(0)
+  words = ["king", "queen", "man", "woman", "paris", "france", "rome", "italy"]
+  table = rng.normal(size=(8, 5)).astype(np.float32)
+  table[1] = table[0] - table[2] + table[3] + 0.01  # queen = king - man + woman
+  vec.write_text("8 5\n" + "\n".join(w + " " + " ".join(f"{x:.6f}" for x in row) for w, row in zip(words, table)))
+  result = commands.run_command("embeddings", str(vec), str(tmp_path / "out"), analogy=["king,man,woman"],
+                                groups=["royals:king,queen,man,woman", "places:paris,france,rome,italy"])
+  assert result["analogies"]["king,man,woman"][0][0] == "queen"
+  unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(result["cosine"]), unit @ unit.T, atol=1e-5)
+  with pytest.raises(SubjectError, match="not in the vocabulary"):
+    commands.run_command("embeddings", str(vec), str(tmp_path / "out"), words=["zebra"])

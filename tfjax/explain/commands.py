@@ -43,7 +43,7 @@ COMMANDS: dict[str, Command] = {
                   "one head's query/key story: which query tokens attend to which keys, and W_Q W_K^T on tokens"),
     "mlp": Command("tfjax.explain.mlp:run", MODELS,
                    "MLP neurons as questions: top-activating validation contexts and the tokens each promotes"),
-    "logit_lens": Command("tfjax.explain.logit_lens:run", MODELS,
+    "logit_lens": Command("tfjax.explain.logit_lens_command:run", MODELS,
                           "each layer's top next-token guesses on a text, and its KL from the final distribution"),
     "temperature": Command("tfjax.explain.temperature:run", ("gpt",),
                            "next-token distribution at several temperatures; entropy and distinct-n of samples vs T"),

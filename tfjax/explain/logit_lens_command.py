@@ -1,5 +1,7 @@
 """``explain logit_lens``: what the model would predict if it stopped after each layer.
 
+(This module is named ``logit_lens_command`` so that it does not shadow :func:`tfjax.explain.logit_lens`.)
+
 :func:`tfjax.explain.lens.logit_lens` applies the model's own final norm and unembedding to the residual stream after
 the embedding and after every layer (``[L + 1, B, T, V]``; the last entry is the model's logits). The command shows,
 for a text, each layer's top next-token guess at every position (coloured by its probability), and, averaged over
@@ -66,7 +68,8 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
                       title=f"logit lens: each layer's top guess of the {what} (colour: its probability)")
 
   kl_sum, count = None, 0.0
-  for b in data_lib.eval_batches(subject, max_batches):
+  # a workdir: its validation text; a Hugging Face directory (no task): the text itself
+  for b in data_lib.eval_batches(subject, max_batches, None if subject.config is not None else text):
     weights = data_lib.token_weights(kind, b)
     s, n = _mean_kl(model, kind, params, jax.tree.map(jnp.asarray, b), jnp.asarray(weights))
     kl_sum = np.asarray(s) if kl_sum is None else kl_sum + np.asarray(s)
