@@ -72,6 +72,9 @@ def main(argv=None) -> int:
     p.error("--optuna needs --trials=N (trials of the study in all)")
   if not args.optuna and (args.trials or args.storage or args.study):
     p.error("--trials / --storage / --study are for --optuna")
+  if args.slurm and (args.parallel != 1 or args.gpus_per_run):
+    p.error("--parallel / --gpus_per_run are for runs on this machine; with --slurm, give each array task its "
+            "resources with --slurm_args (e.g. --gpus-per-task=1)")
   if args.submit and not args.slurm:
     p.error("--submit needs --slurm")
   if args.range and not (args.random or args.optuna):

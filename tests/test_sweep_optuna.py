@@ -86,6 +86,7 @@ def test_cli_refuses_inconsistent_flags(capsys):
                     (["--optuna", "--trials=2", "--random=3"], "drop --random"),
                     (["--trials=3", "--sweep", "optimizer.lr=1e-3"], "are for --optuna"),
                     (["--submit", "--sweep", "optimizer.lr=1e-3"], "--submit needs --slurm"),
+                    (["--slurm", "--parallel=2", "--sweep", "optimizer.lr=1e-3"], "--slurm_args"),
                     (["--optuna", "--trials=2", "--range", "optimizer.lr=1e-4:1e-3", "--pruner=foo"], "--pruner")):
     with pytest.raises(SystemExit):
       cli.main([CONFIG, *argv])
