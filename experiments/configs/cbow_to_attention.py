@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.ladder = ml_collections.ConfigDict()
   c.ladder.rungs = context_models.RUNGS
-  c.ladder.self_attention_heads = (1, 4)  # rung 4 is trained once per head count
+  c.ladder.self_attention_heads = (4,)  # rung 4 is trained once per head count, e.g. (1, 4)
   c.ladder.example_sentences = (
       "the president of the united states said on monday that the government would act",
       "the river flows through the city and into the sea near the old harbour",
@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
-  c.optimizer.lr = 3e-3
-  c.optimizer.min_lr = 3e-4
+  c.optimizer.lr = 3e-2  # 300 steps of CBOW: 3e-3 -> held-out 6.81 nats, top-1 8.6% ("the"); 3e-2 -> 6.73, 10.1%
+  c.optimizer.min_lr = 3e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.warmup_steps = 100
   c.optimizer.decay_steps = 0
@@ -62,7 +62,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.train.num_steps = 1000  # ~1.3 passes over the training centres; ~4 min a rung on the 2-core CPU
   c.train.grad_accum_steps = 1
   c.train.log_every = 100
-  c.train.eval_every = 250
+  c.train.eval_every = 500
   c.train.checkpoint_every = 0  # only at the end
   c.train.max_to_keep = 1
   c.train.keep_best = False

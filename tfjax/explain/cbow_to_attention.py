@@ -199,16 +199,23 @@ def plot_patterns(examples: list[dict[str, Any]], weights_by_run: dict[str, np.n
 
 
 def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
+                          steps: int | None = None, seed: int | None = None,
                           base_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
   """Trains the ladder and writes its table and pictures to ``out_dir`` (see the module docstring).
 
   ``config_overrides``: ``{"train.num_steps": 300}`` or ``["train.num_steps=300", ...]`` on ``base_config``
-  (default: :func:`default_config`). Returns ``{"rows": [...], "table": str, "files": {...}, "config": {...}}``.
+  (default: :func:`default_config`); ``steps`` / ``seed`` (``explain``'s ``--steps`` / ``--seed``) set
+  ``train.num_steps`` / ``seed`` after them. Returns ``{"rows": [...], "table": str, "summary": str (the table with
+  its header), "files": {...}, "config": {...}, "examples": [...]}``.
   """
   from tfjax.train import loop, plots  # pylint: disable=import-outside-toplevel
   from tfjax.train.restore import load_params  # pylint: disable=import-outside-toplevel
 
   config = apply_config_overrides(copy.deepcopy(base_config or default_config()), config_overrides)
+  if steps is not None:
+    config.train.num_steps = int(steps)
+  if seed is not None:
+    config.seed = int(seed)
   runs = ladder_runs(config)
   out_dir = os.path.abspath(out_dir)
   os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
@@ -272,7 +279,7 @@ def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Se
   with open(os.path.join(out_dir, f"{NAME}.md"), "w") as f:
     f.write(header + table)
   files["table"] = os.path.join(out_dir, f"{NAME}.md")
-  result = {"rows": rows, "table": table, "files": files, "config": config.to_dict(),
+  result = {"rows": rows, "table": table, "summary": header + table, "files": files, "config": config.to_dict(),
             "examples": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in e.items()} | {
                 "weights": {n: w[i].tolist() for n, w in weights_by_run.items()}} for i, e in enumerate(examples)]}
   with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:

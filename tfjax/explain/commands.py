@@ -51,6 +51,9 @@ COMMANDS: dict[str, Command] = {
                           "embedding geometry: nearest neighbours, analogies, 2-D projection, cosine matrix"),
     "superposition": Command("tfjax.explain.superposition:run_superposition", (),
                              "near-orthogonality in high dimensions and the toy model of superposition (no workdir)"),
+    "cbow_to_attention": Command("tfjax.explain.cbow_to_attention:run_cbow_to_attention", (),
+                                 "trains the ladder CBOW average -> per-position weights -> one learned query -> "
+                                 "self-attention; table and pictures (no workdir)"),
 }
 
 
