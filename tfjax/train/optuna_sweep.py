@@ -192,12 +192,14 @@ class _MetricsTail:
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.pos = 0
+    self.inode = None
 
   def read(self) -> list[dict[str, Any]]:
     try:
-      if os.path.getsize(self.path) < self.pos:
-        self.pos = 0
       with open(self.path, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_ino != self.inode or st.st_size < self.pos:  # replaced (os.replace) or cut: from the start
+          self.pos, self.inode = 0, st.st_ino
         f.seek(self.pos)
         data = f.read()
     except FileNotFoundError:
