@@ -52,7 +52,6 @@ def parser():
   g.add_argument("--words", type=_words, help="comma-separated words/tokens (neighbours, cosine matrix)")
   g.add_argument("--analogy", action="append", help="a,b,c: a - b + c (repeatable)")
   g.add_argument("--group", action="append", dest="groups", help="NAME:w1,w2,... a group to project (repeatable)")
-  g.add_argument("--stack", help="translator: encoder | decoder | cross")
   g.add_argument("--steps", type=int, help="training steps (superposition)")
   g.add_argument("--seed", type=int, help="random seed")
   g.add_argument("--quick", action="store_true", help="a quick, smaller run (superposition)")
