@@ -114,17 +114,18 @@ def test_a_stopped_task_requeues_itself_and_resumes(tmp_path):
   assert (tmp_path / "scontrol.txt").read_text() == "requeue 777\n"  # finished: no second requeue
 
 
-def test_submit_needs_sbatch(tmp_path):
+def test_submit_needs_sbatch(tmp_path, monkeypatch, capsys):
+  from experiments import sweep as cli
   bindir = tmp_path / "bin"
   bindir.mkdir()
-  out = _cli(["--sweep", "optimizer.lr=1e-3,2e-3", f"--sweepdir={tmp_path / 'a'}", "--slurm", "--submit"],
-             env=dict(os.environ, PATH=str(bindir)))
-  assert out.returncode == 2 and "'sbatch' is not on PATH" in out.stderr and "sweep.sbatch" in out.stderr
+  argv = [CONFIG, "--sweep", "optimizer.lr=1e-3,2e-3", f"--sweepdir={tmp_path / 'a'}", "--slurm", "--submit"]
+  monkeypatch.setenv("PATH", str(bindir))
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  assert "'sbatch' is not on PATH" in err and "sweep.sbatch" in err
   (bindir / "sbatch").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/sbatch.txt\necho '4242;cluster'\n")
   (bindir / "sbatch").chmod(0o755)
-  out = _cli(["--sweep", "optimizer.lr=1e-3,2e-3", f"--sweepdir={tmp_path / 'a'}", "--slurm", "--submit"],
-             env=dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}"))
-  assert out.returncode == 0 and "submitted: job 4242" in out.stdout, out.stderr
+  assert cli.main(argv) == 0 and "submitted: job 4242" in capsys.readouterr().out
   assert (tmp_path / "sbatch.txt").read_text().split() == ["--parsable", str(tmp_path / "a" / slurm.SCRIPT)]
   assert (tmp_path / "a" / "slurm" / "jobs.txt").read_text() == "4242\n"
 
