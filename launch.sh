@@ -25,10 +25,11 @@ Usage: ./launch.sh COMMAND [ARGS...]
   average WORKDIR --last=K | --steps=S1,S2 [--out=DIR]
                                           average checkpoints' parameters into DIR (default WORKDIR/averaged),
                                           an inference workdir for translate / sample / hf save
-  bench [train|word2vec|nanogpt|ab] [ARGS...]
+  bench [train|word2vec|nanogpt|ab|demo] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
-                                          of the train step timed in alternating rounds in one process
+                                          of the train step timed in alternating rounds in one process; demo:
+                                          the README demo vs nanoGPT's whole CPU run, start to finish (--rounds=N)
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
                                           look inside a model: attention, heads, qk, mlp, logit_lens,

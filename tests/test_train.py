@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -50,7 +51,15 @@ def test_training_lowers_the_loss_and_writes_the_workdir(tmp_path):
   for name in ("config.json", "results.json", "run_info.json", "tokenizer.json", "loss.png"):
     assert (tmp_path / name).exists(), name
   assert len(results["sample"]) > 20
-  assert json.loads((tmp_path / "results.json").read_text())["step"] == 40
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["step"] == 40
+  # where the time went: every phase of the run timed, and together no more than the run itself
+  phases = saved["phase_seconds"]
+  for name in ("setup", "compile", "eval", "train", "checkpoint", "final_report", "plot"):
+    assert phases[name] >= 0.0, name
+  assert phases["train"] > 0.0 and phases["compile"] > 0.0
+  assert sum(phases.values()) <= saved["run_seconds"] + 1e-3
+  assert saved["started_unix"] <= time.time()
 
 
 def test_checkpoint_restore_equals_saved_state(tmp_path):
