@@ -54,8 +54,11 @@ def test_averaging_copies_of_one_checkpoint_returns_it(tmp_path):
 def test_average_of_two_is_their_mean_and_last_k_or_chosen_steps(tmp_path):
   trees = {s: _params(s) for s in (5, 10, 15)}
   wd = _workdir(tmp_path, trees)
+  in_flight = os.path.join(wd, "checkpoints", "20.orbax-checkpoint-tmp-1")  # a save still being written
+  os.makedirs(os.path.join(in_flight, "state"))
   out, steps = avg.average_checkpoints(wd, last=2)
-  assert steps == [10, 15]
+  assert steps == [10, 15] and avg.checkpoint_steps(wd) == [5, 10, 15]
+  assert os.path.isdir(os.path.join(in_flight, "state"))  # read-only: the training run's save is left alone
   want = jax.tree.map(lambda a, b: (a.astype(np.float64) + b) / 2, trees[10], trees[15])
   _close(restore.load_params(out)[0], want, rtol=1e-6, atol=1e-7)
   assert not np.allclose(want["block_0"]["kernel"], trees[15]["block_0"]["kernel"])  # the mean is not either one

@@ -170,7 +170,8 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   bleu = {r["step"]: r["eval_bleu"] for r in recs if "eval_bleu" in r}  # at each evaluation after step 0
   assert sorted(bleu) == [20, 40] and all(0.0 <= b <= 100.0 for b in bleu.values())
   assert res["eval_loss"] < np.log(1000) - 0.5 and 0.0 <= res["test_bleu"] <= 100.0
-  assert res["test_bleu_signature"].startswith("BLEU = ")
+  assert res["test_bleu_detail"].startswith("BLEU = ") and "tok:13a" in res["test_bleu_signature"]
+  assert 0.0 <= res["test_bleu_tok"] <= 100.0 and "tok:none" in res["test_bleu_tok_signature"]
   ex = res["examples"][0]
   assert ex["source"].startswith("A man in an orange hat") and ex["translation"] and "[EOS]" not in ex["translation"]
   assert (tmp_path / "tokenizer.json").exists()
@@ -182,6 +183,26 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   assert again == [e["translation"] for e in res["examples"]]
   beams = tr.translate_texts(model, params, tokenizer, [e["source"] for e in res["examples"]], beam_size=3)
   assert len(beams) == 3 and all(isinstance(b, str) and "[PAD]" not in b for b in beams)
+  # ./launch.sh translate: --bleu writes the scores and the hypotheses (one line per test sentence, each form scored)
+  # beside them; --file translates a file (an empty line stays empty, an over-long line is cut, not a crash)
+  from conftest import ROOT
+  (tmp_path / "in.en").write_text("A dog runs through the snow.\n\n" + "A man in an orange hat " * 20 + "\nTwo men.\n")
+  out = subprocess.run([str(ROOT / "launch.sh"), "translate", str(tmp_path), "--bleu=test", "--beam_size=2",
+                        f"--file={tmp_path / 'in.en'}", f"--out={tmp_path / 'out.de'}"], capture_output=True,
+                       text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "tokenised BLEU" in out.stdout and "sacreBLEU (detokenised, cased)" in out.stdout
+  report = json.loads((tmp_path / "bleu" / "test.latest.beam2.json").read_text())
+  for form, name in (("tok", "test.latest.beam2.hyp.tok.de"), ("detok", "test.latest.beam2.hyp.de")):
+    assert report["hypotheses"][form] == str(tmp_path / "bleu" / name)
+    assert len((tmp_path / "bleu" / name).read_text().split("\n")) == 1000 + 1  # 1,000 lines and a final newline
+  from tfjax.tasks.translate import tokenised_bleu, load_multi30k
+  hyps = (tmp_path / "bleu" / "test.latest.beam2.hyp.tok.de").read_text().split("\n")[:-1]
+  assert tokenised_bleu(hyps, load_multi30k("test", "de", None, "tok"))[0].score == pytest.approx(
+      report["test_bleu_tok"])  # the file holds what was scored
+  lines = (tmp_path / "out.de").read_text().split("\n")
+  assert len(lines) == 5 and lines[1] == "" and lines[-1] == "" and lines[0] and lines[2]
+  assert "1 of 4 sources are longer than the context window" in out.stderr
   (tmp_path / "lm").mkdir()
   (tmp_path / "lm" / "config.json").write_text(json.dumps({"task": "lm"}))
   with pytest.raises(ValueError, match="task='lm', not a translation config"):
@@ -384,3 +405,13 @@ def test_translating_empty_and_overlong_lines(caplog):
   with pytest.raises(ValueError, match="the first is line 4"):
     translate_texts(model, params, tok, lines, too_long="error")
   assert translate_texts(model, params, tok, ["", ""]) == ["", ""]
+
+
+def test_smoothed_cross_entropy_equals_optax_with_smoothed_one_hot_labels():
+  import optax
+  from tfjax.tasks.translate import smoothed_cross_entropy
+  logits = jax.random.normal(jax.random.key(0), (2, 5, 11)) * 3
+  targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 11)
+  for eps in (0.0, 0.1, 0.3):
+    want = optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(targets, 11), eps))
+    np.testing.assert_allclose(smoothed_cross_entropy(logits, targets, eps), want, rtol=1e-5, atol=1e-6)

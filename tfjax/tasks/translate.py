@@ -184,6 +184,17 @@ def make_model(config: Any, vocab_size: int) -> EncoderDecoder:
                         num_encoder_layers=config.model.get("num_encoder_layers") or None)
 
 
+def smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray, smoothing: float = 0.0) -> jnp.ndarray:
+  """Cross-entropy ``[B, T]`` of ``logits [B, T, V]`` against ``targets [B, T]`` smoothed by ``smoothing`` (the labels
+  ``optax.smooth_labels(one_hot(targets), smoothing)``: ``(1 - smoothing)·(-log p[target]) + smoothing·mean_v(-log
+  p[v])``), without building the ``[B, T, V]`` one-hot labels."""
+  nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  if not smoothing:
+    return nll
+  uniform = -jnp.mean(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  return (1.0 - smoothing) * nll + smoothing * uniform
+
+
 class TranslationTask:
   """An :class:`EncoderDecoder` trained to translate. Implements :class:`tfjax.tasks.base.Task`."""
 
@@ -301,11 +312,7 @@ class TranslationTask:
                               rngs={"dropout": rng} if train and rng is not None else None)
     w = batch["weights"]
     smoothing = self.config.train.label_smoothing if train else 0.0
-    if smoothing:
-      labels = optax.smooth_labels(jax.nn.one_hot(batch["targets"], logits.shape[-1]), smoothing)
-      ce = optax.softmax_cross_entropy(logits, labels)
-    else:
-      ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    ce = smoothed_cross_entropy(logits, batch["targets"], smoothing)
     correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]) * w)
     return jnp.sum(ce * w), jnp.sum(w), {"accuracy": correct}
 
@@ -365,21 +372,19 @@ class TranslationTask:
   def _average_with_last_checkpoints(self, params, k: int):
     """The mean of ``params`` (the final step's) and the ``k - 1`` newest complete checkpoints before the final step,
     and the steps averaged."""
-    from tfjax.train import average, restore
-    from tfjax.train.checkpoint import CheckpointError, complete_steps, make_manager
+    from tfjax.train import average
+    from tfjax.train.checkpoint import CheckpointError
     final = self.config.train.num_steps
     if not self.workdir:
       raise CheckpointError("eval.average_last needs the task's workdir (its checkpoints)")
-    manager = make_manager(self.workdir, max_to_keep=10**6, async_save=False)
-    try:
-      earlier = [s for s in complete_steps(manager) if s < final]
-    finally:
-      manager.close()
+    # read-only: the loop's save of the final step may still be in flight (a CheckpointManager opened here would
+    # remove its temporary directory)
+    earlier = [s for s in average.checkpoint_steps(self.workdir) if s < final]
     if len(earlier) < k - 1:
       raise CheckpointError(f"eval.average_last={k} needs {k - 1} checkpoints before step {final}, the workdir keeps "
                             f"{earlier}: set train.max_to_keep >= {k} and train.checkpoint_every small enough")
     steps = earlier[-(k - 1):]
-    trees = [restore.load_params(self.workdir, s)[0] for s in steps] + [jax.device_get(params)]
+    trees = [average.load_checkpoint_params(self.workdir, s) for s in steps] + [jax.device_get(params)]
     return average.average_params(trees), steps + [final]
 
 

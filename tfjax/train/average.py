@@ -27,8 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from tfjax.train import restore
-from tfjax.train.checkpoint import CheckpointError, complete_steps, make_manager
+from tfjax.train.checkpoint import CheckpointError, make_manager
 
 AVERAGED_DIR = "averaged"
 MARKER = "averaged.json"
@@ -76,6 +75,35 @@ def select_steps(available: Sequence[int], last: int | None = None, steps: Seque
   return available[-last:]
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The complete checkpoint steps of ``workdir`` (``checkpoints/<step>/`` finalised with orbax's metadata file),
+  oldest first. Read-only: unlike opening a ``CheckpointManager``, it never removes the temporary directory of a save
+  in flight, so it is safe while the run that owns the workdir is still saving."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isfile(os.path.join(directory, name, "_CHECKPOINT_METADATA")))
+
+
+def load_checkpoint_params(workdir: str, step: int) -> Any:
+  """The parameters saved at ``step`` in ``workdir`` (the ``state`` item's ``params``) on this process's first device,
+  whatever sharding they were saved with. Read-only, like :func:`checkpoint_steps`."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      saved = checkpointer.metadata(path)
+      saved = getattr(saved, "item_metadata", saved)
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), saved)
+      state = checkpointer.restore(path, target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"cannot read checkpoint step {step} in {workdir}: {type(e).__name__}: {e}") from e
+  if not isinstance(state, dict) or "params" not in state:
+    raise CheckpointError(f"checkpoint step {step} in {workdir} holds no params")
+  return state["params"]
+
+
 def average_checkpoints(workdir: str, last: int | None = None, steps: Sequence[int] | None = None,
                         out: str | None = None) -> tuple[str, list[int]]:
   """Averages the parameters of the ``last`` newest checkpoints of ``workdir`` (or of the chosen ``steps``) into the
@@ -92,15 +120,11 @@ def average_checkpoints(workdir: str, last: int | None = None, steps: Sequence[i
     raise ValueError("out must differ from the workdir whose checkpoints are averaged")
   if os.path.exists(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
     raise ValueError(f"{out} exists and is not an averaged checkpoint (no {MARKER}); choose another --out")
-  manager = make_manager(workdir, max_to_keep=10**6, async_save=False)
-  try:
-    available = complete_steps(manager)
-  finally:
-    manager.close()
+  available = checkpoint_steps(workdir)
   if not available:
     raise CheckpointError(f"no complete checkpoint in {os.path.join(workdir, 'checkpoints')}")
   chosen = select_steps(available, last, steps)
-  trees = [jax.device_get(restore.load_params(workdir, step)[0]) for step in chosen]  # K copies in host memory
+  trees = [jax.device_get(load_checkpoint_params(workdir, step)) for step in chosen]  # K copies in host memory
   try:
     averaged = average_params(trees)
   except ValueError as e:
