@@ -270,3 +270,152 @@ def test_mlm_loss_falls_in_the_training_loop_and_fill_mask_loads_the_workdir(tas
     mlm.load_for_inference(work, step=3)
   with pytest.raises(FileNotFoundError, match="neither a Hugging Face BERT directory"):
     mlm.load_for_inference(str(tmp_path))
+
+
+# -- initialisation and parity with Hugging Face's BertForMaskedLM (issue 20) ---------------------------------------------
+
+def _shipped_bert(vocab_size=512):
+  """The BERT of the shipped config (experiments/configs/bert_wikitext2.py) with a small vocabulary, initialised."""
+  from experiments.configs import bert_wikitext2
+  config = bert_wikitext2.get_config()
+  model = mlm.build_model(config, vocab_size)
+  ids = jnp.zeros((1, 8), jnp.int32)
+  params = jax.jit(lambda k: nn.unbox(model.init(k, ids, masked_positions=jnp.zeros((1, 2), jnp.int32)))["params"])(
+      jax.random.key(0))
+  return model, params
+
+
+def test_bert_init_is_berts_normal_002_everywhere():
+  """BERT (Devlin et al.; Hugging Face's ``_init_weights``) draws every weight matrix and embedding from N(0, 0.02),
+  LayerNorm scales 1, biases 0 -- the residual branches' output projections too. GPT-2's N(0, 0.02/sqrt(2L)) there
+  (what tfjax's BERT had before issue 20) fails this test."""
+  _, params = _shipped_bert()
+  flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+  out_proj = [k for k in flat if "['out']['kernel']" in k or "['fc_out']['kernel']" in k]
+  assert len(out_proj) == 8  # 4 layers x (attention out, MLP fc_out)
+  for name, x in flat.items():
+    if name.endswith("['scale']"):
+      np.testing.assert_array_equal(x, 1.0, err_msg=name)
+    elif name.endswith("['bias']"):
+      np.testing.assert_array_equal(x, 0.0, err_msg=name)
+    else:
+      assert x.ndim == 2 and x.size >= 128, name
+      tol = 4 * 0.02 / np.sqrt(2 * x.size)  # four standard errors of a sample standard deviation
+      assert abs(x.std() - 0.02) < tol and abs(x.mean()) < 4 * 0.02 / np.sqrt(x.size), (name, x.std(), x.mean())
+
+
+def test_gpt_keeps_gpt2_scaled_residual_init():
+  """The GPT-2 init (residual output projections at 0.02/sqrt(2L)) stays the default of TransformerConfig."""
+  from tfjax.layers.blocks import TransformerBlock, TransformerConfig
+  cfg = TransformerConfig(vocab_size=16, num_layers=8, num_heads=2, emb_dim=64)
+  p = TransformerBlock(cfg).init(jax.random.key(0), jnp.zeros((1, 4, 64)))["params"]
+  for kernel in (p["attn"]["out"]["kernel"], p["mlp"]["fc_out"]["kernel"]):
+    np.testing.assert_allclose(float(np.std(nn.unbox(kernel))), 0.02 / 4, rtol=0.1)
+  np.testing.assert_allclose(float(np.std(nn.unbox(p["attn"]["qkv"]["kernel"]))), 0.02, rtol=0.1)
+
+
+def test_init_matches_hugging_face_bert_init_per_tensor():
+  """Every tensor of tfjax's BERT init has the standard deviation of the same tensor in a fresh Hugging Face
+  BertForMaskedLM (its own ``_init_weights``, the independent reference), within sampling noise."""
+  pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import tempfile
+  from tfjax import hf
+  model, params = _shipped_bert()
+  with tempfile.TemporaryDirectory() as d:
+    hf.save(model, params, d)
+    ours = hf.read_tensors(d)
+    ref = transformers.BertForMaskedLM(transformers.BertConfig.from_pretrained(d))
+  theirs = {k: v.detach().numpy() for k, v in ref.state_dict().items()}
+  for name, x in ours.items():
+    y = theirs[name]
+    assert x.shape == y.shape, name
+    if x.ndim == 2:  # weights and embeddings (the [PAD] row, which HF zeroes, is 1 of >= 64 rows)
+      np.testing.assert_allclose(x.std(), y.std(), rtol=0.15, atol=1e-3, err_msg=name)
+    else:  # biases 0, LayerNorm weights 1
+      np.testing.assert_allclose(x, y, atol=0, err_msg=name)
+
+
+def test_training_matches_hugging_face_bert_step_for_step(task):
+  """From the same weights (tfjax's init copied into torch through the HF export) and the same batches, tfjax's train
+  step and Hugging Face BertForMaskedLM trained with torch's AdamW (decay on ndim >= 2 only), global-norm clipping
+  and the recipe's warmup + cosine learning rate give the same losses, and every tensor ends where torch's does (up to
+  a small fraction of how far it moved): masking, gather of the masked positions, MLM head, padding mask, clipping,
+  schedule agree, and the weight-decay mask (a decay of 10, so that decaying one tensor too many shows).
+  (``./launch.sh bench bert_hf``: the same for 1000 steps.)"""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  import math
+  import tempfile
+  from tfjax import hf
+  from tfjax.train.optimizer import make_optimizer
+  from tfjax.train.step import init_state, make_train_step
+  o = task.config.optimizer.copy_and_resolve_references()
+  o.update(warmup_steps=3, lr=5e-3, min_lr=1e-4, weight_decay=10.0, grad_clip=0.5)  # the clip binds (norms 1.5-3)
+  num_steps = 20
+  tx, schedule = make_optimizer(o, num_steps)
+  state = jax.jit(lambda: init_state(task, tx, 0))()
+  with tempfile.TemporaryDirectory() as d:
+    hf.save(task.model, state.params, d)
+    ref = transformers.BertForMaskedLM.from_pretrained(d, attn_implementation="eager")
+  start = {k: v.detach().numpy().copy() for k, v in ref.state_dict().items()}
+  ref.train()
+  named = list(ref.named_parameters())
+  opt = torch.optim.AdamW([{"params": [p for _, p in named if p.ndim >= 2], "weight_decay": o.weight_decay},
+                           {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0}],
+                          lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
+  step = jax.jit(make_train_step(task, tx, schedule))
+  ours, theirs = [], []
+  for s in range(6):
+    batch = task.train_batch(s)
+    state, m = step(state, batch)
+    ours.append(float(m["loss"]))
+    labels = np.full(batch["inputs"].shape, -100, np.int64)
+    r, c = np.nonzero(batch["masked_weights"] > 0)
+    labels[r, batch["masked_positions"][r, c]] = batch["masked_labels"][r, c]
+    t = (s - o.warmup_steps) / (num_steps - o.warmup_steps)
+    lr = o.lr * s / o.warmup_steps if s < o.warmup_steps else o.min_lr + 0.5 * (o.lr - o.min_lr) * (
+        1 + math.cos(math.pi * t))
+    np.testing.assert_allclose(float(m["lr"]), lr, rtol=1e-5)
+    for g in opt.param_groups:
+      g["lr"] = lr
+    out = ref(input_ids=torch.from_numpy(batch["inputs"].astype(np.int64)),
+              attention_mask=torch.from_numpy(batch["attention_mask"].astype(np.int64)),
+              token_type_ids=torch.from_numpy(batch["token_type_ids"].astype(np.int64)),
+              labels=torch.from_numpy(labels))
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(ref.parameters(), o.grad_clip)
+    opt.step()
+    opt.zero_grad()
+    theirs.append(float(out.loss.detach()))
+  np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-3)
+  with tempfile.TemporaryDirectory() as d:
+    hf.save(task.model, state.params, d)
+    trained = hf.read_tensors(d)
+  for name, x in trained.items():
+    y, x0 = ref.state_dict()[name].detach().numpy(), start[name]
+    moved = np.abs(y - x0).max()
+    assert moved > 0, name
+    assert np.abs(x - y).max() <= 0.05 * moved + 1e-6, (name, np.abs(x - y).max(), moved)
+
+
+def test_adamw_of_make_optimizer_decays_matrices_not_biases():
+  """One AdamW step of make_optimizer against the closed form: the first Adam step moves each weight by lr*sign(g);
+  decoupled weight decay then takes lr*wd*w off matrices and embeddings only. (Before issue 20's fix the decay mask,
+  a callable, was taken by optax.inject_hyperparams for a schedule and turned weight decay off everywhere.)"""
+  import ml_collections
+  import optax
+  from tfjax.train.optimizer import make_optimizer
+  o = ml_collections.ConfigDict(dict(name="adamw", lr=0.1, min_lr=0.1, schedule="constant", warmup_steps=0,
+                                     decay_steps=0, b1=0.9, b2=0.98, eps=1e-8, weight_decay=0.5, grad_clip=0.0))
+  tx, _ = make_optimizer(o, 10)
+  rng = np.random.default_rng(0)
+  params = {"kernel": rng.normal(size=(4, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32),
+            "embedding": rng.normal(size=(5, 3)).astype(np.float32)}
+  grads = jax.tree.map(lambda p: rng.normal(size=p.shape).astype(np.float32), params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  new = optax.apply_updates(params, updates)
+  for k in params:
+    decay = o.weight_decay if params[k].ndim >= 2 else 0.0
+    expected = params[k] - o.lr * np.sign(grads[k]) - o.lr * decay * params[k]
+    np.testing.assert_allclose(np.asarray(new[k]), expected, atol=1e-5, err_msg=k)

@@ -7,6 +7,7 @@ to matrices and embeddings (``ndim >= 2``), not to biases and norm scales, as in
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -48,20 +49,26 @@ def inverse_sqrt_schedule(peak_lr: float, warmup_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
+  """True for the leaves weight decay applies to: matrices and embeddings (``ndim >= 2``), not biases or norm scales."""
   return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+# inject_hyperparams takes every callable argument for a schedule of the step count: the mask must be static, or it is
+# called with the count (a scalar, ndim 0) and masks weight decay off everywhere (issue 20: no decay at all)
+_with_mask = functools.partial(optax.inject_hyperparams, static_args=("mask",))
 
 
 def make_optimizer(o: Any, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """The optimizer described by ``config.optimizer`` and its learning-rate schedule."""
   schedule = make_schedule(o, num_steps)
   if o.name == "adamw":
-    opt = optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
-                                                weight_decay=o.weight_decay, mask=decay_mask)
+    opt = _with_mask(optax.adamw)(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+                                  weight_decay=o.weight_decay, mask=decay_mask)
   elif o.name == "adam":
     opt = optax.inject_hyperparams(optax.adam)(learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps)
   elif o.name == "lion":
-    opt = optax.inject_hyperparams(optax.lion)(learning_rate=schedule, b1=o.b1, b2=o.b2,
-                                               weight_decay=o.weight_decay, mask=decay_mask)
+    opt = _with_mask(optax.lion)(learning_rate=schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                                 mask=decay_mask)
   elif o.name == "adafactor":
     opt = optax.inject_hyperparams(optax.adafactor)(learning_rate=schedule)
   else:
