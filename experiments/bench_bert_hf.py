@@ -32,7 +32,7 @@ accuracy, the same batches for both). One JSON line goes to ``--out``.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
 import statistics
@@ -58,6 +58,7 @@ flags.DEFINE_integer("chunk", 50, "Steps of one model before switching to the ot
 flags.DEFINE_integer("print_every", 50, "Print the two losses every this many steps (and the first 10).")
 flags.DEFINE_bool("eval", True, "Score both models on the evaluation text (fixed masks) at the end.")
 flags.DEFINE_integer("threads", 0, "torch intra-op threads (0: torch's default).")
+flags.DEFINE_string("torch_device", "cpu", "torch device: cpu | cuda.")
 flags.DEFINE_bool("skip_torch", False, "Train only tfjax (e.g. on a GPU machine without torch).")
 flags.DEFINE_string("workdir", "", "Where the tokenizer and the export go (default: a temporary directory).")
 flags.DEFINE_string("out", "bench_results/bert_hf.jsonl", "JSON lines output ('' for none).")
@@ -86,10 +87,10 @@ def torch_labels(batch, np):
   return labels
 
 
-def torch_inputs(torch, batch, np):
-  return dict(input_ids=torch.from_numpy(batch["inputs"].astype(np.int64)),
-              attention_mask=torch.from_numpy(batch["attention_mask"].astype(np.int64)),
-              token_type_ids=torch.from_numpy(batch["token_type_ids"].astype(np.int64)))
+def torch_inputs(torch, batch, np, device="cpu"):
+  """The batch's ``input_ids``, ``attention_mask`` and ``token_type_ids [B, T]`` as int64 torch tensors."""
+  return {name: torch.from_numpy(batch[key].astype(np.int64)).to(device) for name, key in
+          (("input_ids", "inputs"), ("attention_mask", "attention_mask"), ("token_type_ids", "token_type_ids"))}
 
 
 def make_torch_optimizer(torch, model, o):
@@ -102,17 +103,17 @@ def make_torch_optimizer(torch, model, o):
                             {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=(o.b1, o.b2), eps=o.eps)
 
 
-def evaluate_torch(torch, model, task, np):
+def evaluate_torch(torch, model, task, np, device="cpu"):
   """Masked-token loss and accuracy of the torch model on ``task.eval_batches()`` (summed over masked tokens)."""
   model.eval()
   loss_sum = correct = count = 0.0
   with torch.no_grad():
     for batch in task.eval_batches():
-      logits = model(**torch_inputs(torch, batch, np)).logits  # [B, T, V]
-      pos = torch.from_numpy(batch["masked_positions"].astype(np.int64))
+      logits = model(**torch_inputs(torch, batch, np, device)).logits  # [B, T, V]
+      pos = torch.from_numpy(batch["masked_positions"].astype(np.int64)).to(device)
       at = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # [B, P, V]
-      labels = torch.from_numpy(batch["masked_labels"].astype(np.int64))
-      w = torch.from_numpy(batch["masked_weights"])
+      labels = torch.from_numpy(batch["masked_labels"].astype(np.int64)).to(device)
+      w = torch.from_numpy(batch["masked_weights"]).to(device)
       ce = torch.nn.functional.cross_entropy(at.flatten(0, 1), labels.flatten(), reduction="none")
       loss_sum += float((ce * w.flatten()).sum())
       correct += float(((at.argmax(-1) == labels).float() * w).sum())
@@ -138,7 +139,9 @@ def main(argv):
   from tfjax import hf
   from tfjax.tasks.mlm import MLMTask
   from tfjax.train.optimizer import make_optimizer
-  from tfjax.train.step import init_state, make_train_step
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from tfjax.train import loop, parallel
+  from tfjax.train.step import init_state
 
   config = FLAGS.config
   if config.task != "mlm":
@@ -152,7 +155,16 @@ def main(argv):
   task = MLMTask(config, workdir)
   o = config.optimizer
   tx, schedule = make_optimizer(o, steps)
-  state = jax.jit(lambda: init_state(task, tx, config.seed))()
+  # the training loop's step: data-parallel over the CPU cores (one XLA device each) or one device; state replicated
+  mode = parallel.resolve_mode(config.train.parallel)
+  if mode not in ("none", "dp"):
+    raise app.UsageError(f"bench_bert_hf runs train.parallel none or dp (auto), got {mode!r}")
+  parallel.check_batch_divisible(config.train.batch_size, mode)
+  mesh = parallel.make_mesh(mode)
+  rep, batch_sh = NamedSharding(mesh, P()), NamedSharding(mesh, P(parallel.DATA))
+  init = functools.partial(init_state, task, tx, config.seed)
+  state_sh = jax.tree.map(lambda _: rep, jax.eval_shape(init))
+  state = jax.jit(init, out_shardings=state_sh)()
   export_dir = os.path.join(workdir, "init_hf")
 
   use_torch = not FLAGS.skip_torch
@@ -170,14 +182,14 @@ def main(argv):
       if FLAGS.init == "hf":
         tmodel.save_pretrained(export_dir, safe_serialization=True)
         _, params = hf.load(export_dir)
-        state = state.replace(params=jax.tree.map(lambda a, b: jax.numpy.asarray(b, a.dtype), state.params, params))
-        state = state.replace(opt_state=tx.init(state.params))
-    tmodel.train()
+        params = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), state.params, params)
+        state = jax.device_put(state.replace(params=params, opt_state=tx.init(params)), state_sh)
+    tmodel.to(FLAGS.torch_device).train()
     topt = make_torch_optimizer(torch, tmodel, o)
     tparams = [p for p in tmodel.parameters()]
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
 
-  train_step = jax.jit(make_train_step(task, tx, schedule), donate_argnums=0)
+  train_step = loop.jit_train_step(task, tx, schedule, config.train, mode, mesh, state_sh, batch_sh)
   tokens_per_step = config.train.batch_size * task.seq_len
   curves = {"tfjax": [], "hf": []}
   lrs = {"tfjax": [], "hf": []}
@@ -192,7 +204,7 @@ def main(argv):
     t0 = time.perf_counter()
     metrics = []
     for batch in batches:
-      state, m = train_step(state, batch)
+      state, m = train_step(state, parallel.global_batch(batch, batch_sh))
       metrics.append(m)
     jax.block_until_ready(state)
     chunk_rates["tfjax"].append((stop - start) * tokens_per_step / (time.perf_counter() - t0))
@@ -201,18 +213,21 @@ def main(argv):
       lrs["tfjax"].append(float(m["lr"]))
     if use_torch:
       t0 = time.perf_counter()
+      losses = []
       for s, batch in zip(range(start, stop), batches):
         lr = recipe_lr(s, o, steps)
         for g in topt.param_groups:
           g["lr"] = lr
-        out = tmodel(**torch_inputs(torch, batch, np), labels=torch.from_numpy(torch_labels(batch, np)))
+        out = tmodel(**torch_inputs(torch, batch, np, FLAGS.torch_device),
+                     labels=torch.from_numpy(torch_labels(batch, np)).to(FLAGS.torch_device))
         out.loss.backward()
         if o.grad_clip > 0:
           torch.nn.utils.clip_grad_norm_(tparams, o.grad_clip)
         topt.step()
         topt.zero_grad(set_to_none=True)
-        curves["hf"].append(float(out.loss))
+        losses.append(out.loss.detach())
         lrs["hf"].append(lr)
+      curves["hf"].extend(torch.stack(losses).cpu().tolist())  # one device sync per chunk
       chunk_rates["hf"].append((stop - start) * tokens_per_step / (time.perf_counter() - t0))
     for s in range(start, stop):
       if s < 10 or (s + 1) % FLAGS.print_every == 0 or s == steps - 1:
@@ -230,7 +245,7 @@ def main(argv):
 
   result = {"bench": "bert_hf", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": steps, "init": FLAGS.init,
             "batch_size": config.train.batch_size, "seq_len": task.seq_len, "backend": jax.default_backend(),
-            "device": jax.devices()[0].device_kind,
+            "device": jax.devices()[0].device_kind, "parallel": mode, "jax_devices": jax.device_count(),
             "tfjax": {"tokens_per_s": rate("tfjax"), "final_loss_mean50": tail_mean(curves["tfjax"]),
                       "loss_every_50": curves["tfjax"][49::50]},
             "lr_max_abs_diff": float(max(abs(a - recipe_lr(s, o, steps)) for s, a in enumerate(lrs["tfjax"])))}
@@ -250,7 +265,7 @@ def main(argv):
     line = f"eval ({config.data.eval_dataset}, fixed masks): tfjax loss {result['tfjax']['eval_loss']:.4f} " \
            f"acc {result['tfjax']['eval_accuracy']:.2%}"
     if use_torch:
-      result["hf"].update(evaluate_torch(torch, tmodel, task, np))
+      result["hf"].update(evaluate_torch(torch, tmodel, task, np, FLAGS.torch_device))
       line += f"; HF loss {result['hf']['eval_loss']:.4f} acc {result['hf']['eval_accuracy']:.2%}"
     print(line + f" ({result['tfjax']['eval_tokens']:,} masked tokens)")
   if FLAGS.out:

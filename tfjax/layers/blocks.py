@@ -55,6 +55,9 @@ class TransformerConfig:
   pre_ln: bool = True
   activation: str = "gelu"  # gelu | gelu_tanh | relu | silu | swiglu
   tie_embeddings: bool = True
+  # output projections of the residual branches (attn "out", mlp "fc_out") drawn from N(0, 0.02/sqrt(2·num_layers)),
+  # as GPT-2; False: N(0, 0.02) like every other weight, as BERT (Hugging Face BertForMaskedLM's _init_weights)
+  scale_residual_init: bool = True
   attention_impl: str = "auto"  # auto | xla | cudnn | reference
   attention_block_size: int = 0  # >0: queries in blocks that skip keys a static (e.g. causal) mask hides
   dtype: Dtype = jnp.float32  # compute dtype
@@ -134,8 +137,8 @@ class TransformerBlock(nn.Module):
   def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
                decode: bool = False):
     cfg = self.cfg
-    # Residual output projections scaled by 1/sqrt(2 * layers), as in GPT-2.
-    out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5
+    # Residual output projections scaled by 1/sqrt(2 * layers), as in GPT-2 (not in BERT: scale_residual_init=False).
+    out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5 if cfg.scale_residual_init else 0.02
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
                 block_size=cfg.attention_block_size,

@@ -123,10 +123,11 @@ class BERT(nn.Module):
 
 def bert_config(**overrides) -> TransformerConfig:
   """A TransformerConfig with BERT defaults: post-LN, exact-erf GELU, LayerNorm eps 1e-12, tied decoder, learned
-  positions (512), dropout 0.1. Pass ``vocab_size`` and any other field to override."""
+  positions (512), dropout 0.1, every weight initialised from N(0, 0.02) (``scale_residual_init=False``). Pass
+  ``vocab_size`` and any other field to override."""
   defaults = dict(num_layers=12, num_heads=12, emb_dim=768, mlp_dim=3072, max_len=512, dropout_rate=0.1,
                   attention_dropout_rate=0.1, positional="learned", norm="layernorm", norm_eps=1e-12,
-                  use_bias=True, pre_ln=False, activation="gelu", tie_embeddings=True)
+                  use_bias=True, pre_ln=False, activation="gelu", tie_embeddings=True, scale_residual_init=False)
   defaults.update(overrides)
   return TransformerConfig(**defaults)
 

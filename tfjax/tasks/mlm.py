@@ -18,6 +18,7 @@ Batch keys: ``inputs``, ``attention_mask``, ``token_type_ids`` ``[B, T]``; ``mas
 from __future__ import annotations
 
 import functools
+import gzip
 import logging
 import math
 import os
@@ -36,13 +37,19 @@ from tfjax.models.bert import BERT
 log = logging.getLogger("tfjax")
 
 DATASETS = {"wikitext2_valid": files.WIKITEXT2_VALID, "wikitext2_test": files.WIKITEXT2_TEST,
-            "tinyshakespeare": files.TINY_SHAKESPEARE}
+            "tinyshakespeare": files.TINY_SHAKESPEARE, "lee_background": files.LEE_BACKGROUND,
+            "multi30k_train_en": files.MULTI30K["train.en"]}
 
 
 def read_lines(dataset: str, data_dir: str | None, clean_wikitext: bool = False) -> list[str]:
-  """Non-empty lines of a known dataset name or a text file path."""
+  """Non-empty lines of a known dataset name (:data:`DATASETS`) or a text file path (``.gz`` read as gzip).
+
+  Several sources joined by ``+`` (``"wikitext2_valid+lee_background"``) give their lines in that order.
+  """
+  if "+" in dataset:
+    return [line for part in dataset.split("+") for line in read_lines(part.strip(), data_dir, clean_wikitext)]
   path = files.find_data_file(DATASETS.get(dataset, dataset), data_dir or None)
-  with open(path, encoding="utf-8") as f:
+  with (gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")) as f:
     text = f.read()
   if clean_wikitext:
     text = wordpiece.clean_wikitext(text)
@@ -109,7 +116,9 @@ def mask_tokens(ids: np.ndarray, candidates: np.ndarray, rng: np.random.Generato
 
 def build_model(config: Any, vocab_size: int) -> BERT:
   """The BERT of ``config.model`` (keys as in :func:`tfjax.config.transformer_config`, plus ``type_vocab_size``)."""
-  cfg = config_lib.transformer_config(config.model, vocab_size)
+  # BERT draws every weight from N(0, 0.02), the residual branches' output projections too (no GPT-2 1/sqrt(2L))
+  cfg = config_lib.transformer_config(config.model, vocab_size,
+                                      scale_residual_init=config.model.get("scale_residual_init", False))
   if cfg.positional != "learned":
     raise config_lib.ConfigError(f"config key 'model.positional' must be 'learned' for BERT, got {cfg.positional!r}")
   return BERT(cfg, type_vocab_size=config.model.get("type_vocab_size", 2))
