@@ -81,6 +81,9 @@ def test_packing_bounds():
     n = sp.jl_num_vectors(d, eps, delta=0.5)
     assert n * (n - 1) * math.exp(-d * eps**2 / 2) <= 0.5 < (n + 1) * n * math.exp(-d * eps**2 / 2) or n == 1
   assert sp.tolerance_to_max_cosine(10) == pytest.approx(math.sin(math.radians(10)))
+  copies = sp.block_copies(ico / np.linalg.norm(ico, axis=1, keepdims=True), 7)  # 2 copies in 7-D, one dim spare
+  assert copies.shape == (12, 7)
+  assert np.abs(_np_pairwise_cosines(copies)).max() == pytest.approx(1 / math.sqrt(5))
 
 
 @pytest.mark.parametrize("seed", [0, 1])

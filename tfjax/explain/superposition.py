@@ -255,29 +255,45 @@ def _optimize_packing(vectors_NxD, max_cosine, learning_rate, max_steps: int):
   return u, max_abs_off_diagonal(cosine_matrix(u)), steps
 
 
-def optimized_packing(key: jax.Array, dim: int, max_cosine: float, *, start: int | None = None,
+def block_copies(vectors_NxK: np.ndarray, dim: int) -> np.ndarray:
+  """``[(dim // K) N, dim]``: ``dim // K`` copies of a packing of ``N`` vectors in ``K`` dimensions, each in its own
+  block of coordinates (the rest zero). Vectors of different copies are orthogonal, so the largest ``|cos|`` is
+  unchanged: ``d`` dimensions hold at least ``floor(d / K)`` times what ``K`` do."""
+  vectors_NxK = np.asarray(vectors_NxK, np.float32)
+  n, k = vectors_NxK.shape
+  if not 1 <= k <= dim:
+    raise ValueError(f"a packing in {k} dimensions cannot be copied into {dim}")
+  out = np.zeros(((dim // k) * n, dim), np.float32)
+  for c in range(dim // k):
+    out[c * n:(c + 1) * n, c * k:(c + 1) * k] = vectors_NxK
+  return out
+
+
+def optimized_packing(key: jax.Array, dim: int, max_cosine: float, *, init: np.ndarray | None = None,
                       growth: float = 1.2, max_steps: int = 300, learning_rate: float = 0.01,
                       max_vectors: int = 4096) -> tuple[np.ndarray, int]:
   """An optimised packing: the most unit vectors in ``dim`` dimensions found with every pair within ``|cos| <=
-  max_cosine``, by gradient descent on the soft penalty ``sum_{i != j} relu(|cos_ij| - 0.98 eps)^2``.
+  max_cosine``, by gradient descent (Adam) on the soft penalty ``sum_{i != j} relu(|cos_ij| - 0.98 eps)^2``.
 
-  Starts from ``start`` (default ``dim``) random vectors; after each feasible packing adds ``growth`` times more
-  random vectors and re-optimises from there (warm start) for at most ``max_steps`` Adam steps; stops at the first
-  size it cannot make feasible or at ``max_vectors``. Returns ``(vectors [N, dim], N)`` of the largest feasible
-  packing (checked: every off-diagonal ``|cos| <= max_cosine``) -- a lower bound on the true packing number."""
+  Starts from ``init`` (a packing ``[N, K]`` with ``K <= dim``, copied in by :func:`block_copies`) or from ``dim``
+  random vectors; after each feasible packing adds ``growth`` times more random vectors and re-optimises from there
+  (warm start) for at most ``max_steps`` steps; stops at the first size it cannot make feasible or at
+  ``max_vectors``. Returns ``(vectors [N, dim], N)`` of the largest feasible packing (every off-diagonal ``|cos| <=
+  max_cosine``, checked) -- a lower bound on the true packing number."""
   dim = _check_positive_int("dim", dim)
   max_cosine = _check_max_cosine(max_cosine)
   if not growth > 1.0:
     raise ValueError(f"growth must be > 1, got {growth!r}")
-  n = _check_positive_int("start", dim if start is None else start, 1)
-  v = random_unit_vectors(jax.random.fold_in(key, 0), n, dim)
+  max_vectors = _check_positive_int("max_vectors", max_vectors)
+  if init is None:
+    v = random_unit_vectors(jax.random.fold_in(key, 0), min(dim, max_vectors), dim)
+  else:
+    v = jnp.asarray(block_copies(init, dim)[:max_vectors])
+  n = v.shape[0]
   best = np.zeros((0, dim), np.float32)
   for round_ in range(1, 10_000):
     u, worst, _ = _optimize_packing(v, jnp.float32(max_cosine), jnp.float32(learning_rate), max_steps)
     if n > 1 and float(worst) > max_cosine:
-      if round_ == 1 and n > dim:  # the start was too ambitious: start again from d vectors (always feasible)
-        return optimized_packing(key, dim, max_cosine, start=dim, growth=growth, max_steps=max_steps,
-                                 learning_rate=learning_rate, max_vectors=max_vectors)
       break
     best = np.asarray(u)
     if n >= max_vectors:
@@ -295,7 +311,8 @@ def packing_numbers(key: jax.Array, dims: Sequence[int], tolerance_deg: float = 
 
   For each ``d`` in ``dims``: ``optimized`` (:func:`optimized_packing`, if ``optimize``), ``welch`` (upper bound,
   ``inf`` where none) and ``jl`` (:func:`jl_num_vectors` with ``delta = 1/2``); for each ``d`` in ``random_dims``
-  (default ``dims``): ``random_median`` / ``random_counts [trials]`` (:func:`random_packing_count`). Arrays over
+  (default ``dims``): ``random_median`` / ``random_counts [trials]`` (:func:`random_packing_count`) and
+  ``random_jl``. Arrays over
   the dims; ``max_cosine = sin(tolerance)``."""
   eps = tolerance_to_max_cosine(tolerance_deg)
   dims = [_check_positive_int("each of dims", d, 2) for d in dims]
@@ -305,19 +322,20 @@ def packing_numbers(key: jax.Array, dims: Sequence[int], tolerance_deg: float = 
   out = {"tolerance_deg": float(tolerance_deg), "max_cosine": eps, "dims": np.asarray(dims),
          "welch": np.asarray([welch_max_vectors(d, eps) for d in dims]),
          "jl": np.asarray([jl_num_vectors(d, eps) for d in dims]),
-         "random_dims": np.asarray(random_dims), "random_max_vectors": max_vectors}
+         "random_dims": np.asarray(random_dims), "random_max_vectors": max_vectors,
+         "random_jl": np.asarray([jl_num_vectors(d, eps) for d in random_dims])}
   counts = [[random_packing_count(jax.random.fold_in(jax.random.fold_in(key, d), t), d, eps, max_vectors=max_vectors)
              for t in range(random_trials)] for d in random_dims]
   out["random_counts"] = np.asarray(counts)
   out["random_median"] = np.median(out["random_counts"], axis=1)
   if optimize:
-    start, found = None, []
-    for d in dims:
-      _, n = optimized_packing(jax.random.fold_in(key, 10_000 + d), d, eps, start=max(d, start or d),
-                               growth=growth, max_steps=max_steps, max_vectors=max_vectors)
+    previous, found = None, []
+    for d in sorted(dims):  # each search starts from copies of the last packing (block_copies: still feasible)
+      init = previous if previous is not None and previous.shape[1] <= d and len(previous) else None
+      previous, n = optimized_packing(jax.random.fold_in(key, 10_000 + d), d, eps, init=init, growth=growth,
+                                      max_steps=max_steps, max_vectors=max_vectors)
       found.append(n)
-      start = n  # d dimensions hold at least what fewer did (pad with zeros): start the next search there
-    out["optimized"] = np.asarray(found)
+    out["optimized"] = np.asarray([found[sorted(dims).index(d)] for d in dims])
   return out
 
 
@@ -548,31 +566,35 @@ def run_superposition(out_dir: str, *, steps: int = 10_000, seed: int = 0, quick
   os.makedirs(out_dir, exist_ok=True)
   key = jax.random.key(int(seed))
   near_key, pack_key, toy_key = jax.random.split(key, 3)
-  timings = {}
+  timings, cpu_times = {}, {}  # wall seconds, and CPU seconds of this process (all threads)
 
   t = time.perf_counter()
+  cpu = time.process_time()
   if quick:
     near = near_orthogonality(near_key, (2, 16, 128), num_vectors=100)
   else:
     near = near_orthogonality(near_key, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), num_vectors=1000)
   timings["near_orthogonality"] = time.perf_counter() - t
+  cpu_times["near_orthogonality"] = time.process_time() - cpu
 
-  t = time.perf_counter()
+  t, cpu = time.perf_counter(), time.process_time()
   if quick:
     pack = packing_numbers(pack_key, (4, 8), 10.0, random_dims=(2, 16), random_trials=2, growth=1.5,
                            max_steps=100, max_vectors=64)
   else:
     pack = packing_numbers(pack_key, (2, 4, 8, 16, 32, 64), 10.0,
-                           random_dims=(2, 4, 8, 16, 32, 64, 128, 256, 512), random_trials=5, max_steps=300,
-                           max_vectors=2048)
+                           random_dims=(2, 4, 8, 16, 32, 64, 128, 256, 512), random_trials=5, growth=1.25,
+                           max_steps=300, max_vectors=2048)
   timings["packing"] = time.perf_counter() - t
+  cpu_times["packing"] = time.process_time() - cpu
 
   sparsities = PAPER_SPARSITIES
   train_kwargs = dict(steps=min(steps, 100), batch_size=128) if quick else dict(steps=steps, batch_size=1024)
-  t = time.perf_counter()  # the linear and the ReLU model at every sparsity: 14 instances in one training
+  t, cpu = time.perf_counter(), time.process_time()  # linear and ReLU at every sparsity: 14 instances, one training
   both = train_toy_models(toy_key, sparsities * 2, relu=[False] * len(sparsities) + [True] * len(sparsities),
                           **train_kwargs)
   timings["toy_models"] = time.perf_counter() - t
+  cpu_times["toy_models"] = time.process_time() - cpu
   results, reports = {}, {}
   for name, part in (("linear", slice(0, len(sparsities))), ("ReLU", slice(len(sparsities), None))):
     results[name] = {"W": both["W"][part], "b": both["b"][part], "losses": both["losses"][:, part]}
@@ -596,6 +618,6 @@ def run_superposition(out_dir: str, *, steps: int = 10_000, seed: int = 0, quick
                                                  "weight_decay": PAPER_WEIGHT_DECAY},
          "steps": train_kwargs["steps"], "batch_size": train_kwargs["batch_size"], "seed": int(seed),
          "quick": bool(quick), "toy_models": toy, "near_orthogonality": near, "packing": pack,
-         "timings_s": timings, "files": files}
+         "timings_s": timings, "cpu_times_s": cpu_times, "files": files}
   files["json"] = write_json(os.path.join(out_dir, "superposition.json"), out)
   return out

@@ -80,7 +80,7 @@ def plot_packing(pack: dict, path: str | os.PathLike) -> str:
   med = np.asarray(pack["random_median"], np.float64)
   ax.errorbar(rd, med, yerr=[med - counts.min(1), counts.max(1) - med], fmt="s-", ms=4, color="C0", capsize=2,
               label=f"random draws before the first bad pair (median of {counts.shape[1]})")
-  ax.plot(dims, pack["jl"], "k--", lw=1, label="JL: N random succeed w.p. >= 1/2")
+  ax.plot(rd, pack["random_jl"], "k--", lw=1, label="JL bound: N random all fit w.p. >= 1/2")
   welch = np.asarray(pack["welch"], np.float64)
   finite = np.isfinite(welch)
   ax.plot(dims[finite], welch[finite], "v:", color="C2", label="Welch upper bound (none beyond)")
