@@ -37,7 +37,7 @@ class GPT(nn.Module):
     if cfg.positional == "learned":
       self.pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype,
                                                   name="pos_embed")
-    self.dropout = Dropout(cfg.dropout_rate)
+    self.dropout = Dropout(cfg.dropout_rate, name="Dropout_0")  # the name (and dropout bits) of the compact GPT
     self.decoder = TransformerStack(cfg, name="decoder")
     self.ln_final = make_norm(cfg, "ln_final")
     if not cfg.tie_embeddings:
