@@ -66,6 +66,13 @@ def test_cached_sample_refills_its_window_like_full_forward_passes(small_gpt, pr
   assert out[0].tolist() == _sliding_reference(model, params, prompt, 21)
 
 
+@pytest.mark.parametrize("num_new", [1, 2, 3, 8])  # samples that end before the window fills (no refill traced)
+def test_short_cached_samples_equal_full_forward_passes(small_gpt, num_new):
+  model, params = small_gpt
+  out = generate_lib.generate(model, params, np.asarray([[3]]), num_new, jax.random.key(0), temperature=0.0)
+  assert out[0].tolist() == _sliding_reference(model, params, [3], num_new)
+
+
 def test_a_whole_sample_compiles_once(small_gpt):
   model, params = small_gpt
   before = generate_lib._cached_generate._cache_size()  # pylint: disable=protected-access

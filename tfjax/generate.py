@@ -86,10 +86,15 @@ def _cached_generate(model, params, prompt, rngs, temperature, top_k, top_p):
       logits, cache = prefill(jax.lax.dynamic_slice_in_dim(tokens, index - half, half, axis=1))
       return logits, cache, jnp.int32(half)
 
-    logits, cache, next_pos = jax.lax.cond(pos == max_len, refill, decode, cache)
+    if can_refill:
+      logits, cache, next_pos = jax.lax.cond(pos == max_len, refill, decode, cache)
+    else:  # the window never fills (the refill branch could not even be traced: fewer than `half` tokens)
+      logits, cache, next_pos = decode(cache)
     nxt = sample_logits(logits, rng_t, temperature, top_k, top_p)
     return (cache, tokens.at[:, index].set(nxt), next_pos), None
 
+  # the scan's k-th step (k = 0..N-2) refills when pos = plen + k reaches max_len
+  can_refill = plen + num_new - 2 >= max_len
   if num_new > 1:
     indices = jnp.arange(plen + 1, plen + num_new, dtype=jnp.int32)
     (_, tokens, _), _ = jax.lax.scan(step, (cache, tokens, jnp.int32(plen)), (indices, rngs[1:]))
