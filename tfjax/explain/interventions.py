@@ -21,7 +21,7 @@ ValueErrors that name the valid range.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -207,7 +207,8 @@ def patch(cache: ActivationCache, names: Names, positions=None) -> dict:
         if not np.issubdtype(pos.dtype, np.integer) or pos.ndim > 1:
           raise ValueError(f"positions must be an int, a list of ints or a boolean mask, got {positions!r}")
         if pos.size and (pos.min() < -length or pos.max() >= length):
-          raise ValueError(f"positions {pos.tolist()} out of range for {length} tokens (valid: {-length}..{length - 1})")
+          raise ValueError(f"positions {pos.tolist()} out of range for {length} tokens "
+                           f"(valid: {-length}..{length - 1})")
         sel = np.zeros((1, length), bool)
         sel[0, pos] = True
       shape = [1] * value.ndim
