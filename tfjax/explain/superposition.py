@@ -195,10 +195,11 @@ def _accepted_prefix(buffer_CxD, count, block_BxD, max_cosine: float):
   themselves) within ``|cos| <= max_cosine``."""
   capacity, block = buffer_CxD.shape[0], block_BxD.shape[0]
   filled = jnp.arange(capacity) < count  # [C] which buffer rows hold vectors
-  with_buffer = jnp.abs(block_BxD @ buffer_CxD.T) > max_cosine  # [B, C]
+  hi = jax.lax.Precision.HIGHEST  # full float32 cosines on every backend (TF32 would move pairs across the limit)
+  with_buffer = jnp.abs(jnp.matmul(block_BxD, buffer_CxD.T, precision=hi)) > max_cosine  # [B, C]
   clash_buffer = jnp.any(with_buffer & filled[None, :], axis=1)
   earlier = jnp.arange(block)[None, :] < jnp.arange(block)[:, None]  # [B, B]: column j before row i
-  clash_block = jnp.any((jnp.abs(block_BxD @ block_BxD.T) > max_cosine) & earlier, axis=1)
+  clash_block = jnp.any((jnp.abs(jnp.matmul(block_BxD, block_BxD.T, precision=hi)) > max_cosine) & earlier, axis=1)
   clash = clash_buffer | clash_block
   return jnp.where(jnp.any(clash), jnp.argmax(clash), block)
 
@@ -526,9 +527,12 @@ def toy_model_report(result: dict, threshold: float = 0.5) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _summary_table(sparsities, reports: dict, timings: dict, near: dict, pack: dict) -> str:
+def _summary_table(sparsities, reports: dict, timings: dict, near: dict, pack: dict, train_kwargs: dict,
+                   quick: bool) -> str:
   names = list(reports)
-  lines = ["toy model of superposition: n = 20 features, m = 5 hidden, importance 0.7^i "
+  lines = ["toy model of superposition: n = 20 features, m = 5 hidden, importance 0.7^i, "
+           f"{train_kwargs['steps']} steps of batch {train_kwargs['batch_size']}"
+           + (" (quick run: far from converged)" if quick else ""),
            "(features represented: ||W_i|| > 0.5; D* = m / ||W||_F^2)",
            f"{'S':>6} {'1-S':>6} " + " ".join(f"{name + ' feats':>12} {name + ' D*':>9}" for name in names)]
   for i, s in enumerate(sparsities):
@@ -607,7 +611,7 @@ def run_superposition(out_dir: str, *, steps: int = 10_000, seed: int = 0, quick
       "dimensionality": plots.plot_dimensionality(reports, sparsities,
                                                   os.path.join(out_dir, "superposition_dimensionality.png")),
   }
-  summary = _summary_table(sparsities, reports, timings, near, pack)
+  summary = _summary_table(sparsities, reports, timings, near, pack, train_kwargs, quick)
   toy = {name: {"features_represented": rep["features_represented"],
                 "model_dimensions_per_feature": rep["model_dimensions_per_feature"],
                 "dimensions_per_feature": rep["dimensions_per_feature"], "feature_norms": rep["feature_norms"],
