@@ -161,6 +161,26 @@ def test_sigterm_saves_at_the_current_step_and_exits_cleanly(tmp_path):
   assert not (tmp_path / "results.json").exists()
 
 
+class _SigtermAt(LMTask):
+  """Sends this process SIGTERM while building the batch of a chosen step (as a scheduler would, mid-run)."""
+  term_step = 6
+
+  def train_batch(self, step, shard=0, num_shards=1):
+    if step == self.term_step:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return super().train_batch(step, shard, num_shards)
+
+
+def test_sigterm_right_after_a_periodic_checkpoint_exits_cleanly(tmp_path):
+  # a checkpoint after every step: the stop comes on a step that was just saved (orbax refused a second save of it)
+  config = tiny_lm_config(**{"train.checkpoint_every": 1, "train.num_steps": 12})
+  res = train_and_evaluate(config, str(tmp_path), _SigtermAt(config, str(tmp_path)))
+  assert 0 < res["preempted_at"] < config.train.num_steps
+  manager = ckpt_lib.make_manager(str(tmp_path), 2, async_save=False)
+  assert ckpt_lib.complete_steps(manager)[-1] == res["preempted_at"]
+  manager.close()
+
+
 class _NaNAt(LMTask):
   """Poisons the inputs of chosen steps: an out-of-range token id gives NaN gradients (see STYLE.md)."""
   bad_steps = (3, 7)

@@ -282,7 +282,13 @@ def train_and_evaluate(config: Any, workdir: str, task: Any) -> dict[str, Any]:
   run_start = time.perf_counter()
   last_record: dict[str, Any] = {}
 
+  saved = {"step": start_step}  # the last step saved (or restored): a SIGTERM right after a periodic save skips a
+  # second save of the same step (orbax would raise StepAlreadyExistsError)
+
   def save(step: int, force: bool = False):
+    if step == saved["step"]:
+      return
+    saved["step"] = step
     with timer("checkpoint"):  # the blocking part of the save (the write itself runs in orbax's background thread)
       ckpt_lib.save(manager, step, host_state(state), {"step": step, "config": config.to_json()}, force=force)
 
