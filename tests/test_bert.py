@@ -419,3 +419,32 @@ def test_adamw_of_make_optimizer_decays_matrices_not_biases():
     decay = o.weight_decay if params[k].ndim >= 2 else 0.0
     expected = params[k] - o.lr * np.sign(grads[k]) - o.lr * decay * params[k]
     np.testing.assert_allclose(np.asarray(new[k]), expected, atol=1e-5, err_msg=k)
+
+
+def test_evaluation_by_replacement_kind(task):
+  """Masked-token scores split into [MASK] / random / unchanged positions: kinds as mask_tokens made them, and the
+  three parts add up to the task's own loss, accuracy and count."""
+  ids = np.tile(np.arange(10, 26, dtype=np.int32), (400, 1))
+  cand = np.ones_like(ids, bool)
+  out = mlm.mask_tokens(ids, cand, np.random.default_rng(0), mask_id=4, random_ids=np.arange(100, 200),
+                        max_predictions=3)
+  out["masked_weights"][0, :] = 0  # an unused row
+  kind = mlm.replacement_kind(out, mask_id=4)
+  used = out["masked_weights"] > 0  # 2 of the 3 slots in rows 1.. (round(0.15 * 16) = 2)
+  assert (kind[~used] == -1).all() and set(np.unique(kind[used])) == {0, 1, 2}
+  rows = np.arange(400)[:, None]
+  seen = out["inputs"][rows, out["masked_positions"]][used]
+  np.testing.assert_array_equal(kind[used] == 0, seen == 4)
+  np.testing.assert_array_equal(kind[used] == 1, seen >= 100)
+  np.testing.assert_allclose(np.bincount(kind[used], minlength=3) / used.sum(), [0.8, 0.1, 0.1], atol=0.03)
+
+  params = _task_params(task)
+  batch = task.train_batch(1)
+  loss_sum, weight, sums = jax.jit(lambda p, b: task.loss_fn(p, b, None, False))(params, batch)
+  logits = jax.jit(lambda p, b: task.model.apply({"params": p}, b["inputs"], attention_mask=b["attention_mask"],
+                                                 masked_positions=b["masked_positions"]))(params, batch)
+  parts = mlm.scores_by_replacement(np.asarray(logits), batch, task.mask_id)
+  np.testing.assert_allclose(parts["loss"].sum(), float(loss_sum), rtol=1e-5)
+  assert parts["count"].sum() == float(weight) and parts["correct"].sum() == float(sums["accuracy"])
+  summary = task.evaluate_by_replacement(params)
+  assert set(summary) == set(mlm.REPLACEMENTS) and sum(v["count"] for v in summary.values()) > 0

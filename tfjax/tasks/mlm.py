@@ -114,6 +114,42 @@ def mask_tokens(ids: np.ndarray, candidates: np.ndarray, rng: np.random.Generato
   return {"inputs": inputs, "masked_positions": positions, "masked_labels": labels, "masked_weights": weights}
 
 
+REPLACEMENTS = ("mask", "random", "unchanged")
+
+
+def replacement_kind(batch: dict[str, np.ndarray], mask_id: int) -> np.ndarray:
+  """What BERT's masking did at each chosen position: ``[B, P]`` int, 0 = replaced by ``[MASK]``, 1 = by a random
+  token, 2 = left unchanged (a random draw of the original token counts as unchanged), -1 = unused slot."""
+  rows = np.arange(batch["inputs"].shape[0])[:, None]
+  seen = batch["inputs"][rows, batch["masked_positions"]]  # [B, P]: the input the model saw there
+  kind = np.where(seen == mask_id, 0, np.where(seen == batch["masked_labels"], 2, 1))
+  return np.where(batch["masked_weights"] > 0, kind, -1).astype(np.int32)
+
+
+def scores_by_replacement(logits: np.ndarray, batch: dict[str, np.ndarray], mask_id: int) -> dict[str, np.ndarray]:
+  """Per replacement kind (:data:`REPLACEMENTS`), sums over the chosen positions of ``logits [B, P, V]``:
+  ``loss``, ``correct`` and ``count`` (arrays of 3). Only the ``[MASK]`` positions measure prediction from
+  context: an unchanged position shows the answer, which a model that copies its input gets right."""
+  logits = np.asarray(logits, np.float64)
+  logp = logits - logits.max(-1, keepdims=True)
+  logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+  ce = -np.take_along_axis(logp, batch["masked_labels"][..., None].astype(np.int64), -1)[..., 0]
+  correct = logits.argmax(-1) == batch["masked_labels"]
+  kind = replacement_kind(batch, mask_id)
+  out = {"loss": np.zeros(3), "correct": np.zeros(3), "count": np.zeros(3)}
+  for k in range(3):
+    at = kind == k
+    out["loss"][k], out["correct"][k], out["count"][k] = ce[at].sum(), correct[at].sum(), at.sum()
+  return out
+
+
+def summarize_by_replacement(sums: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+  """``{kind: {"loss", "accuracy", "count"}}`` from summed :func:`scores_by_replacement` outputs."""
+  return {name: {"loss": float(sums["loss"][k] / max(sums["count"][k], 1)),
+                 "accuracy": float(sums["correct"][k] / max(sums["count"][k], 1)), "count": int(sums["count"][k])}
+          for k, name in enumerate(REPLACEMENTS)}
+
+
 def build_model(config: Any, vocab_size: int) -> BERT:
   """The BERT of ``config.model`` (keys as in :func:`tfjax.config.transformer_config`, plus ``type_vocab_size``)."""
   # BERT draws every weight from N(0, 0.02), the residual branches' output projections too (no GPT-2 1/sqrt(2L))
@@ -249,10 +285,23 @@ class MLMTask:
     return (6.0 * body + 12.0 * cfg.num_layers * self.seq_len * cfg.num_heads * head_dim
             + 6.0 * head * self.max_predictions / self.seq_len)
 
+  def evaluate_by_replacement(self, params) -> dict[str, dict[str, float]]:
+    """Masked-token loss and accuracy on the evaluation batches split by what the masking did at each position
+    (``[MASK]`` / random / unchanged; see :func:`scores_by_replacement`)."""
+    logits_fn = jax.jit(lambda p, b: self.model.apply(
+        {"params": p}, b["inputs"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"],
+        masked_positions=b["masked_positions"]))
+    total = {"loss": np.zeros(3), "correct": np.zeros(3), "count": np.zeros(3)}
+    for batch in self.eval_batches():
+      sums = scores_by_replacement(np.asarray(logits_fn(params, batch)), batch, self.mask_id)
+      total = {k: total[k] + sums[k] for k in total}
+    return summarize_by_replacement(total)
+
   def final_report(self, params) -> dict[str, Any]:
-    """Fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging Face
-    ``BertForMaskedLM`` directory ``workdir/hf`` (post-LN models only)."""
-    out: dict[str, Any] = {}
+    """Evaluation by replacement kind (``eval_by_replacement``: accuracy at the ``[MASK]`` positions is what shows
+    context use); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging
+    Face ``BertForMaskedLM`` directory ``workdir/hf`` (post-LN models only)."""
+    out: dict[str, Any] = {"eval_by_replacement": self.evaluate_by_replacement(params)}
     fm = self.config.get("fill_mask")
     if fm is not None:
       out["fill_mask"] = {text: fill_mask(self.model, params, self.tokenizer, text, fm.get("top_k", 5))
