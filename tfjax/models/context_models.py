@@ -16,9 +16,10 @@ the probability of the centre word. Each rung below changes only how the ``C = 2
    average of them. With ``W_k = 0`` it is rung 2's per-position weights (``q . W_k p_c``); with all keys equal, rung 1.
 4. ``self_attention`` -- the query made from the words themselves: the window ``x_c = e_c + p_c`` runs through one
    multi-head self-attention layer (:class:`tfjax.layers.attention.MultiHeadAttention`; every word's query, key
-   and value are projections of itself), each word keeps its vector plus what it gathered (``h_c = e_c +
-   attention(x)_c``), and CBOW's average of the ``h_c`` predicts the centre. With the query projection at zero
-   (queries equal to the bias), every word asks the same learned question: rung 3 with value/output maps.
+   and value are projections of itself), and CBOW's average of what the words gathered, ``h_c =
+   attention(x)_c``, predicts the centre: ``hidden = W_o sum_j abar_j W_v x_j + b_o`` with ``abar_j`` the attention
+   word ``j`` receives, averaged over the real queries. With the query projection at zero (queries equal to the
+   bias) every word asks the same learned question: rung 3 with value/output maps.
 
 Padding (window slots past a sentence's edge) is excluded by the explicit boolean ``mask_BxC`` (True = a real
 context word) everywhere: the weights of every rung are non-negative, zero on padding, and sum to 1 over the real
@@ -154,8 +155,10 @@ class ContentWeightedContext(nn.Module):
 
 
 class SelfAttentionContext(nn.Module):
-  """Rung 4: self-attention over the window (``x_c = e_c + p_c``; padding masked as keys and as queries),
-  ``h_c = e_c + attention(x)_c``, and the average of the real ``h_c``."""
+  """Rung 4: self-attention over the window (``x_c = e_c + p_c``; padding masked as keys and as queries), and the
+  average of its outputs ``h_c = attention(x)_c`` over the real slots. (A residual ``h_c = e_c + attention(x)_c``
+  keeps a uniform CBOW term the model cannot re-weight: held-out 5.975 nats vs 5.915 without it, 1,000 steps of
+  the ladder's config.)"""
   num_slots: int
   num_heads: int = 1
   precision: Precision = None
@@ -171,7 +174,7 @@ class SelfAttentionContext(nn.Module):
     gathered_BxCxD, pattern_BxHxCxC = MultiHeadAttention(num_heads=self.num_heads, precision=self.precision,
                                                          name="attention")(
         vectors_BxCxD + position_CxD, attention_mask_Bx1xCxC, return_pattern=True)
-    return w2v.context_mean(vectors_BxCxD + gathered_BxCxD, mask_BxC), pattern_BxHxCxC
+    return w2v.context_mean(gathered_BxCxD, mask_BxC), pattern_BxHxCxC
 
 
 def make_context_model(config: ContextModelConfig) -> nn.Module:
