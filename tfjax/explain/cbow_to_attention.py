@@ -193,7 +193,7 @@ def plot_patterns(examples: list[dict[str, Any]], weights_by_run: dict[str, np.n
       ax.set_yticks(range(len(labels)), labels, fontsize=7)
       ax.set_title(f"4. self-attention, head {h + 1}: query (row) -> key", fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  fig.savefig(path, dpi=65)
   plt.close(fig)
   return path
 
