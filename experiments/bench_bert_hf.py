@@ -104,22 +104,22 @@ def make_torch_optimizer(torch, model, o):
 
 
 def evaluate_torch(torch, model, task, np, device="cpu"):
-  """Masked-token loss and accuracy of the torch model on ``task.eval_batches()`` (summed over masked tokens)."""
+  """Masked-token loss and accuracy of the torch model on ``task.eval_batches()``, overall and by replacement kind
+  (:func:`tfjax.tasks.mlm.scores_by_replacement` on its logits at the masked positions)."""
+  from tfjax.tasks import mlm
   model.eval()
-  loss_sum = correct = count = 0.0
+  total = {"loss": np.zeros(3), "correct": np.zeros(3), "count": np.zeros(3)}
   with torch.no_grad():
     for batch in task.eval_batches():
       logits = model(**torch_inputs(torch, batch, np, device)).logits  # [B, T, V]
       pos = torch.from_numpy(batch["masked_positions"].astype(np.int64)).to(device)
       at = torch.gather(logits, 1, pos[..., None].expand(-1, -1, logits.shape[-1]))  # [B, P, V]
-      labels = torch.from_numpy(batch["masked_labels"].astype(np.int64)).to(device)
-      w = torch.from_numpy(batch["masked_weights"]).to(device)
-      ce = torch.nn.functional.cross_entropy(at.flatten(0, 1), labels.flatten(), reduction="none")
-      loss_sum += float((ce * w.flatten()).sum())
-      correct += float(((at.argmax(-1) == labels).float() * w).sum())
-      count += float(w.sum())
+      sums = mlm.scores_by_replacement(at.cpu().numpy(), batch, task.mask_id)
+      total = {k: total[k] + sums[k] for k in total}
   model.train()
-  return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count, "eval_tokens": int(count)}
+  count = total["count"].sum()
+  return {"eval_loss": total["loss"].sum() / count, "eval_accuracy": total["correct"].sum() / count,
+          "eval_tokens": int(count), "eval_by_replacement": mlm.summarize_by_replacement(total)}
 
 
 def evaluate_tfjax(jax, task, params):
@@ -128,7 +128,8 @@ def evaluate_tfjax(jax, task, params):
   for batch in task.eval_batches():
     ls, w, sums = step(params, batch)
     loss_sum, count, correct = loss_sum + float(ls), count + float(w), correct + float(sums["accuracy"])
-  return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count, "eval_tokens": int(count)}
+  return {"eval_loss": loss_sum / count, "eval_accuracy": correct / count, "eval_tokens": int(count),
+          "eval_by_replacement": task.evaluate_by_replacement(params)}
 
 
 def main(argv):
@@ -268,6 +269,10 @@ def main(argv):
       result["hf"].update(evaluate_torch(torch, tmodel, task, np, FLAGS.torch_device))
       line += f"; HF loss {result['hf']['eval_loss']:.4f} acc {result['hf']['eval_accuracy']:.2%}"
     print(line + f" ({result['tfjax']['eval_tokens']:,} masked tokens)")
+    for name in ("tfjax", "hf") if use_torch else ("tfjax",):
+      parts = result[name]["eval_by_replacement"]
+      print(f"  {name} accuracy by replacement: " + ", ".join(
+          f"{k} {v['accuracy']:.2%} ({v['count']:,})" for k, v in parts.items()))
   if FLAGS.out:
     runtime.append_json_lines(FLAGS.out, [result])
   return 0
