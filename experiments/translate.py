@@ -46,8 +46,15 @@ def main(argv):
     raise app.UsageError("give --text=SENTENCE (repeatable), --bleu=val|test or --file=IN")
   if FLAGS.out and not FLAGS.file:
     raise app.UsageError("--out goes with --file")
+  import logging
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
+  handler = logging.StreamHandler(sys.stderr)  # the library's warnings (e.g. a source cut to the context window)
+  handler.setFormatter(logging.Formatter("warning: %(message)s"))
+  tfjax_log = logging.getLogger("tfjax")
+  tfjax_log.addHandler(handler)
+  tfjax_log.setLevel(logging.WARNING)
+  tfjax_log.propagate = False
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
   workdir = argv[1]

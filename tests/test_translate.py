@@ -201,7 +201,9 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   assert tokenised_bleu(hyps, load_multi30k("test", "de", None, "tok"))[0].score == pytest.approx(
       report["test_bleu_tok"])  # the file holds what was scored
   lines = (tmp_path / "out.de").read_text().split("\n")
-  assert len(lines) == 5 and lines[1] == "" and lines[-1] == "" and lines[0] and lines[2]
+  assert len(lines) == 5 and lines[1] == "" and lines[-1] == ""  # 4 lines, the empty one kept empty
+  assert [lines[0], lines[3]] == tr.translate_texts(model, params, tokenizer, ["A dog runs through the snow.",
+                                                                               "Two men."], beam_size=2)
   assert "1 of 4 sources are longer than the context window" in out.stderr
   (tmp_path / "lm").mkdir()
   (tmp_path / "lm" / "config.json").write_text(json.dumps({"task": "lm"}))
