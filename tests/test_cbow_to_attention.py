@@ -258,7 +258,7 @@ def test_short_run_of_each_rung_lowers_its_loss(tmp_path, rung):
 @pytest.mark.slow
 def test_ladder_runs_and_each_rung_lowers_its_loss(tmp_path):
   path, _ = _tiny_corpus(tmp_path)
-  config = _tiny_config(path)
+  config = _tiny_config(path, **{"train.num_steps": 60, "train.eval_every": 60})  # rung 4 starts slowest
   config.ladder.example_sentences = ("w1 w2 w3 w4 w5", "w3 w4 w5")
   config.ladder.example_centres = ("w3", "w3")
   config.ladder.self_attention_heads = (2,)
