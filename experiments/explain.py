@@ -58,8 +58,22 @@ def parser():
   return p
 
 
+def split_config_overrides(argv):
+  """``--config.KEY=VALUE`` arguments (for commands that train, e.g. cbow_to_attention) apart from the rest."""
+  overrides, rest = [], []
+  for a in argv:
+    (overrides if a.startswith("--config.") else rest).append(a)
+  bad = [a for a in overrides if "=" not in a]
+  if bad:
+    raise SystemExit(f"error: {bad[0]} needs a value: --config.KEY=VALUE")
+  return [a[len("--config."):] for a in overrides], rest
+
+
 def main(argv=None):
+  overrides, argv = split_config_overrides(sys.argv[1:] if argv is None else list(argv))
   args = vars(parser().parse_args(argv))
+  if overrides:
+    args["config_overrides"] = overrides
   name, path, out, step, best = (args.pop(k) for k in ("name", "path", "out", "step", "best"))
   if out is None:
     out = os.path.join(path if path and os.path.isdir(path) else ".", "explain", name)
@@ -67,11 +81,12 @@ def main(argv=None):
   absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
   from tfjax.explain.commands import run_command
   from tfjax.explain.subjects import SubjectError
+  from tfjax.config import ConfigError
   from tfjax.train.checkpoint import CheckpointError
   start = time.perf_counter()
   try:
     result = run_command(name, path, out, step=step, best=best, **args)
-  except (SubjectError, CheckpointError, FileNotFoundError, ValueError) as e:
+  except (SubjectError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   summary = result.get("summary") if isinstance(result, dict) else None

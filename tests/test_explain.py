@@ -214,6 +214,11 @@ def test_cli_prints_summary_and_errors(tmp_path, capsys):
   assert "explorer:" in capsys.readouterr().out
   assert cli.main(["attention", str(FIXTURES / "hf_gpt2"), f"--out={tmp_path}", "--layer=1"]) == 1
   assert "takes no --layer" in capsys.readouterr().err
+  # --config.KEY=VALUE reaches a command that trains (and is checked there: an unknown key is named)
+  assert cli.main(["cbow_to_attention", f"--out={tmp_path}", "--config.model.no_such_key=3"]) == 1
+  assert "no_such_key" in capsys.readouterr().err
+  assert cli.main(["attention", str(FIXTURES / "hf_gpt2"), f"--out={tmp_path}", "--config.seed=1"]) == 1
+  assert "takes no --config" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------------- heads, qk, mlp, lens

@@ -64,8 +64,11 @@ def resolve(command: Command):
 
 
 def accepted_options(fn) -> list[str]:
-  """The keyword options ``fn`` takes after its positional subject/out_dir."""
-  return [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
+  """The options ``fn`` takes after its positional subject/out_dir: its keyword-only parameters and those with a
+  default (``config_overrides``, the ``--config.KEY=VALUE`` of a command that trains)."""
+  params = inspect.signature(fn).parameters.values()
+  return [p.name for p in params if p.kind == p.KEYWORD_ONLY
+          or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty)]
 
 
 def run_command(name: str, path: str | None, out_dir: str, *, step: int | None = None, best: bool = False,
