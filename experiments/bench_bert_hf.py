@@ -244,7 +244,9 @@ def main(argv):
   def tail_mean(c, n=50):
     return float(np.mean(c[-n:])) if c else float("nan")
 
+  overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
   result = {"bench": "bert_hf", "time": time.strftime("%Y-%m-%d %H:%M:%S"), "steps": steps, "init": FLAGS.init,
+            "config_overrides": overrides,
             "batch_size": config.train.batch_size, "seq_len": task.seq_len, "backend": jax.default_backend(),
             "device": jax.devices()[0].device_kind, "parallel": mode, "jax_devices": jax.device_count(),
             "tfjax": {"tokens_per_s": rate("tfjax"), "final_loss_mean50": tail_mean(curves["tfjax"]),
