@@ -27,6 +27,7 @@ def get_config():
                  positional="sinusoidal", embed_scale=True, activation="relu", pre_ln=False, use_bias=True,
                  tie_embeddings=True, attention_block_size=0)
   c.model.num_encoder_layers = 4
+  c.model.embed_stddev = 0.02  # token embedding init std (fairseq's: emb_dim ** -0.5 = 0.088, then times sqrt(D))
   c.optimizer.update(name="adam", schedule="inverse_sqrt", lr=5e-3, warmup_steps=2000, b1=0.9, b2=0.98, eps=1e-8,
                      weight_decay=0.0, grad_clip=0.0)
   c.train.update(batch_size=512, num_steps=8000, eval_every=1000, checkpoint_every=50, max_to_keep=10, log_every=100)

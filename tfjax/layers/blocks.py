@@ -48,6 +48,7 @@ class TransformerConfig:
   attention_dropout_rate: float = 0.0  # on the attention pattern (uses the reference attention when training)
   positional: str = "learned"  # learned | sinusoidal | rope | none
   embed_scale: bool = False  # token embeddings times sqrt(emb_dim), as in "Attention Is All You Need"
+  embed_stddev: float = 0.02  # std of the token embedding's normal init (fairseq: emb_dim ** -0.5, with embed_scale)
   rope_base: float = 10_000.0
   norm: str = "layernorm"  # layernorm | rmsnorm
   norm_eps: float = 1e-5
@@ -111,8 +112,8 @@ def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
 
 def make_token_embedding(cfg: TransformerConfig, name: str | None = None) -> TokenEmbedding:
   """The token embedding of ``cfg`` (its dtypes and matmul precision; rows times √D with ``embed_scale``)."""
-  return TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, precision=cfg.precision,
-                        scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name=name)
+  return TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, stddev=cfg.embed_stddev,
+                        precision=cfg.precision, scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name=name)
 
 
 def make_unembed(cfg: TransformerConfig, name: str | None = None) -> Unembed:
