@@ -20,6 +20,7 @@ from tfjax.tasks.lm import LMTask
 from tfjax.train import checkpoint as ckpt_lib
 from tfjax.train.loop import train_and_evaluate
 from tfjax.train.optimizer import make_optimizer
+from tfjax.train.restore import load_params
 from tfjax.train.step import init_state, make_train_step
 
 
@@ -81,6 +82,25 @@ def test_checkpoint_restore_equals_saved_state(tmp_path):
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert int(restored.step) == 3
+
+
+def test_loading_params_for_inference_leaves_a_save_in_progress_alone(tmp_path):
+  # translate / sample / explain may read a workdir while its run is still saving: the reader must not remove the
+  # writer's temporary directory (orbax's clean-up on open did), and reads the latest complete step
+  config = tiny_lm_config()
+  task = LMTask(config, None)
+  tx, _ = make_optimizer(config.optimizer, 10)
+  state = jax.jit(functools.partial(init_state, task, tx, 0))()
+  manager = ckpt_lib.make_manager(str(tmp_path), 2, async_save=False)
+  ckpt_lib.save(manager, 3, state, {"step": 3})
+  manager.wait_until_finished()
+  manager.close()
+  in_progress = tmp_path / "checkpoints" / "6.orbax-checkpoint-tmp-1234567890"
+  (in_progress / "state").mkdir(parents=True)
+  params, step = load_params(str(tmp_path))
+  assert step == 3 and in_progress.is_dir()
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_stop_and_resume_equals_uninterrupted(tmp_path):

@@ -19,20 +19,28 @@ class CheckpointError(RuntimeError):
   """A checkpoint is missing, corrupt, or does not fit the model; the message says which and what to do."""
 
 
-def make_manager(workdir: str, max_to_keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+def _options(max_to_keep: int, async_save: bool, read_only: bool) -> ocp.CheckpointManagerOptions:
+  # a reader (translate, sample, explain on a run still training) must not clean up: the temporary directory it
+  # would remove is the training process's save in progress
+  return ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                      cleanup_tmp_directories=not read_only, enable_async_checkpointing=async_save)
+
+
+def make_manager(workdir: str, max_to_keep: int, async_save: bool = True,
+                 read_only: bool = False) -> ocp.CheckpointManager:
+  """The manager of ``WORKDIR/checkpoints``. A writer (the training run) removes leftover temporary directories of
+  killed saves when it opens; ``read_only=True`` (inference) touches nothing."""
   directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True,
-                                         enable_async_checkpointing=async_save)
+  options = _options(max_to_keep, async_save, read_only)
   # handlers named up front: item_metadata() can then read a checkpoint's shapes before any save or restore
   return ocp.CheckpointManager(directory, options=options, item_handlers={
       "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 
 
-def make_best_manager(workdir: str, async_save: bool = True) -> ocp.CheckpointManager:
+def make_best_manager(workdir: str, async_save: bool = True, read_only: bool = False) -> ocp.CheckpointManager:
   """The parameters with the lowest evaluation loss so far, in ``WORKDIR/best/<step>`` (one kept; atomic saves)."""
   directory = os.path.join(os.path.abspath(workdir), "best")
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True, cleanup_tmp_directories=True,
-                                         enable_async_checkpointing=async_save)
+  options = _options(1, async_save, read_only)
   return ocp.CheckpointManager(directory, options=options, item_handlers={
       "params": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
 

@@ -27,7 +27,7 @@ def load_params(workdir: str, step: int | None = None, best: bool = False):
   """
   if best:
     return _load_best(workdir, step)
-  manager = make_manager(workdir, max_to_keep=1000, async_save=False)
+  manager = make_manager(workdir, max_to_keep=1000, async_save=False, read_only=True)
   try:
     steps = complete_steps(manager)
     if not steps:
@@ -55,7 +55,7 @@ def _load_best(workdir: str, step: int | None):
   if not os.path.isdir(directory):
     raise CheckpointError(f"{workdir} has no best/ checkpoint: train with --config.train.keep_best=True (it is kept "
                           "at every evaluation that lowers the loss), or load the latest checkpoint instead")
-  manager = make_best_manager(workdir, async_save=False)
+  manager = make_best_manager(workdir, async_save=False, read_only=True)
   try:
     steps = complete_steps(manager)
     if not steps:
