@@ -34,12 +34,21 @@ def _jaxlib_knows_flag(flag: str) -> bool:
   return False
 
 
+# With several CPU devices in one process, every data-parallel step ends in an all-reduce whose device threads meet in
+# a rendezvous; XLA:CPU aborts the whole process when one thread waits 40 s for another. On a loaded machine (other
+# jobs starving one thread) that killed BERT and translator runs mid-training, losing the checkpoint being written. A
+# slow step is not a deadlock: wait up to 10 minutes instead.
+COLLECTIVE_TIMEOUT_FLAGS = ("--xla_cpu_collective_call_terminate_timeout_seconds=600",
+                            "--xla_cpu_collective_timeout_seconds=600")
+
+
 def configure_devices() -> None:
   """On CPU, one XLA device per core (the batch is then split across cores: ~1.6x faster on 2 cores than one
   device), and ``NO_YNN_FLAG`` when ``TFJAX_CPU_NO_YNN=1``. Must run before JAX is imported. The device count is left
   alone when XLA_FLAGS already sets one, or when ``TFJAX_CPU_DEVICES`` says otherwise (``TFJAX_CPU_DEVICES=1`` keeps
-  one device); a flag XLA_FLAGS already names is left alone too. Harmless on GPU/TPU hosts: these flags only affect
-  the host (CPU) platform."""
+  one device); a flag XLA_FLAGS already names is left alone too. With several CPU devices, the collectives' abort
+  timeouts are raised (``COLLECTIVE_TIMEOUT_FLAGS``). Harmless on GPU/TPU hosts: these flags only affect the host
+  (CPU) platform."""
   flags = os.environ.get("XLA_FLAGS", "")
   extra = []
   if "xla_force_host_platform_device_count" not in flags:
@@ -49,6 +58,10 @@ def configure_devices() -> None:
   no_ynn = os.environ.get("TFJAX_CPU_NO_YNN") == "1"
   if no_ynn and NO_YNN_FLAG.split("=")[0] not in flags and _jaxlib_knows_flag(NO_YNN_FLAG):
     extra.append(NO_YNN_FLAG)
+  if any(e.startswith("--xla_force_host_platform_device_count") for e in extra):
+    for flag in COLLECTIVE_TIMEOUT_FLAGS:
+      if flag.split("=")[0] not in flags and _jaxlib_knows_flag(flag):
+        extra.append(flag)
   if extra:
     os.environ["XLA_FLAGS"] = " ".join([flags, *extra]).strip()
 

@@ -39,3 +39,20 @@ def test_fsdp_shards_parameters(results):
 def test_batch_not_divisible_by_devices(results):
   assert results["indivisible_error"] is not None
   assert "does not divide across 8 devices" in results["indivisible_error"]
+
+
+def test_cpu_devices_get_patient_collectives_and_user_flags_win(monkeypatch):
+  # several CPU devices: the all-reduce rendezvous must not abort a run after XLA's default 40 s on a loaded machine
+  from experiments import runtime
+  monkeypatch.setenv("TFJAX_CPU_DEVICES", "2")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_collective_timeout_seconds=5")
+  runtime.configure_devices()
+  flags = os.environ["XLA_FLAGS"].split()
+  assert "--xla_force_host_platform_device_count=2" in flags
+  assert "--xla_cpu_collective_call_terminate_timeout_seconds=600" in flags
+  assert [f for f in flags if f.startswith("--xla_cpu_collective_timeout_seconds")] == [
+      "--xla_cpu_collective_timeout_seconds=5"]  # the user's own value is kept
+  monkeypatch.setenv("TFJAX_CPU_DEVICES", "1")
+  monkeypatch.setenv("XLA_FLAGS", "")
+  runtime.configure_devices()
+  assert os.environ["XLA_FLAGS"] == ""  # one device: no collectives, nothing added
