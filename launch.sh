@@ -25,11 +25,12 @@ Usage: ./launch.sh COMMAND [ARGS...]
   average WORKDIR --last=K | --steps=S1,S2 [--out=DIR]
                                           average checkpoints' parameters into DIR (default WORKDIR/averaged),
                                           an inference workdir for translate / sample / hf save
-  bench [train|word2vec|nanogpt|ab|demo] [ARGS...]
+  bench [train|word2vec|nanogpt|ab|demo|bert_hf] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
                                           of the train step timed in alternating rounds in one process; demo:
-                                          the README demo vs nanoGPT's whole CPU run, start to finish (--rounds=N)
+                                          the README demo vs nanoGPT's whole CPU run, start to finish (--rounds=N);
+                                          bert_hf: BERT beside Hugging Face's BertForMaskedLM on the same batches
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
                                           look inside a model: attention, heads, qk, mlp, logit_lens,
