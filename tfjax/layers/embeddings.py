@@ -127,6 +127,25 @@ def sinusoidal_positions(positions: jnp.ndarray, features: int, max_timescale: f
   return pe.astype(dtype)
 
 
+def sinusoidal_table(num_positions: int, features: int, max_timescale: float = 10_000.0,
+                     layout: str = "interleaved") -> np.ndarray:
+  """The sinusoidal encodings of positions ``0 .. num_positions-1`` as a float32 table ``[num_positions, D]``,
+  computed in float64 on the host. ``layout="interleaved"``: as :func:`sinusoidal_positions` (sin, cos pairs);
+  ``"halves"``: the ``D/2`` sines then the ``D/2`` cosines of the same frequencies (Marian's layout, Hugging Face
+  ``MarianSinusoidalPositionalEmbedding``)."""
+  if features % 2:
+    raise ValueError(f"sinusoidal positions need an even width, got {features}")
+  if layout not in ("interleaved", "halves"):
+    raise ValueError(f"layout must be 'interleaved' or 'halves', got {layout!r}")
+  i = np.arange(features // 2, dtype=np.float64)
+  angles = np.arange(num_positions, dtype=np.float64)[:, None] / np.power(max_timescale, 2.0 * i / features)
+  if layout == "halves":
+    table = np.concatenate([np.sin(angles), np.cos(angles)], axis=-1)
+  else:
+    table = np.stack([np.sin(angles), np.cos(angles)], axis=-1).reshape(num_positions, features)
+  return table.astype(np.float32)
+
+
 def apply_rope(x: jnp.ndarray, positions: jnp.ndarray, base: float = 10_000.0) -> jnp.ndarray:
   """Rotary position embedding of ``x [B, T, H, Dh]`` at integer ``positions [B, T]``.
 
