@@ -117,7 +117,7 @@ def test_export_import_round_trip(name, tmp_path, gpt2, bert):
 def test_untied_gpt2_round_trip(tmp_path):
   from tfjax.models.gpt import gpt_config
   model = GPT(gpt_config(vocab_size=40, num_layers=1, num_heads=2, emb_dim=8, max_len=16, use_bias=True,
-                         tie_embeddings=False, activation="gelu_tanh"))
+                         tie_embeddings=False, activation="gelu_tanh", positional="learned"))
   ids = jnp.arange(12).reshape(2, 6) % 40
   params = _random_params(model, ids)
   hf.save(model, params, tmp_path)

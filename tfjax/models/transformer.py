@@ -8,6 +8,13 @@
                                                  cross mask = padding_mask(all, src_valid),    every real source token
                                                  context    = memory)))                                  [B, T, V]
 
+Options for imported Hugging Face models (:mod:`tfjax.hf`: Marian, BART), each off by default: ``cfg.embed_norm``
+normalises ``embed + pos`` before each stack (BART's ``layernorm_embedding``, ``ln_embed_src``/``ln_embed_tgt``);
+``cfg.final_norm=False`` drops ``ln_encoder``/``ln_decoder`` (post-LN stacks end with a norm already);
+``cfg.logits_bias`` adds a learned ``logits_bias [V]`` (``final_logits_bias``); ``cfg.position_offset`` shifts the
+rows of the learned position tables (BART: position p reads row p + 2); ``cfg.sinusoidal_layout="halves"`` puts all
+sines before all cosines (Marian).
+
 The encoder is bidirectional (BERT-like: no causal mask, only padding); the decoder is a GPT whose every block also
 has a cross-attention sub-block: queries from the target, keys and values from the encoder's output. Source and
 target share one vocabulary and one token embedding, which is also the unembedding (``tie_embeddings``), as in the
@@ -33,7 +40,7 @@ import numpy as np
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions
+from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions, sinusoidal_table
 
 
 class EncoderDecoder(nn.Module):
@@ -50,27 +57,42 @@ class EncoderDecoder(nn.Module):
     cfg = self.cfg
     self.embed = make_token_embedding(cfg, name="embed")
     if cfg.positional == "learned":
-      self.src_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
-      self.tgt_pos_embed = LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
+      rows = cfg.max_len + cfg.position_offset
+      self.src_pos_embed = LearnedPositionalEmbedding(rows, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
+      self.tgt_pos_embed = LearnedPositionalEmbedding(rows, cfg.emb_dim, cfg.dtype, cfg.param_dtype)
+    if cfg.embed_norm:
+      self.ln_embed_src = make_norm(cfg, "ln_embed_src")
+      self.ln_embed_tgt = make_norm(cfg, "ln_embed_tgt")
     enc_cfg = dataclasses.replace(cfg, num_layers=self.num_encoder_layers or cfg.num_layers, attention_block_size=0)
     self.encoder = TransformerStack(enc_cfg)
     self.decoder = TransformerStack(cfg, cross_attention=True)
-    self.ln_encoder = make_norm(cfg, "ln_encoder")
-    self.ln_decoder = make_norm(cfg, "ln_decoder")
+    if cfg.final_norm:
+      self.ln_encoder = make_norm(cfg, "ln_encoder")
+      self.ln_decoder = make_norm(cfg, "ln_decoder")
     if not cfg.tie_embeddings:
       self.unembed_matrix = make_unembed(cfg, name="unembed")
+    if cfg.logits_bias:
+      self.logits_bias = self.param("logits_bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                                    (cfg.vocab_size,), cfg.param_dtype)
     self.dropout = Dropout(cfg.dropout_rate)
 
   def _check_length(self, n: int, what: str):
     if n > self.cfg.max_len:
       raise ValueError(f"{what} of length {n} is longer than the context window max_len={self.cfg.max_len}")
 
-  def _embed(self, ids, positions, table, deterministic):
+  def _embed(self, ids, positions, table, norm, deterministic):
+    cfg = self.cfg
     x = self.embed(ids)
-    if self.cfg.positional == "learned":
-      x = x + table(positions)
-    elif self.cfg.positional == "sinusoidal":
-      x = x + sinusoidal_positions(positions, self.cfg.emb_dim, dtype=self.cfg.dtype)
+    if cfg.positional == "learned":
+      x = x + table(positions + cfg.position_offset if cfg.position_offset else positions)
+    elif cfg.positional == "sinusoidal" and cfg.sinusoidal_layout == "halves":
+      # a float64 table computed on the host (as Marian's), read at the positions
+      x = x + jnp.take(jnp.asarray(sinusoidal_table(cfg.max_len, cfg.emb_dim, layout="halves")), positions,
+                       axis=0).astype(cfg.dtype)
+    elif cfg.positional == "sinusoidal":
+      x = x + sinusoidal_positions(positions, cfg.emb_dim, dtype=cfg.dtype)
+    if norm is not None:
+      x = norm(x)
     return self.dropout(x, deterministic=deterministic)
 
   def encode(self, src: jnp.ndarray, src_valid: jnp.ndarray, *, deterministic: bool = True) -> jnp.ndarray:
@@ -80,10 +102,11 @@ class EncoderDecoder(nn.Module):
     if src_valid.shape != src.shape:
       raise ValueError(f"src_valid must have the shape of src {src.shape}, got {src_valid.shape}")
     positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
-    x = self._embed(src, positions, getattr(self, "src_pos_embed", None), deterministic)
+    x = self._embed(src, positions, getattr(self, "src_pos_embed", None), getattr(self, "ln_embed_src", None),
+                    deterministic)
     mask = masks_lib.padding_mask(src_valid.astype(bool))  # [B, 1, S, S]
     x = self.encoder(x, mask, positions, deterministic=deterministic)
-    return self.ln_encoder(x)
+    return self.ln_encoder(x) if self.cfg.final_norm else x
 
   def decode(self, tgt: jnp.ndarray, memory: jnp.ndarray | None, src_valid: jnp.ndarray, *,
              positions: jnp.ndarray | None = None, deterministic: bool = True, decode: bool = False) -> jnp.ndarray:
@@ -100,7 +123,8 @@ class EncoderDecoder(nn.Module):
       if decode and not self.is_initializing():
         raise ValueError("decode=True needs the absolute positions [B, T] of the new target tokens")
       positions = np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length))
-    x = self._embed(tgt, positions, getattr(self, "tgt_pos_embed", None), deterministic)
+    x = self._embed(tgt, positions, getattr(self, "tgt_pos_embed", None), getattr(self, "ln_embed_tgt", None),
+                    deterministic)
     causal = masks_lib.causal_mask_at(positions, cfg.max_len if decode else length)
     cross = masks_lib.padding_mask(jnp.ones((batch, length), bool), src_valid.astype(bool))  # [B, 1, T, S]
     x = self.decoder(x, causal, positions, context=memory, cross_mask=cross, deterministic=deterministic,
@@ -108,12 +132,14 @@ class EncoderDecoder(nn.Module):
     return self.unembed(x)
 
   def unembed(self, resid: jnp.ndarray) -> jnp.ndarray:
-    """Logits ``[..., V]`` (float32) of a decoder residual stream ``resid [..., D]``: the final norm ``ln_decoder``,
-    then the unembedding (the transposed token embedding when tied). The decoder's last step, and the logit lens's
-    map."""
-    x = self.ln_decoder(resid)
-    logits = self.embed.unembed(x) if self.cfg.tie_embeddings else self.unembed_matrix(x)
-    return logits.astype(jnp.float32)
+    """Logits ``[..., V]`` (float32) of a decoder residual stream ``resid [..., D]``: the final norm ``ln_decoder``
+    (unless ``cfg.final_norm=False``), then the unembedding (the transposed token embedding when tied), plus
+    ``logits_bias`` with ``cfg.logits_bias``. The decoder's last step, and the logit lens's map."""
+    x = self.ln_decoder(resid) if self.cfg.final_norm else resid
+    logits = (self.embed.unembed(x) if self.cfg.tie_embeddings else self.unembed_matrix(x)).astype(jnp.float32)
+    if self.cfg.logits_bias:
+      logits = logits + jnp.asarray(self.logits_bias, jnp.float32)
+    return logits
 
   def __call__(self, src: jnp.ndarray, src_valid: jnp.ndarray, tgt: jnp.ndarray, *,
                deterministic: bool = True) -> jnp.ndarray:

@@ -1,15 +1,19 @@
-"""Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``) and BERT (``BertForMaskedLM``).
+"""Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``), BERT (``BertForMaskedLM``), and the
+encoder-decoders Marian (``MarianMTModel``) and BART (``BartForConditionalGeneration``, :mod:`tfjax.hf.seq2seq`).
 
 A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``), and usually a tokenizer (``tokenizer.json``, or GPT-2's ``vocab.json`` +
-``merges.txt``, or BERT's ``vocab.txt``). Tensors are read and written with ``safetensors.numpy``: no torch.
+``merges.txt``, or BERT's ``vocab.txt``, or Marian's ``source.spm``/``target.spm`` + ``vocab.json``). Tensors are
+read and written with ``safetensors.numpy``: no torch.
 
-- :func:`load` ``(path) -> (model, params)``: a tfjax :class:`~tfjax.models.gpt.GPT` or
-  :class:`~tfjax.models.bert.BERT` configured to compute what the PyTorch model computes (activation, LayerNorm
-  epsilon, post-/pre-LN, tied head), with plain float32 parameters.
+- :func:`load` ``(path) -> (model, params)``: a tfjax :class:`~tfjax.models.gpt.GPT`,
+  :class:`~tfjax.models.bert.BERT` or :class:`~tfjax.models.transformer.EncoderDecoder` configured to compute what
+  the PyTorch model computes (activation, LayerNorm epsilon, post-/pre-LN, positions, embedding scale, tied head),
+  with plain float32 parameters.
 - :func:`save` ``(model, params, path)``: writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads.
-- :func:`is_hf_dir`, :func:`load_tokenizer` (``tokenizer.json``, GPT-2's ``vocab.json`` + ``merges.txt`` or BERT's
-  ``vocab.txt``), and :func:`generate_text` (sampling from an imported GPT-2).
+- :func:`is_hf_dir`, :func:`load_tokenizer` (``tokenizer.json``, GPT-2's ``vocab.json`` + ``merges.txt``, BERT's
+  ``vocab.txt``, Marian's sentencepiece files), :func:`generate_text` (sampling from an imported GPT-2) and
+  :func:`translate_texts` (an imported Marian/BART with its tokenizer, greedy or beam).
 
 Layout differences handled here: PyTorch ``nn.Linear`` stores ``weight [out, in]`` (transposed to a flax kernel
 ``[in, out]``); GPT-2's ``Conv1D`` already stores ``[in, out]`` and its fused ``c_attn`` is ``[q | k | v]`` like
@@ -19,118 +23,35 @@ flax's ``scale``. Tied output embeddings are not stored twice.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import pathlib
 import re
-from typing import Any, Callable
+import shutil
+from typing import Any
 
 import jax
 import numpy as np
 
+from tfjax.hf import seq2seq
+from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
+                             _get_path, _layernorm, _linear, _Rule, _same, _set_path, _transposed, _unscan,
+                             is_hf_dir, read_config, read_tensors, write_tensors)
+from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_texts
 from tfjax.layers.blocks import TransformerConfig
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM"}
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_INDEX_FILE", "SUPPORTED", "HFCheckpointError", "GenerationIds",
+           "MarianTokenizer", "generate_text", "generation_ids", "is_hf_dir", "load", "load_tokenizer",
+           "read_config", "read_tensors", "save", "translate_texts", "write_tensors"]
 
-# activation names: Hugging Face -> tfjax, and back
-_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
-           "silu": "silu", "swish": "silu"}
+SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", **seq2seq.SEQ2SEQ}
+
 _GPT2_ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 _BERT_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
 # tensors present in some checkpoints that tfjax does not need (buffers, pooler, next-sentence head)
 _IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|position_ids|^bert\.pooler\.|^cls\.seq_relationship\.)")
-
-
-class HFCheckpointError(ValueError):
-  """A Hugging Face directory that tfjax cannot read or a model it cannot write (the message says why)."""
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Files
-
-
-def is_hf_dir(path: str | os.PathLike) -> bool:
-  """True when ``path`` is a directory with ``config.json`` and safetensors weights (a Hugging Face model dir)."""
-  p = pathlib.Path(path)
-  return p.is_dir() and (p / CONFIG_FILE).is_file() and (
-      (p / WEIGHTS_FILE).is_file() or (p / WEIGHTS_INDEX_FILE).is_file())
-
-
-def read_config(path: str | os.PathLike) -> dict:
-  p = pathlib.Path(path)
-  if not p.is_dir():
-    raise HFCheckpointError(f"{p} is not a directory (expected a Hugging Face model dir with {CONFIG_FILE} and "
-                            f"{WEIGHTS_FILE})")
-  if not (p / CONFIG_FILE).is_file():
-    raise HFCheckpointError(f"{p} has no {CONFIG_FILE}: not a Hugging Face model directory")
-  try:
-    return json.loads((p / CONFIG_FILE).read_text())
-  except json.JSONDecodeError as e:
-    raise HFCheckpointError(f"{p / CONFIG_FILE} is not valid JSON: {e}") from None
-
-
-def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """All tensors of the model directory (one file or shards), as numpy arrays."""
-  from safetensors.numpy import load_file
-  p = pathlib.Path(path)
-  if (p / WEIGHTS_FILE).is_file():
-    files = [p / WEIGHTS_FILE]
-  elif (p / WEIGHTS_INDEX_FILE).is_file():
-    weight_map = json.loads((p / WEIGHTS_INDEX_FILE).read_text())["weight_map"]
-    files = [p / f for f in sorted(set(weight_map.values()))]
-  else:
-    others = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.h5"))
-    hint = f" (found {others}: convert them to safetensors, e.g. save_pretrained(safe_serialization=True))" \
-        if others else ""
-    raise HFCheckpointError(f"{p} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}")
-  tensors = {}
-  for f in files:
-    try:
-      tensors.update(load_file(f))
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types
-      raise HFCheckpointError(f"cannot read {f}: {e}") from e
-  return tensors
-
-
-def write_tensors(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> None:
-  from safetensors.numpy import save_file
-  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(path), metadata={"format": "pt"})
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Parameter mapping: a list of (tfjax path, HF keys, HF tensors -> tfjax array, tfjax array -> HF tensors)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Rule:
-  path: tuple[str, ...]
-  keys: tuple[str, ...]
-  to_tf: Callable[..., np.ndarray]
-  from_tf: Callable[[np.ndarray], tuple[np.ndarray, ...]]
-
-
-def _same(path, key):
-  return _Rule(path, (key,), lambda w: w, lambda a: (a,))
-
-
-def _transposed(path, key):  # nn.Linear weight [out, in] <-> flax kernel [in, out]
-  return _Rule(path, (key,), lambda w: w.T, lambda a: (a.T,))
-
-
-def _linear(path, key, transpose: bool):
-  """A Dense layer: kernel (transposed from a torch Linear, or as-is from GPT-2's Conv1D) and bias."""
-  kernel = _transposed if transpose else _same
-  return [kernel(path + ("kernel",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
-
-
-def _layernorm(path, key):
-  return [_same(path + ("scale",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
 
 
 def _gpt2_rules(cfg: TransformerConfig) -> list[_Rule]:
@@ -192,37 +113,6 @@ def _normalise_keys(tensors: dict[str, np.ndarray], model_type: str) -> dict[str
     out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
   out.pop("cls.predictions.decoder.bias", None)
   return out
-
-
-def _get_path(tree, path):
-  for p in path:
-    tree = tree[p]
-  return tree
-
-
-def _set_path(tree: dict, path, value):
-  for p in path[:-1]:
-    tree = tree.setdefault(p, {})
-  tree[path[-1]] = value
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Configs
-
-
-def _get(config: dict, key: str, default: Any = None, required: bool = False):
-  if key not in config or config[key] is None:
-    if required:
-      raise HFCheckpointError(f"config.json lacks the field '{key}'")
-    return default
-  return config[key]
-
-
-def _activation(config: dict, key: str, default: str) -> str:
-  name = _get(config, key, default)
-  if name not in _HF_ACT:
-    raise HFCheckpointError(f"config.json: {key}={name!r} is not supported; supported: {sorted(_HF_ACT)}")
-  return _HF_ACT[name]
 
 
 def _gpt2_config(c: dict, overrides: dict) -> TransformerConfig:
@@ -342,11 +232,13 @@ def _build(model_type: str, config: dict, overrides: dict):
 
 
 def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
-  """Imports a Hugging Face GPT-2 or BERT directory as ``(model, params)`` (a tfjax GPT or BERT, float32 params).
+  """Imports a Hugging Face GPT-2, BERT, Marian or BART directory as ``(model, params)`` (a tfjax GPT, BERT or
+  EncoderDecoder; float32 params).
 
   ``config_overrides`` replace fields of the derived :class:`TransformerConfig` that do not change the parameters
   (e.g. ``attention_impl``, ``dtype``, ``dropout_rate``). Call the model as ``model.apply({'params': params},
-  input_ids, ...)`` (see :class:`~tfjax.models.gpt.GPT` and :class:`~tfjax.models.bert.BERT` for the arguments).
+  input_ids, ...)`` (see :class:`~tfjax.models.gpt.GPT` and :class:`~tfjax.models.bert.BERT` for the arguments;
+  an EncoderDecoder takes ``src, src_valid, tgt``).
 
   Raises:
     HFCheckpointError: no config.json or weights, an unsupported architecture or option, a missing tensor, or a
@@ -359,6 +251,8 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
     archs = config.get("architectures")
     raise HFCheckpointError(f"{path}: unsupported model_type {model_type!r} (architectures {archs}); tfjax imports "
                             + ", ".join(f"{t!r} ({a})" for t, a in SUPPORTED.items()))
+  if model_type in seq2seq.SEQ2SEQ:
+    return seq2seq.load(path, config, config_overrides)
   try:
     model, rules = _build(model_type, config, config_overrides)
   except (TypeError, ValueError) as e:
@@ -393,36 +287,40 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
   return model, params
 
 
-def _unscan(params: dict, stack: str) -> dict:
-  """Scanned layers (``stack/layers/block`` with a leading layer axis) -> ``stack/block_{i}``."""
-  if stack not in params or "layers" not in params[stack]:
-    return params
-  stacked = params[stack]["layers"]["block"]
-  n = jax.tree.leaves(stacked)[0].shape[0]
-  params = dict(params)
-  params[stack] = {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
-  return params
+def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
+         tokenizer_from: str | os.PathLike | None = None, token_ids: dict | None = None) -> None:
+  """Exports a tfjax GPT (as ``GPT2LMHeadModel``), post-LN BERT (as ``BertForMaskedLM``) or EncoderDecoder with
+  Marian's or BART's embeddings (as ``MarianMTModel`` / ``BartForConditionalGeneration``) to a Hugging Face dir.
 
-
-def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None) -> None:
-  """Exports a tfjax GPT (as ``GPT2LMHeadModel``) or post-LN BERT (as ``BertForMaskedLM``) to a Hugging Face dir.
-
-  Writes ``config.json`` and ``model.safetensors`` (float32, tied embeddings stored once), and copies
-  ``tokenizer_file`` to ``tokenizer.json`` when given. Raises :class:`HFCheckpointError` for a model whose
-  configuration the Hugging Face architecture cannot express (e.g. RoPE, RMSNorm, GQA, pre-LN BERT).
+  Writes ``config.json`` and ``model.safetensors`` (float32, tied embeddings stored once); copies ``tokenizer_file``
+  to ``tokenizer.json``, and the tokenizer files of the Hugging Face directory ``tokenizer_from``, when given.
+  ``token_ids`` (encoder-decoders): ``pad_token_id``, ``eos_token_id``, ``decoder_start_token_id``, ... for
+  ``config.json`` (default: those of ``tokenizer_from``'s config, else transformers' defaults). Raises
+  :class:`HFCheckpointError` for a model whose configuration the Hugging Face architecture cannot express (e.g.
+  RoPE, RMSNorm, GQA, pre-LN BERT, an EncoderDecoder with tfjax's own final norms).
   """
   import flax.linen as nn
   from tfjax.models.bert import BERT
   from tfjax.models.gpt import GPT
+  from tfjax.models.transformer import EncoderDecoder
   cfg = model.cfg
   params = nn.unbox(params)
   params = params.get("params", params) if "params" in params and len(params) == 1 else params
+  path = pathlib.Path(path)
+  if isinstance(model, EncoderDecoder):
+    if token_ids is None and tokenizer_from is not None and (pathlib.Path(tokenizer_from) / CONFIG_FILE).is_file():
+      token_ids = seq2seq.config_extra(tokenizer_from)
+    seq2seq.save(model, params, path, token_ids)
+    if tokenizer_from is not None:
+      _copy_tokenizer(tokenizer_from, path)
+    return
   if isinstance(model, GPT):
     config, rules, stack = _gpt2_config_out(cfg), _gpt2_rules(cfg), "decoder"
   elif isinstance(model, BERT):
     config, rules, stack = _bert_config_out(cfg, model.type_vocab_size), _bert_rules(cfg), "encoder"
   else:
-    raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2) and BERT")
+    raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2), BERT and "
+                            "EncoderDecoder (as Marian or BART)")
   params = _unscan(params, stack)
   tensors = {}
   for rule in rules:
@@ -432,12 +330,27 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
       raise HFCheckpointError(f"parameter {'/'.join(rule.path)} is missing from params") from None
     for key, x in zip(rule.keys, rule.from_tf(leaf)):
       tensors[key] = np.ascontiguousarray(x)
-  path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   write_tensors(tensors, path / WEIGHTS_FILE)
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
   if tokenizer_file is not None:
     (path / "tokenizer.json").write_bytes(pathlib.Path(tokenizer_file).read_bytes())
+  if tokenizer_from is not None:
+    _copy_tokenizer(tokenizer_from, path)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                    "vocab.txt", "source.spm", "target.spm", "generation_config.json")
+
+
+def _copy_tokenizer(src: str | os.PathLike, dst: pathlib.Path) -> None:
+  src = pathlib.Path(src)
+  found = [name for name in _TOKENIZER_FILES if (src / name).is_file()]
+  if not any(name not in ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+             for name in found):
+    raise HFCheckpointError(f"tokenizer_from={src} holds no tokenizer files ({', '.join(_TOKENIZER_FILES[:8])})")
+  for name in found:
+    shutil.copyfile(src / name, dst / name)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -445,9 +358,11 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
 
 
 def load_tokenizer(path: str | os.PathLike):
-  """The tokenizer of a Hugging Face model directory as a :class:`tfjax.data.wordpiece.Tokenizer`.
+  """The tokenizer of a Hugging Face model directory as a :class:`tfjax.data.wordpiece.Tokenizer` (Marian's: a
+  :class:`~tfjax.hf.seq2seq.MarianTokenizer`, the same interface over sentencepiece).
 
-  Reads ``tokenizer.json``; else GPT-2's byte-level BPE from ``vocab.json`` + ``merges.txt``; else BERT's WordPiece
+  Reads Marian's ``source.spm`` + ``target.spm`` + ``vocab.json``; else ``tokenizer.json``; else GPT-2's (BART's,
+  with ``<s> ... </s>`` around every text) byte-level BPE from ``vocab.json`` + ``merges.txt``; else BERT's WordPiece
   from ``vocab.txt`` (lower-cased unless ``tokenizer_config.json`` says ``do_lower_case: false``). ``eos_token`` is
   taken from ``tokenizer_config.json`` / ``special_tokens_map.json`` when present (GPT-2: ``<|endoftext|>``).
   """
@@ -462,6 +377,8 @@ def load_tokenizer(path: str | os.PathLike):
   eos = tok_config.get("eos_token")
   if isinstance(eos, dict):
     eos = eos.get("content")
+  if (p / "source.spm").is_file():
+    return MarianTokenizer(p)
   if (p / "tokenizer.json").is_file():
     tok = tokenizers.Tokenizer.from_file(str(p / "tokenizer.json"))
   elif (p / "vocab.json").is_file() and (p / "merges.txt").is_file():
@@ -472,6 +389,11 @@ def load_tokenizer(path: str | os.PathLike):
     if "<|endoftext|>" in tok.get_vocab():
       tok.add_special_tokens(["<|endoftext|>"])
       eos = eos or "<|endoftext|>"
+    elif "<s>" in tok.get_vocab() and "</s>" in tok.get_vocab():  # BART / RoBERTa: <s> text </s>
+      tok.add_special_tokens([t for t in ("<s>", "<pad>", "</s>", "<unk>", "<mask>") if t in tok.get_vocab()])
+      tok.post_processor = processors.RobertaProcessing(("</s>", tok.token_to_id("</s>")),
+                                                        ("<s>", tok.token_to_id("<s>")), add_prefix_space=False)
+      eos = eos or "</s>"
   elif (p / "vocab.txt").is_file():
     tok = tokenizers.Tokenizer(models.WordPiece.from_file(str(p / "vocab.txt"), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=tok_config.get("do_lower_case", True))

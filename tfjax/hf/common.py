@@ -1,0 +1,154 @@
+"""What every Hugging Face import/export in :mod:`tfjax.hf` shares: the directory's files (``config.json``,
+``model.safetensors`` or its shards, read and written with ``safetensors.numpy``: no torch), the error type, the
+parameter-mapping rules (a tfjax parameter path, the Hugging Face tensor names, and the conversions both ways) and
+config-field helpers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+
+# activation names: Hugging Face -> tfjax, and back
+_HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu",
+           "silu": "silu", "swish": "silu"}
+
+
+class HFCheckpointError(ValueError):
+  """A Hugging Face directory that tfjax cannot read or a model it cannot write (the message says why)."""
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def is_hf_dir(path: str | os.PathLike) -> bool:
+  """True when ``path`` is a directory with ``config.json`` and safetensors weights (a Hugging Face model dir)."""
+  p = pathlib.Path(path)
+  return p.is_dir() and (p / CONFIG_FILE).is_file() and (
+      (p / WEIGHTS_FILE).is_file() or (p / WEIGHTS_INDEX_FILE).is_file())
+
+
+def read_config(path: str | os.PathLike) -> dict:
+  p = pathlib.Path(path)
+  if not p.is_dir():
+    raise HFCheckpointError(f"{p} is not a directory (expected a Hugging Face model dir with {CONFIG_FILE} and "
+                            f"{WEIGHTS_FILE})")
+  if not (p / CONFIG_FILE).is_file():
+    raise HFCheckpointError(f"{p} has no {CONFIG_FILE}: not a Hugging Face model directory")
+  try:
+    return json.loads((p / CONFIG_FILE).read_text())
+  except json.JSONDecodeError as e:
+    raise HFCheckpointError(f"{p / CONFIG_FILE} is not valid JSON: {e}") from None
+
+
+def read_tensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of the model directory (one file or shards), as numpy arrays."""
+  from safetensors.numpy import load_file
+  p = pathlib.Path(path)
+  if (p / WEIGHTS_FILE).is_file():
+    files = [p / WEIGHTS_FILE]
+  elif (p / WEIGHTS_INDEX_FILE).is_file():
+    weight_map = json.loads((p / WEIGHTS_INDEX_FILE).read_text())["weight_map"]
+    files = [p / f for f in sorted(set(weight_map.values()))]
+  else:
+    others = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.h5"))
+    hint = f" (found {others}: convert them to safetensors, e.g. save_pretrained(safe_serialization=True))" \
+        if others else ""
+    raise HFCheckpointError(f"{p} has no {WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE}{hint}")
+  tensors = {}
+  for f in files:
+    try:
+      tensors.update(load_file(f))
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+      raise HFCheckpointError(f"cannot read {f}: {e}") from e
+  return tensors
+
+
+def write_tensors(tensors: dict[str, np.ndarray], path: str | os.PathLike) -> None:
+  from safetensors.numpy import save_file
+  save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, os.fspath(path), metadata={"format": "pt"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parameter mapping: a list of (tfjax path, HF keys, HF tensors -> tfjax array, tfjax array -> HF tensors)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Rule:
+  path: tuple[str, ...]
+  keys: tuple[str, ...]
+  to_tf: Callable[..., np.ndarray]
+  from_tf: Callable[[np.ndarray], tuple[np.ndarray, ...]]
+
+
+def _same(path, key):
+  return _Rule(path, (key,), lambda w: w, lambda a: (a,))
+
+
+def _transposed(path, key):  # nn.Linear weight [out, in] <-> flax kernel [in, out]
+  return _Rule(path, (key,), lambda w: w.T, lambda a: (a.T,))
+
+
+def _linear(path, key, transpose: bool):
+  """A Dense layer: kernel (transposed from a torch Linear, or as-is from GPT-2's Conv1D) and bias."""
+  kernel = _transposed if transpose else _same
+  return [kernel(path + ("kernel",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
+
+
+def _layernorm(path, key):
+  return [_same(path + ("scale",), key + ".weight"), _same(path + ("bias",), key + ".bias")]
+
+
+
+def _get_path(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def _set_path(tree: dict, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configs
+
+
+def _get(config: dict, key: str, default: Any = None, required: bool = False):
+  if key not in config or config[key] is None:
+    if required:
+      raise HFCheckpointError(f"config.json lacks the field '{key}'")
+    return default
+  return config[key]
+
+
+def _activation(config: dict, key: str, default: str) -> str:
+  name = _get(config, key, default)
+  if name not in _HF_ACT:
+    raise HFCheckpointError(f"config.json: {key}={name!r} is not supported; supported: {sorted(_HF_ACT)}")
+  return _HF_ACT[name]
+
+
+
+def _unscan(params: dict, stack: str) -> dict:
+  """Scanned layers (``stack/layers/block`` with a leading layer axis) -> ``stack/block_{i}``."""
+  if stack not in params or "layers" not in params[stack]:
+    return params
+  stacked = params[stack]["layers"]["block"]
+  n = jax.tree.leaves(stacked)[0].shape[0]
+  params = dict(params)
+  params[stack] = {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
+  return params
+
