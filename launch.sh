@@ -25,7 +25,11 @@ Usage: ./launch.sh COMMAND [ARGS...]
   average WORKDIR --last=K | --steps=S1,S2 [--out=DIR]
                                           average checkpoints' parameters into DIR (default WORKDIR/averaged),
                                           an inference workdir for translate / sample / hf save
-  bench [train|word2vec|nanogpt|ab|demo|bert_hf] [ARGS...]
+  prepare SOURCES... --tokenizer=char|bpe:V|HF_DIR --out=DIR [--val_fraction=F] [--text_field=text]
+                                          tokenise .txt/.gz/.jsonl files (globs) once into memory-mapped token
+                                          shards + meta.json (train: --config.data.dataset=shards:DIR);
+                                          --verify=DIR checks every shard's length and sha256
+  bench [train|word2vec|nanogpt|ab|demo|bert_hf|prepare] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
                                           of the train step timed in alternating rounds in one process; demo:
@@ -148,6 +152,10 @@ case "$cmd" in
   average)
     ensure_env
     exec "$PY" "$ROOT/experiments/average.py" "$@"
+    ;;
+  prepare)
+    ensure_env; default_data_dir
+    exec "$PY" "$ROOT/experiments/prepare.py" "$@"
     ;;
   bench)
     ensure_env; default_data_dir

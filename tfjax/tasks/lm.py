@@ -1,14 +1,35 @@
-"""Causal language modelling: a GPT on a text, predicting each next token.
+"""Causal language modelling: a GPT on a text or a tokenised corpus, predicting each next token.
 
-Data: the text is tokenised (character level), split into the first ``1 - val_fraction`` for training and the rest
-for validation. The training batch at step ``s`` is ``batch_size`` windows of ``seq_len + 1`` tokens at offsets drawn
-by ``numpy.random.default_rng([seed, s])``: a pure function of (seed, step), so a resumed run sees exactly the same
-batches. Inputs are the first ``seq_len`` tokens of each window, targets the last ``seq_len`` (shifted by one).
+Data (``config.data.dataset``), one of
+
+* a text: a known name (``tinyshakespeare``) or a path to a text file, read into memory and tokenised by characters
+  (or by the tokenizer of ``init_from``), split into the first ``1 - val_fraction`` of its tokens for training and
+  the rest for validation;
+* token shards: ``shards:DIR`` or a directory with ``meta.json`` written by ``./launch.sh prepare``
+  (:mod:`tfjax.data.shards`). Its ``train`` / ``val`` splits are read through ``np.memmap``: a batch reads only its
+  own windows, nothing loads a shard, and memory does not grow with the corpus. The tokenizer is the shards' own.
+
+The training batch at step ``s`` is ``batch_size`` windows of ``seq_len + 1`` tokens at offsets drawn by
+``numpy.random.default_rng([seed, s])`` uniformly in ``[0, N - seq_len - 1)`` (``N``: tokens in the split; a window
+may span documents, their end-of-text separators included, and shard files): a pure function of (seed, step), so a
+resumed run sees exactly the same batches. With several processes each one draws the same global offsets and reads
+only its contiguous block of ``batch_size // num_processes`` rows. Inputs are the first ``seq_len`` tokens of each
+window, targets the last ``seq_len`` (shifted by one). Both data kinds give the same batches for the same tokens.
+
+``config.init_from`` (a Hugging Face GPT-2 directory or a tfjax LM workdir) starts from that model: its architecture
+replaces ``config.model``'s architecture keys (so the workdir's ``config.json`` describes the model trained), its
+parameters are what :meth:`LMTask.init_params` returns, and its tokenizer is the task's; the data must use the same
+tokenizer (a text is tokenised with it; shards must have been prepared with it).
+
+The tokenizer is saved as ``WORKDIR/tokenizer.json`` (a character tokenizer, or a Hugging Face ``tokenizers`` file;
+:func:`tfjax.data.tokenizers.load_tokenizer` reads either).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pathlib
 from typing import Any
 
 import jax
@@ -17,12 +38,23 @@ import numpy as np
 import optax
 
 from tfjax import config as config_lib
-from tfjax.data import files
-from tfjax.data.tokenizers import CharTokenizer
+from tfjax.data import files, shards
+from tfjax.data.tokenizers import CharTokenizer, load_tokenizer
 from tfjax.generate import generate
 from tfjax.models.gpt import GPT, flops_per_token, num_params
 
 DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
+
+# config.model keys that describe the parameters (taken from init_from); the others (dtype, dropout, attention
+# implementation, remat, ...) stay the experiment's
+ARCHITECTURE_KEYS = ("num_layers", "num_heads", "num_kv_heads", "emb_dim", "mlp_dim", "head_dim", "max_len",
+                     "positional", "rope_base", "embed_scale", "norm", "norm_eps", "use_bias", "pre_ln", "activation",
+                     "tie_embeddings", "scan_layers")
+_ZERO_IS_NONE = ("num_kv_heads", "mlp_dim", "head_dim")
+
+
+class InitFromError(ValueError):
+  """``config.init_from`` cannot be used (not a GPT, or its tokenizer differs from the data's); says why."""
 
 
 def load_text(dataset: str, data_dir: str | None) -> str:
@@ -36,38 +68,161 @@ def load_text(dataset: str, data_dir: str | None) -> str:
   return text
 
 
+@dataclasses.dataclass
+class Imported:
+  """A model to start from: its config, float32 host parameters and tokenizer."""
+  source: str
+  model_cfg: Any
+  params: Any
+  tokenizer: Any
+  tokenizer_file: pathlib.Path | None
+
+
+def load_init_from(path: str) -> Imported:
+  """The GPT of a Hugging Face GPT-2 directory or of a tfjax LM workdir (latest checkpoint)."""
+  from tfjax import hf
+  p = pathlib.Path(path).expanduser()
+  if hf.is_hf_dir(p):
+    model, params = hf.load(p)
+    if not isinstance(model, GPT):
+      raise InitFromError(f"init_from={path}: holds a {type(model).__name__}; the LM task fine-tunes GPT-2 models")
+    tok_file = p / "tokenizer.json" if (p / "tokenizer.json").is_file() else None
+    return Imported(str(p), model.cfg, jax.device_get(params), hf.load_tokenizer(p), tok_file)
+  if (p / "config.json").is_file() and (p / "tokenizer.json").is_file():
+    from tfjax.train.restore import load_config, load_params
+    cfg = load_config(str(p))
+    if cfg.get("task") != "lm":
+      raise InitFromError(f"init_from={path}: a '{cfg.get('task')}' workdir; the LM task starts from LM runs")
+    tokenizer = load_tokenizer(p / "tokenizer.json")
+    params, _ = load_params(str(p))
+    model_cfg = config_lib.transformer_config(cfg.model, tokenizer.vocab_size)
+    return Imported(str(p), model_cfg, jax.device_get(params), tokenizer, p / "tokenizer.json")
+  raise InitFromError(f"init_from={path}: neither a Hugging Face GPT-2 directory (config.json + model.safetensors) "
+                      "nor a tfjax workdir (config.json + tokenizer.json + checkpoints)")
+
+
+def same_tokenizer(a, b) -> bool:
+  """Whether two tokenizers map text to the same ids (same kind and the same vocabulary)."""
+  if isinstance(a, CharTokenizer) or isinstance(b, CharTokenizer):
+    return (isinstance(a, CharTokenizer) and isinstance(b, CharTokenizer) and a.chars == b.chars
+            and a.eot == b.eot)
+  return a.tokenizer.get_vocab(with_added_tokens=True) == b.tokenizer.get_vocab(with_added_tokens=True)
+
+
 class LMTask:
   """A GPT trained on next-token prediction. Implements :class:`tfjax.tasks.base.Task`."""
 
   def __init__(self, config: Any, workdir: str | None = None):
     self.config = config
-    text = load_text(config.data.dataset, config.data_dir)
+    init_from = config.get("init_from", "") or ""
+    self.imported = load_init_from(init_from) if init_from else None
+    shards_path = shards.shards_dir(config.data.dataset)
     tok_path = os.path.join(workdir, "tokenizer.json") if workdir else None
-    if tok_path and os.path.exists(tok_path):  # a resumed run keeps its vocabulary
-      self.tokenizer = CharTokenizer.load(tok_path)
+    if shards_path is not None:
+      self._init_shards(shards_path, tok_path)
     else:
-      self.tokenizer = CharTokenizer.from_text(text)
-      if tok_path and jax.process_index() == 0:  # one writer in a multi-process run
-        os.makedirs(workdir, exist_ok=True)
-        self.tokenizer.save(tok_path)
-    data = self.tokenizer.encode(text)
-    n_train = int(len(data) * (1.0 - config.data.val_fraction))
-    self.train_data, self.val_data = data[:n_train], data[n_train:]
-    self.seq_len = config.model.max_len if not config.data.get("seq_len") else config.data.seq_len
-    self.model_cfg = config_lib.transformer_config(config.model, self.tokenizer.vocab_size)
+      self._init_text(tok_path)
+    if self.imported is not None:
+      self.model_cfg = self._imported_model_config()
+    else:
+      self.model_cfg = config_lib.transformer_config(config.model, self.tokenizer.vocab_size)
+    self.seq_len = config.data.get("seq_len") or self.model_cfg.max_len
+    if self.data_vocab_size > self.model_cfg.vocab_size:
+      raise config_lib.ConfigError(f"the data has {self.data_vocab_size} token ids but the model's vocabulary has "
+                                   f"{self.model_cfg.vocab_size}")
     if self.seq_len > self.model_cfg.max_len:
       raise config_lib.ConfigError(f"data.seq_len={self.seq_len} is longer than the context window "
                                    f"model.max_len={self.model_cfg.max_len}")
     for name, split in (("training", self.train_data), ("validation", self.val_data)):
       if len(split) <= self.seq_len + 1:
-        raise ValueError(f"the {name} split has {len(split)} tokens, fewer than seq_len + 1 = {self.seq_len + 1}")
+        where = f" of {shards_path}" if shards_path is not None else ""
+        raise ValueError(f"the {name} split{where} has {len(split)} tokens, fewer than one window of seq_len + 2 = "
+                         f"{self.seq_len + 2}: use a larger corpus (or validation fraction) or a shorter "
+                         "data.seq_len")
     self.model = GPT(self.model_cfg)
     self.batch_size = config.train.batch_size
     self.seed = config.seed
 
+  # -- data ----------------------------------------------------------------------------------------------------------
+  def _init_text(self, tok_path):
+    text = load_text(self.config.data.dataset, self.config.data_dir)
+    if self.imported is not None:
+      self.tokenizer = self.imported.tokenizer
+      self._save_tokenizer(tok_path, self.imported.tokenizer_file)
+      data = np.asarray(self.tokenizer.encode(text), np.int32)
+    else:
+      if tok_path and os.path.exists(tok_path):  # a resumed run keeps its vocabulary
+        self.tokenizer = CharTokenizer.load(tok_path)
+      else:
+        self.tokenizer = CharTokenizer.from_text(text)
+        self._save_tokenizer(tok_path, None)
+      data = self.tokenizer.encode(text)
+    self.data_vocab_size = self.tokenizer.vocab_size
+    n_train = int(len(data) * (1.0 - self.config.data.val_fraction))
+    self.train_data, self.val_data = data[:n_train], data[n_train:]
+
+  def _init_shards(self, path: pathlib.Path, tok_path):
+    self.train_data = shards.TokenShards(path, "train")
+    self.val_data = shards.TokenShards(path, "val")
+    meta = self.train_data.meta
+    tok_file = path / meta["tokenizer"]["file"]
+    self.tokenizer = load_tokenizer(tok_file, eos_id=int(meta["eot_id"]))
+    self.data_vocab_size = int(meta["vocab_size"])
+    if self.imported is not None and not same_tokenizer(self.tokenizer, self.imported.tokenizer):
+      raise InitFromError(
+          f"the shards {path} were tokenised with {meta['tokenizer']['spec']!r} (vocab {self.data_vocab_size}), not "
+          f"with the tokenizer of init_from={self.imported.source} (vocab {self.imported.tokenizer.vocab_size}): "
+          f"prepare them with --tokenizer={self.imported.source}")
+    if tok_path and os.path.exists(tok_path):
+      if pathlib.Path(tok_path).read_bytes() != tok_file.read_bytes():
+        raise config_lib.ConfigError(f"{tok_path} differs from the tokenizer of the shards {path}: this workdir was "
+                                     "trained on other data; use a new workdir")
+    else:
+      self._save_tokenizer(tok_path, tok_file)
+
+  def _save_tokenizer(self, tok_path, source_file):
+    if not tok_path or jax.process_index() != 0:  # one writer in a multi-process run
+      return
+    os.makedirs(os.path.dirname(tok_path), exist_ok=True)
+    if source_file is not None:
+      tmp = f"{tok_path}.tmp.{os.getpid()}"
+      pathlib.Path(tmp).write_bytes(pathlib.Path(source_file).read_bytes())
+      os.replace(tmp, tok_path)
+    else:
+      self.tokenizer.save(tok_path)
+
+  def _imported_model_config(self):
+    """The imported architecture written into ``config.model``, then the TransformerConfig from it (runtime keys
+    stay the experiment's; fields that ``config.model`` lacks come from the imported config)."""
+    src = self.imported.model_cfg
+    model = self.config.model
+    for key in ARCHITECTURE_KEYS:
+      if key in model:
+        value = getattr(src, key)
+        model[key] = 0 if key in _ZERO_IS_NONE and value is None else value
+    cfg = config_lib.transformer_config(model, src.vocab_size)
+    rest = {f.name: getattr(src, f.name) for f in dataclasses.fields(src) if f.name not in model}
+    return dataclasses.replace(cfg, **rest)
+
   # -- Task protocol -------------------------------------------------------------------------------------------------
   def init_params(self, rng):
-    return self.model.init(rng, jnp.zeros((1, self.seq_len), jnp.int32))["params"]
+    boxed = self.model.init(rng, jnp.zeros((1, self.seq_len), jnp.int32))["params"]
+    if self.imported is None:
+      return boxed
+    import flax.linen as nn
+    is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)  # noqa: E731
+    abstract = nn.unbox(jax.eval_shape(lambda: boxed))
+    shapes = lambda tree: {jax.tree_util.keystr(k): tuple(np.shape(x))  # noqa: E731
+                           for k, x in jax.tree_util.tree_leaves_with_path(tree)}
+    want, got = shapes(abstract), shapes(self.imported.params)
+    if want != got:
+      bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
+      raise InitFromError(f"init_from={self.imported.source}: its parameters do not fit the model built from its "
+                          f"config: {bad[0]} is {got.get(bad[0])} there, {want.get(bad[0])} in the model")
+    host = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract, self.imported.params)
+    # a host callback, not constants: jit would embed every weight in the program (slow for 100M+ parameters)
+    values = jax.pure_callback(lambda: host, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract))
+    return jax.tree.map(lambda b, v: b.replace_boxed(v) if is_box(b) else v, boxed, values, is_leaf=is_box)
 
   def loss_fn(self, params, batch, rng, train):
     logits = self.model.apply({"params": params}, batch["inputs"], deterministic=not train,
@@ -77,9 +232,15 @@ class LMTask:
     correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32))
     return jnp.sum(ce), jnp.asarray(ce.size, jnp.float32), {"accuracy": correct}
 
-  def _windows(self, data: np.ndarray, offsets: np.ndarray) -> dict[str, np.ndarray]:
-    idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]
-    tokens = data[idx]
+  def _windows(self, data, offsets: np.ndarray) -> dict[str, np.ndarray]:
+    if isinstance(data, shards.TokenShards):
+      tokens = data.windows(offsets, self.seq_len + 1)
+      if tokens.size and tokens.max() >= self.model_cfg.vocab_size:
+        raise shards.ShardError(f"{data.path}: token id {tokens.max()} >= vocab {self.model_cfg.vocab_size} in split "
+                                f"{data.split!r}: a shard is corrupt (./launch.sh prepare --verify={data.path})")
+    else:
+      idx = offsets[:, None] + np.arange(self.seq_len + 1)[None, :]
+      tokens = data[idx]
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
   def _offsets(self, data, key, shard, num_shards):
@@ -110,8 +271,10 @@ class LMTask:
 
 def sample_text(task: LMTask, params, prompt: str, num_tokens: int, temperature: float, top_k: int = 0,
                 top_p: float = 1.0, seed: int = 0) -> str:
-  """Generates ``num_tokens`` characters after ``prompt`` (top_k=0 / top_p=1 disable those filters)."""
-  ids = task.tokenizer.encode(prompt or "\n")[None, :]
-  out = generate(task.model, params, ids, num_tokens, jax.random.key(seed), temperature=temperature,
+  """Generates ``num_tokens`` tokens after ``prompt`` (top_k=0 / top_p=1 disable those filters)."""
+  ids = np.asarray(task.tokenizer.encode(prompt or "\n"), np.int32)
+  if ids.size == 0 and task.tokenizer.eos_id is not None:
+    ids = np.asarray([task.tokenizer.eos_id], np.int32)
+  out = generate(task.model, params, ids[None, :], num_tokens, jax.random.key(seed), temperature=temperature,
                  top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
   return task.tokenizer.decode(out[0])
