@@ -10,8 +10,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.data_dir = ""  # empty: $TFJAX_DATA_DIR, then ~/.cache/tfjax (downloaded with checksum when online)
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "tinyshakespeare"  # a known name or a path to a text file
-  c.data.val_fraction = 0.1
+  # a known name or a path to a text file (characters), or token shards: shards:DIR / a dir with meta.json written by
+  # ./launch.sh prepare (tfjax.data.shards; memory-mapped, its own tokenizer and validation split)
+  c.data.dataset = "tinyshakespeare"
+  c.data.val_fraction = 0.1  # text datasets only (shards hold their own validation split)
+  # a Hugging Face GPT-2 dir or a tfjax LM workdir to start from: its architecture replaces model's architecture keys,
+  # its weights the initialisation, its tokenizer the data's (see tfjax.tasks.lm)
+  c.init_from = ""
   c.data.seq_len = 0  # 0: the context window model.max_len
 
   c.model = ml_collections.ConfigDict()
