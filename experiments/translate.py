@@ -4,6 +4,12 @@ averaged workdir that ./launch.sh average writes).
     ./launch.sh translate runs/translate_multi30k --text="A dog runs through the snow." [--text=...]
     ./launch.sh translate runs/translate_multi30k_tiny/averaged --bleu=test --beam_size=5
     ./launch.sh translate runs/translate_multi30k_tiny --file=captions.en --out=captions.de
+    ./launch.sh translate path/to/opus-mt-en-de --text="A dog runs through the snow." [--beam_size=4]
+
+WORKDIR may also be a Hugging Face Marian (``MarianMTModel``, e.g. Helsinki-NLP/opus-mt-*) or BART
+(``BartForConditionalGeneration``) directory: it is imported with :func:`tfjax.hf.load` and translates with its own
+tokenizer and special tokens (:func:`tfjax.hf.translate_texts`); ``--text`` and ``--file`` take its raw text
+(``--bleu``, ``--step``, ``--best`` and the text-form flags need a tfjax workdir).
 
 ``--bleu=val|test`` translates the whole Multi30k split and prints both scores: BLEU on the lowercased
 Moses-tokenised text (as papers on Multi30k score it) and sacreBLEU (detokenised, cased) with its signature; the
@@ -58,6 +64,9 @@ def main(argv):
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
   workdir = argv[1]
+  from tfjax import hf
+  if hf.is_hf_dir(workdir):
+    return translate_hf(workdir)
   try:
     model, params, tokenizer, config = tr.load_for_inference(workdir, FLAGS.step, best=FLAGS.best)
   except (FileNotFoundError, ValueError, CheckpointError) as e:
@@ -115,6 +124,52 @@ def main(argv):
       print(f"  sacreBLEU (detokenised, case-insensitive): {scores[f'{b}_bleu_lc']:.2f}  "
             f"{scores[f'{b}_bleu_lc_signature']}")
     print(f"  scores: {paths['scores']}\n  hypotheses: {paths['tok']} (tokenised), {paths['detok']} (detokenised)")
+  return 0
+
+
+def translate_hf(path: str) -> int:
+  """--text / --file with a Hugging Face Marian or BART directory."""
+  from tfjax import hf
+  from tfjax.tasks import translate as tr
+  tfjax_only = [name for name, given in (("--bleu", FLAGS.bleu), ("--step", FLAGS.step is not None),
+                                         ("--best", FLAGS.best), ("--detokenize", FLAGS.detokenize),
+                                         ("--input_form", FLAGS.input_form != "raw")) if given]
+  if tfjax_only:
+    print(f"error: {', '.join(tfjax_only)} need a tfjax translation workdir; {path} is a Hugging Face directory "
+          "(give --text or --file)", file=sys.stderr)
+    return 1
+  try:
+    model, params = hf.load(path)
+    if not hf.seq2seq.is_seq2seq_dir(path):
+      raise hf.HFCheckpointError(f"{path} holds a {type(model).__name__}, not an encoder-decoder (Marian or BART): "
+                                 "translate needs one (./launch.sh sample generates with GPT-2)")
+    tokenizer = hf.load_tokenizer(path)
+    ids = hf.generation_ids(path)
+  except (hf.HFCheckpointError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+  def run(lines):
+    return hf.translate_texts(model, params, tokenizer, lines, ids, batch_size=FLAGS.batch_size,
+                              beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty,
+                              temperature=FLAGS.temperature)
+
+  if FLAGS.text:
+    for src, out in zip(FLAGS.text, run(FLAGS.text)):
+      print(f"{src}\n  -> {out}")
+  if FLAGS.file:
+    try:
+      with open(FLAGS.file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      print(f"error: cannot read --file: {e}", file=sys.stderr)
+      return 1
+    hyps = run(lines)
+    if FLAGS.out:
+      tr.write_lines(FLAGS.out, hyps)
+      print(f"{len(hyps)} lines of {FLAGS.file} translated into {FLAGS.out}", file=sys.stderr)
+    else:
+      sys.stdout.write("".join(h + "\n" for h in hyps))
   return 0
 
 

@@ -38,12 +38,12 @@ from tfjax.hf import seq2seq
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
                              _get_path, _layernorm, _linear, _Rule, _same, _set_path, _transposed, _unscan,
                              is_hf_dir, read_config, read_tensors, write_tensors)
-from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_texts
+from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_ids, translate_texts
 from tfjax.layers.blocks import TransformerConfig
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_INDEX_FILE", "SUPPORTED", "HFCheckpointError", "GenerationIds",
            "MarianTokenizer", "generate_text", "generation_ids", "is_hf_dir", "load", "load_tokenizer",
-           "read_config", "read_tensors", "save", "translate_texts", "write_tensors"]
+           "read_config", "read_tensors", "save", "translate_ids", "translate_texts", "write_tensors"]
 
 SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", **seq2seq.SEQ2SEQ}
 

@@ -458,18 +458,14 @@ def translate_texts(model, params, tokenizer, sources: list[str], ids: Generatio
                     beam_size: int = 1, length_penalty: float = 1.0, temperature: float = 0.0, seed: int = 0,
                     too_long: str = "cut") -> list[str]:
   """Translations of ``sources`` with an imported Marian/BART model and its own tokenizer (whose encoding carries the
-  model's special tokens, e.g. Marian's ``</s>``, BART's ``<s> ... </s>``): greedy, sampled (``temperature`` > 0) or
-  beam search (``beam_size`` > 1, ranked by log-probability / length ** ``length_penalty``, transformers' default).
+  model's special tokens, e.g. Marian's ``</s>``, BART's ``<s> ... </s>``); decoding as :func:`translate_ids`.
 
   An empty (or all-space) source translates to ``""`` without running the model. A source longer than the context
   window (``max_position_embeddings``): ``too_long="cut"`` keeps its first ``max_len - 1`` tokens and its final
   ``</s>`` and logs a warning naming the first such line; ``"error"`` raises ValueError naming it.
   """
-  from tfjax.generate import beam_translate, translate
   if too_long not in ("cut", "error"):
     raise ValueError(f"too_long must be 'cut' or 'error', got {too_long!r}")
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   max_len = model.cfg.max_len
   out = [""] * len(sources)
   todo = [i for i, text in enumerate(sources) if text.strip()]
@@ -482,32 +478,49 @@ def translate_texts(model, params, tokenizer, sources: list[str], ids: Generatio
       raise ValueError(msg)
     log.warning("%s: translating their first %d tokens", msg, max_len - 1)
   encoded = [e if len(e) <= max_len else e[:max_len - 1] + [ids.eos] for e in encoded]
-  if ids.banned:  # bad_words_ids: a -inf logit bias (the logits processor's -inf score)
-    bias = params["logits_bias"] if "logits_bias" in params else jnp.zeros((model.cfg.vocab_size,), jnp.float32)
+  hyps = translate_ids(model, params, encoded, ids, batch_size=batch_size, beam_size=beam_size,
+                       length_penalty=length_penalty, temperature=temperature, seed=seed)
+  for i, row in zip(todo, hyps):
+    out[i] = tokenizer.decode(row)
+  return out
+
+
+def translate_ids(model, params, sources: list[list[int]], ids: GenerationIds, *, batch_size: int = 32,
+                  beam_size: int = 1, length_penalty: float = 1.0, temperature: float = 0.0, seed: int = 0
+                  ) -> list[list[int]]:
+  """Target ids (without the decoder start and the end of sentence) of source ids (each at most ``max_len``, with
+  the model's special tokens): greedy, sampled (``temperature`` > 0) or beam search (``beam_size`` > 1, ranked by
+  log-probability / GNMT's length penalty ``((5 + n) / 6) ** length_penalty``, close to transformers' ``n **
+  length_penalty``). ``batch_size`` sources at a time, each padded to ``max_len`` (one compiled shape). The ids in
+  ``ids.banned`` get a -inf logit (as transformers' ``bad_words_ids``)."""
+  from tfjax.generate import beam_translate, translate
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  max_len = model.cfg.max_len
+  for n, s in enumerate(sources):
+    if not 0 < len(s) <= max_len:
+      raise ValueError(f"source {n} has {len(s)} tokens: needs 1 to max_len={max_len}")
+  if ids.banned:
     if "logits_bias" not in params:
-      raise HFCheckpointError("banning bad_words_ids needs a model with logits_bias=True")
-    params = {**params, "logits_bias": bias.at[jnp.asarray(ids.banned)].set(-jnp.inf)}
-  for start in range(0, len(todo), batch_size):
-    chunk = encoded[start:start + batch_size]
+      raise HFCheckpointError("banning tokens (bad_words_ids) needs a model with logits_bias=True")
+    params = {**params, "logits_bias": jnp.asarray(params["logits_bias"]).at[jnp.asarray(ids.banned)].set(-jnp.inf)}
+  out = []
+  for start in range(0, len(sources), batch_size):
+    chunk = sources[start:start + batch_size]
     n = len(chunk)
     chunk = chunk + [[ids.eos]] * (batch_size - n)  # the last batch padded: one compiled shape
-    width = max(len(c) for c in chunk)
-    src = np.full((batch_size, width), ids.pad, np.int32)
-    valid = np.zeros((batch_size, width), bool)
+    src = np.full((batch_size, max_len), ids.pad, np.int32)
+    valid = np.zeros((batch_size, max_len), bool)
     for r, c in enumerate(chunk):
       src[r, :len(c)], valid[r, :len(c)] = c, True
     if beam_size > 1:
-      # tfjax's length penalty is GNMT's ((5 + n) / 6) ** a; transformers divides by n ** a: close, not equal
-      out_ids, _ = beam_translate(model, params, src, valid, max_len, beam_size=beam_size, bos_id=ids.decoder_start,
-                                  eos_id=ids.eos, pad_id=ids.pad, length_penalty=length_penalty)
+      rows, _ = beam_translate(model, params, src, valid, max_len, beam_size=beam_size, bos_id=ids.decoder_start,
+                               eos_id=ids.eos, pad_id=ids.pad, length_penalty=length_penalty)
     else:
-      out_ids = translate(model, params, src, valid, max_len, bos_id=ids.decoder_start, eos_id=ids.eos,
-                          pad_id=ids.pad, rng=jax.random.key(seed + start), temperature=temperature)
-    for i, row in zip(todo[start:start + n], out_ids[:n]):
-      row = list(row)
-      if ids.eos in row:
-        row = row[:row.index(ids.eos)]
-      out[i] = tokenizer.decode(row)
+      rows = translate(model, params, src, valid, max_len, bos_id=ids.decoder_start, eos_id=ids.eos,
+                       pad_id=ids.pad, rng=jax.random.key(seed + start), temperature=temperature)
+    for row in rows[:n].tolist():
+      out.append(row[:row.index(ids.eos)] if ids.eos in row else row)
   return out
 
 
