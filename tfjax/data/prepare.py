@@ -343,11 +343,11 @@ def _tokenizer_fingerprint(spec: str) -> str:
 
 
 def fingerprint(paths: list[str], tokenizer_spec: str, val_fraction: float, shard_tokens: int,
-                text_field: str, decode_errors: str = "strict") -> str:
+                text_field: str, decode_errors: str = "strict", piece_bytes: int = PIECE_BYTES) -> str:
   """What the output is a function of: the source files (path, size, mtime), the tokenizer and the options."""
   inputs = {"version": shards.VERSION, "tokenizer": _tokenizer_fingerprint(tokenizer_spec),
             "val_fraction": val_fraction, "shard_tokens": shard_tokens, "text_field": text_field,
-            "decode_errors": decode_errors, "piece_bytes": PIECE_BYTES,
+            "decode_errors": decode_errors, "piece_bytes": piece_bytes,
             "sources": [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]}
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -369,8 +369,7 @@ def _finished(out: pathlib.Path, fp: str) -> dict | None:
 
 def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike, *, val_fraction: float = 0.005,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, text_field: str = "text", decode_errors: str = "strict",
-            force: bool = False,
-            batch_bytes: int = BATCH_BYTES, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            force: bool = False, piece_bytes: int = PIECE_BYTES, batch_bytes: int = BATCH_BYTES, log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Tokenises ``sources`` into a shards directory ``out_dir`` and returns its ``meta.json`` (see the module
   docstring). Returns the existing meta at once when ``out_dir`` already holds these inputs' shards (unless
   ``force``)."""
@@ -383,7 +382,7 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
     raise PrepareError(f"--shard_tokens must be positive, got {shard_tokens}")
   paths = expand_sources(list(sources))
   out = pathlib.Path(out_dir).expanduser().absolute()
-  fp = fingerprint(paths, tokenizer_spec, val_fraction, shard_tokens, text_field, decode_errors)
+  fp = fingerprint(paths, tokenizer_spec, val_fraction, shard_tokens, text_field, decode_errors, piece_bytes)
   if not force and (meta := _finished(out, fp)):
     log(f"[prepare] {out} already holds these shards (same sources, tokenizer and options): nothing to do "
         "(--force redoes it)")
@@ -413,8 +412,8 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
   encode = _encoder(tok)
   prog = Progress(total, "tokenising")
   eot = np.asarray([eot_id], np.int64)
-  batches = _prefetched(_batches(iter_pieces(srcs, val_fraction, text_field, progress=prog.add_bytes,
-                                                  decode_errors=decode_errors), batch_bytes))
+  batches = _prefetched(_batches(iter_pieces(srcs, val_fraction, text_field, piece_bytes, prog.add_bytes,
+                                                  decode_errors), batch_bytes))
   for batch in batches:
     for piece, ids in zip(batch, encode([p.text for p in batch])):
       w = writers[piece.split]
