@@ -135,7 +135,8 @@ def translate_hf(path: str) -> int:
                                          ("--best", FLAGS.best), ("--detokenize", FLAGS.detokenize),
                                          ("--input_form", FLAGS.input_form != "raw")) if given]
   if tfjax_only:
-    print(f"error: {', '.join(tfjax_only)} need a tfjax translation workdir; {path} is a Hugging Face directory "
+    verb = "needs" if len(tfjax_only) == 1 else "need"
+    print(f"error: {', '.join(tfjax_only)} {verb} a tfjax translation workdir; {path} is a Hugging Face directory "
           "(give --text or --file)", file=sys.stderr)
     return 1
   try:

@@ -188,9 +188,11 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   from conftest import ROOT
   (tmp_path / "in.en").write_text("A dog runs through the snow.\n\n" + "A man in an orange hat " * 20 + "\nTwo men.\n")
   out = subprocess.run([str(ROOT / "launch.sh"), "translate", str(tmp_path), "--bleu=test", "--beam_size=2",
-                        f"--file={tmp_path / 'in.en'}", f"--out={tmp_path / 'out.de'}"], capture_output=True,
-                       text=True, timeout=600)
+                        f"--file={tmp_path / 'in.en'}", f"--out={tmp_path / 'out.de'}", "--text=",
+                        "--text=" + "A man in an orange hat " * 20], capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
+  assert "\n  -> \n" in out.stdout  # --text="": an empty translation
+  assert "1 of 2 sources are longer than the context window" in out.stderr  # the long --text: cut, with a warning
   assert "tokenised BLEU" in out.stdout and "sacreBLEU (detokenised, cased)" in out.stdout
   report = json.loads((tmp_path / "bleu" / "test.latest.beam2.json").read_text())
   for form, name in (("tok", "test.latest.beam2.hyp.tok.de"), ("detok", "test.latest.beam2.hyp.de")):
@@ -209,6 +211,38 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   (tmp_path / "lm" / "config.json").write_text(json.dumps({"task": "lm"}))
   with pytest.raises(ValueError, match="task='lm', not a translation config"):
     tr.load_for_inference(str(tmp_path / "lm"))
+
+
+def test_translate_cli_with_a_hugging_face_marian_dir(tmp_path):
+  """./launch.sh translate HF_DIR: --text and --file with the directory's own tokenizer (beam search here); an empty
+  line gives an empty line, an over-long one is cut with a warning; flags that need a tfjax workdir are errors."""
+  from conftest import ROOT
+  from tfjax import hf
+  d = ROOT / "tests" / "fixtures" / "hf_marian"
+  long_line = "the children play outside in the park " * 6
+  (tmp_path / "in.en").write_text(f"a dog runs in the snow .\n\n{long_line}\ntwo men are playing football\n")
+  out = subprocess.run([str(ROOT / "launch.sh"), "translate", str(d), "--text=a dog runs in the snow .", "--text=",
+                        f"--text={long_line}", f"--file={tmp_path / 'in.en'}", f"--out={tmp_path / 'out.de'}",
+                        "--beam_size=2", "--batch_size=4"], capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  model, params = hf.load(d)
+  tok, ids = hf.load_tokenizer(d), hf.generation_ids(d)
+  lines = (tmp_path / "in.en").read_text().split("\n")[:-1]
+  expected = hf.translate_texts(model, params, tok, lines, ids, beam_size=2, length_penalty=0.6, batch_size=4)
+  assert expected[1] == "" and expected[0] and expected[0] != expected[3]
+  assert (tmp_path / "out.de").read_text() == "".join(h + "\n" for h in expected)  # one line per line, in order
+  text = [expected[0], "", expected[2]]  # --text gives the same translations as the file's lines
+  assert out.stdout == "".join(f"{src}\n  -> {hyp}\n" for src, hyp in zip(
+      ["a dog runs in the snow .", "", long_line], text))
+  assert "1 of 3 sources are longer than the context window (32 tokens), the first is line 3" in out.stderr
+  assert "1 of 4 sources are longer than the context window (32 tokens), the first is line 3" in out.stderr
+  for flag, what in (("--bleu=test", "--bleu"), ("--best", "--best")):
+    bad = subprocess.run([str(ROOT / "launch.sh"), "translate", str(d), "--text=a dog", flag], capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 1 and f"error: {what} needs a tfjax translation workdir" in bad.stderr
+  gpt2 = subprocess.run([str(ROOT / "launch.sh"), "translate", str(ROOT / "tests" / "fixtures" / "hf_gpt2"),
+                         "--text=a dog"], capture_output=True, text=True, timeout=600)
+  assert gpt2.returncode == 1 and "not an encoder-decoder (Marian or BART)" in gpt2.stderr
 
 
 def test_translator_sharded_equals_single_device():
