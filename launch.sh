@@ -29,6 +29,9 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           tokenise .txt/.gz/.jsonl files (globs) once into memory-mapped token
                                           shards + meta.json (train: --config.data.dataset=shards:DIR);
                                           --verify=DIR checks every shard's length and sha256
+  eval WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|wikitext2|tinyshakespeare [--split=val|test] [--stride=S]
+       [--batch_size=B] [--out=FILE]      loss, perplexity and bits per byte over a whole split by sliding windows
+                                          of the model's context (each token scored once; JSON beside the model)
   bench [train|word2vec|nanogpt|ab|demo|bert_hf|prepare] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
@@ -156,6 +159,10 @@ case "$cmd" in
   prepare)
     ensure_env; default_data_dir
     exec "$PY" "$ROOT/experiments/prepare.py" "$@"
+    ;;
+  eval)
+    ensure_env; default_data_dir
+    exec "$PY" "$ROOT/experiments/eval.py" "$@"
     ;;
   bench)
     ensure_env; default_data_dir

@@ -33,31 +33,47 @@ def tiny():
   return model, params, tok
 
 
+def last_logprobs(model, params, contexts):
+  """log-softmax of the logits after each context (a list of token lists of length 1..C): all in one forward pass
+  over the contexts right-padded to C (a causal model's logits at a position ignore the positions after it)."""
+  c = model.cfg.max_len
+  padded = np.zeros((len(contexts), c), np.int32)
+  for i, ctx in enumerate(contexts):
+    assert 1 <= len(ctx) <= c
+    padded[i, :len(ctx)] = ctx
+  logits = jax.jit(lambda p, x: model.apply({"params": p}, x))(params, padded)
+  last = np.asarray(logits, np.float64)[np.arange(len(contexts)), [len(ctx) - 1 for ctx in contexts]]
+  last -= last.max(axis=-1, keepdims=True)
+  return last - np.log(np.exp(last).sum(axis=-1, keepdims=True))
+
+
 def direct_nats(model, params, tokens, context, stride):
-  """Each target j scored alone: one forward pass over tokens[start(j) : j], its last logit, where start(j) is the
-  start of the first window reaching j, k = max(0, ceil((j - C) / S)) * S."""
-  total = 0.0
+  """Each target j scored alone after tokens[start(j) : j], where start(j) is the start of the first window reaching
+  j: k = max(0, ceil((j - C) / S)) * S."""
+  tokens = np.asarray(tokens)
+  contexts = []
   for j in range(1, len(tokens)):
     start = max(0, -(-(j - context) // stride)) * stride
-    ctx = jnp.asarray(tokens[start:j], jnp.int32)[None]
-    assert 1 <= ctx.shape[1] <= context and ctx.shape[1] >= min(j, context - stride + 1)
-    logp = jax.nn.log_softmax(model.apply({"params": params}, ctx)[0, -1])
-    total -= float(logp[int(tokens[j])])
-  return total
+    contexts.append(tokens[start:j])
+    assert len(contexts[-1]) >= min(j, context - stride + 1)
+  logp = last_logprobs(model, params, contexts)
+  return -float(np.sum(logp[np.arange(len(contexts)), tokens[1:]], dtype=np.float64))
 
 
 def test_text_shorter_than_context_every_token_with_its_whole_left_context(tiny):
   model, params, tok = tiny
-  tokens = tok.encode(TEXT[:7])  # 7 tokens, context 8: one window
+  tokens = tok.encode(TEXT[:5])  # 5 tokens, context 8: one window
+  apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
   want = 0.0
-  for j in range(1, len(tokens)):  # the full left context t_0 .. t_{j-1}
-    logp = jax.nn.log_softmax(model.apply({"params": params}, jnp.asarray(tokens[:j])[None])[0, -1])
+  for j in range(1, len(tokens)):  # the full left context t_0 .. t_{j-1}, unpadded: a forward pass per length
+    logp = jax.nn.log_softmax(apply(params, jnp.asarray(tokens[:j])[None])[0, -1])
     want -= float(logp[tokens[j]])
   for stride in (1, 3, 8):
     r = lm_eval.evaluate(model, params, tokens, stride=stride, batch_size=2)
-    assert r.scored_tokens == 6 and r.num_windows == 1
+    assert r.scored_tokens == 4 and r.num_windows == 1
     np.testing.assert_allclose(r.nats, want, rtol=1e-5)
-    np.testing.assert_allclose(r.loss, want / 6, rtol=1e-5)
+    np.testing.assert_allclose(r.loss, want / 4, rtol=1e-5)
+  np.testing.assert_allclose(direct_nats(model, params, tokens, 8, 8), want, rtol=1e-5)  # the padded reference
 
 
 @pytest.mark.parametrize("stride,batch_size", [(1, 4), (3, 1), (3, 5), (5, 2), (8, 3)])
@@ -74,16 +90,15 @@ def test_stride_one_is_full_context_and_longer_context_helps_on_repeated_text(ti
   model, params, tok = tiny
   tokens = tok.encode(TEXT[:40])
   # stride 1: every target j > C has exactly the previous C tokens
-  want = 0.0
-  for j in range(1, len(tokens)):
-    ctx = tokens[max(0, j - 8):j]
-    want -= float(jax.nn.log_softmax(model.apply({"params": params}, jnp.asarray(ctx)[None])[0, -1])[tokens[j]])
+  logp = last_logprobs(model, params, [tokens[max(0, j - 8):j] for j in range(1, len(tokens))])
+  want = -float(np.sum(logp[np.arange(len(tokens) - 1), tokens[1:]]))
   np.testing.assert_allclose(lm_eval.evaluate(model, params, tokens, stride=1).nats, want, rtol=1e-5)
   # disjoint windows (stride = C) = the model run over consecutive chunks of C inputs
   chunks = 0.0
+  apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
   for b in range(0, len(tokens) - 1, 8):
     inp, tgt = tokens[b:b + 8][:len(tokens) - 1 - b], tokens[b + 1:b + 9]
-    logp = jax.nn.log_softmax(model.apply({"params": params}, jnp.asarray(inp)[None])[0], axis=-1)
+    logp = jax.nn.log_softmax(apply(params, jnp.asarray(inp)[None])[0], axis=-1)
     chunks -= float(jnp.sum(jnp.take_along_axis(logp, jnp.asarray(tgt)[:, None], axis=-1)))
   np.testing.assert_allclose(lm_eval.evaluate(model, params, tokens, stride=8).nats, chunks, rtol=1e-5)
   # a shorter context is a different (not equal) computation
@@ -130,3 +145,124 @@ def test_errors(tiny):
     lm_eval.evaluate(model, params, tok.encode(TEXT), context=9)
   with pytest.raises(ValueError, match="outside the model's vocabulary"):
     lm_eval.evaluate(model, params, np.array([1, 2, tok.vocab_size]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# experiments/eval.py: models, data and errors
+
+
+def run_eval(*args):
+  env = dict(os.environ, TFJAX_CPU_DEVICES="1")
+  proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "eval.py"), *map(str, args)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  return proc
+
+
+@pytest.fixture(scope="module")
+def bpe_shards_and_model(tmp_path_factory):
+  """Shards of a text prepared with a byte-level BPE, and a random GPT-2 directory with that tokenizer."""
+  from tfjax import hf
+  from tfjax.data import prepare
+  tmp = tmp_path_factory.mktemp("bpe")
+  src = tmp / "corpus.txt"
+  src.write_text(("Zürich's naïve cafés open at 7 — or so they say.\nThe fox jumps over the lazy dog.\n" * 30)
+                 + "".join(f"line {i}: the dog's {i * 7} bones.\n" for i in range(40)))
+  prepare.prepare([str(src)], "bpe:300", tmp / "shards", val_fraction=0.05, shard_tokens=60, log=lambda m: None)
+  model = GPT(gpt_config(vocab_size=300, num_layers=1, num_heads=2, emb_dim=16, max_len=16, positional="learned",
+                         use_bias=True))
+  params = model.init(jax.random.key(1), jnp.zeros((1, 16), jnp.int32))["params"]
+  params = jax.tree.map(lambda x: x * 3.0, params)
+  hf.save(model, params, tmp / "hf", tokenizer_file=tmp / "shards" / "tokenizer.json")
+  return tmp / "shards", tmp / "hf"
+
+
+def test_cli_hf_dir_on_shards_equals_direct_computation(bpe_shards_and_model, tmp_path):
+  from tfjax import hf
+  from tfjax.data import shards
+  shards_dir, hf_dir = bpe_shards_and_model
+  val = shards.TokenShards(shards_dir, "val")
+  assert val.num_shards > 1 and 40 < len(val) < 300  # windows cross shard boundaries
+  proc = run_eval(hf_dir, f"--data={shards_dir}", "--split=val", "--stride=5", "--batch_size=3",
+                  f"--out={tmp_path / 'e.json'}")
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads((tmp_path / "e.json").read_text())
+  assert "perplexity" in proc.stdout and "bits/byte" in proc.stdout
+  model, params = hf.load(hf_dir)
+  tokens = val.read(0, len(val))
+  want = direct_nats(model, params, tokens, 16, 5)
+  np.testing.assert_allclose(got["nats"], want, rtol=1e-5)
+  assert got["scored_tokens"] == len(val) - 1 and got["stride"] == 5 and got["context"] == 16
+  tok = hf.load_tokenizer(hf_dir)
+  first = len(tok.decode(tokens[:1]).encode("utf-8"))
+  # prepare counted the split's text bytes independently
+  assert got["bytes"] == val.meta["splits"]["val"]["bytes"] - first
+  np.testing.assert_allclose(got["bits_per_byte"], want / math.log(2) / got["bytes"], rtol=1e-5)
+  np.testing.assert_allclose(got["perplexity"], math.exp(want / (len(val) - 1)), rtol=1e-5)
+
+
+def test_hf_gpt2_against_transformers_on_wikitext2():
+  """The imported fixture scored by eval equals PyTorch's GPT2LMHeadModel on the same windows of WikiText-2."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from experiments import eval as eval_cli
+  model, params, tok, _ = eval_cli.load_model(str(HF_GPT2))
+  tokens, num_bytes, desc = eval_cli.load_data("wikitext2", "test", tok)
+  assert "test.txt" in desc and len(tokens) > 100_000
+  with open(os.path.join(os.environ["TFJAX_DATA_DIR"], "wikitext2", "test.txt"), encoding="utf-8") as f:
+    text = f.read()
+  assert num_bytes == len(text.encode("utf-8")) - len(tok.decode(tokens[:1]).encode("utf-8"))
+  head = tokens[:150]
+  r = lm_eval.evaluate(model, params, head, stride=12, batch_size=4)
+  pt = transformers.GPT2LMHeadModel.from_pretrained(str(HF_GPT2)).eval()
+  want = 0.0
+  with torch.no_grad():
+    for j in range(1, len(head)):
+      start = max(0, -(-(j - 32) // 12)) * 12
+      logits = pt(torch.tensor(head[start:j], dtype=torch.long)[None]).logits[0, -1]
+      want -= float(torch.log_softmax(logits.double(), -1)[int(head[j])])
+  np.testing.assert_allclose(r.nats, want, rtol=1e-4)
+
+
+def test_cli_workdir_char_model_on_its_validation_split(tmp_path):
+  from conftest import tiny_lm_config
+  from experiments import eval as eval_cli
+  from tfjax.tasks.lm import LMTask
+  from tfjax.train.loop import train_and_evaluate
+  config = tiny_lm_config(**{"train.num_steps": 2, "train.eval_every": 0, "train.checkpoint_every": 0})
+  wd = tmp_path / "run"
+  task = LMTask(config, str(wd))
+  train_and_evaluate(config, str(wd), task)
+  proc = run_eval(wd, "--data=tinyshakespeare", "--batch_size=64")
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads((wd / "eval_tinyshakespeare_val.json").read_text())
+  assert got["tokens"] == len(task.val_data)  # the run's own held-out tokens
+  model, params, tok, info = eval_cli.load_model(str(wd))
+  assert info["step"] == 2
+  r = lm_eval.evaluate(model, params, np.asarray(task.val_data), batch_size=5)
+  np.testing.assert_allclose(got["nats"], r.nats, rtol=1e-5)
+  # a character model cannot score text with characters it never saw
+  with pytest.raises(eval_cli.EvalError, match="character-level"):
+    eval_cli.load_data("wikitext2", "test", tok)
+  with pytest.raises(eval_cli.EvalError, match="no 'test' split"):
+    eval_cli.load_data("tinyshakespeare", "test", tok)
+
+
+def test_cli_errors(bpe_shards_and_model, tmp_path):
+  from experiments import eval as eval_cli
+  shards_dir, hf_dir = bpe_shards_and_model
+  with pytest.raises(eval_cli.EvalError, match="does not exist"):
+    eval_cli.load_model(str(tmp_path / "nope"))
+  tok = eval_cli.load_model(str(HF_GPT2))[2]
+  with pytest.raises(eval_cli.EvalError, match="not a shards directory, not a file"):
+    eval_cli.load_data("wikitext-103", "test", tok)
+  with pytest.raises(eval_cli.EvalError, match="without meta.json"):
+    eval_cli.load_data(str(tmp_path), "val", tok)
+  with pytest.raises(eval_cli.EvalError, match="not with the model's tokenizer"):
+    eval_cli.load_data(str(shards_dir), "val", tok)  # the fixture's own BPE is another vocabulary
+  with pytest.raises(eval_cli.EvalError, match="no split 'test'"):
+    eval_cli.load_data(str(shards_dir), "test", eval_cli.load_model(str(hf_dir))[2])
+  (tmp_path / "one.txt").write_text("a")
+  with pytest.raises(eval_cli.EvalError, match="at least 2"):
+    eval_cli.load_data(str(tmp_path / "one.txt"), "val", tok)
+  proc = run_eval(hf_dir, f"--data={shards_dir}", "--stride=17")
+  assert proc.returncode == 1 and "stride must be in [1, context=16]" in proc.stderr

@@ -1,7 +1,7 @@
 """Perplexity and bits per byte of a language model over a whole token stream, by sliding windows.
 
-The stream ``tokens [N]`` (token ids, any integer array: a numpy array or a ``np.memmap`` of a shard, read a window
-at a time) is scored by windows of the model's context ``C`` moved by ``stride`` ``S`` (Hugging Face's "perplexity of
+The stream ``tokens [N]`` (token ids: a numpy array, a ``np.memmap``, or a split of token shards,
+:class:`tfjax.data.shards.TokenShards`, read a window at a time) is scored by windows of the model's context ``C`` moved by ``stride`` ``S`` (Hugging Face's "perplexity of
 fixed-length models" recipe). Window ``k`` starts at ``b_k = k·S``; its inputs are ``tokens[b_k : b_k + C]`` and its
 targets the next tokens ``tokens[b_k + 1 : b_k + C + 1]`` (the C predictions of one forward pass). Each target
 ``j = 1 .. N-1`` is scored once, in the first window that reaches it: ``k(j) = max(0, ceil((j - C) / S))``, with the
@@ -95,13 +95,20 @@ def window_batches(tokens, context: int, stride: int, batch_size: int) -> Iterat
     mask = np.zeros((batch_size, context), np.float32)
     for row, k in enumerate(range(first, min(first + batch_size, k_total))):
       b = k * stride
-      window = np.asarray(tokens[b:b + context + 1], dtype=np.int32)  # up to C + 1 tokens
+      window = _read(tokens, b, min(context + 1, n - b))  # up to C + 1 tokens
       m = len(window) - 1  # targets in this window
       inputs[row, :m] = window[:-1]
       targets[row, :m] = window[1:]
       lo = 0 if k == 0 else context - stride  # targets before lo were scored by window k - 1
       mask[row, lo:m] = 1.0
     yield {"inputs": inputs, "targets": targets, "mask": mask}
+
+
+def _read(tokens, start: int, n: int) -> np.ndarray:
+  """``tokens[start : start + n]`` as int32, from an array or a :class:`tfjax.data.shards.TokenShards`."""
+  if hasattr(tokens, "read"):
+    return tokens.read(start, n)
+  return np.asarray(tokens[start:start + n], dtype=np.int32)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -119,7 +126,8 @@ def evaluate(model: Any, params: Any, tokens, *, stride: int | None = None, batc
 
   Args:
     model, params: the model and its parameters.
-    tokens: token ids, any 1-D integer array (``np.memmap`` included: read one window at a time).
+    tokens: token ids: a 1-D integer array (``np.memmap`` included) or a :class:`tfjax.data.shards.TokenShards`
+      split, read one window at a time.
     stride: window step (default: the context, disjoint windows).
     batch_size: windows per forward pass.
     context: window length (default and maximum: ``model.cfg.max_len``).
@@ -175,9 +183,11 @@ def _bytes_to_unicode() -> dict[str, int]:
 
 def token_byte_lengths(tokenizer) -> np.ndarray | None:
   """``[V]`` UTF-8 bytes each token id spells, for a character tokenizer (``chars``) or a byte-level BPE (GPT-2's;
-  special tokens: 0); None for other tokenizers (their bytes are counted by decoding, see :func:`count_bytes`)."""
-  if hasattr(tokenizer, "chars"):
-    return np.array([len(c.encode("utf-8")) for c in tokenizer.chars], np.int64)
+  special tokens such as end-of-text: 0); None for other tokenizers (:func:`count_bytes` then decodes)."""
+  if hasattr(tokenizer, "chars"):  # ids past the alphabet (an end-of-text token) spell nothing
+    lengths = np.zeros(tokenizer.vocab_size, np.int64)
+    lengths[:len(tokenizer.chars)] = [len(c.encode("utf-8")) for c in tokenizer.chars]
+    return lengths
   hf = getattr(tokenizer, "tokenizer", None)
   if hf is None or type(hf.decoder).__name__ != "ByteLevel":
     return None
@@ -201,7 +211,7 @@ def count_bytes(tokenizer, tokens, chunk: int = 1 << 20) -> int:
   lengths = token_byte_lengths(tokenizer)
   total = 0
   for i in range(0, len(tokens), chunk):
-    part = np.asarray(tokens[i:i + chunk])
+    part = _read(tokens, i, min(chunk, len(tokens) - i))
     if lengths is not None:
       total += int(lengths[part].sum())
     else:
