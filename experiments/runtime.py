@@ -130,17 +130,9 @@ def maybe_initialize_distributed() -> None:
 
 
 def make_task(config, workdir: str):
-  """The Task object for ``config.task``."""
-  if config.task == "lm":
-    from tfjax.tasks.lm import LMTask
-    return LMTask(config, workdir)
-  if config.task == "mlm":
-    from tfjax.tasks.mlm import MLMTask
-    return MLMTask(config, workdir)
-  if config.task == "translate":
-    from tfjax.tasks.translate import TranslationTask
-    return TranslationTask(config, workdir)
-  raise ValueError(f"unknown config.task {config.task!r}; known: lm, mlm, translate, word2vec")
+  """The Task object for ``config.task`` (the library's registry, :func:`tfjax.tasks.make_task`)."""
+  from tfjax.tasks import make_task as make
+  return make(config, workdir)
 
 
 def run(config, workdir: str):

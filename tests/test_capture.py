@@ -40,7 +40,7 @@ def _ids(seed=0, shape=(2, T)):
 @functools.lru_cache(maxsize=None)
 def _gpt(positional="learned", num_kv_heads=None, **kw):
   cfg = gpt_config(vocab_size=V, num_layers=2, num_heads=4, num_kv_heads=num_kv_heads, emb_dim=32, max_len=16,
-                   positional=positional, **kw)
+                   positional=positional, **{"use_bias": True, **kw})  # biases: the references read them
   model = GPT(cfg)
   return model, _random_params(model, _ids())
 

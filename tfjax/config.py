@@ -1,4 +1,12 @@
-"""Turning experiment configs (ml_collections ConfigDicts) into the library's typed configs, and validating them.
+"""The library's config defaults, the translation of experiment configs (ml_collections ConfigDicts) into its typed
+configs, and their validation.
+
+One source of truth for the model: :func:`model_config` is built from the :class:`TransformerConfig` dataclass (its
+fields, its defaults), so ``GPT(gpt_config(vocab_size=V))`` in Python is the model that ``./launch.sh train`` builds
+from ``experiments/configs/lm_defaults.py`` unless an experiment overrides a key. A field whose default is None is a
+typed placeholder (``ml_collections.config_dict.placeholder(int)``): None until set, and ``--config.model.mlp_dim=512``
+still parses as an int. :func:`optimizer_config` and :func:`train_config` hold the optimizer and loop defaults every
+experiment starts from.
 
 The library never reads flags: experiments pass a resolved ConfigDict, and these helpers check it and name the key
 at fault when a value is invalid.
@@ -8,9 +16,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import typing
 from typing import Any
 
 import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_dict
 
 from tfjax.layers.blocks import TransformerConfig
 
@@ -56,20 +67,102 @@ def get_dtype(name: str, key: str = "dtype"):
   return DTYPES[name]
 
 
+def _dtype_name(dtype: Any) -> str:
+  for name, value in DTYPES.items():
+    if jnp.dtype(value) == jnp.dtype(dtype):
+      return name
+  raise ConfigError(f"dtype {dtype!r} has no config name; known: {sorted(DTYPES)}")
+
+
+def _placeholder_type(hint: Any) -> type:
+  """``int | None`` -> ``int`` (the type a None-default field takes when set)."""
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  if len(args) != 1 or not isinstance(args[0], type):
+    raise TypeError(f"cannot make a config placeholder for the annotation {hint!r}")
+  return args[0]
+
+
+def dataclass_config(cls: type, exclude: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+  """A ConfigDict with a key per field of the dataclass ``cls`` and its default: dtypes by name (``"float32"``),
+  None defaults as typed placeholders (so a command-line override is parsed as the field's type)."""
+  hints = typing.get_type_hints(cls)
+  c = ml_collections.ConfigDict()
+  for f in dataclasses.fields(cls):
+    if f.name in exclude or f.default is dataclasses.MISSING:
+      continue
+    value = f.default
+    if f.name in ("dtype", "param_dtype"):
+      value = _dtype_name(value)
+    elif value is None:
+      value = config_dict.placeholder(_placeholder_type(hints[f.name]))
+    c[f.name] = value
+  return c
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """``config.model`` defaults: every :class:`TransformerConfig` field but ``vocab_size`` (the tokenizer's), with the
+  dataclass's defaults. :func:`transformer_config` turns it back into the same dataclass."""
+  return dataclass_config(TransformerConfig, exclude=("vocab_size",))
+
+
+def optimizer_config() -> ml_collections.ConfigDict:
+  """``config.optimizer`` defaults (read by :func:`tfjax.train.optimizer.make_optimizer`): AdamW at nanoGPT's
+  shakespeare_char settings."""
+  o = ml_collections.ConfigDict()
+  o.name = "adamw"  # adamw | adam | sgd | lion | adafactor
+  o.lr = 1e-3
+  o.min_lr = 1e-4
+  o.schedule = "cosine"  # cosine | linear | constant | inverse_sqrt (peak lr·sqrt(warmup/step))
+  o.warmup_steps = 100
+  o.decay_steps = config_dict.placeholder(int)  # None: train.num_steps
+  o.b1 = 0.9
+  o.b2 = 0.99
+  o.eps = 1e-8
+  o.weight_decay = 0.1
+  o.grad_clip = 1.0  # global-norm clipping; 0: none
+  return o
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """``config.train`` defaults: every key :func:`tfjax.train.loop.train_and_evaluate` reads."""
+  t = ml_collections.ConfigDict()
+  t.batch_size = 64
+  t.num_steps = 5000
+  t.grad_accum_steps = 1
+  t.log_every = 10
+  t.eval_every = 250  # 0: only at the end
+  t.eval_steps = 20  # batches per evaluation
+  t.checkpoint_every = 250  # 0: only at the end
+  t.max_to_keep = 3
+  # also keep the parameters of the lowest evaluation loss in WORKDIR/best (./launch.sh sample WORKDIR --best)
+  t.keep_best = False
+  t.parallel = "auto"  # auto | none | pmap | dp | fsdp
+  t.skip_nonfinite = False
+  t.restore_fallback = False  # restore an earlier checkpoint if the latest is unreadable
+  t.async_checkpoint = True
+  t.log_mfu = True
+  t.tensorboard = True  # TensorBoard event files next to metrics.jsonl
+  t.profile_steps = ""  # "A:B": trace steps A..B-1 with jax.profiler into WORKDIR/profile
+  return t
+
+
+# Values read as None: "default" (JAX's default matmul precision, so that jax.default_matmul_precision applies), and the
+# 0s that config.json files written before the defaults came from the dataclass hold for "unset".
+_LEGACY_UNSET = {"num_kv_heads": 0, "mlp_dim": 0, "head_dim": 0, "precision": "default"}
+
+
 def transformer_config(model: Any, vocab_size: int, **overrides) -> TransformerConfig:
-  """A :class:`TransformerConfig` from ``config.model`` (0 stands for "unset" in ``num_kv_heads``, ``mlp_dim``,
-  ``head_dim``)."""
+  """A :class:`TransformerConfig` from ``config.model`` (keys that are not fields, such as BERT's
+  ``type_vocab_size``, are skipped; a field the ConfigDict lacks keeps the dataclass default)."""
   fields = {f.name for f in dataclasses.fields(TransformerConfig)}
   kwargs = {}
   for key, value in dict(model).items():
     if key not in fields:
       continue
-    if key in ("num_kv_heads", "mlp_dim", "head_dim") and not value:
+    if key in _LEGACY_UNSET and value == _LEGACY_UNSET[key]:
       value = None
     if key in ("dtype", "param_dtype"):
       value = get_dtype(value, f"model.{key}")
-    if key == "precision" and value == "default":
-      value = None  # JAX's default, so that jax.default_matmul_precision still applies
     kwargs[key] = value
   kwargs.update(overrides)
   try:

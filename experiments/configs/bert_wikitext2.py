@@ -23,6 +23,7 @@ answers "the , . of and" whatever the sentence: no context use yet (open, issue 
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from experiments.configs import lm_defaults
 
@@ -35,7 +36,7 @@ def get_config():
   c.data.dataset = "wikitext2_valid"  # training text: a known name (tfjax.tasks.mlm.DATASETS) or a file path
   c.data.eval_dataset = "wikitext2_test"
   c.data.val_fraction = 0.0  # unused: evaluation has its own text
-  c.data.seq_len = 64  # 0: model.max_len
+  c.data.seq_len = 64  # None: model.max_len
   c.data.vocab_size = 8192  # WordPiece vocabulary trained on the training text
   c.data.min_frequency = 2
   c.data.lowercase = True
@@ -43,7 +44,7 @@ def get_config():
   c.data.mask_prob = 0.15  # fraction of real, non-special tokens chosen per sequence
   c.data.mask_token_prob = 0.8  # of the chosen: replaced by [MASK] ...
   c.data.random_token_prob = 0.1  # ... by a random token (the rest stay unchanged)
-  c.data.max_predictions = 0  # 0: ceil(mask_prob * seq_len)
+  c.data.max_predictions = config_dict.placeholder(int)  # None: ceil(mask_prob * seq_len)
 
   c.model.update(num_layers=4, num_heads=4, emb_dim=128, mlp_dim=512, max_len=64, dropout_rate=0.0,
                  attention_dropout_rate=0.0, positional="learned", norm="layernorm", norm_eps=1e-12, use_bias=True,

@@ -7,6 +7,7 @@ sinusoidal``) are added to token embeddings initialised at std 0.02, so at first
 5.46 with unscaled sinusoids. Evaluation: validation cross-entropy; at the end, greedy BLEU (sacreBLEU) on test2016."""
 
 import ml_collections
+from ml_collections import config_dict
 
 from experiments.configs import lm_defaults
 
@@ -23,7 +24,7 @@ def get_config():
   c.data.length_buckets = ""
   c.model.update(num_layers=3, num_heads=4, emb_dim=256, mlp_dim=1024, max_len=40, dropout_rate=0.1,
                  positional="rope", activation="relu", attention_block_size=0)
-  c.model.num_encoder_layers = 0  # 0: as many as the decoder (num_layers)
+  c.model.num_encoder_layers = config_dict.placeholder(int)  # None: as many as the decoder (num_layers)
   c.optimizer.update(lr=1e-3, min_lr=1e-4, warmup_steps=400, weight_decay=0.01, b2=0.98)
   c.train.update(batch_size=128, num_steps=3000, eval_every=500, checkpoint_every=500, log_every=50)
   c.train.label_smoothing = 0.1

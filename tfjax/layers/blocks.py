@@ -198,6 +198,8 @@ class TransformerStack(nn.Module):
   def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
                decode: bool = False):
     cfg = self.cfg
+    if positions is None and cfg.positional == "rope" and not decode:  # RoPE reads positions: a whole sequence's
+      positions = jnp.arange(x.shape[1])[None, :]  # [1, T] (a cached decode step must say where it is)
     block_cls = TransformerBlock
     if cfg.remat != "none":
       policy = _REMAT_POLICIES[cfg.remat]

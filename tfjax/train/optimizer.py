@@ -17,7 +17,7 @@ import optax
 
 def make_schedule(o: Any, num_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to ``o.lr`` over ``o.warmup_steps``, then cosine / linear decay to ``o.min_lr`` at
-  ``o.decay_steps`` (0: ``num_steps``), constant, or ``inverse_sqrt`` (:func:`inverse_sqrt_schedule`)."""
+  ``o.decay_steps`` (None or 0: ``num_steps``), constant, or ``inverse_sqrt`` (:func:`inverse_sqrt_schedule`)."""
   decay_steps = o.decay_steps or num_steps
   if o.schedule == "constant":
     return optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), optax.constant_schedule(o.lr)],
