@@ -266,3 +266,32 @@ def test_prepare_and_reading_use_memory_independent_of_the_corpus_size(tmp_path)
   # measured: 25-40 MB at any size from 8 to 160 MB (the batches in flight); holding the 96 MB corpus would take
   # more than its text, 96 MB, and its ids as int32 (334 MB)
   assert peaks[16][1] < 64 and peaks[96][1] < 64, peaks  # MB
+
+
+def test_a_vocabulary_over_65536_ids_is_stored_as_uint32(tmp_path):
+  assert (shards.dtype_for_vocab(65536), shards.dtype_for_vocab(65537)) == ("uint16", "uint32")
+  ids = np.random.default_rng(0).integers(0, 100_000, 5000)
+  w = shards.ShardWriter(tmp_path, "train", "uint32", 1024)
+  w.write(ids[:3000])
+  w.write(ids[3000:])
+  records = w.close()
+  meta = {"format": shards.FORMAT, "version": shards.VERSION, "vocab_size": 100_000, "eot_id": 0, "dtype": "uint32",
+          "tokenizer": {"file": "tokenizer.json"}, "splits": {"train": {"tokens": 5000, "shards": records}}}
+  (tmp_path / "meta.json").write_text(json.dumps(meta))
+  s = shards.TokenShards(tmp_path, "train", verify=True)
+  assert (tmp_path / "train_00000.bin").stat().st_size == 4 * 1024
+  np.testing.assert_array_equal(s.read(0, 5000), ids)
+  with pytest.raises(ValueError, match="out of range for uint16"):
+    shards.ShardWriter(tmp_path / "x", "train", "uint16", 10).write(np.asarray([70_000]))
+
+
+def test_the_prepare_command_reports_progress_and_the_splits(tmp_path):
+  _corpus(tmp_path / "src")
+  res = subprocess.run([sys.executable, str(ROOT / "experiments" / "prepare.py"), str(tmp_path / "src" / "*.txt*"),
+                        "--tokenizer=char", f"--out={tmp_path / 'out'}", "--val_fraction=0.25"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert "tokens/s" in res.stderr and "2 sources" in res.stderr
+  meta = shards.read_meta(tmp_path / "out")
+  assert f"train: {meta['splits']['train']['tokens']:,} tokens, 2 documents" in res.stdout
+  assert meta["prepare"]["val_fraction"] == 0.25 and meta["tokenizer"]["type"] == "char"
