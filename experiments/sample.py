@@ -34,13 +34,13 @@ def load(path):
     tokenizer = hf.load_tokenizer(path)
     return model, params, tokenizer.encode, tokenizer.decode
   from tfjax import config as config_lib
-  from tfjax.data.tokenizers import CharTokenizer
+  from tfjax.data.tokenizers import load_tokenizer
   from tfjax.models.gpt import GPT
   from tfjax.train.restore import load_config, load_params
   config = load_config(path)
   if config.task != "lm":
     raise app.UsageError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
-  tokenizer = CharTokenizer.load(os.path.join(path, "tokenizer.json"))
+  tokenizer = load_tokenizer(os.path.join(path, "tokenizer.json"))  # characters or subwords (token shards)
   model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
   params, step = load_params(path, FLAGS.step, best=FLAGS.best)
   print(f"# {path}: {'best, ' if FLAGS.best else ''}step {step}", file=sys.stderr)
