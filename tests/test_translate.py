@@ -80,6 +80,32 @@ def test_cached_decoder_logits_equal_teacher_forced_logits():
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("positional,options", [
+    # Hugging Face BART's options (tfjax.hf): positions read at p + 2, embedding norm, post-LN without final norms,
+    # a logits bias; Marian's: sines then cosines on sqrt(D)-scaled embeddings
+    ("learned", dict(position_offset=2, embed_norm=True, final_norm=False, logits_bias=True, pre_ln=False)),
+    ("sinusoidal", dict(sinusoidal_layout="halves", embed_scale=True, final_norm=False, logits_bias=True,
+                        pre_ln=False))])
+def test_cached_decoding_with_the_hugging_face_encoder_decoder_options(positional, options):
+  model, params, src, valid = _model(positional, **options)
+  assert "ln_encoder" not in params and "ln_decoder" not in params  # final_norm=False
+  assert ("ln_embed_src" in params) == ("ln_embed_tgt" in params) == options.get("embed_norm", False)
+  assert params["logits_bias"].value.shape == (40,)
+  params = {**params, "logits_bias": 0.1 * jax.random.normal(jax.random.key(2), (40,))}
+  tgt = np.random.RandomState(3).randint(4, 40, (3, 8)).astype(np.int32)
+  full = model.apply({"params": params}, src, valid, tgt)
+  memory = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
+  cache = init_cache(model, 3, src.shape[1])
+  for t in range(tgt.shape[1]):
+    logits, v = model.apply({"params": params, "cache": cache}, tgt[:, t:t + 1], memory, valid,
+                            positions=np.full((3, 1), t), decode=True, mutable=["cache"],
+                            method=EncoderDecoder.decode)
+    cache = v["cache"]
+    np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+  fast = translate(model, params, src, valid, 10, bos_id=BOS, eos_id=EOS)
+  np.testing.assert_array_equal(fast, _greedy_by_full_forward(model, params, src, valid, 10, EOS))
+
+
 def test_cross_attention_cache_needs_the_source_first():
   model, params, src, valid = _model("rope")
   cache = init_cache(model, 3, src.shape[1])
