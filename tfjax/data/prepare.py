@@ -51,8 +51,8 @@ from tfjax.data import shards
 from tfjax.data.tokenizers import EOT, CharTokenizer, load_tokenizer, train_byte_bpe
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB of uint16: nanoGPT's OpenWebText train.bin is 9B tokens in one file
-PIECE_BYTES = 1 << 16
-BATCH_BYTES = 1 << 22
+PIECE_BYTES = 1 << 15
+BATCH_BYTES = 1 << 20  # 32 pieces: work for 32 encoding threads; 4 MB batches: same speed here, twice the memory
 
 
 class PrepareError(ValueError):
