@@ -295,3 +295,18 @@ def test_the_prepare_command_reports_progress_and_the_splits(tmp_path):
   meta = shards.read_meta(tmp_path / "out")
   assert f"train: {meta['splits']['train']['tokens']:,} tokens, 2 documents" in res.stdout
   assert meta["prepare"]["val_fraction"] == 0.25 and meta["tokenizer"]["type"] == "char"
+
+
+def test_gzipped_jsonl_with_another_text_field(tmp_path):
+  docs = [f"record {i}\n" + "word " * (i % 7) + "\nend\n" for i in range(200)]
+  with gzip.open(tmp_path / "d.jsonl.gz", "wt", encoding="utf-8") as f:
+    for i, d in enumerate(docs):
+      f.write(json.dumps({"body": d, "n": i}) + "\n")
+      if i % 50 == 0:
+        f.write("\n")  # blank lines are skipped
+  meta = prep.prepare([str(tmp_path / "d.jsonl.gz")], "bpe:280", tmp_path / "out", val_fraction=0.1,
+                      text_field="body", log=lambda m: None)
+  train, _ = _docs(tmp_path / "out", "train")
+  val, _ = _docs(tmp_path / "out", "val")
+  assert train + val == docs and 10 <= len(val) <= 30
+  assert meta["prepare"]["sources"][0]["compressed"] and meta["prepare"]["sources"][0]["kind"] == "jsonl"
