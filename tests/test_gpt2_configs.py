@@ -40,8 +40,8 @@ def test_gpt2_small_is_gpt2_124m_with_nanogpt_recipe():
       ("learned", "gelu_tanh", True, 1e-5, True)
   assert cfg.dtype == jnp.bfloat16 and cfg.param_dtype == jnp.float32
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
-  # ~0.5M tokens per step through gradient accumulation, micro-batches of 64 sequences
-  assert c.train.batch_size * c.model.max_len == 2**19 and c.train.batch_size // c.train.grad_accum_steps == 64
+  # ~0.5M tokens per step through gradient accumulation, micro-batches of 32 sequences
+  assert c.train.batch_size * c.model.max_len == 2**19 and c.train.batch_size // c.train.grad_accum_steps == 32
   sched = make_schedule(c.optimizer, c.train.num_steps)
   assert float(sched(0)) == 0.0
   assert float(sched(2000)) == pytest.approx(6e-4)
