@@ -11,18 +11,19 @@ Tokenizer spec: ``char`` (the corpus's characters plus an end-of-text id), ``bpe
 of V tokens trained on the training split with Hugging Face ``tokenizers``, from an iterator), or a directory with a
 Hugging Face tokenizer (``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``), e.g. GPT-2's own.
 
-Validation split: the last ``val_fraction`` of every source, by bytes, cut at a document boundary (JSONL: the records
-that start past the mark) or, inside a text file, at the first line boundary past the mark where a piece may be cut; the two parts of a text
-file are two documents. Train and validation are thus disjoint byte ranges of each source and never overlap, and
-every source is represented in both (the validation text is the end of each source, as the usual 90/10 split of
-Tiny Shakespeare).
+Validation split: the last ``val_fraction`` of every source, by bytes, cut at a document boundary (JSONL: the
+records that start past the mark) or, inside a text file, at the first line boundary past the mark where a piece may
+be cut (below); the two parts of a text file are two documents. Train and validation are thus disjoint byte ranges
+of each source and never overlap, and every source is represented in both (the validation text is the end of each
+source, as the usual 90/10 split of Tiny Shakespeare).
 
 Memory is bounded by construction: text is read line by line into pieces of about ``piece_bytes`` (cut only before a
 line that starts with a non-space character or one space and a non-space, where GPT-2's byte-level pre-tokeniser
-never joins across the cut, so a piece-wise encoding equals the whole document's; a tokenizer that marks the start of
-its input, e.g. SentencePiece's ``▁`` prefix, would differ at each cut), batches of pieces go through a queue of a few batches, and
-ids are appended to shard files as they come. Encoding uses all cores (``tokenizers``' ``encode_batch_fast`` runs
-in Rust threads while a reader thread decodes the next batch; ``char`` is a vectorised table lookup).
+never joins across the cut, so a piece-wise encoding equals the whole document's; a tokenizer that marks the start
+of its input, e.g. SentencePiece's ``▁`` prefix, would differ at each cut), batches of pieces go through a queue of
+a few batches, and ids are appended to shard files as they come. Encoding uses all cores (``tokenizers``'
+``encode_batch_fast`` runs in Rust threads while a reader thread decodes the next batch; ``char`` is a vectorised
+table lookup).
 
 Idempotent: the output is a pure function of the inputs (files, sizes and modification times, the tokenizer spec,
 the options); a rerun with the same inputs finds ``meta.json`` with the same fingerprint and stops at once, and a
@@ -369,7 +370,8 @@ def _finished(out: pathlib.Path, fp: str) -> dict | None:
 
 def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike, *, val_fraction: float = 0.005,
             shard_tokens: int = DEFAULT_SHARD_TOKENS, text_field: str = "text", decode_errors: str = "strict",
-            force: bool = False, piece_bytes: int = PIECE_BYTES, batch_bytes: int = BATCH_BYTES, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+            force: bool = False, piece_bytes: int = PIECE_BYTES, batch_bytes: int = BATCH_BYTES,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Tokenises ``sources`` into a shards directory ``out_dir`` and returns its ``meta.json`` (see the module
   docstring). Returns the existing meta at once when ``out_dir`` already holds these inputs' shards (unless
   ``force``)."""
@@ -436,7 +438,8 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
           "vocab_size": int(vocab_size), "eot_id": int(eot_id), "dtype": dtype, "splits": splits,
           "prepare": {"fingerprint": fp, "sources": [dataclasses.asdict(s) for s in srcs],
                       "val_fraction": val_fraction, "shard_tokens": shard_tokens, "text_field": text_field,
-                      "decode_errors": decode_errors, "validation": "the last val_fraction of each source by bytes, cut at a line (text) or record "
+                      "decode_errors": decode_errors,
+                      "validation": "the last val_fraction of each source by bytes, cut at a line (text) or record "
                                     "(JSONL) boundary"}}
   # commit: old meta.json first (the directory reads as unfinished from here), then the files, then meta.json
   (out / shards.META_FILE).unlink(missing_ok=True)
