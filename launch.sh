@@ -58,9 +58,10 @@ Usage: ./launch.sh COMMAND [ARGS...]
 
 Configs: ls experiments/configs/. Data is found through --config.data_dir, then $TFJAX_DATA_DIR, then
 ~/.cache/tfjax (downloaded with a checksum when online). On CPU, one XLA device per core is used
-(TFJAX_CPU_DEVICES=1 keeps one). jemalloc is preloaded when the system has it (apt install libjemalloc2, or
-TFJAX_JEMALLOC=PATH): XLA:CPU then reuses each step's buffers instead of page-faulting them afresh
-(TFJAX_ALLOCATOR=system keeps glibc's malloc).
+(TFJAX_CPU_DEVICES=1 keeps one). A faster malloc is preloaded: the system's jemalloc when it has one (apt install
+libjemalloc2, or TFJAX_JEMALLOC=PATH), else mimalloc from the venv (pip wheel cmeel-mimalloc): XLA:CPU then reuses
+each step's buffers instead of page-faulting them afresh (TFJAX_ALLOCATOR=jemalloc|mimalloc picks one,
+TFJAX_ALLOCATOR=system keeps glibc's malloc; ./launch.sh bench allocator compares them).
 USAGE
 }
 
@@ -84,23 +85,48 @@ ensure_env() {
 fast_allocator() {
   # XLA:CPU allocates each step's temporary buffers afresh; glibc serves them with mmap and unmaps them again, so every
   # step page-faults its whole working set (6/6/384 on 2 cores: 1.3M faults and 3.4 s of kernel time a step).
-  # jemalloc keeps freed pages for reuse: 7.8 -> 6.0 s a step. Used when the system has it (Debian/Ubuntu:
-  # apt install libjemalloc2) or TFJAX_JEMALLOC names it; TFJAX_ALLOCATOR=system keeps glibc's malloc.
-  [[ "${TFJAX_ALLOCATOR:-}" == "system" || "$(uname -s)" != "Linux" ]] && return 0
-  local lib="${TFJAX_JEMALLOC:-}"
-  if [[ -z "$lib" ]]; then
-    lib="$( (ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')"
+  # jemalloc and mimalloc keep freed pages for reuse (purging off): 7.8 -> 6.0 s a step (experiments/bench_allocator.py).
+  # TFJAX_ALLOCATOR: auto (default: the system's jemalloc when it has one — apt install libjemalloc2, or TFJAX_JEMALLOC
+  # names it — else mimalloc from the cmeel-mimalloc wheel in the venv, a pip dependency) | jemalloc | mimalloc |
+  # system (glibc's malloc). Preloading must happen before python starts, hence here.
+  local choice="${TFJAX_ALLOCATOR:-auto}" lib="" kind=""
+  [[ "$choice" == "system" || "$(uname -s)" != "Linux" ]] && return 0
+  case "$choice" in
+    auto|jemalloc|mimalloc) ;;
+    *) echo "[launch] TFJAX_ALLOCATOR=$choice is not auto, jemalloc, mimalloc or system; using glibc's malloc" >&2
+       return 0 ;;
+  esac
+  if [[ "$choice" != "mimalloc" ]]; then
+    lib="${TFJAX_JEMALLOC:-}"
+    if [[ -z "$lib" ]]; then
+      lib="$( (ldconfig -p 2>/dev/null || true) | awk '/libjemalloc\.so\.2 /{print $NF; exit}')"
+    fi
+    if [[ -z "$lib" ]]; then
+      for cand in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 \
+                  /usr/lib64/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2; do
+        [[ -f "$cand" ]] && { lib="$cand"; break; }
+      done
+    fi
+    [[ -n "${TFJAX_JEMALLOC:-}" && ! -f "$lib" ]] && echo "[launch] TFJAX_JEMALLOC=$lib is not a file" >&2
+    [[ -n "$lib" && -f "$lib" ]] && kind=jemalloc || lib=""
   fi
-  if [[ -z "$lib" ]]; then
-    for cand in /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 \
-                /usr/lib64/libjemalloc.so.2 /usr/local/lib/libjemalloc.so.2; do
-      [[ -f "$cand" ]] && { lib="$cand"; break; }
+  if [[ -z "$kind" && "$choice" != "jemalloc" ]]; then
+    for cand in "$VENV"/lib/python3*/site-packages/cmeel.prefix/lib/libmimalloc.so; do
+      [[ -f "$cand" ]] && { lib="$cand"; kind=mimalloc; break; }
     done
   fi
-  [[ -n "$lib" && -f "$lib" ]] || return 0
+  if [[ -z "$kind" ]]; then
+    [[ "$choice" == "auto" ]] || echo "[launch] TFJAX_ALLOCATOR=$choice: no lib$choice found (jemalloc: apt install" \
+      "libjemalloc2; mimalloc: ./launch.sh setup installs the cmeel-mimalloc wheel); using glibc's malloc" >&2
+    return 0
+  fi
   case ":${LD_PRELOAD:-}:" in *":$lib:"*) ;; *) export LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" ;; esac
-  # keep freed pages (no decay): a step reuses them at once
-  export MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"
+  # keep freed pages (no decay / no purge): a step reuses them at once
+  if [[ "$kind" == jemalloc ]]; then
+    export MALLOC_CONF="${MALLOC_CONF:-dirty_decay_ms:-1,muzzy_decay_ms:-1}"
+  else
+    export MIMALLOC_PURGE_DELAY="${MIMALLOC_PURGE_DELAY:--1}"
+  fi
 }
 
 default_data_dir() {
