@@ -32,12 +32,13 @@ Usage: ./launch.sh COMMAND [ARGS...]
   eval WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|wikitext2|tinyshakespeare [--split=val|test] [--stride=S]
        [--batch_size=B] [--out=FILE]      loss, perplexity and bits per byte over a whole split by sliding windows
                                           of the model's context (each token scored once; JSON beside the model)
-  bench [train|word2vec|nanogpt|ab|demo|bert_hf|prepare] [ARGS...]
+  bench [train|word2vec|nanogpt|ab|demo|bert_hf|prepare|allocator] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
                                           of the train step timed in alternating rounds in one process; demo:
                                           the README demo vs nanoGPT's whole CPU run, start to finish (--rounds=N);
-                                          bert_hf: BERT beside Hugging Face's BertForMaskedLM on the same batches
+                                          bert_hf: BERT beside Hugging Face's BertForMaskedLM on the same batches;
+                                          allocator: the train step under glibc / mimalloc / jemalloc
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
                                           look inside a model: attention, heads, qk, mlp, logit_lens,
