@@ -45,12 +45,10 @@ from tfjax.models.gpt import GPT, flops_per_token, num_params
 
 DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
 
-# config.model keys that describe the parameters (taken from init_from); the others (dtype, dropout, attention
-# implementation, remat, ...) stay the experiment's
-ARCHITECTURE_KEYS = ("num_layers", "num_heads", "num_kv_heads", "emb_dim", "mlp_dim", "head_dim", "max_len",
-                     "positional", "rope_base", "embed_scale", "norm", "norm_eps", "use_bias", "pre_ln", "activation",
-                     "tie_embeddings", "scan_layers")
-_ZERO_IS_NONE = ("num_kv_heads", "mlp_dim", "head_dim")
+# config.model keys that stay the experiment's with init_from (how to compute, not what): every other field of the
+# TransformerConfig (the architecture: layers, widths, positions, norms, activation, ...) is taken from init_from
+RUNTIME_KEYS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "attention_block_size", "dtype",
+                "param_dtype", "precision", "remat")
 
 
 class InitFromError(ValueError):
@@ -192,14 +190,13 @@ class LMTask:
       self.tokenizer.save(tok_path)
 
   def _imported_model_config(self):
-    """The imported architecture written into ``config.model``, then the TransformerConfig from it (runtime keys
-    stay the experiment's; fields that ``config.model`` lacks come from the imported config)."""
+    """The imported architecture written into ``config.model``, then the TransformerConfig from it (the
+    :data:`RUNTIME_KEYS` stay the experiment's; fields that ``config.model`` lacks come from the imported config)."""
     src = self.imported.model_cfg
     model = self.config.model
-    for key in ARCHITECTURE_KEYS:
-      if key in model:
-        value = getattr(src, key)
-        model[key] = 0 if key in _ZERO_IS_NONE and value is None else value
+    for f in dataclasses.fields(src):
+      if f.name in model and f.name not in RUNTIME_KEYS:
+        model[f.name] = getattr(src, f.name)
     cfg = config_lib.transformer_config(model, src.vocab_size)
     rest = {f.name: getattr(src, f.name) for f in dataclasses.fields(src) if f.name not in model}
     return dataclasses.replace(cfg, **rest)
