@@ -146,7 +146,8 @@ def _bert_config(c: dict, overrides: dict) -> tuple[TransformerConfig, int]:
             norm="layernorm", norm_eps=_get(c, "layer_norm_eps", 1e-12), use_bias=True, pre_ln=False,
             activation=_activation(c, "hidden_act", "gelu"),
             tie_embeddings=bool(_get(c, "tie_word_embeddings", True)),
-            scale_residual_init=False)  # BERT's init: every weight N(0, 0.02)
+            scale_residual_init=False,  # BERT's init: every weight N(0, 0.02)
+            attention_block_size=0)  # bidirectional: no causal query blocks
   kw.update(overrides)
   return TransformerConfig(**kw), int(_get(c, "type_vocab_size", 2))
 

@@ -139,8 +139,8 @@ def make_unembed(cfg: TransformerConfig, name: str | None = None) -> Unembed:
 class TransformerBlock(nn.Module):
   """One layer: self-attention, optional cross-attention, MLP; each a residual branch. ``[B, T, D] -> [B, T, D]``.
 
-  Args (call): ``x [B, T, D]``; ``mask [B|1, 1, T, S]`` for self-attention; ``positions [B, T]`` (for RoPE);
-  ``context [B, S', D]`` and ``cross_mask [B|1, 1, T, S']`` for cross-attention.
+  Args (call): ``x [B, T, D]``; ``mask [B|1, 1, T, S]`` for self-attention; ``positions [B, T]`` (for RoPE; None:
+  0..T-1); ``context [B, S', D]`` and ``cross_mask [B|1, 1, T, S']`` for cross-attention.
 
   Observation points (:func:`tfjax.layers.hooks.hook`), all ``[B, T, D]``: the residual stream ``resid_pre``,
   ``resid_mid`` (after self-attention), ``resid_mid_cross`` (after cross-attention) and ``resid_post``; and what each
@@ -153,6 +153,8 @@ class TransformerBlock(nn.Module):
   def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
                decode: bool = False):
     cfg = self.cfg
+    if positions is None and cfg.positional == "rope" and not decode:  # RoPE reads positions: a whole sequence's
+      positions = jnp.arange(x.shape[1])[None, :]  # [1, T] (a cached decode step must say where it is)
     # Residual output projections scaled by 1/sqrt(2 * layers), as in GPT-2 (not in BERT: scale_residual_init=False).
     out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5 if cfg.scale_residual_init else 0.02
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
@@ -198,8 +200,6 @@ class TransformerStack(nn.Module):
   def __call__(self, x, mask=None, positions=None, context=None, cross_mask=None, deterministic: bool = True,
                decode: bool = False):
     cfg = self.cfg
-    if positions is None and cfg.positional == "rope" and not decode:  # RoPE reads positions: a whole sequence's
-      positions = jnp.arange(x.shape[1])[None, :]  # [1, T] (a cached decode step must say where it is)
     block_cls = TransformerBlock
     if cfg.remat != "none":
       policy = _REMAT_POLICIES[cfg.remat]

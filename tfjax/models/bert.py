@@ -127,7 +127,8 @@ def bert_config(**overrides) -> TransformerConfig:
   ``vocab_size`` and any other field to override."""
   defaults = dict(num_layers=12, num_heads=12, emb_dim=768, mlp_dim=3072, max_len=512, dropout_rate=0.1,
                   attention_dropout_rate=0.1, positional="learned", norm="layernorm", norm_eps=1e-12,
-                  use_bias=True, pre_ln=False, activation="gelu", tie_embeddings=True, scale_residual_init=False)
+                  use_bias=True, pre_ln=False, activation="gelu", tie_embeddings=True, scale_residual_init=False,
+                  attention_block_size=0)  # bidirectional: no causal query blocks
   defaults.update(overrides)
   return TransformerConfig(**defaults)
 
