@@ -26,9 +26,11 @@ without ``encoder_attn``): ``self_attn.{q,k,v}_proj`` -> ``attn/qkv`` (``[D, 3D]
 ``final_layer_norm`` -> ``ln_mlp``. ``model.shared`` -> ``embed``, ``final_logits_bias`` -> ``logits_bias``,
 ``lm_head`` (untied only) -> ``unembed``.
 
-Generation (:func:`translate_texts`) starts the decoder from ``decoder_start_token_id`` and stops at
-``eos_token_id`` (:func:`generation_ids`); single-token ``bad_words_ids`` of ``generation_config.json`` (opus-mt bans
-``<pad>``) are never generated.
+Generation (:func:`translate_texts` on text, :func:`translate_ids` on ids) starts the decoder from
+``decoder_start_token_id`` and stops at ``eos_token_id`` (:func:`generation_ids`); single-token ``bad_words_ids`` of
+``generation_config.json`` (opus-mt bans ``<pad>``) are never generated. Greedy decoding gives transformers'
+``generate(num_beams=1)`` tokens; beam search ranks with GNMT's length penalty, and BART's ``forced_bos_token_id``
+is not applied.
 """
 
 from __future__ import annotations
