@@ -310,3 +310,17 @@ def test_gzipped_jsonl_with_another_text_field(tmp_path):
   val, _ = _docs(tmp_path / "out", "val")
   assert train + val == docs and 10 <= len(val) <= 30
   assert meta["prepare"]["sources"][0]["compressed"] and meta["prepare"]["sources"][0]["kind"] == "jsonl"
+
+
+@pytest.mark.slow
+def test_two_processes_on_shards_give_the_losses_of_one(tmp_path):
+  """jax.distributed with 2 processes, each assembling only its block of rows from the memory-mapped shards."""
+  from test_multihost import _curves, _run
+  out = _char_shards(tmp_path, SHAKESPEARE.read_text()[:100000], shard_tokens=7000)
+  _run(1, 1, tmp_path / "one", **{"data.dataset": f"shards:{out}"})
+  log = _run(2, 1, tmp_path / "two", **{"data.dataset": f"shards:{out}"})
+  assert "2 process(es), 2 device(s)" in log
+  (loss_1, eval_1), (loss_2, eval_2) = _curves(tmp_path / "one"), _curves(tmp_path / "two")
+  assert sorted(loss_1) == sorted(loss_2) == [1, 2, 3, 4, 5, 6] and sorted(eval_1) == sorted(eval_2)
+  np.testing.assert_allclose([loss_2[s] for s in range(1, 7)], [loss_1[s] for s in range(1, 7)], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose([eval_2[s] for s in eval_1], [eval_1[s] for s in eval_1], rtol=1e-5, atol=1e-5)
