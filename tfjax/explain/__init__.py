@@ -5,18 +5,34 @@
 - :mod:`tfjax.explain.interventions`: :func:`ablate_heads`, :func:`ablate_neurons`, :func:`patch`,
   :func:`run_with_interventions`, :func:`token_loss`, :func:`logit_difference`.
 - :mod:`tfjax.explain.lens`: :func:`logit_lens` ``[L+1, B, T, V]``, :func:`lens_kl`, :func:`unembed_residual`.
+
+The names are imported on first use (``import tfjax.explain`` imports no JAX).
 """
 
-from tfjax.explain.capture import (ActivationCache, StackLayout, describe_names, model_stacks, name_filter,
-                                   resolve_stack, run_with_cache, split_path)
-from tfjax.explain.interventions import (ablate_heads, ablate_neurons, combine_interventions, intervention,
-                                         interventions_from_paths, logit_difference, patch, run_with_interventions,
-                                         token_loss)
-from tfjax.explain.lens import lens_kl, logit_lens, unembed_residual
+from tfjax._lazy import lazy_exports
 
-__all__ = [
-    "ActivationCache", "StackLayout", "ablate_heads", "ablate_neurons", "combine_interventions", "describe_names",
-    "intervention", "interventions_from_paths", "lens_kl", "logit_difference", "logit_lens", "model_stacks",
-    "name_filter", "patch", "resolve_stack", "run_with_cache", "run_with_interventions", "split_path", "token_loss",
-    "unembed_residual",
-]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
+    "capture": "tfjax.explain.capture",
+    "interventions": "tfjax.explain.interventions",
+    "lens": "tfjax.explain.lens",
+    "ActivationCache": "tfjax.explain.capture:ActivationCache",
+    "StackLayout": "tfjax.explain.capture:StackLayout",
+    "describe_names": "tfjax.explain.capture:describe_names",
+    "model_stacks": "tfjax.explain.capture:model_stacks",
+    "name_filter": "tfjax.explain.capture:name_filter",
+    "resolve_stack": "tfjax.explain.capture:resolve_stack",
+    "run_with_cache": "tfjax.explain.capture:run_with_cache",
+    "split_path": "tfjax.explain.capture:split_path",
+    "ablate_heads": "tfjax.explain.interventions:ablate_heads",
+    "ablate_neurons": "tfjax.explain.interventions:ablate_neurons",
+    "combine_interventions": "tfjax.explain.interventions:combine_interventions",
+    "intervention": "tfjax.explain.interventions:intervention",
+    "interventions_from_paths": "tfjax.explain.interventions:interventions_from_paths",
+    "logit_difference": "tfjax.explain.interventions:logit_difference",
+    "patch": "tfjax.explain.interventions:patch",
+    "run_with_interventions": "tfjax.explain.interventions:run_with_interventions",
+    "token_loss": "tfjax.explain.interventions:token_loss",
+    "lens_kl": "tfjax.explain.lens:lens_kl",
+    "logit_lens": "tfjax.explain.lens:logit_lens",
+    "unembed_residual": "tfjax.explain.lens:unembed_residual",
+})

@@ -39,9 +39,10 @@ NAME = "cbow_to_attention"
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The experiment's config: ``experiments/configs/cbow_to_attention.py`` (the repository root on ``sys.path``)."""
-  from experiments.configs import cbow_to_attention  # pylint: disable=import-outside-toplevel
-  return cbow_to_attention.get_config()
+  """The experiment's config (:mod:`tfjax.explain.cbow_to_attention_config`, also
+  ``experiments/configs/cbow_to_attention.py``)."""
+  from tfjax.explain import cbow_to_attention_config  # pylint: disable=import-outside-toplevel
+  return cbow_to_attention_config.get_config()
 
 
 def apply_config_overrides(config: ml_collections.ConfigDict,
