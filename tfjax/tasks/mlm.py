@@ -314,52 +314,41 @@ class MLMTask:
     return out
 
 
-def load_for_inference(path: str, step: int | None = None) -> tuple[BERT, Any, wordpiece.Tokenizer]:
+def load_for_inference(path: str, step: int | None = None, best: bool = False
+                       ) -> tuple[BERT, Any, wordpiece.Tokenizer]:
   """``(model, params, tokenizer)`` from a training workdir or a Hugging Face BERT directory.
 
   ``path`` is either a Hugging Face ``BertForMaskedLM`` directory (``config.json`` + ``model.safetensors`` + a
   tokenizer), or a workdir of ``experiments/train.py`` with an MLM config: its ``config.json``, ``tokenizer.json`` and
-  the checkpoint at ``step`` (default: the latest), or, without checkpoints, its ``hf/`` export.
+  the checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, with ``train.keep_best``),
+  read by :mod:`tfjax.train.restore`, or, without checkpoints, its ``hf/`` export.
   """
-  import json
   from tfjax import hf
+  from tfjax.train import restore
   if hf.is_hf_dir(path):
     model, params = hf.load(path)
     if not isinstance(model, BERT):
       raise ValueError(f"{path} holds a {type(model).__name__}, not a BERT")
     return model, params, hf.load_tokenizer(path)
-  config_path, tok_path = os.path.join(path, "config.json"), os.path.join(path, "tokenizer.json")
-  ckpt_dir = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit() and os.path.exists(
-      os.path.join(ckpt_dir, d, "_CHECKPOINT_METADATA"))) if os.path.isdir(ckpt_dir) else []
-  if not steps:
+  steps = restore.checkpoint_steps(path)
+  if not steps and not best:
     if hf.is_hf_dir(os.path.join(path, "hf")):
       return load_for_inference(os.path.join(path, "hf"))
     raise FileNotFoundError(f"{path} is neither a Hugging Face BERT directory nor a training workdir with "
                             "checkpoints/ (or an hf/ export)")
-  for f in (config_path, tok_path):
+  if step is not None and step not in steps:
+    raise FileNotFoundError(f"no complete checkpoint at step {step} in {os.path.join(path, 'checkpoints')}; "
+                            f"have {steps}")
+  tok_path = os.path.join(path, "tokenizer.json")
+  for f in (os.path.join(path, "config.json"), tok_path):
     if not os.path.isfile(f):
       raise FileNotFoundError(f"workdir {path} has checkpoints but no {os.path.basename(f)}")
-  import ml_collections
-  import orbax.checkpoint as ocp
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = restore.load_config(path)
   if config.get("task") != "mlm":
     raise ValueError(f"{path} was trained with task={config.get('task')!r}, not 'mlm'")
   tokenizer = wordpiece.Tokenizer.from_file(tok_path)
-  model = build_model(config, tokenizer.vocab_size)
-  if step is None:
-    step = steps[-1]
-  elif step not in steps:
-    raise FileNotFoundError(f"no complete checkpoint at step {step} in {ckpt_dir}; have {steps}")
-  state_dir = os.path.join(ckpt_dir, str(step), "state")
-  ckptr = ocp.StandardCheckpointer()
-  tree = ckptr.metadata(state_dir)
-  tree = getattr(getattr(tree, "item_metadata", tree), "tree", tree)
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # restore onto one device whatever wrote it
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
-  params = ckptr.restore(state_dir, abstract)["params"]  # (the optimizer state is read too, then dropped)
-  return model, params, tokenizer
+  params, _ = restore.load_params(path, step, best=best)
+  return build_model(config, tokenizer.vocab_size), params, tokenizer
 
 
 def fill_mask(model: BERT, params, tokenizer: wordpiece.Tokenizer, text: str, top_k: int = 5

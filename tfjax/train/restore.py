@@ -1,4 +1,5 @@
-"""Loading trained parameters from a workdir for inference (no optimizer, no data needed)."""
+"""Loading trained parameters from a workdir for inference (no optimizer, no data needed): the one loader behind
+``./launch.sh sample / translate / fill-mask / explain`` and each task's ``load_for_inference``."""
 
 from __future__ import annotations
 
@@ -13,11 +14,24 @@ from tfjax.train.checkpoint import CheckpointError, complete_steps, make_best_ma
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The ``config.json`` a training run wrote in ``workdir``."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise CheckpointError(f"{workdir} is not a tfjax workdir: it has no config.json")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of the complete checkpoints in ``WORKDIR/checkpoints``, oldest first (empty when there is none);
+  opened read-only."""
+  if not os.path.isdir(os.path.join(os.path.abspath(workdir), "checkpoints")):
+    return []
+  manager = make_manager(workdir, max_to_keep=1000, async_save=False, read_only=True)
+  try:
+    return complete_steps(manager)
+  finally:
+    manager.close()
 
 
 def load_params(workdir: str, step: int | None = None, best: bool = False):
