@@ -324,3 +324,20 @@ def test_two_processes_on_shards_give_the_losses_of_one(tmp_path):
   assert sorted(loss_1) == sorted(loss_2) == [1, 2, 3, 4, 5, 6] and sorted(eval_1) == sorted(eval_2)
   np.testing.assert_allclose([loss_2[s] for s in range(1, 7)], [loss_1[s] for s in range(1, 7)], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose([eval_2[s] for s in eval_1], [eval_1[s] for s in eval_1], rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_batches_come_in_the_training_micro_batches(tmp_path):
+  """With grad_accum_steps=4 an evaluation reads the same windows as with 1, in 4 micro-batches of batch_size / 4
+  rows (an evaluation then needs no more memory than a training micro-step); processes split each one."""
+  out = _char_shards(tmp_path, SHAKESPEARE.read_text()[:50000], shard_tokens=4096)
+  whole = list(LMTask(tiny_lm_config(**{"data.dataset": str(out), "train.eval_steps": 3}), None).eval_batches())
+  config = tiny_lm_config(**{"data.dataset": str(out), "train.eval_steps": 3, "train.grad_accum_steps": 4})
+  task = LMTask(config, None)
+  micro = list(task.eval_batches())
+  assert len(whole) == 3 and len(micro) == 12 and micro[0]["inputs"].shape == (2, 16)
+  np.testing.assert_array_equal(np.concatenate([b["inputs"] for b in micro]),
+                                np.concatenate([b["inputs"] for b in whole]))
+  halves = [list(task.eval_batches(shard=k, num_shards=2)) for k in range(2)]
+  for j in range(12):
+    np.testing.assert_array_equal(np.concatenate([halves[0][j]["targets"], halves[1][j]["targets"]]),
+                                  micro[j]["targets"])

@@ -252,8 +252,20 @@ class LMTask:
     return self._windows(self.train_data, self._offsets(self.train_data, [self.seed, step], shard, num_shards))
 
   def eval_batches(self, shard=0, num_shards=1):
+    """``train.eval_steps`` batches of ``batch_size`` validation windows, each yielded as the ``grad_accum_steps``
+    micro-batches the training step runs (when they split evenly over the processes), so an evaluation needs no
+    more memory than a training micro-step (GPT-2 124M's 512-row batch as one: 107 GB of logits)."""
+    accum = self.config.train.get("grad_accum_steps", 1) or 1
+    micro = self.batch_size // accum
+    parts = accum if accum > 1 and self.batch_size % accum == 0 and micro % num_shards == 0 else 1
     for i in range(self.config.train.eval_steps):
-      yield self._windows(self.val_data, self._offsets(self.val_data, [self.seed, 2**31 - 1, i], shard, num_shards))
+      offsets = self._offsets(self.val_data, [self.seed, 2**31 - 1, i], 0, 1)  # the global batch
+      for j in range(parts):  # the same windows as one batch of batch_size rows, in micro-batches
+        rows = offsets[j * (self.batch_size // parts):(j + 1) * (self.batch_size // parts)]
+        per = len(rows) // num_shards
+        if len(rows) % num_shards:
+          raise ValueError(f"batch_size={self.batch_size} does not divide into {num_shards} processes")
+        yield self._windows(self.val_data, rows[shard * per:(shard + 1) * per])
 
   def flops_per_token(self, params) -> float:
     return flops_per_token(self.model_cfg, num_params(params), self.seq_len)
