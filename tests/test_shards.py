@@ -91,9 +91,15 @@ def test_prepare_round_trips_and_validation_is_the_disjoint_tail_of_each_source(
 
 
 def test_piecewise_encoding_equals_encoding_the_whole_text(tmp_path):
-  """Pieces cut at line boundaries tokenise to the same ids as the whole document (GPT-2's byte-level BPE)."""
-  text = SHAKESPEARE.read_text()[:60000] + (ROOT.parent / "shared/data/wikitext2/valid.txt").read_text()[:60000]
-  (tmp_path / "t.txt").write_text(text)
+  """Pieces cut where prepare cuts tokenise to the same ids as the whole document (GPT-2's byte-level BPE): lines
+  that start with spaces (WikiText), end with spaces (the Lee corpus), blank lines, CRLF, and a 200 KB line."""
+  data = ROOT.parent / "shared" / "data"
+  one_line = " ".join(["lorem", "ipsum,", "dolor's", "sit", "amet.", "123", "über", "  x", "\u00a0y"] * 4000)
+  text = (SHAKESPEARE.read_text()[:30000] + (data / "wikitext2/valid.txt").read_text()[:30000] +
+          (data / "lee/lee_background.cor").read_text()[:30000] + "a  \r\nb\n\n\nc \t\n \n d\n  e\n" * 300 + one_line)
+  (tmp_path / "t.txt").write_text(text, newline="")
+  pieces = list(prep.read_pieces(prep.describe_source(str(tmp_path / "t.txt")), 0.0, piece_bytes=300))
+  assert len(pieces) > 500 and max(len(p.text) for p in pieces) <= 600 and "".join(p.text for p in pieces) == text
   prep.prepare([str(tmp_path / "t.txt")], str(GPT2_FIXTURE), tmp_path / "out", val_fraction=0.0, piece_bytes=300,
                log=lambda m: None)
   _, ids = _docs(tmp_path / "out", "train")

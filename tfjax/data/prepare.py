@@ -12,16 +12,17 @@ of V tokens trained on the training split with Hugging Face ``tokenizers``, from
 Hugging Face tokenizer (``tokenizer.json`` or GPT-2's ``vocab.json`` + ``merges.txt``), e.g. GPT-2's own.
 
 Validation split: the last ``val_fraction`` of every source, by bytes, cut at a document boundary (JSONL: the
-records that start past the mark) or, inside a text file, at the first line boundary past the mark where a piece may
-be cut (below); the two parts of a text file are two documents. Train and validation are thus disjoint byte ranges
+records that start past the mark) or, inside a text file, at the first place past the mark where a piece may be cut
+(below); the two parts of a text file are two documents. Train and validation are thus disjoint byte ranges
 of each source and never overlap, and every source is represented in both (the validation text is the end of each
 source, as the usual 90/10 split of Tiny Shakespeare).
 
-Memory is bounded by construction: text is read line by line into pieces of about ``piece_bytes`` (cut only before a
-line that starts with a non-space character or one space and a non-space, where GPT-2's byte-level pre-tokeniser
-never joins across the cut, so a piece-wise encoding equals the whole document's; a tokenizer that marks the start
-of its input, e.g. SentencePiece's ``▁`` prefix, would differ at each cut), batches of pieces go through a queue of
-a few batches, and ids are appended to shard files as they come. Encoding uses all cores (``tokenizers``'
+Memory is bounded by construction: text is read in 1 MB blocks and cut into pieces of about ``piece_bytes``
+characters, only where GPT-2's byte-level pre-tokeniser never joins across the cut (after a newline, or before a
+space between two words: :func:`_can_cut`), so a piece-wise encoding equals the whole document's (a tokenizer that
+marks the start of its input, e.g. SentencePiece's ``▁`` prefix, would differ at each cut; a text without whitespace
+for 64 pieces is cut anyway); batches of pieces go through a queue of a few batches, and ids are appended to shard
+files as they come. A JSONL record is held whole while it is parsed. Encoding uses all cores (``tokenizers``'
 ``encode_batch_fast`` runs in Rust threads while a reader thread decodes the next batch; ``char`` is a vectorised
 table lookup).
 
@@ -32,6 +33,7 @@ forced rerun writes the same bytes. Work happens in ``OUT/.partial``; ``meta.jso
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import glob
 import gzip
@@ -40,6 +42,7 @@ import json
 import os
 import pathlib
 import queue
+import re
 import shutil
 import sys
 import threading
@@ -111,32 +114,119 @@ def describe_source(path: str) -> Source:
   return Source(path, kind, compressed, size)
 
 
-def _split_text(text: str, piece_bytes: int) -> Iterator[str]:
-  """``text`` in pieces of about ``piece_bytes`` characters, cut only before a line that :func:`_safe_line` allows."""
-  start, n = 0, len(text)
-  while n - start > piece_bytes:
-    cut = start + piece_bytes
-    while True:
-      cut = text.find("\n", cut)
-      if cut < 0 or cut + 1 >= n:
-        cut = n
-        break
-      if _safe_line(text[cut + 1:cut + 3]):
-        cut += 1
-        break
-      cut += 1
+_WORD_CUT = re.compile(r"(?<=\S) (?=\S)")  # before a space between two non-spaces: "word| next"
+
+
+def _can_cut(before: str, after: str) -> bool:
+  """Whether text may be cut between ``before`` (its end) and ``after`` (its start) without changing its tokens.
+
+  GPT-2's pre-tokeniser (``'s|'t|...| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+``) splits off
+  whitespace runs: at the end of a piece a run is one token, in the whole text its last character joins what follows
+  when that is a non-space. A cut is therefore safe (1) after a newline when the next line starts with one space and a
+  non-space (the space starts the next word's token either way), or with a non-space and the run before the cut is
+  that newline alone, or (2) before a space that sits between two non-spaces (``word| next``: a token ends there and
+  the next one starts with the space, in the whole text and in the pieces).
+  """
+  if not before or not after:
+    return False
+  if before[-1] == "\n":
+    if after[0] == " ":
+      return len(after) > 1 and not after[1].isspace()
+    return not after[0].isspace() and (len(before) < 2 or not before[-2].isspace())
+  return after[0] == " " and not before[-1].isspace() and len(after) > 1 and not after[1].isspace()
+
+
+def _find_cut(text: str, start: int, window: int) -> int | None:
+  """The first safe cut (:func:`_can_cut`) after a newline in ``text[start : start + window]``, else the first before
+  a space between words at or after ``start``; None when there is none (the text has no whitespace there). A cut
+  leaves at least 2 characters after it."""
+  end = min(start + window, len(text) - 2)
+  i = start - 2  # a newline at start - 1 makes a cut at start
+  while True:
+    i = text.find("\n", i + 1, end)
+    if i < 0:
+      break
+    if _can_cut(text[max(i - 7, 0):i + 1], text[i + 1:i + 3]):
+      return i + 1
+  m = _WORD_CUT.search(text, start, len(text) - 1)
+  return m.start() if m else None
+
+
+def _split_text(text: str, piece_bytes: int, force_after: int | None = None) -> Iterator[str]:
+  """``text`` in pieces of about ``piece_bytes`` characters at safe cuts (:func:`_find_cut`); a text with no safe cut
+  in ``force_after`` characters (default ``64 * piece_bytes``) is cut there anyway (its tokens may then differ at
+  the cut)."""
+  force_after = force_after or 64 * piece_bytes
+  start = 0
+  while len(text) - start > 2 * piece_bytes:
+    cut = _find_cut(text, start + piece_bytes, piece_bytes)
+    if cut is None or cut - start > force_after:
+      cut = start + force_after if len(text) - start > force_after else len(text)
     yield text[start:cut]
     start = cut
-  if start < n:
+  if start < len(text):
     yield text[start:]
 
 
-def _safe_line(line: bytes | str) -> bool:
-  """A cut may go before this line: it starts with a non-space character, or one space and a non-space (GPT-2's
-  pre-tokeniser then ends a token at the newline before it, so encoding the pieces equals encoding the whole)."""
-  if not line or line[:1].isspace() and line[:1] not in (" ", b" "):
-    return False
-  return not line[:1].isspace() or (len(line) > 1 and not line[1:2].isspace())
+def _text_pieces(f, path: str, piece_bytes: int, decode_errors: str,
+                 progress: Callable[[int], None] | None) -> Iterator[str]:
+  """The text of a binary file in pieces of about ``piece_bytes`` characters at safe cuts, read in 1 MB blocks (a
+  file of one endless line included); the pieces concatenated are the file's text."""
+  decoder = codecs.getincrementaldecoder("utf-8")(errors=decode_errors)
+  buf, nread = "", 0
+  while True:
+    block = f.read(1 << 20)
+    try:
+      buf += decoder.decode(block, final=not block)
+    except UnicodeDecodeError as e:
+      raise PrepareError(f"{path}: not UTF-8 at byte {nread + e.start} ({e.reason}): convert the file to UTF-8, or "
+                         "pass --decode_errors=replace to read such bytes as U+FFFD") from None
+    nread += len(block)
+    if progress:
+      progress(len(block))
+    if not block:
+      yield from _split_text(buf, piece_bytes)
+      return
+    start = 0
+    while len(buf) - start > 2 * piece_bytes:
+      cut = _find_cut(buf, start + piece_bytes, piece_bytes)
+      if cut is None:
+        if len(buf) - start <= 64 * piece_bytes:
+          break  # read on: the next block may hold a cut
+        cut = start + 64 * piece_bytes
+      yield buf[start:cut]
+      start = cut
+    buf = buf[start:]
+
+
+def _with_last(pieces: Iterator[Piece]) -> Iterator[Piece]:
+  """``pieces`` with the final one marked as the end of its document."""
+  prev = None
+  for p in pieces:
+    if prev is not None:
+      yield prev
+    prev = p
+  if prev is not None:
+    prev.last = True
+    yield prev
+
+
+def _split_at_mark(pieces: Iterator[str], mark: int, piece_bytes: int) -> Iterator[Piece]:
+  """Text pieces as training pieces up to the first safe cut at or after byte ``mark``, validation pieces after it;
+  the piece before the switch ends its (training) document."""
+  split, pos = "train", 0
+  for text in pieces:
+    nbytes = len(text.encode("utf-8"))
+    if split == "train" and pos + nbytes >= mark:
+      cut = _find_cut(text, max(mark - pos, 1), len(text))  # chars >= bytes past pos: at or after the mark
+      head, text = (text[:cut], text[cut:]) if cut is not None else (text, "")
+      head_bytes = len(head.encode("utf-8"))
+      yield Piece("train", head, head_bytes, last=True)
+      pos, nbytes, split = pos + head_bytes, nbytes - head_bytes, "val"
+      if not text:
+        continue
+    yield Piece(split, text, nbytes, last=False)
+    pos += nbytes
 
 
 def read_pieces(src: Source, val_fraction: float, text_field: str = "text",
@@ -149,31 +239,8 @@ def read_pieces(src: Source, val_fraction: float, text_field: str = "text",
   pos = 0
   with _open_binary(src.path, src.compressed) as f:
     if src.kind == "text":
-      split, buf, nbuf = "train", [], 0
-
-      def flush(last: bool) -> Piece:
-        data = b"".join(buf)
-        try:
-          text = data.decode("utf-8", errors=decode_errors)
-        except UnicodeDecodeError as e:
-          raise PrepareError(f"{src.path}: not UTF-8 at byte {pos - len(data) + e.start} ({e.reason}): convert the "
-                             "file to UTF-8, or pass --decode_errors=replace to read such bytes as U+FFFD") from None
-        return Piece(split, text, len(data), last)
-
-      for line in f:
-        if buf and _safe_line(line) and (pos >= mark and split == "train"):
-          yield flush(last=True)
-          split, buf, nbuf = "val", [], 0
-        elif nbuf >= piece_bytes and _safe_line(line):
-          yield flush(last=False)
-          buf, nbuf = [], 0
-        buf.append(line)
-        nbuf += len(line)
-        pos += len(line)
-        if progress:
-          progress(len(line))
-      if buf:
-        yield flush(last=True)
+      yield from _with_last(_split_at_mark(_text_pieces(f, src.path, piece_bytes, decode_errors, progress), mark,
+                                           piece_bytes))
     else:
       for lineno, line in enumerate(f, 1):
         start = pos
@@ -348,7 +415,7 @@ def fingerprint(paths: list[str], tokenizer_spec: str, val_fraction: float, shar
   """What the output is a function of: the source files (path, size, mtime), the tokenizer and the options."""
   inputs = {"version": shards.VERSION, "tokenizer": _tokenizer_fingerprint(tokenizer_spec),
             "val_fraction": val_fraction, "shard_tokens": shard_tokens, "text_field": text_field,
-            "decode_errors": decode_errors, "piece_bytes": piece_bytes,
+            "decode_errors": decode_errors, "piece_bytes": piece_bytes, "cut_rule": 3,
             "sources": [(p, os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]}
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
