@@ -211,7 +211,7 @@ def _with_last(pieces: Iterator[Piece]) -> Iterator[Piece]:
     yield prev
 
 
-def _split_at_mark(pieces: Iterator[str], mark: int, piece_bytes: int) -> Iterator[Piece]:
+def _split_at_mark(pieces: Iterator[str], mark: int) -> Iterator[Piece]:
   """Text pieces as training pieces up to the first safe cut at or after byte ``mark``, validation pieces after it;
   the piece before the switch ends its (training) document."""
   split, pos = "train", 0
@@ -239,8 +239,7 @@ def read_pieces(src: Source, val_fraction: float, text_field: str = "text",
   pos = 0
   with _open_binary(src.path, src.compressed) as f:
     if src.kind == "text":
-      yield from _with_last(_split_at_mark(_text_pieces(f, src.path, piece_bytes, decode_errors, progress), mark,
-                                           piece_bytes))
+      yield from _with_last(_split_at_mark(_text_pieces(f, src.path, piece_bytes, decode_errors, progress), mark))
     else:
       for lineno, line in enumerate(f, 1):
         start = pos
