@@ -42,7 +42,10 @@ def browser():
   if exe is None:
     pytest.skip("no chromium browser found (apt-get install chromium; .ci/run installs it when root)")
   with sync_playwright() as p:
-    b = p.chromium.launch(executable_path=exe, args=BROWSER_FLAGS)
+    # chromium aborts at launch (SIGTRAP) under a preloaded mimalloc, launch.sh's allocator on machines without
+    # jemalloc: it runs with its own malloc
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    b = p.chromium.launch(executable_path=exe, args=BROWSER_FLAGS, env=env)
     yield b
     b.close()
 
