@@ -110,6 +110,9 @@ def load_data(data: str, split: str, tokenizer, *, val_fraction: float = 0.1, pr
   except shards.ShardError as e:
     raise EvalError(str(e)) from None
   if shards_path is not None:
+    if prepend_eos:
+      raise EvalError("--prepend_eos applies to text inputs: in shards, documents are already separated by "
+                      "end-of-text tokens")
     return load_shards(shards_path, split, tokenizer)
   if os.path.isdir(data):
     raise EvalError(f"--data={data} is a directory without meta.json: not a finished shards directory (make one with "
@@ -149,6 +152,7 @@ def load_shards(directory, split: str, tokenizer):
   from tfjax.data import shards
   from tfjax.data.tokenizers import load_tokenizer
   from tfjax.tasks import lm_eval
+  from tfjax.tasks.lm import same_tokenizer
   try:
     tokens = shards.TokenShards(directory, split)
   except shards.ShardError as e:
@@ -163,18 +167,6 @@ def load_shards(directory, split: str, tokenizer):
     raise EvalError(f"{directory} split '{split}' has {len(tokens)} token(s): scoring needs at least 2")
   num_bytes = lm_eval.count_bytes(tokenizer, tokens) - lm_eval.count_bytes(tokenizer, tokens.read(0, 1))
   return tokens, num_bytes, f"{directory} {split} ({len(tokens):,} tokens in {tokens.num_shards} shards)"
-
-
-def same_tokenizer(a, b) -> bool:
-  """Whether two tokenizers map text to the same ids (the same alphabet, or the same vocabulary and merges)."""
-  if hasattr(a, "chars") or hasattr(b, "chars"):
-    return getattr(a, "chars", None) == getattr(b, "chars", None) and a.vocab_size == b.vocab_size
-  return a.tokenizer.to_str() == b.tokenizer.to_str() or (
-      a.tokenizer.get_vocab(with_added_tokens=True) == b.tokenizer.get_vocab(with_added_tokens=True)
-      and a.encode(_PROBE, add_special_tokens=False) == b.encode(_PROBE, add_special_tokens=False))
-
-
-_PROBE = "The quick brown fox, 1,234 naïve cafés — \"jumps\" over\n\nthe lazy dog's back. <|endoftext|>"
 
 
 def slug(data: str, split: str) -> str:
@@ -222,8 +214,12 @@ def main(argv):
       last[0] = time.perf_counter()
       print(f"#   {done:,}/{k_total:,} windows", file=sys.stderr)
 
-  result = lm_eval.evaluate(model, params, tokens, stride=stride, batch_size=FLAGS.batch_size, context=context,
-                            num_bytes=num_bytes, progress=progress)
+  try:
+    result = lm_eval.evaluate(model, params, tokens, stride=stride, batch_size=FLAGS.batch_size, context=context,
+                              num_bytes=num_bytes, progress=progress)
+  except ValueError as e:  # e.g. token ids outside the model's vocabulary
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   bpb = result.bits_per_byte
   print(format_table([
       ("model", f"{path} ({info['kind']}{'' if info['step'] is None else ', step ' + str(info['step'])})"),

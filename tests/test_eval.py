@@ -167,7 +167,7 @@ def bpe_shards_and_model(tmp_path_factory):
   src = tmp / "corpus.txt"
   src.write_text(("Zürich's naïve cafés open at 7 — or so they say.\nThe fox jumps over the lazy dog.\n" * 30)
                  + "".join(f"line {i}: the dog's {i * 7} bones.\n" for i in range(40)))
-  prepare.prepare([str(src)], "bpe:300", tmp / "shards", val_fraction=0.05, shard_tokens=60, log=lambda m: None)
+  prepare.prepare([str(src)], "bpe:300", tmp / "shards", val_fraction=0.1, shard_tokens=60, log=lambda m: None)
   model = GPT(gpt_config(vocab_size=300, num_layers=1, num_heads=2, emb_dim=16, max_len=16, positional="learned",
                          use_bias=True))
   params = model.init(jax.random.key(1), jnp.zeros((1, 16), jnp.int32))["params"]
@@ -261,8 +261,23 @@ def test_cli_errors(bpe_shards_and_model, tmp_path):
     eval_cli.load_data(str(shards_dir), "val", tok)  # the fixture's own BPE is another vocabulary
   with pytest.raises(eval_cli.EvalError, match="no split 'test'"):
     eval_cli.load_data(str(shards_dir), "test", eval_cli.load_model(str(hf_dir))[2])
+  with pytest.raises(eval_cli.EvalError, match="applies to text inputs"):
+    eval_cli.load_data(str(shards_dir), "val", eval_cli.load_model(str(hf_dir))[2], prepend_eos=True)
   (tmp_path / "one.txt").write_text("a")
   with pytest.raises(eval_cli.EvalError, match="at least 2"):
     eval_cli.load_data(str(tmp_path / "one.txt"), "val", tok)
   proc = run_eval(hf_dir, f"--data={shards_dir}", "--stride=17")
   assert proc.returncode == 1 and "stride must be in [1, context=16]" in proc.stderr
+
+
+def test_prepend_eos_scores_every_token_of_the_text(tmp_path):
+  from experiments import eval as eval_cli
+  tok = eval_cli.load_model(str(HF_GPT2))[2]
+  text = "Zürich's cafés open at 7.\nThe fox jumps."
+  (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+  plain, plain_bytes, _ = eval_cli.load_data(str(tmp_path / "t.txt"), "val", tok)
+  tokens, num_bytes, _ = eval_cli.load_data(str(tmp_path / "t.txt"), "val", tok, prepend_eos=True)
+  assert tokens[0] == tok.eos_id and list(tokens[1:]) == list(plain) == tok.encode(text)
+  assert num_bytes == len(text.encode("utf-8")) > plain_bytes  # now the first token is scored too
+  with pytest.raises(eval_cli.EvalError, match="no end-of-text token"):
+    eval_cli.load_data(str(tmp_path / "t.txt"), "val", CharTokenizer.from_text(text), prepend_eos=True)
