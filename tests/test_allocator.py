@@ -3,6 +3,7 @@ function is cut out of launch.sh and run in bash, with this interpreter's enviro
 
 import os
 import pathlib
+import platform
 import subprocess
 import sys
 
@@ -10,7 +11,8 @@ import pytest
 
 from conftest import ROOT
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD allocators: Linux only")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"),
+                                reason="the cmeel-mimalloc wheel: Linux on x86_64 / aarch64")
 CLEAN = ("LD_PRELOAD", "MALLOC_CONF", "MIMALLOC_PURGE_DELAY", "TFJAX_ALLOCATOR", "TFJAX_JEMALLOC")
 
 
