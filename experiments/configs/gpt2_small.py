@@ -8,12 +8,9 @@ Optimisation: AdamW (b1 0.9, b2 0.95, eps 1e-8), lr 6e-4 warmed up over 2,000 st
 tokens = 524,288 tokens (~0.5M, nanoGPT's 491,520 = 12 x 1,024 x 40 micro-steps) as 16 micro-batches of 32
 (``train.grad_accum_steps``; on N devices each holds 32 / N rows of a micro-batch; a micro-batch's float32 logits
 are 6.6 GB). Compute in bfloat16 (``model.dtype``; parameters, optimizer state, logits and the loss stay float32),
-as nanoGPT's autocast.
-
-Evaluation during training is off (``train.eval_steps=0``): the LM task evaluates whole ``train.batch_size`` batches,
-whose logits (512 x 1,024 x 50,257 float32: 107 GB) fit no accelerator. Score checkpoints with ``./launch.sh eval``
-(8 windows a batch), or pass e.g. ``--config.train.eval_steps=2 --config.train.batch_size=...`` on a run whose batch
-allows it.
+as nanoGPT's autocast. Evaluation every 1,000 steps on 5 batches of 512 validation windows (2,560 sequences;
+nanoGPT: 200 x 12 = 2,400), run in the training step's micro-batches; the best parameters are kept
+(``./launch.sh eval runs/gpt2_small --best``).
 
 Data: token shards made with the GPT-2 tokenizer (a local Hugging Face ``gpt2`` directory), e.g. OpenWebText::
 
@@ -43,8 +40,7 @@ def get_config():
                  dropout_rate=0.0, attention_dropout_rate=0.0, dtype="bfloat16", param_dtype="float32")
   c.optimizer.update(name="adamw", lr=6e-4, min_lr=6e-5, schedule="cosine", warmup_steps=2000, decay_steps=600_000,
                      b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0)
-  # eval_steps=0: no evaluation during training (see the docstring); ./launch.sh eval scores the checkpoints
-  c.train.update(batch_size=512, grad_accum_steps=16, num_steps=600_000, eval_every=1000, eval_steps=0,
-                 checkpoint_every=1000, log_every=10, keep_best=False)
+  c.train.update(batch_size=512, grad_accum_steps=16, num_steps=600_000, eval_every=1000, eval_steps=5,
+                 checkpoint_every=1000, log_every=10, keep_best=True)
   c.sample.update(prompt="\n", num_tokens=200)
   return c
