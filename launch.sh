@@ -86,7 +86,7 @@ ensure_env() {
 fast_allocator() {
   # XLA:CPU allocates each step's temporary buffers afresh; glibc serves them with mmap and unmaps them again, so every
   # step page-faults its whole working set (6/6/384 on 2 cores: 1.3M faults and 3.4 s of kernel time a step).
-  # jemalloc and mimalloc keep freed pages for reuse (purging off): 7.8 -> 6.0 s a step (experiments/bench_allocator.py).
+  # jemalloc and mimalloc keep freed pages for reuse (purging off): 7.8 -> 6.0 s a step (experiments/bench/allocator.py).
   # TFJAX_ALLOCATOR: auto (default: the system's jemalloc when it has one — apt install libjemalloc2, or TFJAX_JEMALLOC
   # names it — else mimalloc from the cmeel-mimalloc wheel in the venv, a pip dependency) | jemalloc | mimalloc |
   # system (glibc's malloc). Preloading must happen before python starts, hence here.
@@ -194,7 +194,11 @@ case "$cmd" in
   bench)
     ensure_env; default_data_dir
     what="${1:-train}"; [[ $# -ge 1 ]] && shift
-    exec "$PY" "$ROOT/experiments/bench_$what.py" "$@"
+    if [[ ! -f "$ROOT/experiments/bench/$what.py" || "$what" == _* ]]; then
+      echo "[launch] unknown benchmark '$what'; available: $(cd "$ROOT/experiments/bench" && ls *.py | grep -v -e '^_' -e compare_nanogpt | sed 's/\.py$//' | tr '\n' ' ')" >&2
+      exit 2
+    fi
+    exec "$PY" "$ROOT/experiments/bench/$what.py" "$@"
     ;;
   explain)
     ensure_env; default_data_dir

@@ -15,7 +15,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("usage: plot.py WORKDIR... [--out=FILE]")
-  from tfjax.train.plots import plot_runs
+  from tfjax.runs.plots import plot_runs
   print(plot_runs(argv[1:], FLAGS.out, FLAGS.metric))
 
 

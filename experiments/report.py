@@ -18,10 +18,10 @@ def main(argv=None) -> int:
   if not os.path.isdir(args.sweepdir):
     print(f"report: {args.sweepdir} is not a directory", file=sys.stderr)
     return 2
-  from tfjax.train import sweep
+  from tfjax.runs import sweep
   try:
     if os.path.exists(os.path.join(args.sweepdir, "study.json")):
-      from tfjax.train import optuna_sweep
+      from tfjax.runs import optuna_sweep
       optuna_sweep.report(args.sweepdir, args.storage)
     else:
       if args.storage:

@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 
 
 def load(path):
-  """(model, params, encode, decode) from a tfjax workdir or a Hugging Face GPT-2 directory."""
+  """(model, params, tokenizer) from a tfjax workdir or a Hugging Face GPT-2 directory."""
   from tfjax import hf
   if hf.is_hf_dir(path):
     from tfjax.models.gpt import GPT
@@ -32,7 +32,7 @@ def load(path):
     if not isinstance(model, GPT):
       raise app.UsageError(f"{path} holds a {type(model).__name__}; sample generates from GPT-2 (decoder) models")
     tokenizer = hf.load_tokenizer(path)
-    return model, params, tokenizer.encode, tokenizer.decode
+    return model, params, tokenizer
   from tfjax import config as config_lib
   from tfjax.data.tokenizers import load_tokenizer
   from tfjax.models.gpt import GPT
@@ -44,28 +44,26 @@ def load(path):
   model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
   params, step = load_params(path, FLAGS.step, best=FLAGS.best)
   print(f"# {path}: {'best, ' if FLAGS.best else ''}step {step}", file=sys.stderr)
-  return model, params, tokenizer.encode, tokenizer.decode
+  return model, params, tokenizer
 
 
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: sample.py WORKDIR [--prompt=...]")
   import jax
-  import numpy as np
-  from tfjax.generate import generate
+  from tfjax.generate import generate_text
   from tfjax.train.checkpoint import CheckpointError
   try:
-    model, params, encode, decode = load(argv[1])
+    model, params, tokenizer = load(argv[1])
   except (FileNotFoundError, CheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  prompt = np.asarray(encode(FLAGS.prompt or "\n"), np.int32)[None, :]
-  prompt = np.repeat(prompt, FLAGS.num_samples, axis=0)
-  out = generate(model, params, prompt, FLAGS.num_tokens, jax.random.key(FLAGS.seed), temperature=FLAGS.temperature,
-                 top_k=FLAGS.top_k or None, top_p=FLAGS.top_p if FLAGS.top_p < 1.0 else None,
-                 use_cache=not FLAGS.no_cache)
-  for row in out:
-    print(decode(row))
+  texts = generate_text(model, params, tokenizer, FLAGS.prompt, FLAGS.num_tokens, jax.random.key(FLAGS.seed),
+                        temperature=FLAGS.temperature, top_k=FLAGS.top_k or None,
+                        top_p=FLAGS.top_p if FLAGS.top_p < 1.0 else None, num_samples=FLAGS.num_samples,
+                        use_cache=not FLAGS.no_cache)
+  for text in texts:
+    print(text)
     print("-" * 40)
 
 

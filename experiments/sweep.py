@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     p.error(f"unknown arguments {bad} (fixed overrides must look like --config.KEY=VALUE)")
 
   from experiments import runtime
-  from tfjax.train import sweep
+  from tfjax.runs import sweep
   runtime.setup_logging()
   if args.optuna and (args.random or args.slurm):
     p.error("--optuna runs its own search: drop --random / --slurm (start the same --optuna command on several "
@@ -84,7 +84,7 @@ def main(argv=None) -> int:
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", f"sweep_{name}"))
 
   if args.optuna:
-    from tfjax.train import optuna_sweep
+    from tfjax.runs import optuna_sweep
     try:
       space = optuna_sweep.search_space([sweep.parse_axis(a) for a in args.sweep],
                                         [sweep.parse_range(r) for r in args.range])
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
       print(sweep.run_name(s), s)
     return 0
   if args.slurm:
-    from tfjax.train import slurm
+    from tfjax.runs import slurm
     try:
       script = slurm.write_script(args.config, settings, sweepdir, extra, args.slurm_args,
                                   train_script=args.train_script)

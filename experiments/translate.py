@@ -45,6 +45,28 @@ flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation l
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
 
 
+def translate_text_and_file(run) -> int:
+  """--text (printed beside its source) and --file (to --out, else stdout) through ``run(lines) -> translations``."""
+  from tfjax.tasks import translate as tr
+  if FLAGS.text:
+    for src, out in zip(FLAGS.text, run(FLAGS.text)):
+      print(f"{src}\n  -> {out}")
+  if FLAGS.file:
+    try:
+      with open(FLAGS.file, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      print(f"error: cannot read --file: {e}", file=sys.stderr)
+      return 1
+    hyps = run(lines)
+    if FLAGS.out:
+      tr.write_lines(FLAGS.out, hyps)
+      print(f"{len(hyps)} lines of {FLAGS.file} translated into {FLAGS.out}", file=sys.stderr)
+    else:
+      sys.stdout.write("".join(h + "\n" for h in hyps))
+  return 0
+
+
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: translate.py WORKDIR (--text=SENTENCE ... | --bleu=val|test | --file=IN [--out=OUT])")
@@ -83,22 +105,8 @@ def main(argv):
     hyps = tr.translate_texts(model, params, tokenizer, lines, batch_size=FLAGS.batch_size, **decode)
     return tr.moses_detokenise(hyps, tgt_lang) if FLAGS.detokenize and form == "tok" else hyps
 
-  if FLAGS.text:
-    for src, out in zip(FLAGS.text, run(FLAGS.text)):
-      print(f"{src}\n  -> {out}")
-  if FLAGS.file:
-    try:
-      with open(FLAGS.file, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    except OSError as e:
-      print(f"error: cannot read --file: {e}", file=sys.stderr)
-      return 1
-    hyps = run(lines)
-    if FLAGS.out:
-      tr.write_lines(FLAGS.out, hyps)
-      print(f"{len(hyps)} lines of {FLAGS.file} translated into {FLAGS.out}", file=sys.stderr)
-    else:
-      sys.stdout.write("".join(h + "\n" for h in hyps))
+  if translate_text_and_file(run):
+    return 1
   if FLAGS.bleu:
     data_dir = FLAGS.data_dir or config.get("data_dir") or None
     try:
@@ -130,7 +138,6 @@ def main(argv):
 def translate_hf(path: str) -> int:
   """--text / --file with a Hugging Face Marian or BART directory."""
   from tfjax import hf
-  from tfjax.tasks import translate as tr
   tfjax_only = [name for name, given in (("--bleu", FLAGS.bleu), ("--step", FLAGS.step is not None),
                                          ("--best", FLAGS.best), ("--detokenize", FLAGS.detokenize),
                                          ("--input_form", FLAGS.input_form != "raw")) if given]
@@ -155,23 +162,7 @@ def translate_hf(path: str) -> int:
                               beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty,
                               temperature=FLAGS.temperature)
 
-  if FLAGS.text:
-    for src, out in zip(FLAGS.text, run(FLAGS.text)):
-      print(f"{src}\n  -> {out}")
-  if FLAGS.file:
-    try:
-      with open(FLAGS.file, encoding="utf-8") as f:
-        lines = f.read().splitlines()
-    except OSError as e:
-      print(f"error: cannot read --file: {e}", file=sys.stderr)
-      return 1
-    hyps = run(lines)
-    if FLAGS.out:
-      tr.write_lines(FLAGS.out, hyps)
-      print(f"{len(hyps)} lines of {FLAGS.file} translated into {FLAGS.out}", file=sys.stderr)
-    else:
-      sys.stdout.write("".join(h + "\n" for h in hyps))
-  return 0
+  return translate_text_and_file(run)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 from absl import app, flags  # noqa: E402
 
-from tfjax import word2vec_eval as ev  # noqa: E402
+from tfjax.tasks import word2vec_eval as ev  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A word2vec workdir (reads DIR/vectors.txt).")

@@ -17,7 +17,7 @@ import pytest
 
 from conftest import ROOT
 from tfjax import generate as generate_lib
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.models.gpt import GPT
 from tfjax.train import metrics
 
@@ -106,7 +106,7 @@ def test_compilation_cache_is_written_and_can_be_turned_off(tmp_path):
 
 
 def test_nanogpt_prepare_writes_its_bins_and_meta(tmp_path):
-  from experiments.bench_nanogpt import prepare
+  from experiments.bench.nanogpt import prepare
   text = "hello world\nthe quick brown fox\n" * 50
   (tmp_path / "input.txt").write_text(text)
   meta = prepare(str(tmp_path / "input.txt"), str(tmp_path / "out"))
@@ -121,7 +121,7 @@ def test_nanogpt_prepare_writes_its_bins_and_meta(tmp_path):
 
 
 def test_demo_bench_reads_both_programs_logs(tmp_path):
-  from experiments import bench_demo
+  from experiments.bench import demo as bench_demo
   tf_lines = [(5.0, "12:00:00 step 0 | eval_loss 4.1867 | eval_accuracy 0.0273"),
               (9.0, "12:00:04 step 50/2000 | loss 3.4 | lr 2.4e-04 | 4,000 tok/s | MFU 15.3% | ETA 5m"),
               (12.0, "12:00:07 step 100/2000 | loss 2.6 | lr 7.4e-04 | 20,000 tok/s | MFU 19.8% | ETA 4m"),

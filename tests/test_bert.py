@@ -306,7 +306,8 @@ def test_bert_init_is_berts_normal_002_everywhere():
 
 def test_gpt_keeps_gpt2_scaled_residual_init():
   """The GPT-2 init (residual output projections at 0.02/sqrt(2L)) stays the default of TransformerConfig."""
-  from tfjax.layers.blocks import TransformerBlock, TransformerConfig
+  from tfjax.layers.blocks import TransformerBlock
+  from tfjax.models.config import TransformerConfig
   cfg = TransformerConfig(vocab_size=16, num_layers=8, num_heads=2, emb_dim=64)
   p = TransformerBlock(cfg).init(jax.random.key(0), jnp.zeros((1, 4, 64)))["params"]
   for kernel in (p["attn"]["out"]["kernel"], p["mlp"]["fc_out"]["kernel"]):

@@ -12,7 +12,7 @@ import pytest
 
 from tfjax import explain
 from tfjax.layers import hooks
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.models.bert import BERT, bert_config
 from tfjax.models.gpt import GPT, gpt_config
 from tfjax.models.transformer import EncoderDecoder

@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from tfjax import config as config_lib
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.models.gpt import GPT, gpt_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

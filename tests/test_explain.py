@@ -20,7 +20,7 @@ from tfjax.explain import commands
 from tfjax.explain import temperature as temperature_lib
 from tfjax.explain.subjects import Subject, SubjectError, load_subject
 from tfjax.generate import generate
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 _CACHE = {}
@@ -43,9 +43,9 @@ def tiny_gpt_subject(**overrides) -> Subject:
 def tiny_translator_subject() -> Subject:
   """A random 2 + 2-layer encoder-decoder with a BPE vocabulary trained on a few sentences."""
   if "translator" not in _CACHE:
-    from tfjax.data import wordpiece
+    from tfjax.data import tokenizers
     from tfjax.models.transformer import EncoderDecoder
-    tok = wordpiece.train_bpe(["a dog runs", "ein hund rennt", "a cat sleeps", "eine katze schläft"] * 4, 60,
+    tok = tokenizers.train_bpe(["a dog runs", "ein hund rennt", "a cat sleeps", "eine katze schläft"] * 4, 60,
                               min_frequency=1)
     cfg = TransformerConfig(vocab_size=tok.vocab_size, num_layers=2, num_heads=2, emb_dim=16, max_len=16)
     model = EncoderDecoder(cfg)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfjax.generate import generate, sample_logits
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.models.gpt import GPT
 
 LOGITS = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))

@@ -237,7 +237,7 @@ def test_gpt2_tokenizer(tmp_path):
 
 
 def test_generate_from_imported_gpt2(gpt2):
-  from tfjax.generate import generate
+  from tfjax.generate import generate, generate_text
   (model, params), _ = gpt2
   tok = hf.load_tokenizer(GPT2_DIR)
   prompt = np.asarray([tok.encode("hello world")], np.int32)
@@ -245,5 +245,5 @@ def test_generate_from_imported_gpt2(gpt2):
   full = np.asarray(jax.jit(lambda p, x: model.apply({"params": p}, x))(params, jnp.asarray(out[:, :-1])))
   # greedy: every generated token is the argmax of the full forward pass at the previous position
   np.testing.assert_array_equal(out[0, prompt.shape[1]:], full[0, prompt.shape[1] - 1:].argmax(-1))
-  text = hf.generate_text(model, params, tok, "hello world", 5, jax.random.key(0), temperature=0.0)
+  [text] = generate_text(model, params, tok, "hello world", 5, jax.random.key(0), temperature=0.0)
   assert text == tok.decode(out[0]) and text.startswith("hello world")

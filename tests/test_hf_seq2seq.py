@@ -252,7 +252,7 @@ def test_tensor_problems_are_named(tmp_path):
 
 
 def test_export_refuses_tfjax_own_encoder_decoder(tmp_path):
-  from tfjax.layers.blocks import TransformerConfig
+  from tfjax.models.config import TransformerConfig
   model = EncoderDecoder(TransformerConfig(vocab_size=30, num_layers=1, num_heads=2, emb_dim=8, max_len=8,
                                            positional="sinusoidal", pre_ln=False))
   ids = np.ones((1, 4), np.int32)

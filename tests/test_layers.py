@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from tfjax.layers import attention, masks
-from tfjax.layers.blocks import TransformerConfig, TransformerStack
+from tfjax.layers.blocks import TransformerStack
+from tfjax.models.config import TransformerConfig
 from tfjax.layers.embeddings import TokenEmbedding, apply_rope, sinusoidal_positions
 from tfjax.models.gpt import GPT
 
@@ -359,7 +360,7 @@ def test_blocked_attention_with_dropout_keeps_the_rate_and_the_causal_structure(
 
 
 def test_embed_scale_multiplies_the_lookup_by_sqrt_width_not_the_unembedding():
-  from tfjax.layers.blocks import TransformerConfig
+  from tfjax.models.config import TransformerConfig
   from tfjax.models.gpt import GPT
   ids = jnp.array([[1, 2, 3]], jnp.int32)
   plain = TokenEmbedding(10, 16)

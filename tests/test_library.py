@@ -28,11 +28,11 @@ def test_every_exported_name_resolves(package):
 def test_exports_are_the_objects_of_their_modules():
   import tfjax
   from tfjax.explain import capture
-  from tfjax.layers import blocks
+  from tfjax.models import config as model_config
   from tfjax.models import gpt
   from tfjax.train import loop
   assert tfjax.TransformerConfig is tfjax.layers.TransformerConfig is tfjax.models.TransformerConfig is \
-      blocks.TransformerConfig
+      model_config.TransformerConfig
   assert tfjax.GPT is gpt.GPT and tfjax.train_and_evaluate is loop.train_and_evaluate
   assert tfjax.run_with_cache is tfjax.explain.run_with_cache is capture.run_with_cache
   assert callable(tfjax.hf.load) and callable(tfjax.hf.save)

@@ -144,7 +144,7 @@ def _dot_precisions(jaxpr):
 def test_precision_reaches_every_matmul_forward_and_backward(model_name):
   """``model.precision`` is a parameter of every matmul of the three models (projections, attention scores and values,
   MLP, unembedding), in the forward pass and in the gradients: with "highest", no dot is left at the default."""
-  from tfjax.layers.blocks import TransformerConfig
+  from tfjax.models.config import TransformerConfig
   from tfjax.models.bert import BERT
   from tfjax.models.transformer import EncoderDecoder
   cfg = TransformerConfig(vocab_size=40, num_layers=2, num_heads=2, emb_dim=16, max_len=8,

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ROOT, tiny_lm_config
 from test_kill import train_args
-from tfjax.train import sweep
+from tfjax.runs import sweep
 from tfjax.train.optimizer import make_optimizer
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, tiny_lm_config
 from test_kill import train_args
-from tfjax.train import optuna_sweep, sweep
+from tfjax.runs import optuna_sweep, sweep
 from tfjax.train.metrics import read_metrics
 
 

@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT, tiny_lm_config
 from test_kill import train_args
 from test_sweep_optuna import FAKE_TRAIN
-from tfjax.train import slurm, sweep
+from tfjax.runs import slurm, sweep
 
 CONFIG = "experiments/configs/gpt_shakespeare_tiny.py"
 SPEC = ["--random=3", "--seed=3", "--range", "optimizer.lr=1e-3:5e-3", "--sweep", "model.num_layers=1,2",

@@ -219,7 +219,7 @@ def test_apply_overrides_sets_nested_keys_and_names_bad_ones():
 def test_bench_ab_times_paired_variants(tmp_path):
   out = tmp_path / "ab.jsonl"
   env = dict(os.environ, TFJAX_CPU_DEVICES="2")
-  res = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_ab.py"), "--rounds=3",
+  res = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench" / "ab.py"), "--rounds=3",
                         "--steps_per_round=2", "--variant=base:model.num_layers=1",
                         "--variant=relu:model.num_layers=1,model.activation=relu", f"--out={out}"],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

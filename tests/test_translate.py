@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tfjax.generate import translate
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.models.transformer import EncoderDecoder, init_cache
 
 BOS, EOS = 2, 3
@@ -166,7 +166,7 @@ def test_lengths_and_ids_are_checked():
 
 
 def test_bpe_tokenizer_is_lossless():
-  from tfjax.data.wordpiece import SEQ2SEQ_SPECIAL_TOKENS, train_bpe
+  from tfjax.data.tokenizers import SEQ2SEQ_SPECIAL_TOKENS, train_bpe
   lines = ["Zwei junge weiße Männer sind im Freien.", "Two young, White males are outside near many bushes."] * 50
   tok = train_bpe(lines, vocab_size=200)
   assert [tok.token_to_id(t) for t in SEQ2SEQ_SPECIAL_TOKENS] == [0, 1, 2, 3] and tok.eos_id == 3
@@ -446,7 +446,7 @@ def test_translating_empty_and_overlong_lines(caplog):
   """An empty line translates to "" (the model is not run on it); a line longer than the context window is cut to it
   with a warning naming it, or, with too_long="error", a ValueError naming it. Line order is kept."""
   import logging
-  from tfjax.data.wordpiece import train_bpe
+  from tfjax.data.tokenizers import train_bpe
   from tfjax.tasks.translate import translate_texts
   tok = train_bpe(["a dog runs", "ein hund rennt", "two dogs run in the snow", "zwei hunde"] * 5, vocab_size=60)
   cfg = TransformerConfig(vocab_size=tok.vocab_size, num_layers=1, num_heads=2, emb_dim=16, max_len=8,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import word2vec_skipgram
-from tfjax import word2vec_eval as ev
+from tfjax.tasks import word2vec_eval as ev
 from tfjax.data import word2vec_data as wd
 from tfjax.models import word2vec as w2v
 from tfjax.tasks import word2vec as task
@@ -457,7 +457,7 @@ import jax
 sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 import test_word2vec as t
-from tfjax import word2vec_eval as ev
+from tfjax.tasks import word2vec_eval as ev
 from tfjax.tasks import word2vec as task
 assert jax.local_device_count() == 2, jax.local_devices()
 config = t._config([{corpus!r}])

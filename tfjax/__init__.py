@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     # models and their configuration
-    "TransformerConfig": "tfjax.layers.blocks:TransformerConfig",
+    "TransformerConfig": "tfjax.models.config:TransformerConfig",
     "GPT": "tfjax.models.gpt:GPT",
     "gpt_config": "tfjax.models.gpt:gpt_config",
     "BERT": "tfjax.models.bert:BERT",

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from ml_collections import config_dict
 
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PARALLEL_MODES = ("auto", "none", "pmap", "dp", "fsdp")

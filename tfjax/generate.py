@@ -8,6 +8,8 @@ on ``[B, 1]`` with ``decode=True`` inside a ``lax.scan``. Without it, every step
 last ``max_len`` tokens, as nanoGPT's ``generate`` does; both give the same tokens for the same key. When a sequence
 outgrows the context window, the cache is refilled from the last ``max_len // 2`` tokens (the no-cache path slides
 its window by one token instead, so the two differ only past the window).
+
+:func:`generate_text` does the same from text to text with a tokenizer (imported GPT-2 models sample with it too).
 """
 
 from __future__ import annotations
@@ -137,6 +139,27 @@ def generate(model: Any, params: Any, prompt, max_new_tokens: int, rng: jax.Arra
     tokens = np.concatenate([tokens, np.asarray(nxt)[:, None]], axis=1)
   return tokens
 
+
+
+def generate_text(model: Any, params: Any, tokenizer: Any, prompt: str, max_new_tokens: int, rng: jax.Array, *,
+                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                  num_samples: int = 1, use_cache: bool = True) -> list[str]:
+  """Continues the text ``prompt`` by ``max_new_tokens`` tokens, ``num_samples`` times: the decoded prompt and new
+  text of each sample. ``tokenizer`` is any tfjax tokenizer (characters or a Hugging Face one: ``encode``,
+  ``decode``, ``eos_id``); the one text-generation path of ``./launch.sh sample``, a run's final sample and imported
+  GPT-2 models.
+
+  An empty prompt starts from the end-of-text token when the tokenizer has one (as GPT-2's unconditional samples
+  do), else from a newline (as nanoGPT's character models do).
+  """
+  ids = list(tokenizer.encode(prompt)) if prompt else []
+  if not ids:
+    eos = getattr(tokenizer, "eos_id", None)
+    ids = [eos] if eos is not None else list(tokenizer.encode("\n"))
+  prompt_ids = np.repeat(np.asarray([ids], np.int32), num_samples, axis=0)
+  out = generate(model, params, prompt_ids, max_new_tokens, rng, temperature=temperature, top_k=top_k, top_p=top_p,
+                 use_cache=use_cache)
+  return [tokenizer.decode(row) for row in out]
 
 
 def _check_source(model, src, max_new_tokens: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """word2vec skip-gram with negative sampling on the ~0.6M-word mix of WikiText-2 (valid + test), the Lee corpus and
 Tiny Shakespeare; gensim's defaults (dim 100, window 5, 5 noise words, min_count 5, sample 1e-3, 5 epochs).
 
-Training settings chosen by measurement (3 seeds; experiments/bench_word2vec.py): rows of 32 pairs share a pool of 8
+Training settings chosen by measurement (3 seeds; experiments/bench/word2vec.py): rows of 32 pairs share a pool of 8
 noise words (each weighted 5/8) and the learning rate starts at 0.03. With 5 shared noise words and alpha 0.025
 (gensim's): analogy 1.42%, WS-353 0.144; alpha 0.03 + pool 8: 1.58%, 0.212 (gensim, 2 runs: 1.7-1.9%, 0.19-0.21)."""
 

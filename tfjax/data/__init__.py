@@ -8,7 +8,7 @@ from tfjax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "CharTokenizer": "tfjax.data.tokenizers:CharTokenizer",
-    "Tokenizer": "tfjax.data.wordpiece:Tokenizer",
+    "Tokenizer": "tfjax.data.tokenizers:Tokenizer",
     "find_data_file": "tfjax.data.files:find_data_file",
     "cache_dir": "tfjax.data.files:cache_dir",
     "DataFileError": "tfjax.data.files:DataFileError",

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import os
 import pathlib
+import re
 import tempfile
 import urllib.error
 import urllib.request
@@ -186,3 +187,10 @@ def find_data_file(spec: DataFile | str, data_dir: str | os.PathLike | None = No
   if errors:
     msg += " Download failed: " + "; ".join(errors[:2])
   raise DataFileError(msg)
+
+
+def clean_wikitext(text: str) -> str:
+  """Undoes WikiText's tokenisation artefacts (``a @-@ b`` -> ``a-b``, ``1 @,@ 000`` -> ``1,000``, ``@.@``) and
+  maps its unknown-word marker ``<unk>`` to BERT's ``[UNK]`` (a special token: never split, never masked)."""
+  text = re.sub(r" @([-,.])@ ", r"\1", text)
+  return text.replace("<unk>", "[UNK]")

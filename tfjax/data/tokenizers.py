@@ -1,25 +1,35 @@
-"""Tokenizers of the language-model task: characters (as in char-rnn / nanoGPT) and byte-level BPE (as GPT-2).
+"""Tokenizers: text to token ids and back.
 
-- :class:`CharTokenizer`: one token per distinct character of the training text, ids ``0 .. C-1`` sorted by code
-  point; with ``eot=True`` one more id ``C`` is the end-of-text token that separates documents in token shards.
+- :class:`CharTokenizer`: one token per distinct character of the training text (as in char-rnn / nanoGPT), ids
+  ``0 .. C-1`` sorted by code point; with ``eot=True`` one more id ``C`` is the end-of-text token that separates
+  documents in token shards.
+- :class:`Tokenizer`: a thin wrapper over a Hugging Face ``tokenizers.Tokenizer`` (any model: BERT's WordPiece, the
+  byte-level BPE of GPT-2, a SentencePiece-style BPE) with the few methods tfjax uses: ``encode(text) -> list[int]``,
+  ``decode(ids) -> str``, ``token_to_id``, ``vocab_size``, ``eos_id``; saved and loaded as one ``tokenizer.json``.
+- :func:`train_wordpiece`: a BERT-style uncased WordPiece vocabulary (normaliser: NFD, lowercase, strip accents;
+  pre-tokeniser: split on whitespace and punctuation; post-processor: ``[CLS] A [SEP]``). The special tokens get the
+  first ids: ``[PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4``.
+- :func:`train_bpe`: a lossless SentencePiece-style BPE (a space becomes ``▁`` and belongs to the next word, so
+  ``decode(encode(text)) == text`` for text made of characters seen in training; others become ``[UNK]``; case and
+  accents kept), e.g. the joint source/target vocabulary of a translator. Special tokens ``[PAD]=0, [UNK]=1,
+  [BOS]=2, [EOS]=3``; ``encode`` adds none of them.
 - :func:`train_byte_bpe`: a GPT-2-style byte-level BPE (every byte representable, so nothing is ever unknown)
-  trained with Hugging Face ``tokenizers`` from an iterator of strings (never the whole corpus at once);
-  ``<|endoftext|>`` is id 0. Returned as a :class:`tfjax.data.wordpiece.Tokenizer`.
+  trained from an iterator of strings (never the whole corpus at once); ``<|endoftext|>`` is id 0.
 - :func:`load_tokenizer`: a saved ``tokenizer.json`` of either kind.
-
-Both kinds offer ``encode(text) -> int32[n]``-like ids, ``decode(ids) -> str``, ``vocab_size`` and ``eos_id`` (the
-end-of-text id, or None).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
 EOT = "<|endoftext|>"
+PAD, UNK, CLS, SEP, MASK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"
+BERT_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
+SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
 
 
 class CharTokenizer:
@@ -82,11 +92,105 @@ class CharTokenizer:
     return cls(data["chars"], eot=bool(data.get("eot")))
 
 
+class Tokenizer:
+  """A thin wrapper over ``tokenizers.Tokenizer`` (see the module docstring)."""
+
+  def __init__(self, tokenizer, eos_token: str | None = None):
+    self.tokenizer = tokenizer
+    self.eos_token = eos_token
+
+  @classmethod
+  def from_file(cls, path: str | os.PathLike, eos_token: str | None = None) -> "Tokenizer":
+    import tokenizers
+    return cls(tokenizers.Tokenizer.from_file(os.fspath(path)), eos_token)
+
+  def save(self, path: str | os.PathLike) -> None:
+    """Writes ``tokenizer.json`` atomically (a temporary file, then a rename)."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    self.tokenizer.save(tmp)
+    os.replace(tmp, path)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.tokenizer.get_vocab_size(with_added_tokens=True)
+
+  def token_to_id(self, token: str) -> int | None:
+    return self.tokenizer.token_to_id(token)
+
+  def id_to_token(self, i: int) -> str | None:
+    return self.tokenizer.id_to_token(int(i))
+
+  def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``text`` (with the post-processor's special tokens, e.g. BERT's [CLS]/[SEP], by default)."""
+    return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+  def encode_batch(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+    return [e.ids for e in self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)]
+
+  def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
+    return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+  @property
+  def eos_id(self) -> int | None:
+    return None if self.eos_token is None else self.token_to_id(self.eos_token)
+
+  def special_ids(self) -> list[int]:
+    """Ids of the added special tokens (never chosen for masking)."""
+    return sorted(i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192, min_frequency: int = 2,
+                    lowercase: bool = True) -> Tokenizer:
+  """Trains a BERT-style WordPiece tokenizer on an iterable of strings (e.g. lines); see the module docstring."""
+  from tokenizers import Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, processors, trainers
+  tok = HFTok(models.WordPiece(unk_token=UNK, max_input_chars_per_word=100))
+  tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=None,
+                                              lowercase=lowercase)
+  tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+  tok.decoder = decoders.WordPiece(prefix="##")
+  trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
+                                      special_tokens=list(BERT_SPECIAL_TOKENS), show_progress=False)
+  tok.train_from_iterator(texts, trainer=trainer)
+  tok.post_processor = processors.TemplateProcessing(
+      single=f"{CLS} $A {SEP}", pair=f"{CLS} $A {SEP} $B:1 {SEP}:1",
+      special_tokens=[(CLS, tok.token_to_id(CLS)), (SEP, tok.token_to_id(SEP))])
+  for i, t in enumerate(BERT_SPECIAL_TOKENS):
+    assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+  return Tokenizer(tok)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
+  """Trains a SentencePiece-style BPE tokenizer on an iterable of strings; see the module docstring."""
+  from tokenizers import Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, trainers
+  tok = HFTok(models.BPE(unk_token=UNK))
+  tok.normalizer = normalizers.NFC()
+  tok.pre_tokenizer = pre_tokenizers.Metaspace()
+  tok.decoder = decoders.Metaspace()
+  trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
+                                special_tokens=list(SEQ2SEQ_SPECIAL_TOKENS))
+  tok.train_from_iterator(texts, trainer=trainer)
+  for i, t in enumerate(SEQ2SEQ_SPECIAL_TOKENS):
+    assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))
+  return Tokenizer(tok, eos_token=EOS)
+
+
+def load_or_train_wordpiece(path: str | os.PathLike, texts_fn, vocab_size: int = 8192,
+                            min_frequency: int = 2, lowercase: bool = True) -> Tokenizer:
+  """Loads ``path`` (a tokenizer.json) if it exists, else trains on ``texts_fn()`` and saves it there atomically."""
+  path = os.fspath(path)
+  if os.path.exists(path):
+    return Tokenizer.from_file(path)
+  tok = train_wordpiece(texts_fn(), vocab_size, min_frequency, lowercase)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  tok.save(path)
+  return tok
+
+
 def train_byte_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2):
   """A GPT-2-style byte-level BPE of ``vocab_size`` tokens (256 bytes + ``<|endoftext|>`` = id 0 + merges) trained
   on an iterable of strings; ``decode(encode(text)) == text`` for any text."""
   from tokenizers import Tokenizer as HFTok, decoders, models, pre_tokenizers, trainers
-  from tfjax.data.wordpiece import Tokenizer
   if vocab_size < 257:
     raise ValueError(f"a byte-level BPE needs vocab_size >= 257 (256 bytes + {EOT}), got {vocab_size}")
   tok = HFTok(models.BPE())
@@ -101,13 +205,12 @@ def train_byte_bpe(texts: Iterable[str], vocab_size: int, min_frequency: int = 2
 
 def load_tokenizer(path: str | os.PathLike, eos_id: int | None = None):
   """A ``tokenizer.json`` saved by tfjax: a :class:`CharTokenizer` (``{"type": "char", ...}``) or any Hugging Face
-  ``tokenizers`` file (as a :class:`tfjax.data.wordpiece.Tokenizer`, whose end-of-text token is the one of id
+  ``tokenizers`` file (as a :class:`Tokenizer`, whose end-of-text token is the one of id
   ``eos_id`` when given, else ``<|endoftext|>`` / ``[EOS]`` / ``</s>`` if the vocabulary has one)."""
   with open(path) as f:
     data = json.load(f)
   if data.get("type") == "char":
     return CharTokenizer.load(path)
-  from tfjax.data.wordpiece import Tokenizer
   tok = Tokenizer.from_file(path)
   if eos_id is not None:
     eos = tok.id_to_token(eos_id)

@@ -209,7 +209,8 @@ def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Se
   ``train.num_steps`` / ``seed`` after them. Returns ``{"rows": [...], "table": str, "summary": str (the table with
   its header), "files": {...}, "config": {...}, "examples": [...]}``.
   """
-  from tfjax.train import loop, plots  # pylint: disable=import-outside-toplevel
+  from tfjax.runs import plots
+  from tfjax.train import loop  # pylint: disable=import-outside-toplevel
   from tfjax.train.restore import load_params  # pylint: disable=import-outside-toplevel
 
   config = apply_config_overrides(copy.deepcopy(base_config or default_config()), config_overrides)

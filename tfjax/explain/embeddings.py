@@ -1,6 +1,6 @@
 """``explain embeddings``: the geometry of token embeddings, for word2vec and for a GPT / BERT / translator.
 
-The rows of the embedding table ``[V, D]`` are read as word vectors (:class:`tfjax.word2vec_eval.WordVectors`, the
+The rows of the embedding table ``[V, D]`` are read as word vectors (:class:`tfjax.tasks.word2vec_eval.WordVectors`, the
 same class ``./launch.sh query`` uses): nearest neighbours by cosine, analogies ``a - b + c`` (3CosAdd on unit
 vectors, the query words excluded), a 2-D PCA projection of chosen groups of words, and the cosine-similarity
 matrix of the chosen words.
@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tfjax import word2vec_eval as ev
+from tfjax.tasks import word2vec_eval as ev
 from tfjax.explain import pictures
 
 DEFAULT_GROUPS = {

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.explain.capture import ActivationCache, resolve_stack, run_with_cache
-from tfjax.layers.blocks import TransformerConfig, make_norm, make_token_embedding
+from tfjax.layers.blocks import make_norm, make_token_embedding
+from tfjax.models.config import TransformerConfig
 from tfjax.models.bert import BERT, MLMHead
 from tfjax.models.transformer import EncoderDecoder
 

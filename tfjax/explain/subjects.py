@@ -2,7 +2,7 @@
 
 :func:`load_subject` reads a tfjax workdir through the project's own loaders (:mod:`tfjax.train.restore` for a GPT
 run, :func:`tfjax.tasks.mlm.load_for_inference`, :func:`tfjax.tasks.translate.load_for_inference`,
-:func:`tfjax.word2vec_eval.load_word2vec`) or a Hugging Face GPT-2 / BERT directory (:func:`tfjax.hf.load`), and
+:func:`tfjax.tasks.word2vec_eval.load_word2vec`) or a Hugging Face GPT-2 / BERT directory (:func:`tfjax.hf.load`), and
 returns a :class:`Subject`: the Flax module, its parameters, the tokenizer and how to turn a text into ids
 and token labels. The ``explain`` commands only ever see a Subject.
 """
@@ -46,7 +46,7 @@ class Subject:
     path: the workdir, Hugging Face directory or vectors file it came from.
     model: the Flax module (``GPT``, ``BERT`` or ``EncoderDecoder``); None for word2vec.
     params: its parameters (the ``params`` collection).
-    tokenizer: a :class:`tfjax.data.tokenizers.CharTokenizer` or :class:`tfjax.data.wordpiece.Tokenizer` (None when a
+    tokenizer: a :class:`tfjax.data.tokenizers.CharTokenizer` or :class:`tfjax.data.tokenizers.Tokenizer` (None when a
       Hugging Face directory has none, or for word2vec).
     config: the workdir's training config (None for Hugging Face directories and vectors files).
     vectors: the word vectors (word2vec only).
@@ -61,7 +61,7 @@ class Subject:
 
   @property
   def cfg(self):
-    """The model's :class:`tfjax.layers.blocks.TransformerConfig`."""
+    """The model's :class:`tfjax.models.config.TransformerConfig`."""
     return self.model.cfg
 
   @property
@@ -202,7 +202,7 @@ def load_subject(path: str, *, step: int | None = None, best: bool = False) -> S
   if not os.path.exists(path):
     raise SubjectError(f"{path} does not exist")
   if os.path.isfile(path):  # a vectors file
-    from tfjax import word2vec_eval
+    from tfjax.tasks import word2vec_eval
     return Subject("word2vec", path, vectors=word2vec_eval.load_word2vec(path))
   if hf.is_hf_dir(path):
     return _hf_subject(path)
@@ -222,7 +222,7 @@ def load_subject(path: str, *, step: int | None = None, best: bool = False) -> S
     model, params, tokenizer, config = translate.load_for_inference(path, step, best=best)
     return Subject("translator", path, model, params, tokenizer, config)
   if task == "word2vec":
-    from tfjax import word2vec_eval
+    from tfjax.tasks import word2vec_eval
     vectors = os.path.join(path, "vectors.txt")
     if not os.path.isfile(vectors):
       raise SubjectError(f"word2vec workdir {path} has no vectors.txt (the run has not finished)")

@@ -12,8 +12,8 @@ read and written with ``safetensors.numpy``: no torch.
   with plain float32 parameters.
 - :func:`save` ``(model, params, path)``: writes ``config.json`` + ``model.safetensors`` that ``transformers`` loads.
 - :func:`is_hf_dir`, :func:`load_tokenizer` (``tokenizer.json``, GPT-2's ``vocab.json`` + ``merges.txt``, BERT's
-  ``vocab.txt``, Marian's sentencepiece files), :func:`generate_text` (sampling from an imported GPT-2) and
-  :func:`translate_texts` (an imported Marian/BART with its tokenizer, greedy or beam).
+  ``vocab.txt``, Marian's sentencepiece files) and :func:`translate_texts` (an imported Marian/BART with its
+  tokenizer, greedy or beam).
 
 Layout differences handled here: PyTorch ``nn.Linear`` stores ``weight [out, in]`` (transposed to a flax kernel
 ``[in, out]``); GPT-2's ``Conv1D`` already stores ``[in, out]`` and its fused ``c_attn`` is ``[q | k | v]`` like
@@ -37,12 +37,12 @@ import numpy as np
 from tfjax.hf import seq2seq
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
                              _get_path, _layernorm, _linear, _Rule, _same, _set_path, _transposed, _unscan,
-                             is_hf_dir, read_config, read_tensors, write_tensors)
+                             is_hf_dir, read_config, read_tensors, tensors_from_rules, write_tensors)
 from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_ids, translate_texts
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_INDEX_FILE", "SUPPORTED", "HFCheckpointError", "GenerationIds",
-           "MarianTokenizer", "generate_text", "generation_ids", "is_hf_dir", "load", "load_tokenizer",
+           "MarianTokenizer", "generation_ids", "is_hf_dir", "load", "load_tokenizer",
            "read_config", "read_tensors", "save", "translate_ids", "translate_texts", "write_tensors"]
 
 SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", **seq2seq.SEQ2SEQ}
@@ -323,14 +323,7 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
     raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2), BERT and "
                             "EncoderDecoder (as Marian or BART)")
   params = _unscan(params, stack)
-  tensors = {}
-  for rule in rules:
-    try:
-      leaf = np.asarray(jax.device_get(_get_path(params, rule.path)), dtype=np.float32)
-    except KeyError:
-      raise HFCheckpointError(f"parameter {'/'.join(rule.path)} is missing from params") from None
-    for key, x in zip(rule.keys, rule.from_tf(leaf)):
-      tensors[key] = np.ascontiguousarray(x)
+  tensors = tensors_from_rules(params, rules)
   path.mkdir(parents=True, exist_ok=True)
   write_tensors(tensors, path / WEIGHTS_FILE)
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -359,7 +352,7 @@ def _copy_tokenizer(src: str | os.PathLike, dst: pathlib.Path) -> None:
 
 
 def load_tokenizer(path: str | os.PathLike):
-  """The tokenizer of a Hugging Face model directory as a :class:`tfjax.data.wordpiece.Tokenizer` (Marian's: a
+  """The tokenizer of a Hugging Face model directory as a :class:`tfjax.data.tokenizers.Tokenizer` (Marian's: a
   :class:`~tfjax.hf.seq2seq.MarianTokenizer`, the same interface over sentencepiece).
 
   Reads Marian's ``source.spm`` + ``target.spm`` + ``vocab.json``; else ``tokenizer.json``; else GPT-2's (BART's,
@@ -369,7 +362,7 @@ def load_tokenizer(path: str | os.PathLike):
   """
   import tokenizers
   from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
-  from tfjax.data.wordpiece import Tokenizer
+  from tfjax.data.tokenizers import Tokenizer
   p = pathlib.Path(path)
   tok_config = {}
   for name in ("tokenizer_config.json", "special_tokens_map.json"):
@@ -411,22 +404,3 @@ def load_tokenizer(path: str | os.PathLike):
   if eos is None and tok.token_to_id("<|endoftext|>") is not None:
     eos = "<|endoftext|>"
   return Tokenizer(tok, eos_token=eos)
-
-
-def generate_text(model, params, tokenizer, prompt: str, max_new_tokens: int, rng: jax.Array, *,
-                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> str:
-  """Continues ``prompt`` with an imported GPT-2 (``load`` + ``load_tokenizer``): the decoded prompt and new text.
-
-  An empty prompt starts from the end-of-text token (as GPT-2's unconditional samples do).
-  """
-  from tfjax.generate import generate
-  ids = tokenizer.encode(prompt) if prompt else []
-  if not ids:
-    if tokenizer.eos_id is None:
-      raise ValueError("an empty prompt needs an end-of-text token in the tokenizer")
-    ids = [tokenizer.eos_id]
-  if len(ids) >= model.cfg.max_len:
-    ids = ids[-(model.cfg.max_len - 1):]
-  out = generate(model, params, np.asarray([ids], np.int32), max_new_tokens, rng, temperature=temperature,
-                 top_k=top_k, top_p=top_p)
-  return tokenizer.decode(out[0])

@@ -152,3 +152,15 @@ def _unscan(params: dict, stack: str) -> dict:
   params[stack] = {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
   return params
 
+
+def tensors_from_rules(params: Any, rules) -> dict[str, np.ndarray]:
+  """The Hugging Face tensors (``{key: float32 array}``) that ``rules`` make of a tfjax parameter tree."""
+  tensors = {}
+  for rule in rules:
+    try:
+      leaf = np.asarray(jax.device_get(_get_path(params, rule.path)), dtype=np.float32)
+    except KeyError:
+      raise HFCheckpointError(f"parameter {'/'.join(rule.path)} is missing from params") from None
+    for key, x in zip(rule.keys, rule.from_tf(leaf)):
+      tensors[key] = np.ascontiguousarray(x)
+  return tensors

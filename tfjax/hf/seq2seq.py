@@ -48,7 +48,7 @@ import numpy as np
 
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, HFCheckpointError, _activation, _get, _get_path, _layernorm,
                              _linear, _Rule, _same, _set_path, _transposed, read_tensors, write_tensors)
-from tfjax.layers.blocks import TransformerConfig
+from tfjax.models.config import TransformerConfig
 from tfjax.layers.embeddings import sinusoidal_table
 
 log = logging.getLogger("tfjax")
@@ -313,7 +313,7 @@ def load(path: pathlib.Path, config: dict, overrides: dict):
 
 def save(model, params, path: pathlib.Path, token_ids: dict | None) -> None:
   """Writes an EncoderDecoder as a Marian or BART directory (see :func:`tfjax.hf.save`)."""
-  from tfjax.hf.common import _unscan
+  from tfjax.hf.common import _unscan, tensors_from_rules
   cfg = model.cfg
   model_type = model_type_of(cfg)
   enc_layers = model.num_encoder_layers or cfg.num_layers
@@ -321,14 +321,7 @@ def save(model, params, path: pathlib.Path, token_ids: dict | None) -> None:
   params = _unscan(_unscan(params, "encoder"), "decoder")
   if not cfg.logits_bias:  # a model trained without one: transformers' buffer is zeros
     params = {**params, "logits_bias": np.zeros((cfg.vocab_size,), np.float32)}
-  tensors = {}
-  for rule in rules(cfg, enc_layers):
-    try:
-      leaf = np.asarray(jax.device_get(_get_path(params, rule.path)), dtype=np.float32)
-    except KeyError:
-      raise HFCheckpointError(f"parameter {'/'.join(rule.path)} is missing from params") from None
-    for key, x in zip(rule.keys, rule.from_tf(leaf)):
-      tensors[key] = np.ascontiguousarray(x)
+  tensors = tensors_from_rules(params, rules(cfg, enc_layers))
   path.mkdir(parents=True, exist_ok=True)
   write_tensors(tensors, path / WEIGHTS_FILE)
   config = config_to_hf(cfg, enc_layers, model_type, ids)
@@ -376,7 +369,7 @@ class MarianTokenizer:
   """A Marian tokenizer (transformers' ``MarianTokenizer``) over sentencepiece: ``source.spm`` splits the source into
   pieces, ``vocab.json`` maps pieces to the model's ids (``<unk>`` when absent), ``</s>`` is appended; decoding maps
   ids back to pieces and joins them with the source model (``target.spm`` with ``separate_vocabs``). A leading
-  language code such as ``>>fr<<`` is kept as one token. Same interface as :class:`tfjax.data.wordpiece.Tokenizer`.
+  language code such as ``>>fr<<`` is kept as one token. Same interface as :class:`tfjax.data.tokenizers.Tokenizer`.
   """
 
   def __init__(self, path: str | os.PathLike):

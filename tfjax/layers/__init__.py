@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "dot_product_attention": "tfjax.layers.attention:dot_product_attention",
     "reference_attention": "tfjax.layers.attention:reference_attention",
     "MultiHeadAttention": "tfjax.layers.attention:MultiHeadAttention",
-    "TransformerConfig": "tfjax.layers.blocks:TransformerConfig",
+    "TransformerConfig": "tfjax.models.config:TransformerConfig",
     "TransformerBlock": "tfjax.layers.blocks:TransformerBlock",
     "TransformerStack": "tfjax.layers.blocks:TransformerStack",
     "make_norm": "tfjax.layers.blocks:make_norm",

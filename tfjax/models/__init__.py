@@ -10,7 +10,7 @@
 from tfjax._lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
-    "TransformerConfig": "tfjax.layers.blocks:TransformerConfig",
+    "TransformerConfig": "tfjax.models.config:TransformerConfig",
     "GPT": "tfjax.models.gpt:GPT",
     "gpt_config": "tfjax.models.gpt:gpt_config",
     "BERT": "tfjax.models.bert:BERT",

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
-from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
+from tfjax.layers.blocks import TransformerStack, make_norm, make_token_embedding, make_unembed
+from tfjax.models.config import TransformerConfig
 from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import LearnedPositionalEmbedding, TokenEmbedding
 from tfjax.layers.mlp import get_activation

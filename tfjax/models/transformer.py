@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.layers import masks as masks_lib
-from tfjax.layers.blocks import TransformerConfig, TransformerStack, make_norm, make_token_embedding, make_unembed
+from tfjax.layers.blocks import TransformerStack, make_norm, make_token_embedding, make_unembed
+from tfjax.models.config import TransformerConfig
 from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions, sinusoidal_table
 

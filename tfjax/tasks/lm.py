@@ -40,7 +40,7 @@ import optax
 from tfjax import config as config_lib
 from tfjax.data import files, shards
 from tfjax.data.tokenizers import CharTokenizer, load_tokenizer
-from tfjax.generate import generate
+from tfjax.generate import generate_text
 from tfjax.models.gpt import GPT, flops_per_token, num_params
 
 DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
@@ -274,16 +274,6 @@ class LMTask:
     s = self.config.sample
     if s.num_tokens <= 0:
       return {}
-    text = sample_text(self, params, s.prompt, s.num_tokens, s.temperature, s.top_k, s.top_p, self.seed)
+    [text] = generate_text(self.model, params, self.tokenizer, s.prompt, s.num_tokens, jax.random.key(self.seed),
+                           temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1.0 else None)
     return {"sample": text}
-
-
-def sample_text(task: LMTask, params, prompt: str, num_tokens: int, temperature: float, top_k: int = 0,
-                top_p: float = 1.0, seed: int = 0) -> str:
-  """Generates ``num_tokens`` tokens after ``prompt`` (top_k=0 / top_p=1 disable those filters)."""
-  ids = np.asarray(task.tokenizer.encode(prompt or "\n"), np.int32)
-  if ids.size == 0 and task.tokenizer.eos_id is not None:
-    ids = np.asarray([task.tokenizer.eos_id], np.int32)
-  out = generate(task.model, params, ids[None, :], num_tokens, jax.random.key(seed), temperature=temperature,
-                 top_k=top_k or None, top_p=top_p if top_p < 1.0 else None)
-  return task.tokenizer.decode(out[0])

@@ -31,7 +31,7 @@ import optax
 
 from tfjax import config as config_lib
 from tfjax.data import files
-from tfjax.data import wordpiece
+from tfjax.data import tokenizers
 from tfjax.models.bert import BERT
 
 log = logging.getLogger("tfjax")
@@ -52,7 +52,7 @@ def read_lines(dataset: str, data_dir: str | None, clean_wikitext: bool = False)
   with (gzip.open(path, "rt", encoding="utf-8") if str(path).endswith(".gz") else open(path, encoding="utf-8")) as f:
     text = f.read()
   if clean_wikitext:
-    text = wordpiece.clean_wikitext(text)
+    text = files.clean_wikitext(text)
   lines = [line.strip() for line in text.splitlines()]
   lines = [line for line in lines if line]
   if not lines:
@@ -179,14 +179,14 @@ class MLMTask:
 
     tok_path = os.path.join(self.workdir, "tokenizer.json") if self.workdir else None
     if tok_path:
-      self.tokenizer = wordpiece.load_or_train_wordpiece(tok_path, texts, d.vocab_size, d.get("min_frequency", 2),
+      self.tokenizer = tokenizers.load_or_train_wordpiece(tok_path, texts, d.vocab_size, d.get("min_frequency", 2),
                                                          d.get("lowercase", True))
     else:
-      self.tokenizer = wordpiece.train_wordpiece(texts(), d.vocab_size, d.get("min_frequency", 2),
+      self.tokenizer = tokenizers.train_wordpiece(texts(), d.vocab_size, d.get("min_frequency", 2),
                                                  d.get("lowercase", True))
     tok = self.tokenizer
     self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
-        tok.token_to_id(t) for t in (wordpiece.PAD, wordpiece.CLS, wordpiece.SEP, wordpiece.MASK))
+        tok.token_to_id(t) for t in (tokenizers.PAD, tokenizers.CLS, tokenizers.SEP, tokenizers.MASK))
     if None in (self.pad_id, self.cls_id, self.sep_id, self.mask_id):
       raise ValueError(f"tokenizer {tok_path} lacks one of [PAD] [CLS] [SEP] [MASK]")
     special = np.asarray(tok.special_ids(), np.int64)
@@ -315,7 +315,7 @@ class MLMTask:
 
 
 def load_for_inference(path: str, step: int | None = None, best: bool = False
-                       ) -> tuple[BERT, Any, wordpiece.Tokenizer]:
+                       ) -> tuple[BERT, Any, tokenizers.Tokenizer]:
   """``(model, params, tokenizer)`` from a training workdir or a Hugging Face BERT directory.
 
   ``path`` is either a Hugging Face ``BertForMaskedLM`` directory (``config.json`` + ``model.safetensors`` + a
@@ -346,19 +346,19 @@ def load_for_inference(path: str, step: int | None = None, best: bool = False
   config = restore.load_config(path)
   if config.get("task") != "mlm":
     raise ValueError(f"{path} was trained with task={config.get('task')!r}, not 'mlm'")
-  tokenizer = wordpiece.Tokenizer.from_file(tok_path)
+  tokenizer = tokenizers.Tokenizer.from_file(tok_path)
   params, _ = restore.load_params(path, step, best=best)
   return build_model(config, tokenizer.vocab_size), params, tokenizer
 
 
-def fill_mask(model: BERT, params, tokenizer: wordpiece.Tokenizer, text: str, top_k: int = 5
+def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, top_k: int = 5
               ) -> list[list[tuple[str, float]]]:
   """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks."""
   ids = np.asarray(tokenizer.encode(text), np.int32)
-  mask_id = tokenizer.token_to_id(wordpiece.MASK)
+  mask_id = tokenizer.token_to_id(tokenizers.MASK)
   where = np.flatnonzero(ids == mask_id)
   if where.size == 0:
-    raise ValueError(f"no {wordpiece.MASK} token in {text!r}")
+    raise ValueError(f"no {tokenizers.MASK} token in {text!r}")
   if len(ids) > model.cfg.max_len:
     raise ValueError(f"{text!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
   logits = _fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))

@@ -1,7 +1,7 @@
 """Translation: an encoder-decoder transformer on Multi30k (English image captions and their German translations).
 
 Data: Multi30k task 1 (train 29,000 pairs, val 1,014, test2016 1,000), ``config.data.source`` -> ``config.data.target``
-(``en``, ``de`` or ``fr``). One BPE vocabulary (:func:`tfjax.data.wordpiece.train_bpe`, ``config.data.vocab_size``)
+(``en``, ``de`` or ``fr``). One BPE vocabulary (:func:`tfjax.data.tokenizers.train_bpe`, ``config.data.vocab_size``)
 is trained on the training split of both languages and saved in the workdir (a resumed run keeps it). A pair becomes
 
     src     = tokens(source) + [EOS]                   [S]   (padded with [PAD] to S = model.max_len)
@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from tfjax import config as config_lib
-from tfjax.data import files, wordpiece
+from tfjax.data import files, tokenizers
 from tfjax.generate import beam_translate, translate
 from tfjax.models.transformer import EncoderDecoder, flops_per_token
 
@@ -62,7 +62,7 @@ log = logging.getLogger("tfjax")
 LANGUAGES = ("en", "de", "fr")
 SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 TEXTS = ("raw", "tok")  # the dataset's captions, or their lowercased Moses-tokenised form (multi30k/tok/)
-PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # wordpiece.SEQ2SEQ_SPECIAL_TOKENS
+PAD_ID, BOS_ID, EOS_ID = 0, 2, 3  # tokenizers.SEQ2SEQ_SPECIAL_TOKENS
 
 
 def load_multi30k(split: str, lang: str, data_dir: str | None, text: str = "raw") -> list[str]:
@@ -213,9 +213,9 @@ class TranslationTask:
                          f"{len(text[split, d.target])} {d.target} lines")
     tok_path = os.path.join(workdir, "tokenizer.json") if workdir else None
     if tok_path and os.path.exists(tok_path):  # a resumed run keeps its vocabulary
-      self.tokenizer = wordpiece.Tokenizer.from_file(tok_path, eos_token=wordpiece.EOS)
+      self.tokenizer = tokenizers.Tokenizer.from_file(tok_path, eos_token=tokenizers.EOS)
     else:
-      self.tokenizer = wordpiece.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size)
+      self.tokenizer = tokenizers.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size)
       if tok_path and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         self.tokenizer.save(tok_path)
@@ -388,7 +388,7 @@ class TranslationTask:
     return average.average_params(trees), steps + [final]
 
 
-def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenizer, sources: list[str],
+def translate_texts(model: EncoderDecoder, params, tokenizer: tokenizers.Tokenizer, sources: list[str],
                     batch_size: int = 128, temperature: float = 0.0, seed: int = 0, beam_size: int = 1,
                     length_penalty: float = 0.6, too_long: str = "cut") -> list[str]:
   """Translations of ``sources`` (one string each, in the model's text form): greedy by default, ``temperature`` > 0
@@ -432,7 +432,7 @@ def translate_texts(model: EncoderDecoder, params, tokenizer: wordpiece.Tokenize
 
 
 def load_for_inference(workdir: str, step: int | None = None, best: bool = False
-                       ) -> tuple[EncoderDecoder, Any, wordpiece.Tokenizer, Any]:
+                       ) -> tuple[EncoderDecoder, Any, tokenizers.Tokenizer, Any]:
   """``(model, params, tokenizer, config)`` of a translation workdir: its ``config.json``, ``tokenizer.json`` and
   the checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, with ``train.keep_best``).
   Needs no data files."""
@@ -443,6 +443,6 @@ def load_for_inference(workdir: str, step: int | None = None, best: bool = False
   tok_path = os.path.join(workdir, "tokenizer.json")
   if not os.path.isfile(tok_path):
     raise FileNotFoundError(f"workdir {workdir} has no tokenizer.json")
-  tokenizer = wordpiece.Tokenizer.from_file(tok_path, eos_token=wordpiece.EOS)
+  tokenizer = tokenizers.Tokenizer.from_file(tok_path, eos_token=tokenizers.EOS)
   params, _ = restore.load_params(workdir, step, best=best)
   return make_model(config, tokenizer.vocab_size), params, tokenizer, config

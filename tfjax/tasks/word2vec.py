@@ -49,7 +49,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from tfjax import word2vec_eval as ev
+from tfjax.tasks import word2vec_eval as ev
 from tfjax.data import files
 from tfjax.data import word2vec_data as wd
 from tfjax.models import word2vec as w2v

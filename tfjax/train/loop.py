@@ -377,7 +377,7 @@ def final_reports(run: Run, task: Task, params: Any, results: dict[str, Any]) ->
     log.warning("final report failed: %s", e)
   try:
     with run.timer("plot"):
-      from tfjax.train import plots  # pylint: disable=import-outside-toplevel
+      from tfjax.runs import plots  # pylint: disable=import-outside-toplevel
       plots.plot_runs([run.workdir], os.path.join(run.workdir, "loss.png"))
   except Exception as e:  # pylint: disable=broad-except
     log.warning("could not draw loss.png: %s", e)

@@ -1,6 +1,6 @@
 """Compare a run's loss curve with nanoGPT's reference curves measured on this machine kind.
 
-``python experiments/compare_nanogpt.py WORKDIR --reference=../shared/reference/nanogpt_baby_curve.tsv
+``python experiments/bench/compare_nanogpt.py WORKDIR --reference=../shared/reference/nanogpt_baby_curve.tsv
 [--out=WORKDIR/vs_nanogpt.png]`` prints, at each step the reference has, both runs' train/val loss, and draws the
 curves. Reference files: ``step<TAB>train_loss<TAB>val_loss`` rows (eval points), optionally followed by a
 ``iter<TAB>batch_loss`` block (per-iteration training loss).
@@ -9,7 +9,7 @@ curves. Reference files: ``step<TAB>train_loss<TAB>val_loss`` rows (eval points)
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app, flags  # noqa: E402
 

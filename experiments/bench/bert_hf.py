@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from experiments import runtime  # noqa: E402  (sets XLA flags before JAX starts)
 
 runtime.configure_devices()
@@ -48,7 +48,7 @@ runtime.configure_devices()
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 config_flags.DEFINE_config_file("config", os.path.join(_ROOT, "experiments/configs/bert_wikitext2.py"),
                                 "MLM experiment config (experiments/configs/*.py).", lock_config=False)
 flags.DEFINE_integer("steps", 0, "Training steps of each model (0: the config's train.num_steps).")

@@ -25,8 +25,8 @@ import sys
 import sysconfig
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from experiments import bench_ab  # noqa: E402  (its --config, --rounds and --out flags are reused)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from experiments.bench import ab as bench_ab  # noqa: E402  (its --config, --rounds and --out flags are reused)
 from experiments import runtime  # noqa: E402
 
 from absl import app, flags  # noqa: E402

@@ -1,11 +1,11 @@
 """Benchmark: tfjax word2vec against gensim on the same corpus with the same hyperparameters.
 
-  python experiments/bench_word2vec.py [--epochs=5] [--seeds=1,2,3] [--archs=skipgram,cbow] [--workers=2]
+  python experiments/bench/word2vec.py [--epochs=5] [--seeds=1,2,3] [--archs=skipgram,cbow] [--workers=2]
 
 Both train on the corpus of ``experiments/configs/word2vec_skipgram.py`` (tokenised by the one rule of
 ``tfjax.data.word2vec_data.tokenize_line``, one line = one sentence) with dim 100, window 5, 5 noise words,
 min_count 5, sample 1e-3, alpha 0.025 -> 0.0001 (gensim's defaults; tfjax's CBOW config starts at alpha 0.05, see
-``experiments/configs/word2vec_cbow.py``), and are evaluated by the same code (``tfjax.word2vec_eval``; it
+``experiments/configs/word2vec_cbow.py``), and are evaluated by the same code (``tfjax.tasks.word2vec_eval``; it
 reproduces gensim's ``evaluate_word_analogies``/``evaluate_word_pairs`` numbers).
 
 Speed is "effective words" per second, as gensim counts them: centre words kept after min_count and frequent-word
@@ -23,7 +23,7 @@ import platform
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 from experiments import runtime  # noqa: E402  (sets XLA flags before JAX starts)
 
 runtime.configure_devices()
@@ -47,7 +47,7 @@ def _load() -> float:
 
 def run_gensim(sentences, arch, seed, config):
   from gensim.models import Word2Vec
-  from tfjax import word2vec_eval as ev
+  from tfjax.tasks import word2vec_eval as ev
   t0 = time.perf_counter()
   model = Word2Vec(vector_size=config.model.dim, window=config.data.window, min_count=config.data.min_count,
                    sample=config.data.sample, negative=config.model.negatives, hs=0, sg=int(arch == "skipgram"),

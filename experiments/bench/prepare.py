@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from experiments import runtime  # noqa: E402
 
 runtime.configure_devices()
@@ -45,7 +45,7 @@ flags.DEFINE_integer("train_steps", 3, "6/6/384 train steps timed for the ratio 
 flags.DEFINE_string("out", "bench_results/prepare.jsonl", "JSON lines output.")
 FLAGS = flags.FLAGS
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CORPUS = ("wikitext2/valid.txt", "wikitext2/test.txt", "tinyshakespeare/input.txt", "lee/lee_background.cor",
           "lee/lee.cor", "multi30k/train.en.gz", "multi30k/train.de.gz")
 

@@ -5,7 +5,7 @@
 
 tfjax's throughput is judged against nanoGPT (karpathy/nanoGPT, PyTorch, ``--device=cpu --compile=False``), whose
 reference figures were measured on this machine kind at another time. A shared 2-core VM runs ±25% faster or slower
-from one hour to the next, so the fair comparison is side by side: this script and ``bench_train.py`` alternately,
+from one hour to the next, so the fair comparison is side by side: this script and ``bench/train.py`` alternately,
 one process after the other, with the same batch shapes and the same optimiser work, e.g.::
 
   for i in 1 2 3; do ./launch.sh bench train --only=baby; ./launch.sh bench nanogpt --config=baby; done
@@ -19,12 +19,12 @@ weight decay 0.1 on matrices), ``zero_grad(set_to_none=True)``, with the cosine 
 Batches are drawn with ``torch.randint`` from the encoded text in the device's memory (nanoGPT re-opens a ``np.memmap``
 each iteration, slightly slower). On a GPU, ``--device=cuda --dtype=bfloat16 --compile`` is nanoGPT's own setting
 there (TF32 matmuls, bfloat16 autocast, ``torch.compile``, fused AdamW). Throughput is the median of the tokens/s of
-10-iteration intervals after the first, as in ``bench_train.py``.
+10-iteration intervals after the first, as in ``bench/train.py``.
 
 ``--mode=whole_run`` is the whole program nanoGPT's ``train.py`` runs at its README's CPU "baby" setting
 (``config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 --block_size=64
 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0``), start
-to finish, for ``bench_demo.py``: its imports; the vocabulary size from ``meta.pkl`` of the data its ``prepare.py``
+to finish, for ``bench/demo.py``: its imports; the vocabulary size from ``meta.pkl`` of the data its ``prepare.py``
 wrote (``--mode=prepare``: characters sorted, the first 90% of the text to ``train.bin``, the rest to ``val.bin``,
 uint16); the model and AdamW built as above; then iterations 0..max_iters inclusive, each: the learning rate, every
 ``eval_interval`` iterations ``estimate_loss`` (``eval_iters`` batches of train and of val, ``model.eval()``, no
@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app, flags  # noqa: E402
 

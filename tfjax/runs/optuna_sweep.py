@@ -1,7 +1,7 @@
 """Adaptive sweeps with Optuna: a study whose trials are tfjax runs, shared by any number of workers.
 
 Each trial is a separate process, a run of ``experiments/train.py`` in ``SWEEPDIR/trial_<n>`` launched like a local
-sweep's runs (:func:`tfjax.train.sweep.train_command`); the training loop knows nothing of Optuna. The worker follows
+sweep's runs (:func:`tfjax.runs.sweep.train_command`); the training loop knows nothing of Optuna. The worker follows
 the run's ``metrics.jsonl`` as it is written and reports each evaluation's ``eval_loss`` (steps > 0) to the trial;
 when the pruner says prune, it sends the run SIGTERM (the loop saves a checkpoint and exits cleanly) and writes
 ``{"pruned": true, ...}`` as the run's ``results.json``. A finished run's ``results.json[objective]`` (default
@@ -29,7 +29,7 @@ import time
 import warnings
 from typing import Any
 
-from tfjax.train import sweep as sweep_lib
+from tfjax.runs import sweep as sweep_lib
 
 log = logging.getLogger("tfjax")
 
@@ -53,8 +53,8 @@ def _optuna():
 
 def search_space(axes: list[tuple[str, list[Any]]] = (),
                  ranges: list[tuple[str, float, float, str]] = ()) -> dict[str, Any]:
-  """Optuna distributions of config keys from the sweep spec (:func:`tfjax.train.sweep.parse_axis` /
-  :func:`~tfjax.train.sweep.parse_range`): a ``--sweep KEY=V1,V2`` axis is categorical, ``--range KEY=LO:HI:log``
+  """Optuna distributions of config keys from the sweep spec (:func:`tfjax.runs.sweep.parse_axis` /
+  :func:`~tfjax.runs.sweep.parse_range`): a ``--sweep KEY=V1,V2`` axis is categorical, ``--range KEY=LO:HI:log``
   a log-uniform float, ``lin`` a uniform float, ``int`` an integer in [LO, HI]."""
   optuna = _optuna()
   d = optuna.distributions
@@ -431,7 +431,7 @@ def _worker_main(kwargs: dict[str, Any], log_level: int | None, slot: int) -> No
 def run_study(config: str, space: dict[str, Any], sweepdir: str, n_trials: int, parallel: int = 1,
               gpus_per_run: int = 0, env: dict[str, str] | None = None, **worker_kw) -> list[dict[str, Any]]:
   """``parallel`` workers (:func:`run_worker`) of one study on this machine, each in its own process with its own
-  GPUs (:func:`tfjax.train.sweep.gpu_groups`; on CPUs one XLA device per run), then :func:`report`. Returns the
+  GPUs (:func:`tfjax.runs.sweep.gpu_groups`; on CPUs one XLA device per run), then :func:`report`. Returns the
   report's rows."""
   import multiprocessing
   base_env = dict(os.environ if env is None else env)
@@ -480,7 +480,7 @@ def load_study(sweepdir: str, storage_url: str | None = None):
 
 def study_rows(study, sweepdir: str) -> list[dict[str, Any]]:
   """One row per trial: ``run`` (``trial_<n>``), state, parameters, objective value, then what its workdir says
-  (:func:`tfjax.train.sweep.run_row`); a trial retried elsewhere names its retry. Completed trials first, best
+  (:func:`tfjax.runs.sweep.run_row`); a trial retried elsewhere names its retry. Completed trials first, best
   first."""
   trials = study.get_trials(deepcopy=False)
   retried_by = {t.user_attrs["retry_of"]: t.number for t in trials if "retry_of" in t.user_attrs}

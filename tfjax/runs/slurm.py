@@ -1,5 +1,5 @@
 """SLURM job arrays from a sweep spec: one ``sbatch --array=0-(N-1)`` script whose task i runs the i-th setting of the
-grid or random search (the settings :mod:`tfjax.train.sweep` expands, the command :func:`~tfjax.train.sweep.
+grid or random search (the settings :mod:`tfjax.runs.sweep` expands, the command :func:`~tfjax.runs.sweep.
 train_command` builds), each in its own workdir ``SWEEPDIR/<settings>`` exactly as a local sweep would.
 
 Every task is resumable: a task whose run finished (``results.json``) exits at once; otherwise ``experiments/train.py``
@@ -18,7 +18,7 @@ import shutil
 import subprocess
 from typing import Any
 
-from tfjax.train import sweep as sweep_lib
+from tfjax.runs import sweep as sweep_lib
 
 SCRIPT = "sweep.sbatch"
 

@@ -8,7 +8,7 @@ quieter minute), two whole programs as subprocesses, each timed from its spawn t
   validation batches every 250 steps and a checkpoint every 500, the 500-character sample, ``loss.png``).
 - **nanoGPT**: its ``train.py`` at its README's CPU "baby" setting (4/4/128, context 64, batch 12, 2,000 iterations,
   eval every 250 with ``eval_iters=20`` on train and val, ``log_interval=1``, dropout 0, no compile), restated as a
-  whole program in ``bench_nanogpt.py --mode=whole_run``; its ``prepare.py`` data (``meta.pkl`` and uint16
+  whole program in ``bench/nanogpt.py --mode=whole_run``; its ``prepare.py`` data (``meta.pkl`` and uint16
   ``train.bin`` / ``val.bin``) is written once before the rounds, as a user runs ``prepare.py`` once.
 
 Per run: the wall time from spawn to exit; the time (since spawn) of the first evaluation line whose validation loss
@@ -36,11 +36,11 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from absl import app, flags  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 
@@ -149,7 +149,7 @@ def main(argv):
   env = dict(os.environ)
   data = os.path.join(base, "shakespeare_char")
   if FLAGS.only != "tfjax":  # nanoGPT's prepare.py, once, outside the timed runs
-    subprocess.run([py, os.path.join(ROOT, "experiments", "bench_nanogpt.py"), "--mode=prepare",
+    subprocess.run([py, os.path.join(ROOT, "experiments", "bench", "nanogpt.py"), "--mode=prepare",
                     f"--prepared_dir={data}"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
   shared_cache = os.path.join(base, "cache")
   rows = []
@@ -171,7 +171,7 @@ def main(argv):
         cmd = [os.path.join(ROOT, "launch.sh"), "train", "gpt_shakespeare_tiny", f"--workdir={rundir}",
                *FLAGS.tfjax_args]
       else:
-        cmd = [py, os.path.join(ROOT, "experiments", "bench_nanogpt.py"), "--mode=whole_run", "--config=baby",
+        cmd = [py, os.path.join(ROOT, "experiments", "bench", "nanogpt.py"), "--mode=whole_run", "--config=baby",
                f"--prepared_dir={data}", f"--out_dir={rundir}", "--out=", *FLAGS.nanogpt_args]
       print(f"[bench demo] round {rnd}: {prog} ...", flush=True)
       wall, lines, spawn_unix, code = run_timed(cmd, run_env, log_path)

@@ -320,7 +320,7 @@ def write_summary(sweepdir: str, rows: list[dict[str, Any]], title: str, best: d
   workdirs = [os.path.join(sweepdir, r["run"]) for r in rows if os.path.exists(
       os.path.join(sweepdir, r["run"], "metrics.jsonl"))]
   if workdirs:
-    from tfjax.train import plots
+    from tfjax.runs import plots
     plots.plot_runs(workdirs, os.path.join(sweepdir, "curves.png"),
                     highlight=os.path.join(sweepdir, best["run"]) if best else None,
                     title=f"{title} (thick: best)")

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from experiments import runtime  # noqa: E402
 
 runtime.configure_devices()
@@ -76,7 +76,7 @@ def build(config_name: str, overrides: list[str], options: dict):
   from tfjax.train.step import init_state
 
   name = ALIASES.get(config_name, config_name)
-  if not os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", f"{name}.py")):
+  if not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", f"{name}.py")):
     raise app.UsageError(f"--config={config_name}: no experiments/configs/{name}.py")
   config = importlib.import_module(f"experiments.configs.{name}").get_config()
   config_lib.apply_overrides(config, overrides)
