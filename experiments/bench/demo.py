@@ -23,7 +23,9 @@ The compilation cache: tfjax keeps compiled programs in a persistent cache (``ex
 second run does. ``--cache=bench`` (default) gives the rounds one fresh cache folder (and matmul-peak cache): round 1
 runs cold, later rounds warm, and the summary shows both. ``--cache=cold`` gives every round a fresh one (a first run
 every time); ``--cache=user`` uses the user's own ``~/.cache/tfjax``. Both programs inherit this process's
-environment, so under ``./launch.sh`` both run with the same allocator (jemalloc when present).
+environment, except that by default (``--nanogpt_malloc=own``) nanoGPT's run loses the allocator ``launch.sh``
+preloads (``LD_PRELOAD``, ``MALLOC_CONF``, ``MIMALLOC_*``): each program runs with the malloc its own user gets (tfjax:
+jemalloc or the wheel's mimalloc through ``./launch.sh``; nanoGPT: ``python train.py``, glibc's).
 """
 
 import json
@@ -57,6 +59,10 @@ def define_flags() -> None:
   flags.DEFINE_list("tfjax_args", [], "Extra arguments for the tfjax run (e.g. --config.train.num_steps=200).")
   flags.DEFINE_list("nanogpt_args", [], "Extra arguments for the nanoGPT run (e.g. --max_iters=200).")
   flags.DEFINE_string("out", "bench_results/demo.jsonl", "JSON lines output.")
+  flags.DEFINE_enum("nanogpt_malloc", "own", ["own", "same"],
+                    "own: nanoGPT runs with the allocator its user has (`python train.py`: none preloaded; "
+                    "launch.sh's LD_PRELOAD and allocator settings removed); same: the bench's environment, "
+                    "the allocator launch.sh preloads for tfjax.")
 
 # tfjax: "HH:MM:SS step 250 | eval_loss 2.1912 | ..." and "HH:MM:SS step 50/2000 | loss ... | 8,046 tok/s | ..."
 TFJAX_EVAL = re.compile(r"\bstep (\d+) \| eval_loss ([0-9.]+)")
@@ -154,6 +160,7 @@ def main(argv):
   shared_cache = os.path.join(base, "cache")
   rows = []
   stamp = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "ld_preload": os.environ.get("LD_PRELOAD", ""),
+           "nanogpt_malloc": FLAGS.nanogpt_malloc,
            "cache": FLAGS.cache, "cpu_count": os.cpu_count(), "target_loss": FLAGS.target_loss}
   for rnd in range(1, FLAGS.rounds + 1):
     programs = ["tfjax", "nanogpt"] if rnd % 2 else ["nanogpt", "tfjax"]
@@ -171,6 +178,9 @@ def main(argv):
         cmd = [os.path.join(ROOT, "launch.sh"), "train", "gpt_shakespeare_tiny", f"--workdir={rundir}",
                *FLAGS.tfjax_args]
       else:
+        if FLAGS.nanogpt_malloc == "own":
+          for key in [k for k in run_env if k in ("LD_PRELOAD", "MALLOC_CONF") or k.startswith("MIMALLOC_")]:
+            run_env.pop(key)
         cmd = [py, os.path.join(ROOT, "experiments", "bench", "nanogpt.py"), "--mode=whole_run", "--config=baby",
                f"--prepared_dir={data}", f"--out_dir={rundir}", "--out=", *FLAGS.nanogpt_args]
       print(f"[bench demo] round {rnd}: {prog} ...", flush=True)
