@@ -152,7 +152,14 @@ def test_two_workers_share_a_study_prune_and_survive_a_killed_worker(tmp_path):
   workers = [_worker(sweepdir, script, 4, f, gate=gate) for f in logs]
   try:
     # both workers hold a trial (their runs wait at the gate): then the runs go, side by side
-    _wait(lambda: len({t.user_attrs["worker"] for t in running()}) == 2, 120, "both workers in a trial")
+    try:
+      _wait(lambda: len({t.user_attrs["worker"] for t in running()}) == 2, 120, "both workers in a trial")
+    except AssertionError as e:  # say what the workers did (once seen in a full run, never alone)
+      for f in logs:
+        f.flush()
+      tails = "\n".join(f"--- {w}.log (exit {p.poll()}):\n" + (tmp_path / f"{w}.log").read_text()[-2000:]
+                         for w, p in zip("ab", workers))
+      raise AssertionError(f"{e}\n{tails}") from None
     gate.write_text("go")
     # the victim: the worker of the trial that would complete, two steps into it
     killed = _wait(lambda: next((t for t in running() if t.params["optimizer.lr"] != 8e-3 and steps_done(t) >= 2),
