@@ -66,8 +66,8 @@ def test_cached_greedy_translation_equals_full_forward(positional, tie):
     assert first <= 3 and (fast[0, first + 1:] == 0).all()
 
 
-def test_cached_decoder_logits_equal_teacher_forced_logits():
-  model, params, src, valid = _model("rope")
+def _assert_cached_decoding_equals_teacher_forcing(model, params, src, valid):
+  """Decoding a random target one token at a time through the KV cache gives the teacher-forced logits."""
   tgt = np.random.RandomState(3).randint(4, 40, (3, 8)).astype(np.int32)
   full = model.apply({"params": params}, src, valid, tgt)
   memory = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
@@ -78,6 +78,11 @@ def test_cached_decoder_logits_equal_teacher_forced_logits():
                             method=EncoderDecoder.decode)
     cache = v["cache"]
     np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+
+
+def test_cached_decoder_logits_equal_teacher_forced_logits():
+  model, params, src, valid = _model("rope")
+  _assert_cached_decoding_equals_teacher_forcing(model, params, src, valid)
 
 
 @pytest.mark.parametrize("positional,options", [
@@ -92,16 +97,7 @@ def test_cached_decoding_with_the_hugging_face_encoder_decoder_options(positiona
   assert ("ln_embed_src" in params) == ("ln_embed_tgt" in params) == options.get("embed_norm", False)
   assert params["logits_bias"].value.shape == (40,)
   params = {**params, "logits_bias": 0.1 * jax.random.normal(jax.random.key(2), (40,))}
-  tgt = np.random.RandomState(3).randint(4, 40, (3, 8)).astype(np.int32)
-  full = model.apply({"params": params}, src, valid, tgt)
-  memory = model.apply({"params": params}, src, valid, method=EncoderDecoder.encode)
-  cache = init_cache(model, 3, src.shape[1])
-  for t in range(tgt.shape[1]):
-    logits, v = model.apply({"params": params, "cache": cache}, tgt[:, t:t + 1], memory, valid,
-                            positions=np.full((3, 1), t), decode=True, mutable=["cache"],
-                            method=EncoderDecoder.decode)
-    cache = v["cache"]
-    np.testing.assert_allclose(logits[:, 0], full[:, t], atol=2e-5, rtol=1e-5)
+  _assert_cached_decoding_equals_teacher_forcing(model, params, src, valid)
   fast = translate(model, params, src, valid, 10, bos_id=BOS, eos_id=EOS)
   np.testing.assert_array_equal(fast, _greedy_by_full_forward(model, params, src, valid, 10, EOS))
 

@@ -37,7 +37,8 @@ import numpy as np
 from tfjax.hf import seq2seq
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
                              _get_path, _layernorm, _linear, _Rule, _same, _set_path, _transposed, _unscan,
-                             is_hf_dir, read_config, read_tensors, tensors_from_rules, write_tensors)
+                             attention_problems, is_hf_dir, read_config, read_tensors, tensors_from_rules,
+                             write_tensors)
 from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_ids, translate_texts
 from tfjax.models.config import TransformerConfig
 
@@ -162,12 +163,7 @@ def _check_exportable(cfg: TransformerConfig, what: str, pre_ln: bool) -> None:
     problems.append(f"norm={cfg.norm!r} (needs 'layernorm')")
   if cfg.embed_scale:
     problems.append("embed_scale=True (its embeddings are not scaled)")
-  if not cfg.use_bias:
-    problems.append("use_bias=False")
-  if cfg.num_kv_heads not in (None, cfg.num_heads):
-    problems.append(f"num_kv_heads={cfg.num_kv_heads} (needs multi-head attention)")
-  if cfg.head_dim not in (None, cfg.emb_dim // cfg.num_heads):
-    problems.append(f"head_dim={cfg.head_dim} (needs emb_dim // num_heads)")
+  problems += attention_problems(cfg)
   table = _GPT2_ACT_OUT if what == "GPT-2" else _BERT_ACT_OUT
   if cfg.activation not in table:
     problems.append(f"activation={cfg.activation!r}")

@@ -164,3 +164,16 @@ def tensors_from_rules(params: Any, rules) -> dict[str, np.ndarray]:
     for key, x in zip(rule.keys, rule.from_tf(leaf)):
       tensors[key] = np.ascontiguousarray(x)
   return tensors
+
+
+def attention_problems(cfg) -> list[str]:
+  """What in ``cfg`` Hugging Face's multi-head attention (one key/value head per query head, head_dim = D / H) and
+  biased layers cannot represent."""
+  problems = []
+  if not cfg.use_bias:
+    problems.append("use_bias=False")
+  if cfg.num_kv_heads not in (None, cfg.num_heads):
+    problems.append(f"num_kv_heads={cfg.num_kv_heads} (needs multi-head attention)")
+  if cfg.head_dim not in (None, cfg.emb_dim // cfg.num_heads):
+    problems.append(f"head_dim={cfg.head_dim} (needs emb_dim // num_heads)")
+  return problems

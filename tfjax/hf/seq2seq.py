@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, HFCheckpointError, _activation, _get, _get_path, _layernorm,
-                             _linear, _Rule, _same, _set_path, _transposed, read_tensors, write_tensors)
+                             _linear, _Rule, _same, _set_path, _transposed, attention_problems, read_tensors,
+                             write_tensors)
 from tfjax.models.config import TransformerConfig
 from tfjax.layers.embeddings import sinusoidal_table
 
@@ -131,12 +132,7 @@ def model_type_of(cfg: TransformerConfig) -> str:
     problems.append("final_norm=True (Marian and BART have no norm after a stack)")
   if cfg.norm != "layernorm" or cfg.norm_eps != _LN_EPS:
     problems.append(f"norm={cfg.norm!r} norm_eps={cfg.norm_eps} (needs 'layernorm', {_LN_EPS})")
-  if not cfg.use_bias:
-    problems.append("use_bias=False")
-  if cfg.num_kv_heads not in (None, cfg.num_heads):
-    problems.append(f"num_kv_heads={cfg.num_kv_heads} (needs multi-head attention)")
-  if cfg.head_dim not in (None, cfg.emb_dim // cfg.num_heads):
-    problems.append(f"head_dim={cfg.head_dim} (needs emb_dim // num_heads)")
+  problems += attention_problems(cfg)
   if cfg.activation not in _ACT_OUT:
     problems.append(f"activation={cfg.activation!r} (supported: {sorted(_ACT_OUT)})")
   if problems:
