@@ -113,7 +113,7 @@ def test_families_keep_their_own_architecture():
   """BERT, the translators and imported checkpoints set their fields explicitly: the GPT defaults do not leak."""
   bert = config_lib.transformer_config(launcher_config("bert_wikitext2").model, 100)
   assert (bert.positional, bert.use_bias, bert.activation, bert.pre_ln, bert.attention_block_size) == (
-      "learned", True, "gelu", False, 0)
+      "rope", True, "gelu", False, 0)  # RoFormer's rotary positions (issue 20), BERT's everything else
   tiny = config_lib.transformer_config(launcher_config("translate_multi30k_tiny").model, 100)
   assert (tiny.positional, tiny.use_bias, tiny.activation, tiny.pre_ln) == ("sinusoidal", True, "relu", False)
   from tfjax.models.bert import bert_config

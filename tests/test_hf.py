@@ -19,7 +19,7 @@ from tfjax.models.bert import BERT
 from tfjax.models.gpt import GPT
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
-GPT2_DIR, BERT_DIR = FIXTURES / "hf_gpt2", FIXTURES / "hf_bert"
+GPT2_DIR, BERT_DIR, ROFORMER_DIR = FIXTURES / "hf_gpt2", FIXTURES / "hf_bert", FIXTURES / "hf_roformer"
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -57,12 +57,18 @@ def bert():
   return hf.load(BERT_DIR), np.load(FIXTURES / "hf_bert.npz")
 
 
+@pytest.fixture(scope="module")
+def roformer():
+  return hf.load(ROFORMER_DIR), np.load(FIXTURES / "hf_roformer.npz")
+
+
 def test_fixtures_are_small_and_perturbed():
   total = sum(f.stat().st_size for f in FIXTURES.rglob("*") if f.is_file())
-  assert total < 450_000  # all four fixtures (GPT-2, BERT, Marian, BART)
-  for d in (GPT2_DIR, BERT_DIR):
+  assert total < 520_000  # all five fixtures (GPT-2, BERT, RoFormer, Marian, BART)
+  for d in (GPT2_DIR, BERT_DIR, ROFORMER_DIR):
     for name, w in load_file(d / "model.safetensors").items():  # nothing at its default value (1 or 0)
-      assert not np.allclose(w, 1.0) and not np.allclose(w, 0.0), name
+      if name != "roformer.encoder.embed_positions.weight":  # fixed sinusoids (sin 0 = 0 in row 0)
+        assert not np.allclose(w, 1.0) and not np.allclose(w, 0.0), name
 
 
 def test_gpt2_logits_match_transformers(gpt2):
@@ -97,9 +103,58 @@ def test_exact_gelu_matters_for_parity(bert):
   assert err > 1e-4
 
 
-@pytest.mark.parametrize("name", ["gpt2", "bert"])
-def test_export_import_round_trip(name, tmp_path, gpt2, bert):
-  (model, params), ref = {"gpt2": gpt2, "bert": bert}[name]
+def test_roformer_logits_match_transformers(roformer):
+  """RoFormerForMaskedLM = BERT with rotary positions: imported as a tfjax BERT with ``positional="rope"``."""
+  (model, params), ref = roformer
+  assert isinstance(model, BERT)
+  cfg = model.cfg
+  assert (cfg.positional, cfg.pre_ln, cfg.activation, cfg.norm_eps) == ("rope", False, "gelu", 1e-12)
+  assert "pos_embed" not in params
+  logits = _bert_logits(model, params, ref)
+  real = ref["attention_mask"].astype(bool)
+  assert not real.all()
+  np.testing.assert_allclose(logits[real], ref["logits"][real], atol=1e-5, rtol=0)
+
+
+def test_rotary_pair_order_matters_for_parity(roformer):
+  """Guards the RoFormer parity test: RoFormer rotates channels (2i, 2i+1), tfjax (i, i + Dh/2); importing the query
+  and key columns without the permutation gives other logits."""
+  from tfjax.hf import rotary_pairs_permutation
+  np.testing.assert_array_equal(rotary_pairs_permutation(2, 4), [0, 2, 1, 3, 4, 6, 5, 7])
+  (model, params), ref = roformer
+  perm = rotary_pairs_permutation(model.cfg.num_heads, model.cfg.emb_dim // model.cfg.num_heads)
+  d = model.cfg.emb_dim
+  unpermuted = jax.tree.map(np.array, params)  # writable copies
+  for block in unpermuted["encoder"].values():
+    k = block["attn"]["qkv"]["kernel"]
+    k[:, :2 * d] = np.concatenate([k[:, :d][:, perm], k[:, d:2 * d][:, perm]], axis=1)  # HF's column order
+  real = ref["attention_mask"].astype(bool)
+  err = np.abs(_bert_logits(model, unpermuted, ref)[real] - ref["logits"][real]).max()
+  assert err > 1e-3
+
+
+def test_roformer_options_tfjax_cannot_represent(tmp_path):
+  for key, value, match in [("rotary_value", True, "rotary_value"), ("embedding_size", 16, "embedding_size")]:
+    d = tmp_path / key
+    shutil.copytree(ROFORMER_DIR, d)
+    config = json.loads((d / "config.json").read_text())
+    config[key] = value
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(hf.HFCheckpointError, match=match):
+      hf.load(d)
+
+
+def test_rotary_bert_export_refuses_what_roformer_cannot_express(tmp_path, roformer):
+  import dataclasses
+  (model, params), _ = roformer
+  for change, match in [({"rope_base": 500.0}, "rope_base"), ({"pre_ln": True}, "pre_ln")]:
+    with pytest.raises(hf.HFCheckpointError, match=match):
+      hf.save(BERT(dataclasses.replace(model.cfg, **change), model.type_vocab_size), params, tmp_path / "x")
+
+
+@pytest.mark.parametrize("name", ["gpt2", "bert", "roformer"])
+def test_export_import_round_trip(name, tmp_path, gpt2, bert, roformer):
+  (model, params), ref = {"gpt2": gpt2, "bert": bert, "roformer": roformer}[name]
   src = FIXTURES / f"hf_{name}"
   hf.save(model, params, tmp_path)
   assert hf.is_hf_dir(tmp_path)

@@ -2,11 +2,12 @@
 
     python3 -m venv .venv-fixtures
     .venv-fixtures/bin/pip install torch==2.13.0 transformers safetensors numpy sentencepiece
-    .venv-fixtures/bin/python tools/make_hf_fixtures.py     # tests/fixtures/hf_{gpt2,bert,marian,bart}/ + .npz
+    .venv-fixtures/bin/python tools/make_hf_fixtures.py     # tests/fixtures/hf_{gpt2,bert,roformer,marian,bart}/ + .npz
     .venv-fixtures/bin/python tools/make_hf_fixtures.py --only marian,bart     # some of them
     .venv-fixtures/bin/python tools/make_hf_fixtures.py --check DIR [--reference tests/fixtures/hf_bert.npz]
 
-The models are randomly initialised ``GPT2LMHeadModel``, ``BertForMaskedLM``, ``MarianMTModel`` and
+The models are randomly initialised ``GPT2LMHeadModel``, ``BertForMaskedLM``, ``RoFormerForMaskedLM`` (BERT with
+rotary positions), ``MarianMTModel`` and
 ``BartForConditionalGeneration`` (1-2 layers, tiny widths) whose every weight is then perturbed (LayerNorm weights
 not 1, biases not 0, ``final_logits_bias`` not 0; Marian's sinusoidal positions are fixed and stay), saved with
 ``save_pretrained`` (safetensors). The ``.npz`` files hold inputs with right padding and the PyTorch logits, computed
@@ -46,7 +47,8 @@ def _perturb(model: torch.nn.Module, seed: int) -> None:
   g = torch.Generator().manual_seed(seed)
   with torch.no_grad():
     for name, p in model.named_parameters():
-      p.add_(0.1 * torch.randn(p.shape, generator=g))
+      if p.requires_grad:  # RoFormer's fixed sinusoidal table stays
+        p.add_(0.1 * torch.randn(p.shape, generator=g))
 
 
 def _inputs(rng: np.random.Generator, batch: int, length: int, vocab: int, lengths: list[int]):
@@ -110,6 +112,29 @@ def make_bert(out: pathlib.Path) -> None:
     logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
                    token_type_ids=torch.tensor(types)).logits.numpy()
   np.savez_compressed(out / "hf_bert.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
+                      token_type_ids=types.astype(np.int32), logits=logits.astype(np.float32))
+
+
+def make_roformer(out: pathlib.Path) -> None:
+  """RoFormerForMaskedLM: BERT with rotary positions (BERT's layers, no position table); head_dim 8."""
+  from transformers import RoFormerConfig, RoFormerForMaskedLM
+  torch.manual_seed(0)
+  config = RoFormerConfig(attn_implementation="eager", vocab_size=100, hidden_size=32, embedding_size=32,
+                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+                          max_position_embeddings=32, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12,
+                          pad_token_id=0, rotary_value=False)
+  model = RoFormerForMaskedLM(config).eval()
+  _perturb(model, 4)
+  model.save_pretrained(out / "hf_roformer", safe_serialization=True)
+  (out / "hf_roformer" / "generation_config.json").unlink(missing_ok=True)
+
+  rng = np.random.default_rng(5)
+  ids, mask = _inputs(rng, 3, 12, 100, [12, 9, 3])
+  types = rng.integers(0, 2, size=ids.shape)
+  with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                   token_type_ids=torch.tensor(types)).logits.numpy()
+  np.savez_compressed(out / "hf_roformer.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
                       token_type_ids=types.astype(np.int32), logits=logits.astype(np.float32))
 
 
@@ -228,10 +253,10 @@ def make_bart(out: pathlib.Path) -> None:
 def check(path: pathlib.Path, reference: pathlib.Path | None) -> None:
   """Loads ``path`` with transformers and compares logits at real positions with the reference .npz."""
   from transformers import (AutoConfig, BartForConditionalGeneration, BertForMaskedLM, GPT2LMHeadModel,
-                            MarianMTModel)
+                            MarianMTModel, RoFormerForMaskedLM)
   config = AutoConfig.from_pretrained(path)
   cls = {"gpt2": GPT2LMHeadModel, "bert": BertForMaskedLM, "marian": MarianMTModel,
-         "bart": BartForConditionalGeneration}[config.model_type]
+         "bart": BartForConditionalGeneration, "roformer": RoFormerForMaskedLM}[config.model_type]
   model = cls.from_pretrained(path, attn_implementation="eager").eval()
   reference = reference or FIXTURES / f"hf_{config.model_type}.npz"
   ref = np.load(reference)
@@ -251,14 +276,14 @@ def main():
   parser.add_argument("--out", type=pathlib.Path, default=FIXTURES)
   parser.add_argument("--check", type=pathlib.Path, default=None)
   parser.add_argument("--reference", type=pathlib.Path, default=None)
-  parser.add_argument("--only", default="gpt2,bert,marian,bart", help="comma-separated fixtures to (re)build")
+  parser.add_argument("--only", default="gpt2,bert,roformer,marian,bart", help="comma-separated fixtures to (re)build")
   args = parser.parse_args()
   torch.set_num_threads(1)
   if args.check is not None:
     check(args.check, args.reference)
     return
   args.out.mkdir(parents=True, exist_ok=True)
-  makers = {"gpt2": make_gpt2, "bert": make_bert, "marian": make_marian, "bart": make_bart}
+  makers = {"gpt2": make_gpt2, "bert": make_bert, "roformer": make_roformer, "marian": make_marian, "bart": make_bart}
   for name in args.only.split(","):
     makers[name](args.out)
   for extra in ("generation_config.json", "special_tokens_map.json"):  # transformers rebuilds them from config.json

@@ -1,5 +1,9 @@
 """tfjax's BERT beside Hugging Face ``BertForMaskedLM`` (PyTorch), trained on the same batches with the same recipe.
 
+The Hugging Face class is the one tfjax's export writes: ``BertForMaskedLM`` for learned positions
+(``--config.model.positional=learned``), ``RoFormerForMaskedLM`` (BERT with rotary positions) for the shipped RoPE
+BERT.
+
 ``./launch.sh bench bert_hf [--steps=1000] [--init=tfjax|hf|own] [--chunk=50] [--eval] [--config.KEY=VALUE ...]``
 
 Needs the optional ``bench`` extra (PyTorch and transformers, never a runtime dependency of tfjax):
@@ -95,8 +99,9 @@ def torch_inputs(torch, batch, np, device="cpu"):
 
 def make_torch_optimizer(torch, model, o):
   """AdamW with weight decay on weight matrices and embeddings (ndim >= 2) only; clipping is done by the caller."""
-  decay = [p for _, p in model.named_parameters() if p.ndim >= 2]
-  no_decay = [p for _, p in model.named_parameters() if p.ndim < 2]
+  trained = [p for p in model.parameters() if p.requires_grad]  # not RoFormer's fixed sinusoidal table
+  decay = [p for p in trained if p.ndim >= 2]
+  no_decay = [p for p in trained if p.ndim < 2]
   if o.name != "adamw":
     raise ValueError(f"bench_bert_hf states only AdamW, got optimizer.name={o.name!r}")
   return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
@@ -176,19 +181,23 @@ def main(argv):
       torch.set_num_threads(FLAGS.threads)
     torch.manual_seed(config.seed)
     hf.save(task.model, state.params, export_dir, tokenizer_file=os.path.join(workdir, "tokenizer.json"))
+    # BertForMaskedLM or RoFormerForMaskedLM, as the export's config.json says
     if FLAGS.init == "tfjax":
-      tmodel = transformers.BertForMaskedLM.from_pretrained(export_dir)
-    else:
-      tmodel = transformers.BertForMaskedLM(transformers.BertConfig.from_pretrained(export_dir))  # HF's own init
+      tmodel = transformers.AutoModelForMaskedLM.from_pretrained(export_dir)
+    else:  # HF's own init
+      tmodel = transformers.AutoModelForMaskedLM.from_config(transformers.AutoConfig.from_pretrained(export_dir))
       if FLAGS.init == "hf":
         tmodel.save_pretrained(export_dir, safe_serialization=True)
         _, params = hf.load(export_dir)
         params = jax.tree.map(lambda a, b: np.asarray(b, a.dtype), state.params, params)
         state = jax.device_put(state.replace(params=params, opt_state=tx.init(params)), state_sh)
+    for name, p in tmodel.named_parameters():  # RoFormer's sinusoids are fixed; transformers 5's from_pretrained
+      if "embed_positions" in name:            # hands them back trainable
+        p.requires_grad_(False)
     tmodel.to(FLAGS.torch_device).train()
     topt = make_torch_optimizer(torch, tmodel, o)
-    tparams = [p for p in tmodel.parameters()]
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
+    tparams = [p for p in tmodel.parameters() if p.requires_grad]
+    print(f"{type(tmodel).__name__}: torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}")
 
   train_step = loop.jit_train_step(task, tx, schedule, config.train, mode, mesh, state_sh, batch_sh)
   tokens_per_step = config.train.batch_size * task.seq_len

@@ -47,7 +47,9 @@ def get_config():
   c.data.max_predictions = config_dict.placeholder(int)  # None: ceil(mask_prob * seq_len)
 
   c.model.update(num_layers=4, num_heads=4, emb_dim=128, mlp_dim=512, max_len=64, dropout_rate=0.0,
-                 attention_dropout_rate=0.0, positional="learned", norm="layernorm", norm_eps=1e-12, use_bias=True,
+                 attention_dropout_rate=0.0,
+                 positional="rope",  # RoFormer's rotary positions; "learned": BERT's table (no context use here)
+                 norm="layernorm", norm_eps=1e-12, use_bias=True,
                  pre_ln=False, activation="gelu", tie_embeddings=True,
                  scale_residual_init=False,  # BERT's N(0, 0.02) for every weight (GPT-2's 1/sqrt(2L): issue 20)
                  attention_block_size=0)  # bidirectional: no causal blocks to skip (and HF exports carry none)

@@ -1,5 +1,5 @@
-"""Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``), BERT (``BertForMaskedLM``), and the
-encoder-decoders Marian (``MarianMTModel``) and BART (``BartForConditionalGeneration``, :mod:`tfjax.hf.seq2seq`).
+"""Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``), BERT (``BertForMaskedLM``; with RoPE,
+``RoFormerForMaskedLM``), and the encoder-decoders Marian (``MarianMTModel``) and BART (``BartForConditionalGeneration``, :mod:`tfjax.hf.seq2seq`).
 
 A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``), and usually a tokenizer (``tokenizer.json``, or GPT-2's ``vocab.json`` +
@@ -17,12 +17,15 @@ read and written with ``safetensors.numpy``: no torch.
 
 Layout differences handled here: PyTorch ``nn.Linear`` stores ``weight [out, in]`` (transposed to a flax kernel
 ``[in, out]``); GPT-2's ``Conv1D`` already stores ``[in, out]`` and its fused ``c_attn`` is ``[q | k | v]`` like
-tfjax's ``qkv``; BERT's separate ``query``/``key``/``value`` are concatenated into ``qkv``. LayerNorm ``weight`` is
+tfjax's ``qkv``; BERT's separate ``query``/``key``/``value`` are concatenated into ``qkv``. RoFormer rotates
+adjacent channel pairs ``(2i, 2i+1)`` of a head where tfjax rotates ``(i, i + Dh/2)``: the query and key columns of
+every head are permuted between the two layouts (the attention scores are unchanged). LayerNorm ``weight`` is
 flax's ``scale``. Tied output embeddings are not stored twice.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,13 +49,16 @@ __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_INDEX_FILE", "SUPPORTED", "HF
            "MarianTokenizer", "generation_ids", "is_hf_dir", "load", "load_tokenizer",
            "read_config", "read_tensors", "save", "translate_ids", "translate_texts", "write_tensors"]
 
-SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", **seq2seq.SEQ2SEQ}
+SUPPORTED = {"gpt2": "GPT2LMHeadModel", "bert": "BertForMaskedLM", "roformer": "RoFormerForMaskedLM",
+             **seq2seq.SEQ2SEQ}
+_ENCODERS = ("bert", "roformer")  # BERT-style masked-LM encoders: tfjax BERT with learned / rotary positions
 
 _GPT2_ACT_OUT = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu", "silu": "silu"}
 _BERT_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
 
 # tensors present in some checkpoints that tfjax does not need (buffers, pooler, next-sentence head)
-_IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|position_ids|^bert\.pooler\.|^cls\.seq_relationship\.)")
+_IGNORED = re.compile(r"(\.attn\.bias|\.attn\.masked_bias|position_ids|^(bert|roformer)\.pooler\.|"
+                      r"^cls\.seq_relationship\.|^roformer\.encoder\.embed_positions\.)")
 
 
 def _gpt2_rules(cfg: TransformerConfig) -> list[_Rule]:
@@ -72,20 +78,44 @@ def _gpt2_rules(cfg: TransformerConfig) -> list[_Rule]:
   return r
 
 
-def _bert_rules(cfg: TransformerConfig) -> list[_Rule]:
-  e = "bert.embeddings"
+def rotary_pairs_permutation(num_heads: int, head_dim: int) -> np.ndarray:
+  """Column order taking tfjax's rotary layout (a head's channel ``i`` pairs with ``i + Dh/2``) to RoFormer's
+  (``2i`` pairs with ``2i + 1``): ``roformer_columns = tfjax_columns[..., perm]`` over ``num_heads * head_dim``
+  columns; ``np.argsort(perm)`` goes back."""
+  half = head_dim // 2
+  within = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)  # 0, h, 1, h+1, ...
+  return (np.arange(num_heads)[:, None] * head_dim + within[None, :]).reshape(-1)
+
+
+def _bert_rules(cfg: TransformerConfig, model_type: str = "bert") -> list[_Rule]:
+  """BertForMaskedLM (``model_type="bert"``) or RoFormerForMaskedLM (``"roformer"``: no position table, RoPE)."""
+  e = f"{model_type}.embeddings"
   r = [_same(("embed", "embedding"), f"{e}.word_embeddings.weight"),
-       _same(("pos_embed", "embedding"), f"{e}.position_embeddings.weight"),
        _same(("type_embed", "embedding"), f"{e}.token_type_embeddings.weight")]
+  if model_type == "bert":
+    r.append(_same(("pos_embed", "embedding"), f"{e}.position_embeddings.weight"))
   r += _layernorm(("ln_embed",), f"{e}.LayerNorm")
+  head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+  # RoFormer's q and k columns in its rotary pair order; v (not rotated) as it is
+  perm = rotary_pairs_permutation(cfg.num_heads, head_dim) if model_type == "roformer" else None
+  inv = np.argsort(perm) if perm is not None else None
+
+  def to_tf(q, k, v):  # HF [D] or [out, in] -> tfjax columns
+    if perm is not None:
+      q, k = q[inv], k[inv]
+    return np.concatenate([q.T, k.T, v.T], axis=-1) if q.ndim == 2 else np.concatenate([q, k, v])
+
+  def from_tf(a):
+    q, k, v = np.split(a, 3, axis=-1)
+    if perm is not None:
+      q, k = q[..., perm], k[..., perm]
+    return tuple(x.T for x in (q, k, v))
+
   for i in range(cfg.num_layers):
-    t, h = ("encoder", f"block_{i}"), f"bert.encoder.layer.{i}"
+    t, h = ("encoder", f"block_{i}"), f"{model_type}.encoder.layer.{i}"
     qkv = tuple(f"{h}.attention.self.{n}" for n in ("query", "key", "value"))
-    r.append(_Rule(t + ("attn", "qkv", "kernel"), tuple(k + ".weight" for k in qkv),
-                   lambda q, k, v: np.concatenate([q.T, k.T, v.T], axis=1),
-                   lambda a: tuple(x.T for x in np.split(a, 3, axis=1))))
-    r.append(_Rule(t + ("attn", "qkv", "bias"), tuple(k + ".bias" for k in qkv),
-                   lambda q, k, v: np.concatenate([q, k, v]), lambda a: tuple(np.split(a, 3))))
+    r.append(_Rule(t + ("attn", "qkv", "kernel"), tuple(k + ".weight" for k in qkv), to_tf, from_tf))
+    r.append(_Rule(t + ("attn", "qkv", "bias"), tuple(k + ".bias" for k in qkv), to_tf, from_tf))
     r += _linear(t + ("attn", "out"), f"{h}.attention.output.dense", transpose=True)
     r += _layernorm(t + ("ln_attn",), f"{h}.attention.output.LayerNorm")
     r += _linear(t + ("mlp", "fc_in"), f"{h}.intermediate.dense", transpose=True)
@@ -107,10 +137,10 @@ def _normalise_keys(tensors: dict[str, np.ndarray], model_type: str) -> dict[str
     k = re.sub(r"\.gamma$", ".weight", re.sub(r"\.beta$", ".bias", k))
     if model_type == "gpt2" and not k.startswith(("transformer.", "lm_head.")):
       k = "transformer." + k  # GPT2Model checkpoints (e.g. the original "gpt2") have no prefix
-    if model_type == "bert" and not k.startswith(("bert.", "cls.")):
-      k = "bert." + k
+    if model_type in _ENCODERS and not k.startswith((f"{model_type}.", "cls.")):
+      k = f"{model_type}." + k
     out[k] = v
-  if model_type == "bert" and "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
+  if model_type in _ENCODERS and "cls.predictions.bias" not in out and "cls.predictions.decoder.bias" in out:
     out["cls.predictions.bias"] = out["cls.predictions.decoder.bias"]
   out.pop("cls.predictions.decoder.bias", None)
   return out
@@ -133,17 +163,25 @@ def _gpt2_config(c: dict, overrides: dict) -> TransformerConfig:
   return TransformerConfig(**kw)
 
 
-def _bert_config(c: dict, overrides: dict) -> tuple[TransformerConfig, int]:
-  if _get(c, "position_embedding_type", "absolute") != "absolute":
+def _bert_config(c: dict, overrides: dict, model_type: str = "bert") -> tuple[TransformerConfig, int]:
+  name = "RoFormer" if model_type == "roformer" else "BERT"
+  if model_type == "bert" and _get(c, "position_embedding_type", "absolute") != "absolute":
     raise HFCheckpointError(f"BERT position_embedding_type={c['position_embedding_type']!r} is not supported "
                             "(only 'absolute')")
+  if model_type == "roformer":
+    if _get(c, "rotary_value", False):
+      raise HFCheckpointError("RoFormer with rotary_value=True (values rotated too) is not supported")
+    if _get(c, "embedding_size", None) not in (None, _get(c, "hidden_size", required=True)):
+      raise HFCheckpointError(f"RoFormer embedding_size={c['embedding_size']} != hidden_size={c['hidden_size']} "
+                              "(an embedding projection) is not supported")
   if _get(c, "is_decoder", False) or _get(c, "add_cross_attention", False):
-    raise HFCheckpointError("BERT as a decoder (is_decoder / add_cross_attention) is not supported")
+    raise HFCheckpointError(f"{name} as a decoder (is_decoder / add_cross_attention) is not supported")
   kw = dict(vocab_size=_get(c, "vocab_size", required=True), num_layers=_get(c, "num_hidden_layers", required=True),
             num_heads=_get(c, "num_attention_heads", required=True), emb_dim=_get(c, "hidden_size", required=True),
             mlp_dim=_get(c, "intermediate_size", required=True), max_len=_get(c, "max_position_embeddings", 512),
             dropout_rate=_get(c, "hidden_dropout_prob", 0.0),
-            attention_dropout_rate=_get(c, "attention_probs_dropout_prob", 0.0), positional="learned",
+            attention_dropout_rate=_get(c, "attention_probs_dropout_prob", 0.0),
+            positional="rope" if model_type == "roformer" else "learned", rope_base=10_000.0,
             norm="layernorm", norm_eps=_get(c, "layer_norm_eps", 1e-12), use_bias=True, pre_ln=False,
             activation=_activation(c, "hidden_act", "gelu"),
             tie_embeddings=bool(_get(c, "tie_word_embeddings", True)),
@@ -153,12 +191,14 @@ def _bert_config(c: dict, overrides: dict) -> tuple[TransformerConfig, int]:
   return TransformerConfig(**kw), int(_get(c, "type_vocab_size", 2))
 
 
-def _check_exportable(cfg: TransformerConfig, what: str, pre_ln: bool) -> None:
+def _check_exportable(cfg: TransformerConfig, what: str, pre_ln: bool, positional: str = "learned") -> None:
   problems = []
   if cfg.pre_ln != pre_ln:
     problems.append(f"pre_ln={cfg.pre_ln} ({what} is {'pre' if pre_ln else 'post'}-LN)")
-  if cfg.positional != "learned":
-    problems.append(f"positional={cfg.positional!r} (needs 'learned')")
+  if cfg.positional != positional:
+    problems.append(f"positional={cfg.positional!r} (needs {positional!r})")
+  if positional == "rope" and cfg.rope_base != 10_000.0:
+    problems.append(f"rope_base={cfg.rope_base} (needs 10000)")
   if cfg.norm != "layernorm":
     problems.append(f"norm={cfg.norm!r} (needs 'layernorm')")
   if cfg.embed_scale:
@@ -186,6 +226,13 @@ def _gpt2_config_out(cfg: TransformerConfig) -> dict:
 
 
 def _bert_config_out(cfg: TransformerConfig, type_vocab_size: int) -> dict:
+  """``BertForMaskedLM``'s config of a BERT with learned positions, ``RoFormerForMaskedLM``'s of one with RoPE."""
+  if cfg.positional == "rope":
+    _check_exportable(cfg, "RoFormer", pre_ln=False, positional="rope")
+    out = _bert_config_out(dataclasses.replace(cfg, positional="learned"), type_vocab_size)
+    del out["position_embedding_type"]
+    return {**out, "architectures": ["RoFormerForMaskedLM"], "model_type": "roformer",
+            "embedding_size": cfg.emb_dim, "rotary_value": False}
   _check_exportable(cfg, "BERT", pre_ln=False)
   return {"architectures": ["BertForMaskedLM"], "model_type": "bert", "vocab_size": cfg.vocab_size,
           "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads, "hidden_size": cfg.emb_dim,
@@ -224,8 +271,8 @@ def _build(model_type: str, config: dict, overrides: dict):
   if model_type == "gpt2":
     cfg = _gpt2_config(config, overrides)
     return GPT(cfg), _gpt2_rules(cfg)
-  cfg, type_vocab = _bert_config(config, overrides)
-  return BERT(cfg, type_vocab_size=type_vocab), _bert_rules(cfg)
+  cfg, type_vocab = _bert_config(config, overrides, model_type)
+  return BERT(cfg, type_vocab_size=type_vocab), _bert_rules(cfg, model_type)
 
 
 def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
@@ -263,8 +310,9 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
   if missing:
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
     hint = ""
-    if model_type == "bert" and any(k.startswith("cls.") for k in missing):
-      hint = " (BertForMaskedLM needs the masked-LM head 'cls.predictions.*'; a BertModel checkpoint lacks it)"
+    if model_type in _ENCODERS and any(k.startswith("cls.") for k in missing):
+      hint = (f" ({SUPPORTED[model_type]} needs the masked-LM head 'cls.predictions.*'; a checkpoint of the bare "
+              "encoder lacks it)")
     raise HFCheckpointError(f"{path}: missing tensor '{missing[0]}'{more}{hint}")
   for key, shape in expected.items():
     if tuple(tensors[key].shape) != shape:
@@ -286,7 +334,8 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
 
 def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
          tokenizer_from: str | os.PathLike | None = None, token_ids: dict | None = None) -> None:
-  """Exports a tfjax GPT (as ``GPT2LMHeadModel``), post-LN BERT (as ``BertForMaskedLM``) or EncoderDecoder with
+  """Exports a tfjax GPT (as ``GPT2LMHeadModel``), post-LN BERT (as ``BertForMaskedLM``, or with RoPE as
+  ``RoFormerForMaskedLM``) or EncoderDecoder with
   Marian's or BART's embeddings (as ``MarianMTModel`` / ``BartForConditionalGeneration``) to a Hugging Face dir.
 
   Writes ``config.json`` and ``model.safetensors`` (float32, tied embeddings stored once); copies ``tokenizer_file``
@@ -314,12 +363,17 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
   if isinstance(model, GPT):
     config, rules, stack = _gpt2_config_out(cfg), _gpt2_rules(cfg), "decoder"
   elif isinstance(model, BERT):
-    config, rules, stack = _bert_config_out(cfg, model.type_vocab_size), _bert_rules(cfg), "encoder"
+    config, stack = _bert_config_out(cfg, model.type_vocab_size), "encoder"
+    rules = _bert_rules(cfg, config["model_type"])
   else:
     raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2), BERT and "
                             "EncoderDecoder (as Marian or BART)")
   params = _unscan(params, stack)
   tensors = tensors_from_rules(params, rules)
+  if config["model_type"] == "roformer":  # its fixed sinusoidal table (transformers warns when it is missing)
+    from tfjax.layers.embeddings import sinusoidal_table
+    tensors["roformer.encoder.embed_positions.weight"] = sinusoidal_table(
+        cfg.max_len, cfg.head_dim or cfg.emb_dim // cfg.num_heads, layout="halves")
   path.mkdir(parents=True, exist_ok=True)
   write_tensors(tensors, path / WEIGHTS_FILE)
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -3,6 +3,7 @@
 ``input_ids [B, T] -> logits [B, T, V]`` (or ``[B, P, V]`` at ``masked_positions [B, P]``)::
 
     x = LayerNorm(tok_embed[ids] + pos_embed[positions] + type_embed[token_type_ids])     "ln_embed"
+                                                             (no pos_embed with positional="rope")
     x = dropout(x)
     x = encoder(x, mask = padding_mask(attention_mask))     num_layers blocks, every token sees every real token
     (x = LayerNorm(x)                                        "ln_final", only when pre_ln=True)
@@ -12,6 +13,11 @@
 Context flows both ways: there is no causal mask. Padding is never inferred from token ids: the caller passes
 ``attention_mask [B, T]`` (1/True = real token, 0/False = padding), from which the boolean mask ``[B, 1, T, T]`` of
 :func:`tfjax.layers.masks.padding_mask` is built; outputs at real positions do not depend on what is at padded ones.
+
+Positions: ``cfg.positional="learned"`` is BERT's table of absolute positions; ``"rope"`` rotates every query and
+key by its position instead (RoFormer, Su et al. 2021; Hugging Face ``RoFormerForMaskedLM``), so attention scores
+depend on the offset between tokens from the first step. On small data this is what makes BERT use context early
+(docs/bert.md): a learned table starts as noise and a head must learn "the token next to me" position by position.
 
 Post-LN (``cfg.pre_ln=False``) is the original BERT (and what Hugging Face ``BertForMaskedLM`` computes with
 ``activation="gelu"`` (exact erf) and ``norm_eps=1e-12``); pre-LN adds a final LayerNorm before the head.
@@ -60,7 +66,8 @@ class BERT(nn.Module):
   """Bidirectional encoder + masked-LM head. See the module docstring for the computation and shapes.
 
   Attributes:
-    cfg: the transformer hyperparameters (``positional`` must be "learned"; ``pre_ln=False`` for the original BERT).
+    cfg: the transformer hyperparameters (``positional`` "learned" as BERT or "rope" as RoFormer; ``pre_ln=False``
+      for the original BERT).
     type_vocab_size: number of token types (segments A/B); 2 in BERT.
   """
   cfg: TransformerConfig
@@ -86,8 +93,8 @@ class BERT(nn.Module):
       logits ``[B, T, V]`` (``[B, P, V]`` with ``masked_positions``), or hidden states ``[B, T, D]``.
     """
     cfg = self.cfg
-    if cfg.positional != "learned":
-      raise ValueError(f"BERT uses learned positions; got positional={cfg.positional!r}")
+    if cfg.positional not in ("learned", "rope"):
+      raise ValueError(f"BERT takes learned or rope positions; got positional={cfg.positional!r}")
     batch, length = input_ids.shape
     if length > cfg.max_len:
       raise ValueError(f"sequence of length {length} is longer than max_len={cfg.max_len}")
@@ -105,8 +112,9 @@ class BERT(nn.Module):
 
     embed = make_token_embedding(cfg, name="embed")
     x = embed(input_ids)
-    x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
-        positions)
+    if cfg.positional == "learned":
+      x = x + LearnedPositionalEmbedding(cfg.max_len, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="pos_embed")(
+          positions)
     x = x + TokenEmbedding(self.type_vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, name="type_embed")(
         token_type_ids)
     x = make_norm(cfg, "ln_embed")(x)

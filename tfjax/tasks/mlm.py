@@ -155,8 +155,9 @@ def build_model(config: Any, vocab_size: int) -> BERT:
   # BERT draws every weight from N(0, 0.02), the residual branches' output projections too (no GPT-2 1/sqrt(2L))
   cfg = config_lib.transformer_config(config.model, vocab_size,
                                       scale_residual_init=config.model.get("scale_residual_init", False))
-  if cfg.positional != "learned":
-    raise config_lib.ConfigError(f"config key 'model.positional' must be 'learned' for BERT, got {cfg.positional!r}")
+  if cfg.positional not in ("learned", "rope"):
+    raise config_lib.ConfigError(f"config key 'model.positional' must be 'learned' or 'rope' for BERT, got "
+                                 f"{cfg.positional!r}")
   return BERT(cfg, type_vocab_size=config.model.get("type_vocab_size", 2))
 
 
@@ -300,7 +301,8 @@ class MLMTask:
   def final_report(self, params) -> dict[str, Any]:
     """Evaluation by replacement kind (``eval_by_replacement``: accuracy at the ``[MASK]`` positions is what shows
     context use); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging
-    Face ``BertForMaskedLM`` directory ``workdir/hf`` (post-LN models only)."""
+    Face directory ``workdir/hf`` (post-LN models only): ``BertForMaskedLM`` with learned positions,
+    ``RoFormerForMaskedLM`` with RoPE."""
     out: dict[str, Any] = {"eval_by_replacement": self.evaluate_by_replacement(params)}
     fm = self.config.get("fill_mask")
     if fm is not None:
