@@ -37,7 +37,7 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants
                                           of the train step timed in alternating rounds in one process; demo:
                                           the README demo vs nanoGPT's whole CPU run, start to finish (--rounds=N);
-                                          bert_hf: BERT beside Hugging Face's BertForMaskedLM on the same batches;
+                                          bert_hf: BERT beside Hugging Face's RoFormer/BertForMaskedLM, same batches;
                                           allocator: the train step under glibc / mimalloc / jemalloc
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]

@@ -3,7 +3,7 @@
     python experiments/fill_mask.py --workdir=runs/bert --text="the capital of [MASK] is paris" --top_k=5
 
 ``--workdir`` is a training workdir of an MLM config (latest checkpoint, or ``--step``), or any Hugging Face
-``BertForMaskedLM`` directory (config.json + model.safetensors + tokenizer). ``--text`` may be repeated.
+``BertForMaskedLM`` or ``RoFormerForMaskedLM`` directory (config.json + model.safetensors + tokenizer). ``--text`` may be repeated.
 """
 
 import os

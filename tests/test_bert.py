@@ -217,6 +217,21 @@ def test_loss_is_only_on_chosen_positions(task):
   assert 0 <= float(sums["accuracy"]) <= float(weight)
 
 
+def test_tokenizer_file_is_used_instead_of_training(task, tmp_path):
+  """``data.tokenizer_file``: the same tokenizer (and so the same rows) in a fresh workdir, no training; a missing file
+  is a config error naming the key."""
+  config = task.config.copy_and_resolve_references()
+  config.data.tokenizer_file = os.path.join(task.workdir, "tokenizer.json")
+  config.data.vocab_size = 40  # ignored: nothing is trained
+  other = mlm.MLMTask(config, str(tmp_path / "work"))
+  assert other.tokenizer.tokenizer.to_str() == task.tokenizer.tokenizer.to_str()
+  np.testing.assert_array_equal(other.train_ids, task.train_ids)
+  assert os.path.isfile(tmp_path / "work" / "tokenizer.json")
+  config.data.tokenizer_file = str(tmp_path / "missing.json")
+  with pytest.raises(ValueError, match="data.tokenizer_file"):
+    mlm.MLMTask(config, str(tmp_path / "work2"))
+
+
 def test_fill_mask_needs_a_mask(task):
   params = _task_params(task)
   with pytest.raises(ValueError, match=r"no \[MASK\]"):
@@ -524,3 +539,23 @@ def test_shipped_bert_learns_to_use_context_early(tmp_path):
   learned = _mask_accuracy_after_training(tmp_path / "learned", 500, positional="learned")
   assert shipped > 0.6, (shipped, learned)  # measured 0.72 (learned: 0.22); seed 1: 0.83 (0.37)
   assert learned < shipped - 0.25, (shipped, learned)
+
+
+def test_context_baselines_count_models(tmp_path):
+  """The count yardsticks of ``mask_baselines``: on the successor text a masked word is always the left neighbour's
+  successor (except after [CLS] / a line break), so the bigram models are nearly always right and the unigram guess
+  about 1/30 of the time; checked against a direct count on a hand-made case too."""
+  c = _task_config(_successor_text(tmp_path / "text.txt"))
+  c.data.vocab_size = 200
+  c.train.eval_steps = 10
+  task = mlm.MLMTask(c, None)
+  b = mlm.context_baselines(task.train_ids, task.train_mask, task.eval_batches(), task.mask_id,
+                            task.tokenizer.vocab_size)
+  assert b["count"] > 100 and b["unigram"] < 0.1 and b["left_bigram"] > 0.85 and b["neighbours"] > 0.9, b
+  # hand-made: training bigrams 5->6 (twice), 5->7, 8->9; the most frequent token 5. [MASK]s (id 4): after 5 (answer 6:
+  # the left bigram finds it) and between 3 (never seen) and 9 (answer 8: only the right neighbour tells it)
+  ids = np.array([[1, 5, 6, 5, 6, 5, 7, 8, 9, 2]])
+  batch = {"inputs": np.array([[1, 5, 4, 3, 4, 9, 2]]), "masked_positions": np.array([[2, 4]]),
+           "masked_labels": np.array([[6, 8]]), "masked_weights": np.ones((1, 2), np.float32)}
+  b = mlm.context_baselines(ids, np.ones_like(ids), [batch], mask_id=4, vocab_size=10)
+  assert b == {"unigram": 0.0, "left_bigram": 0.5, "neighbours": 1.0, "count": 2}, b

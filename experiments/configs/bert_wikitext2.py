@@ -1,25 +1,20 @@
 """A small BERT pretrained with masked-LM on WikiText-2 (valid split), evaluated on WikiText-2 test.
 
-Post-LN as the original BERT (exact GELU, LayerNorm eps 1e-12, tied decoder), 4 layers, width 128, 4 heads,
-sequences of 64 WordPiece tokens (vocabulary of 8192 trained on the training text), batch 32, 3000 steps, no
-dropout. Reports masked-token loss and accuracy (``eval_loss``, ``eval_accuracy``) on the test text.
+The original post-LN BERT (exact GELU, LayerNorm eps 1e-12, tied decoder, every weight N(0, 0.02)) with rotary
+positions (RoFormer) instead of its learned position table; 4 layers, width 128, 4 heads, sequences of 64 WordPiece
+tokens (vocabulary of 8192 trained on the training text), batch 32, 3000 steps, no dropout. Reports masked-token loss
+and accuracy (``eval_loss``, ``eval_accuracy``) on the test text, the accuracy at the [MASK] positions alone
+(``eval_by_replacement``) beside count models of the training text (``mask_baselines``), fill-mask answers, and
+exports a Hugging Face ``RoFormerForMaskedLM`` to ``workdir/hf``.
 
-Issue 20 (docs/bert.md): beside Hugging Face BertForMaskedLM on the same batches and recipe
-(``./launch.sh bench bert_hf``) the loss curves coincide step for step from the same weights, and from each library's
-own init they end level (1000 steps, one H100, eval loss 6.43 vs 6.43, accuracy 12.4% vs 12.3%). The figures here
-were measured before the weight-decay fix of the same issue (tfjax's AdamW then applied none; HF's torch AdamW
-decayed by 0.01): rerun them. Longer training is what raises the accuracy: 1000 steps 6.43 / 12.4%,
-3000 steps (this config) 6.30 / 14.3%, 6000 steps 6.23 / 14.6% (H100 measurements; the unigram baseline, always
-"the", is 6.86 / 6.0%). More text (``data.dataset=wikitext2_valid+lee_background+multi30k_train_en+tinyshakespeare``)
-did not help on WikiText-2 test, nor did dropout 0.1 (6.28 / 14.4% at 3000 steps).
+On 2 quiet CPU cores: 6 min 33 s start to finish, test loss 4.69 / accuracy 30.3%, 24.5% at the [MASK] positions
+(count models: unigram 6.1%, both neighbours 19.7%); "the game was released in [MASK] 2011." -> february, the,
+november, july, june. With BERT's learned table (``--config.model.positional=learned``, exported as
+``BertForMaskedLM``) the same recipe stays at the unigram guess at [MASK] (6.4% after 3000 steps), and Hugging
+Face's BertForMaskedLM follows the same curve step for step: issue 20, docs/bert.md.
 
-This config on the 2-core CPU (quiet machine, ``--config.train.parallel=none``, after both fixes): 9 min 42 s,
-12.4k tokens/s, eval loss 6.36 / accuracy 14.2% -- but by replacement kind (``eval_by_replacement`` in results.json)
-6.4% at the [MASK]ed positions (the unigram level), 89% at the unchanged ones (copying the input), and fill-mask
-answers "the , . of and" whatever the sentence: no context use yet (open, issue 20).
-
-    python experiments/train.py --config=experiments/configs/bert_wikitext2.py --workdir=runs/bert
-    python experiments/fill_mask.py --workdir=runs/bert --text="the capital of [MASK] is paris"
+    ./launch.sh train bert_wikitext2 --workdir=runs/bert
+    ./launch.sh fill-mask --workdir=runs/bert --text="the game was released in [MASK] 2011."
 """
 
 import ml_collections
@@ -38,6 +33,8 @@ def get_config():
   c.data.val_fraction = 0.0  # unused: evaluation has its own text
   c.data.seq_len = 64  # None: model.max_len
   c.data.vocab_size = 8192  # WordPiece vocabulary trained on the training text
+  # a tokenizer.json to use instead (e.g. an earlier run's): WordPiece training is not deterministic (tokenizers#1794)
+  c.data.tokenizer_file = config_dict.placeholder(str)
   c.data.min_frequency = 2
   c.data.lowercase = True
   c.data.clean_wikitext = True  # "a @-@ b" -> "a-b", "<unk>" -> "[UNK]"

@@ -1,7 +1,10 @@
 """Masked-language-model pretraining of BERT (Devlin et al., 2019), as a :class:`tfjax.tasks.base.Task`.
 
-Data: a WordPiece tokenizer is trained on the training text (or loaded from ``workdir/tokenizer.json`` on resume);
-the text's lines are tokenised and concatenated into one stream, cut into sequences ``[CLS] t_1 .. t_{T-2} [SEP]``
+Data: a WordPiece tokenizer is trained on the training text (or loaded from ``workdir/tokenizer.json`` on resume, or
+from ``data.tokenizer_file``). Hugging Face ``tokenizers`` trains WordPiece non-deterministically (the ids of its
+``##`` pieces follow a hash map's order and break ties between merges: huggingface/tokenizers#1794), so two fresh
+runs of one config differ in a few of 8192 tokens; give both the same ``data.tokenizer_file`` to compare runs exactly.
+The text's lines are tokenised and concatenated into one stream, cut into sequences ``[CLS] t_1 .. t_{T-2} [SEP]``
 (the last one padded with ``[PAD]``, ``attention_mask`` 0 there).
 
 Masking (BERT paper, section 3.1 and appendix A.1), *dynamic*: new positions every step, drawn by
@@ -150,6 +153,52 @@ def summarize_by_replacement(sums: dict[str, np.ndarray]) -> dict[str, dict[str,
           for k, name in enumerate(REPLACEMENTS)}
 
 
+def context_baselines(train_ids: np.ndarray, train_mask: np.ndarray, batches, mask_id: int, vocab_size: int,
+                      chunk: int = 1024) -> dict[str, float]:
+  """Accuracy at the ``[MASK]`` positions of ``batches`` of three count models of the training rows, the yardsticks
+  of context use (a BERT that guesses above ``unigram`` reads its context; above ``neighbours``, more than the two
+  adjacent tokens):
+
+  - ``unigram``: always the most frequent training token;
+  - ``left_bigram``: the most frequent successor of the token on the left, ``argmax_w c(l, w)``;
+  - ``neighbours``: both adjacent tokens, naive Bayes over bigram counts, ``argmax_w c(l, w) · c(w, r) / c(w)``
+    (add-0.01 smoothing by unigram frequency).
+
+  ``train_ids``/``train_mask`` ``[N, T]``: the packed training rows (bigrams within a row); ``batches``: evaluation
+  batches as :meth:`MLMTask.eval_batches` yields them. The counts are sparse (``scipy.sparse``) and the scores
+  computed ``chunk`` positions at a time: memory stays ``O(chunk · V)``.
+  """
+  import scipy.sparse  # pylint: disable=import-outside-toplevel  (a JAX dependency)
+  real = train_mask > 0
+  pair = real[:, :-1] & real[:, 1:]
+  left, right = train_ids[:, :-1][pair], train_ids[:, 1:][pair]
+  counts = scipy.sparse.csr_matrix((np.ones(left.size, np.float32), (left, right)), shape=(vocab_size, vocab_size))
+  by_right = counts.T.tocsr()  # by_right[r, w] = c(w, r)
+  uni = np.bincount(train_ids[real], minlength=vocab_size).astype(np.float64) + 0.1
+  prior = 0.01 * uni / uni.sum()
+  ls, rs, ys = [], [], []
+  for batch in batches:
+    kind = replacement_kind(batch, mask_id)
+    b, p = np.nonzero(kind == 0)
+    pos = batch["masked_positions"][b, p]
+    ls.append(batch["inputs"][b, pos - 1])  # [CLS] at position 0: never a candidate, so pos >= 1
+    inputs = np.pad(batch["inputs"], ((0, 0), (0, 1)), constant_values=0)
+    rs.append(inputs[b, pos + 1])
+    ys.append(batch["masked_labels"][b, p])
+  l, r, y = (np.concatenate(x) if x else np.zeros(0, np.int64) for x in (ls, rs, ys))
+  correct = np.zeros(3)
+  for i in range(0, len(y), chunk):
+    lc, rc, yc = l[i:i + chunk], r[i:i + chunk], y[i:i + chunk]
+    after_left = counts[lc].toarray() + prior  # [n, V]
+    before_right = by_right[rc].toarray() + prior
+    correct[0] += (yc == np.argmax(uni)).sum()
+    correct[1] += (np.argmax(after_left, -1) == yc).sum()
+    correct[2] += (np.argmax(np.log(after_left) + np.log(before_right) - np.log(uni), -1) == yc).sum()
+  n = max(len(y), 1)
+  return {"unigram": float(correct[0] / n), "left_bigram": float(correct[1] / n),
+          "neighbours": float(correct[2] / n), "count": int(len(y))}
+
+
 def build_model(config: Any, vocab_size: int) -> BERT:
   """The BERT of ``config.model`` (keys as in :func:`tfjax.config.transformer_config`, plus ``type_vocab_size``)."""
   # BERT draws every weight from N(0, 0.02), the residual branches' output projections too (no GPT-2 1/sqrt(2L))
@@ -179,7 +228,18 @@ class MLMTask:
       return train_lines
 
     tok_path = os.path.join(self.workdir, "tokenizer.json") if self.workdir else None
-    if tok_path:
+    given = d.get("tokenizer_file")  # a fixed tokenizer (e.g. another run's): comparable runs, no training
+    if given:
+      if not os.path.isfile(given):
+        raise config_lib.ConfigError(f"config key 'data.tokenizer_file': no file {given} (a tokenizer.json, e.g. "
+                                     "WORKDIR/tokenizer.json of an earlier MLM run)")
+      if tok_path and not os.path.exists(tok_path):
+        os.makedirs(self.workdir, exist_ok=True)
+        with open(given, "rb") as src, open(tok_path + ".tmp", "wb") as dst:
+          dst.write(src.read())
+        os.replace(tok_path + ".tmp", tok_path)
+      self.tokenizer = tokenizers.Tokenizer.from_file(tok_path or given)
+    elif tok_path:
       self.tokenizer = tokenizers.load_or_train_wordpiece(tok_path, texts, d.vocab_size, d.get("min_frequency", 2),
                                                          d.get("lowercase", True))
     else:
@@ -300,10 +360,16 @@ class MLMTask:
 
   def final_report(self, params) -> dict[str, Any]:
     """Evaluation by replacement kind (``eval_by_replacement``: accuracy at the ``[MASK]`` positions is what shows
-    context use); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging
+    context use) beside count models of the training text at the same positions (``mask_baselines``, see
+    :func:`context_baselines`); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging
     Face directory ``workdir/hf`` (post-LN models only): ``BertForMaskedLM`` with learned positions,
     ``RoFormerForMaskedLM`` with RoPE."""
-    out: dict[str, Any] = {"eval_by_replacement": self.evaluate_by_replacement(params)}
+    out: dict[str, Any] = {"eval_by_replacement": self.evaluate_by_replacement(params),
+                           "mask_baselines": context_baselines(self.train_ids, self.train_mask, self.eval_batches(),
+                                                               self.mask_id, self.tokenizer.vocab_size)}
+    log.info("accuracy at [MASK] positions: %.1f%% (count models of the training text: unigram %.1f%%, left "
+             "bigram %.1f%%, both neighbours %.1f%%)", 100 * out["eval_by_replacement"]["mask"]["accuracy"],
+             *(100 * out["mask_baselines"][k] for k in ("unigram", "left_bigram", "neighbours")))
     fm = self.config.get("fill_mask")
     if fm is not None:
       out["fill_mask"] = {text: fill_mask(self.model, params, self.tokenizer, text, fm.get("top_k", 5))
@@ -320,7 +386,7 @@ def load_for_inference(path: str, step: int | None = None, best: bool = False
                        ) -> tuple[BERT, Any, tokenizers.Tokenizer]:
   """``(model, params, tokenizer)`` from a training workdir or a Hugging Face BERT directory.
 
-  ``path`` is either a Hugging Face ``BertForMaskedLM`` directory (``config.json`` + ``model.safetensors`` + a
+  ``path`` is either a Hugging Face ``BertForMaskedLM`` / ``RoFormerForMaskedLM`` directory (``config.json`` + ``model.safetensors`` + a
   tokenizer), or a workdir of ``experiments/train.py`` with an MLM config: its ``config.json``, ``tokenizer.json`` and
   the checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, with ``train.keep_best``),
   read by :mod:`tfjax.train.restore`, or, without checkpoints, its ``hf/`` export.
