@@ -77,7 +77,7 @@ def test_head_summary_against_numpy():
   valid = np.array([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], bool)
   got = {k: np.asarray(v) for k, v in attention_lib.head_summary(jnp.asarray(p), jnp.asarray(valid)).items()}
   for h in range(3):
-    ent, prev, first, diag = [], [], [], []
+    ent, prev, nxt, first, diag = [], [], [], [], []
     for b in range(2):
       for t in range(5):
         if not valid[b, t]:
@@ -88,8 +88,11 @@ def test_head_summary_against_numpy():
         diag.append(row[t])
         if t >= 1:
           prev.append(row[t - 1])
+        if t + 1 < 6:
+          nxt.append(row[t + 1])
     np.testing.assert_allclose(got["entropy"][h], np.mean(ent), rtol=1e-5)
     np.testing.assert_allclose(got["previous_token"][h], np.mean(prev), rtol=1e-5)
+    np.testing.assert_allclose(got["next_token"][h], np.mean(nxt), rtol=1e-5)
     np.testing.assert_allclose(got["first_token"][h], np.mean(first), rtol=1e-5)
     np.testing.assert_allclose(got["diagonal"][h], np.mean(diag), rtol=1e-5)
 

@@ -10,6 +10,8 @@ Head summary (:func:`head_summary`), per head, averaged over the real query toke
 
 * ``entropy``: ``-Σ_s p log p`` of the row (nats): low = the head looks at few tokens;
 * ``previous_token``: the weight on the token just before the query (``s = t - 1``, for ``t >= 1``);
+* ``next_token``: the weight on the token just after it (``s = t + 1``; 0 in a causal model). A BERT that reads its
+  neighbours grows heads with high ``previous_token`` or ``next_token`` (docs/bert.md);
 * ``first_token``: the weight on the first token (``s = 0``: BOS / [CLS] / the first character), a common "rest"
   position;
 * ``diagonal``: the weight on the query's own position (``s = t``).
@@ -30,7 +32,7 @@ from tfjax.explain.capture import run_with_cache
 from tfjax.explain.explorer import AttentionView, write_explorer
 from tfjax.layers import masks as masks_lib
 
-SUMMARY_KEYS = ("entropy", "previous_token", "first_token", "diagonal")
+SUMMARY_KEYS = ("entropy", "previous_token", "next_token", "first_token", "diagonal")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "names", "method"))
@@ -43,8 +45,9 @@ def jit_run_with_cache(model, params, *args, names: tuple[str, ...], method: str
 def head_summary(pattern: jnp.ndarray, query_valid: jnp.ndarray) -> dict[str, jnp.ndarray]:
   """Per-head statistics of attention patterns ``pattern [B, H, T, S]`` over the real queries ``query_valid [B, T]``.
 
-  Returns ``{"entropy", "previous_token", "first_token", "diagonal"}``, each ``[H]`` (see the module docstring).
-  ``previous_token`` averages over queries ``t >= 1`` only; ``diagonal`` and ``previous_token`` over ``t < S``.
+  Returns ``{"entropy", "previous_token", "next_token", "first_token", "diagonal"}``, each ``[H]`` (see the module
+  docstring). ``previous_token`` averages over queries ``t >= 1`` only, ``next_token`` over ``t + 1 < S`` only;
+  ``diagonal`` and ``previous_token`` over ``t < S``.
   """
   pattern = pattern.astype(jnp.float32)
   _, _, t, s = pattern.shape
@@ -52,7 +55,7 @@ def head_summary(pattern: jnp.ndarray, query_valid: jnp.ndarray) -> dict[str, jn
   logp = jnp.log(jnp.where(pattern > 0, pattern, 1.0))
   row_entropy = -jnp.sum(pattern * logp, axis=-1)  # [B, H, T]
   q = jnp.arange(t)
-  diag, prev = _at(pattern, q), _at(pattern, q - 1)
+  diag, prev, nxt = _at(pattern, q), _at(pattern, q - 1), _at(pattern, q + 1)
 
   def mean(x, weight):
     weight = jnp.broadcast_to(weight, x.shape)
@@ -61,6 +64,7 @@ def head_summary(pattern: jnp.ndarray, query_valid: jnp.ndarray) -> dict[str, jn
   in_range = (q < s).astype(jnp.float32)
   return {"entropy": mean(row_entropy, qv),
           "previous_token": mean(prev, qv * ((q >= 1) & (q - 1 < s)).astype(jnp.float32)),
+          "next_token": mean(nxt, qv * (q + 1 < s).astype(jnp.float32)),
           "first_token": mean(pattern[..., 0], qv),
           "diagonal": mean(diag, qv * in_range)}
 
@@ -153,12 +157,12 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
         grid_row_names=[f"layer {l}" for l in range(n_layers)], grid_col_names=[f"head {h}" for h in range(n_heads)],
         title=f"{v['name']}: attention pattern (rows: queries, columns: keys)",
         xlabel="key (source)" if v["kind"] == "cross" else "key", ylabel="query"))
-    table = np.concatenate([summary[k] for k in SUMMARY_KEYS], axis=1)  # [L, 4H]
+    table = np.concatenate([summary[k] for k in SUMMARY_KEYS], axis=1)  # [L, 5H]
     files.append(pictures.heatmap(
         table, os.path.join(out_dir, f"attention_heads_{tag}.png"),
         row_labels=[f"layer {l}" for l in range(n_layers)],
         col_labels=[f"{k.replace('_token', '')} h{h}" for k in SUMMARY_KEYS for h in range(n_heads)],
-        title=f"{v['name']}: head summary (entropy in nats; weights on previous / first / own token)",
+        title=f"{v['name']}: head summary (entropy in nats; weights on previous / next / first / own token)",
         cmap="magma", annotate=True))
     numbers["views"].append({"name": v["name"], "stack": v["stack"], "kind": v["kind"], "query_tokens": q_labels,
                              "key_tokens": k_labels, "query_valid": v["query_valid"], "key_valid": v["key_valid"],
@@ -166,7 +170,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
     explorer_views.append(AttentionView(v["name"], pattern, q_labels, k_labels, v["valid"], v["query_valid"],
                                         v["key_valid"]))
     lines.append(f"{v['name']}: {n_layers} layers x {n_heads} heads over {len(q_labels)} x {len(k_labels)} tokens")
-    for key in ("previous_token", "first_token", "diagonal"):
+    for key in ("previous_token", "next_token", "first_token", "diagonal"):
       l, h = np.unravel_index(np.argmax(summary[key]), summary[key].shape)
       lines.append(f"  most {key.replace('_', '-')} head: layer {l} head {h} ({summary[key][l, h]:.2f})")
     l, h = np.unravel_index(np.argmin(summary["entropy"]), summary["entropy"].shape)
