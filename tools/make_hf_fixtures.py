@@ -94,25 +94,30 @@ def make_gpt2(out: pathlib.Path) -> None:
                       logits=logits.astype(np.float32), text=np.array(SAMPLE_TEXT), text_ids=text_ids)
 
 
+def _masked_lm_fixture(model, out: pathlib.Path, name: str, perturb_seed: int, input_seed: int,
+                       lengths: list[int]) -> None:
+  """Perturbs and saves a masked-LM ``model`` as ``out/name/``, and ``out/name.npz``: right-padded inputs, token
+  types and its logits."""
+  _perturb(model, perturb_seed)
+  model.save_pretrained(out / name, safe_serialization=True)
+  (out / name / "generation_config.json").unlink(missing_ok=True)
+  rng = np.random.default_rng(input_seed)
+  ids, mask = _inputs(rng, 3, 12, model.config.vocab_size, lengths)
+  types = rng.integers(0, 2, size=ids.shape)
+  with torch.no_grad():
+    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                   token_type_ids=torch.tensor(types)).logits.numpy()
+  np.savez_compressed(out / f"{name}.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
+                      token_type_ids=types.astype(np.int32), logits=logits.astype(np.float32))
+
+
 def make_bert(out: pathlib.Path) -> None:
   from transformers import BertConfig, BertForMaskedLM
   torch.manual_seed(0)
   config = BertConfig(attn_implementation="eager", vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                       intermediate_size=48, max_position_embeddings=32, type_vocab_size=2, hidden_act="gelu",
                       layer_norm_eps=1e-12, pad_token_id=0)
-  model = BertForMaskedLM(config).eval()
-  _perturb(model, 2)
-  model.save_pretrained(out / "hf_bert", safe_serialization=True)
-  (out / "hf_bert" / "generation_config.json").unlink(missing_ok=True)
-
-  rng = np.random.default_rng(1)
-  ids, mask = _inputs(rng, 3, 12, 100, [12, 8, 2])
-  types = rng.integers(0, 2, size=ids.shape)
-  with torch.no_grad():
-    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                   token_type_ids=torch.tensor(types)).logits.numpy()
-  np.savez_compressed(out / "hf_bert.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
-                      token_type_ids=types.astype(np.int32), logits=logits.astype(np.float32))
+  _masked_lm_fixture(BertForMaskedLM(config).eval(), out, "hf_bert", 2, 1, [12, 8, 2])
 
 
 def make_roformer(out: pathlib.Path) -> None:
@@ -123,19 +128,7 @@ def make_roformer(out: pathlib.Path) -> None:
                           num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                           max_position_embeddings=32, type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12,
                           pad_token_id=0, rotary_value=False)
-  model = RoFormerForMaskedLM(config).eval()
-  _perturb(model, 4)
-  model.save_pretrained(out / "hf_roformer", safe_serialization=True)
-  (out / "hf_roformer" / "generation_config.json").unlink(missing_ok=True)
-
-  rng = np.random.default_rng(5)
-  ids, mask = _inputs(rng, 3, 12, 100, [12, 9, 3])
-  types = rng.integers(0, 2, size=ids.shape)
-  with torch.no_grad():
-    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                   token_type_ids=torch.tensor(types)).logits.numpy()
-  np.savez_compressed(out / "hf_roformer.npz", input_ids=ids.astype(np.int32), attention_mask=mask.astype(np.int32),
-                      token_type_ids=types.astype(np.int32), logits=logits.astype(np.float32))
+  _masked_lm_fixture(RoFormerForMaskedLM(config).eval(), out, "hf_roformer", 4, 5, [12, 9, 3])
 
 
 SEQ2SEQ_SOURCES = ["a dog runs in the snow .", "two men are playing football", "a woman with a red hat",
