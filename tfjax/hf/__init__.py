@@ -1,5 +1,6 @@
 """Hugging Face checkpoint interoperability: GPT-2 (``GPT2LMHeadModel``), BERT (``BertForMaskedLM``; with RoPE,
-``RoFormerForMaskedLM``), and the encoder-decoders Marian (``MarianMTModel``) and BART (``BartForConditionalGeneration``, :mod:`tfjax.hf.seq2seq`).
+``RoFormerForMaskedLM``), and the encoder-decoders Marian (``MarianMTModel``) and BART
+(``BartForConditionalGeneration``, :mod:`tfjax.hf.seq2seq`).
 
 A Hugging Face model directory holds ``config.json`` and ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``), and usually a tokenizer (``tokenizer.json``, or GPT-2's ``vocab.json`` +
@@ -335,8 +336,8 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
 def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,
          tokenizer_from: str | os.PathLike | None = None, token_ids: dict | None = None) -> None:
   """Exports a tfjax GPT (as ``GPT2LMHeadModel``), post-LN BERT (as ``BertForMaskedLM``, or with RoPE as
-  ``RoFormerForMaskedLM``) or EncoderDecoder with
-  Marian's or BART's embeddings (as ``MarianMTModel`` / ``BartForConditionalGeneration``) to a Hugging Face dir.
+  ``RoFormerForMaskedLM``) or EncoderDecoder with Marian's or BART's embeddings (as ``MarianMTModel`` /
+  ``BartForConditionalGeneration``) to a Hugging Face dir.
 
   Writes ``config.json`` and ``model.safetensors`` (float32, tied embeddings stored once); copies ``tokenizer_file``
   to ``tokenizer.json``, and the tokenizer files of the Hugging Face directory ``tokenizer_from``, when given.

@@ -361,8 +361,8 @@ class MLMTask:
   def final_report(self, params) -> dict[str, Any]:
     """Evaluation by replacement kind (``eval_by_replacement``: accuracy at the ``[MASK]`` positions is what shows
     context use) beside count models of the training text at the same positions (``mask_baselines``, see
-    :func:`context_baselines`); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer as a Hugging
-    Face directory ``workdir/hf`` (post-LN models only): ``BertForMaskedLM`` with learned positions,
+    :func:`context_baselines`); fill-mask predictions for ``config.fill_mask.texts``; exports the model and tokenizer
+    as a Hugging Face directory ``workdir/hf`` (post-LN models only): ``BertForMaskedLM`` with learned positions,
     ``RoFormerForMaskedLM`` with RoPE."""
     out: dict[str, Any] = {"eval_by_replacement": self.evaluate_by_replacement(params),
                            "mask_baselines": context_baselines(self.train_ids, self.train_mask, self.eval_batches(),
@@ -386,10 +386,11 @@ def load_for_inference(path: str, step: int | None = None, best: bool = False
                        ) -> tuple[BERT, Any, tokenizers.Tokenizer]:
   """``(model, params, tokenizer)`` from a training workdir or a Hugging Face BERT directory.
 
-  ``path`` is either a Hugging Face ``BertForMaskedLM`` / ``RoFormerForMaskedLM`` directory (``config.json`` + ``model.safetensors`` + a
-  tokenizer), or a workdir of ``experiments/train.py`` with an MLM config: its ``config.json``, ``tokenizer.json`` and
-  the checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, with ``train.keep_best``),
-  read by :mod:`tfjax.train.restore`, or, without checkpoints, its ``hf/`` export.
+  ``path`` is either a Hugging Face ``BertForMaskedLM`` / ``RoFormerForMaskedLM`` directory (``config.json`` +
+  ``model.safetensors`` + a tokenizer), or a workdir of ``experiments/train.py`` with an MLM config: its
+  ``config.json``, ``tokenizer.json`` and the checkpoint at ``step`` (default: the latest; ``best``: the lowest
+  evaluation loss, with ``train.keep_best``), read by :mod:`tfjax.train.restore`, or, without checkpoints, its ``hf/``
+  export.
   """
   from tfjax import hf
   from tfjax.train import restore
