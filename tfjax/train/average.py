@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from tfjax.train.checkpoint import CheckpointError, make_manager
 
@@ -92,9 +93,11 @@ def load_checkpoint_params(workdir: str, step: int) -> Any:
   path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
   one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   try:
+    # the handler's metadata, not the checkpointer's: that one also looks for a step-level metadata file inside the
+    # item directory and logs a warning for every checkpoint when it is not there (it never is)
+    saved = ocp.StandardCheckpointHandler().metadata(epath.Path(path))
+    saved = getattr(saved, "item_metadata", saved)
     with ocp.StandardCheckpointer() as checkpointer:
-      saved = checkpointer.metadata(path)
-      saved = getattr(saved, "item_metadata", saved)
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one_device), saved)
       state = checkpointer.restore(path, target)
   except Exception as e:  # pylint: disable=broad-except
