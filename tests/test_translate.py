@@ -224,6 +224,13 @@ def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   hyps = (tmp_path / "bleu" / "test.latest.beam2.hyp.tok.de").read_text().split("\n")[:-1]
   assert tokenised_bleu(hyps, load_multi30k("test", "de", None, "tok"))[0].score == pytest.approx(
       report["test_bleu_tok"])  # the file holds what was scored
+  # another length penalty gets its own files beside the first ones: comparing penalties overwrites nothing
+  lp1 = subprocess.run([str(ROOT / "launch.sh"), "translate", str(tmp_path), "--bleu=test", "--beam_size=2",
+                        "--length_penalty=1"], capture_output=True, text=True, timeout=600)
+  assert lp1.returncode == 0, lp1.stderr[-3000:]
+  assert "test.latest.beam2_lp1.hyp.tok.de" in lp1.stdout
+  assert 0.0 <= json.loads((tmp_path / "bleu" / "test.latest.beam2_lp1.json").read_text())["test_bleu_tok"] <= 100.0
+  assert json.loads((tmp_path / "bleu" / "test.latest.beam2.json").read_text()) == report
   lines = (tmp_path / "out.de").read_text().split("\n")
   assert len(lines) == 5 and lines[1] == "" and lines[-1] == ""  # 4 lines, the empty one kept empty
   assert [lines[0], lines[3]] == tr.translate_texts(model, params, tokenizer, ["A dog runs through the snow.",
