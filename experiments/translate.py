@@ -120,7 +120,7 @@ def main(argv):
     scores, forms = tr.score_bleu(hyps, FLAGS.bleu, tgt_lang, data_dir, form)
     decoding = f"beam{FLAGS.beam_size}" if FLAGS.beam_size > 1 else (
         "greedy" if FLAGS.temperature == 0 else f"sample_t{FLAGS.temperature:g}")
-    if FLAGS.beam_size > 1 and FLAGS.length_penalty != flags.FLAGS["length_penalty"].default:
+    if FLAGS.beam_size > 1 and FLAGS.length_penalty != FLAGS["length_penalty"].default:
       decoding += f"_lp{FLAGS.length_penalty:g}"  # scores of several penalties side by side, none overwritten
     checkpoint = "best" if FLAGS.best else (f"step{FLAGS.step}" if FLAGS.step is not None else "latest")
     paths = tr.write_bleu_report(os.path.join(workdir, "bleu"), f"{FLAGS.bleu}.{checkpoint}.{decoding}", scores,
