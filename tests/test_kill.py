@@ -50,9 +50,19 @@ def train_args(config, workdir):
   return args
 
 
-def start_train(config, workdir, **popen):
+def one_device_env():
+  """This process's environment for a run on one device: ``TFJAX_CPU_DEVICES=1``, and ``XLA_FLAGS`` without a fake
+  CPU device count. Other XLA flags stay, so that ``XLA_FLAGS=--xla_gpu_deterministic_ops=true pytest
+  tests/test_kill.py`` checks bit-exact resumption on a GPU."""
   env = dict(os.environ, TFJAX_CPU_DEVICES="1")
-  env.pop("XLA_FLAGS", None)
+  kept = [f for f in env.pop("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+  if kept:
+    env["XLA_FLAGS"] = " ".join(kept)
+  return env
+
+
+def start_train(config, workdir, **popen):
+  env = one_device_env()
   return subprocess.Popen([sys.executable, str(ROOT / "experiments" / "train.py"), *train_args(config, workdir)],
                           cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
 

@@ -1,6 +1,7 @@
 """Layers against independent references: naive attention, formulas, causality, caches."""
 
 import dataclasses
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -319,6 +320,52 @@ def test_static_mask_softmax_equals_traced_mask_path():
   np.testing.assert_allclose(attention.attention_pattern(q, k, mask), pattern, atol=1e-6)
   for g, w in zip(jax.grad(loss, (0, 1, 2))(q, k, v, mask), grads):
     np.testing.assert_allclose(g, w, atol=1e-5)
+
+
+def test_static_causal_mask_becomes_is_causal_on_the_fused_path():
+  """A numpy causal mask goes to jax.nn as ``is_causal`` (cuDNN's flash path on GPUs): same values and gradients as
+  the naive computation; masks that are not exactly causal keep the mask array."""
+  q, k, v = _qkv()
+  k, v = k[:, :T], v[:, :T]
+  mask = masks.causal_mask_at(np.broadcast_to(np.arange(T), (B, T)), T)
+  assert attention.is_static_causal(mask)
+  assert not attention.is_static_causal(jnp.asarray(mask))  # traced: not known when tracing
+  assert not attention.is_static_causal(masks.causal_mask_at(np.arange(T)[None] + 1, T + 1))  # a cache offset
+  padded = mask & np.arange(T)[None, None, None, :] < T - 2
+  assert not attention.is_static_causal(padded)
+  calls = []
+  real = jax.nn.dot_product_attention
+
+  def spy(*args, **kwargs):
+    calls.append((kwargs["mask"] is None, kwargs["is_causal"]))
+    return real(*args, **kwargs)
+  with mock.patch.object(jax.nn, "dot_product_attention", spy):
+    out = attention.dot_product_attention(q, k, v, mask, implementation="xla", block_size=3)
+    padded_out = attention.dot_product_attention(q, k, v, padded, implementation="xla")
+  assert calls == [(True, True), (False, False)]
+  np.testing.assert_allclose(out, naive_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(padded_out, naive_attention(q, k, v, padded), atol=1e-5, rtol=1e-5)
+  loss = lambda impl: lambda q: jnp.sum(jnp.cos(attention.dot_product_attention(q, k, v, mask, implementation=impl)))
+  np.testing.assert_allclose(jax.grad(loss("xla"))(q), jax.grad(loss("reference"))(q), atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN flash attention needs an NVIDIA GPU")
+def test_auto_takes_cudnn_flash_attention_on_gpu_for_bfloat16_causal():
+  """On a GPU, ``"auto"`` runs bfloat16 causal attention as cuDNN's fused kernel, forward and backward, and agrees
+  with the reference (float32 inputs and padded masks take XLA)."""
+  shape = (2, 128, 4, 64)
+  q, k, v = (jax.random.normal(jax.random.key(i), shape, jnp.bfloat16) for i in range(3))
+  mask = masks.causal_mask_at(np.broadcast_to(np.arange(128), (2, 128)), 128)
+  loss = lambda impl: lambda q, k, v: jnp.sum(
+      attention.dot_product_attention(q, k, v, mask, implementation=impl).astype(jnp.float32) ** 2)
+  hlo = jax.jit(jax.grad(loss("auto"))).lower(q, k, v).compile().as_text()
+  assert "cudnn" in hlo.lower() and "fmha" in hlo.lower(), "auto did not take cuDNN's fused attention"
+  ref = attention.dot_product_attention(*(x.astype(jnp.float32) for x in (q, k, v)), mask, implementation="reference")
+  out = attention.dot_product_attention(q, k, v, mask, implementation="auto")
+  np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=3e-2, rtol=3e-2)
+  g = jax.grad(loss("auto"))(q, k, v)
+  g_ref = jax.grad(loss("reference"))(*(x.astype(jnp.float32) for x in (q, k, v)))
+  np.testing.assert_allclose(np.asarray(g, np.float32), g_ref, atol=0.25, rtol=5e-2)
 
 
 @pytest.mark.parametrize("impl", ["reference", "xla"])

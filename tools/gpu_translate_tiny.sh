@@ -9,7 +9,7 @@
 # (a fresh run each time: an existing one is moved aside). Runs without the launcher (no .venv, nothing fetched): a
 # python3 with jax, flax, optax, orbax-checkpoint, tokenizers, sacrebleu, absl-py, ml_collections and sacremoses. Wheels
 # in .whl/ (e.g. ml_collections-*.whl, sacremoses-*.whl) are installed into /tmp/tfjax_site first when present.
-# Prints the results (results.json: test2016 tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall
+# SKIP_CLI=1: no second, command-line average and scoring after the run. Prints the results (results.json: test2016 tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall
 # time; everything lands in WORKDIR (results.json, metrics.jsonl, bleu/*.json + hypotheses, averaged/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,8 +43,11 @@ start=$(date +%s)
   --config.train.tensorboard=False "$@"
 trained=$(date +%s)
 # the CLI path beside the final report's own average: the averaged workdir, translated and scored from the command line
-"$PY" experiments/average.py "$WORKDIR" --last=10
-"$PY" experiments/translate.py "$WORKDIR/averaged" --bleu=test --beam_size=5
+# (SKIP_CLI=1 leaves it out: the final report has already scored the same average)
+if [[ "${SKIP_CLI:-0}" != 1 ]]; then
+  "$PY" experiments/average.py "$WORKDIR" --last=10
+  "$PY" experiments/translate.py "$WORKDIR/averaged" --bleu=test --beam_size=5
+fi
 end=$(date +%s)
 "$PY" - "$WORKDIR" <<'EOF'
 import json, sys

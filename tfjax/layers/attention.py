@@ -148,15 +148,26 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
   (``dropout_rate > 0`` with a key) is only available in the reference path, which is then used.
 
   ``block_size > 0`` with a mask known when tracing (a numpy array, e.g. the causal mask of
-  :func:`tfjax.layers.masks.causal_mask_at` for static positions): the queries are processed in blocks of
-  ``block_size``, each against only the keys its rows may see (:func:`query_blocks`), so a causal mask costs about
-  half the scores. The result is the same up to float rounding (the skipped keys have zero weight); attention
-  dropout then draws its bits per block (``fold_in(dropout_rng, block)``).
+  :func:`tfjax.layers.masks.causal_mask_at` for static positions), on the reference path: the queries are processed
+  in blocks of ``block_size``, each against only the keys its rows may see (:func:`query_blocks`), so a causal mask
+  costs about half the scores. The result is the same up to float rounding (the skipped keys have zero weight);
+  attention dropout then draws its bits per block (``fold_in(dropout_rng, block)``).
+
+  The fused paths (``"xla"``, ``"cudnn"``, ``"auto"`` on GPUs) make one call instead: a numpy mask that is exactly
+  the causal mask (:func:`is_static_causal`) becomes ``is_causal=True``, which lets cuDNN's flash attention skip the
+  masked half itself. ``"auto"`` on a GPU asks for cuDNN for half-precision attention with no mask array (none, or
+  causal) and takes XLA otherwise, or where cuDNN refuses the inputs (e.g. a head size it does not support).
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
   if mask is not None:
     masks_lib.check_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  if implementation == "auto" and jax.default_backend() != "gpu":
+    implementation = "reference"
+  if dropout_rate > 0.0 and dropout_rng is not None:
+    implementation = "reference"  # the only path with attention dropout
+  if implementation != "reference":
+    return fused_attention(q, k, v, mask, implementation=implementation, scale=scale, precision=precision)
   blocks = query_blocks(mask, q.shape[1], k.shape[1], block_size)
   if blocks is not None:
     outs = []
@@ -171,17 +182,42 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
           implementation=implementation, scale=scale, dropout_rate=dropout_rate, dropout_rng=rng,
           precision=precision))
     return jnp.concatenate(outs, axis=1)
-  if implementation == "auto" and jax.default_backend() != "gpu":
-    implementation = "reference"
-  if implementation == "reference" or (dropout_rate > 0.0 and dropout_rng is not None):
-    return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                               precision=precision)
+  return reference_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                             precision=precision)
+
+
+def is_static_causal(mask) -> bool:
+  """Whether ``mask`` is known when tracing (a numpy array) and is exactly the causal mask of square attention:
+  ``[B|1, H|1, T, T]`` with key ``j`` visible to query ``i`` iff ``j <= i``, in every batch row and head."""
+  if not isinstance(mask, np.ndarray) or mask.shape[-1] != mask.shape[-2]:
+    return False
+  t = mask.shape[-1]
+  return bool((mask == np.tril(np.ones((t, t), bool))).all())
+
+
+def fused_attention(q, k, v, mask=None, *, implementation: Implementation = "auto", scale=None,
+                    precision: Precision = None):
+  """:func:`jax.nn.dot_product_attention` by ``implementation`` (``"xla"``, ``"cudnn"``, or ``"auto"``: see
+  :func:`dot_product_attention`), with a static causal mask passed as ``is_causal``; zeros for fully masked rows."""
+  is_causal = is_static_causal(mask)
+  call_mask = None if is_causal else mask
   # jax.nn.dot_product_attention takes no precision argument: its XLA einsums follow the default matmul precision
   with (contextlib.nullcontext() if precision is None else
         jax.default_matmul_precision(precision if isinstance(precision, str) else precision.name.lower())):
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
-                                       implementation=None if implementation == "auto" else implementation)
-  if mask is not None:  # jax returns the mean of the values for a fully masked row; tfjax returns zeros
+    attend = functools.partial(jax.nn.dot_product_attention, q, k, v, mask=call_mask, scale=scale,
+                               is_causal=is_causal)
+    if implementation == "auto":
+      out = None
+      if call_mask is None and q.dtype in (jnp.bfloat16, jnp.float16):  # cuDNN's flash attention: half precision
+        try:
+          out = attend(implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):  # cuDNN refuses these inputs (traced)
+          out = None
+      if out is None:
+        out = attend(implementation="xla")
+    else:
+      out = attend(implementation=implementation)
+  if mask is not None and not is_causal:  # jax returns the mean of the values for a fully masked row; tfjax: zeros
     any_valid = jnp.any(mask, axis=-1)  # [B|1, H|1, T]
     out = out * jnp.swapaxes(any_valid, 1, 2)[..., None].astype(out.dtype)
   return out
