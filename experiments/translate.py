@@ -38,7 +38,11 @@ flags.DEFINE_enum("input_form", "raw", ["raw", "tok"], "Form of --text/--file in
 flags.DEFINE_bool("detokenize", False, "A model of tokenised text (data.text=tok): print/write running text.")
 flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logits / temperature).")
 flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).")
-flags.DEFINE_float("length_penalty", 0.6, "Beam search: GNMT length penalty exponent (0: raw log-probabilities).")
+flags.DEFINE_float("length_penalty", None, "Beam search: the length penalty's exponent (0: raw log-probabilities; "
+                   "default: the run's eval.length_penalty, 1.0 for a Hugging Face directory).")
+flags.DEFINE_enum("length_norm", None, ["gnmt", "fairseq"], "Beam search: gnmt divides a hypothesis's log-probability "
+                  "by ((5 + length) / 6) ** length_penalty, fairseq by length ** length_penalty (default: the run's "
+                  "eval.length_norm; fairseq, as transformers, for a Hugging Face directory).")
 flags.DEFINE_integer("batch_size", 128, "Sentences translated at a time (--file, --bleu).")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation loss (runs with train.keep_best).")
@@ -96,7 +100,11 @@ def main(argv):
     return 1
   form = config.data.get("text", "raw")
   src_lang, tgt_lang = config.data.source, config.data.target
-  decode = dict(temperature=FLAGS.temperature, beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty)
+  run_decode = config.get("eval", {})
+  run_penalty, run_norm = run_decode.get("length_penalty", 0.6), run_decode.get("length_norm", "gnmt")
+  penalty = run_penalty if FLAGS.length_penalty is None else FLAGS.length_penalty
+  norm = run_norm if FLAGS.length_norm is None else FLAGS.length_norm
+  decode = dict(temperature=FLAGS.temperature, beam_size=FLAGS.beam_size, length_penalty=penalty, length_norm=norm)
 
   def run(lines):
     """Translations of ``lines`` given in --input_form, in the model's form (or running text with --detokenize)."""
@@ -120,8 +128,8 @@ def main(argv):
     scores, forms = tr.score_bleu(hyps, FLAGS.bleu, tgt_lang, data_dir, form)
     decoding = f"beam{FLAGS.beam_size}" if FLAGS.beam_size > 1 else (
         "greedy" if FLAGS.temperature == 0 else f"sample_t{FLAGS.temperature:g}")
-    if FLAGS.beam_size > 1 and FLAGS.length_penalty != FLAGS["length_penalty"].default:
-      decoding += f"_lp{FLAGS.length_penalty:g}"  # scores of several penalties side by side, none overwritten
+    if FLAGS.beam_size > 1 and (penalty, norm) != (run_penalty, run_norm):
+      decoding += f"_lp{penalty:g}" + ("" if norm == run_norm else f"_{norm}")  # side by side, none overwritten
     checkpoint = "best" if FLAGS.best else (f"step{FLAGS.step}" if FLAGS.step is not None else "latest")
     paths = tr.write_bleu_report(os.path.join(workdir, "bleu"), f"{FLAGS.bleu}.{checkpoint}.{decoding}", scores,
                                  forms, tgt_lang)
@@ -161,8 +169,9 @@ def translate_hf(path: str) -> int:
 
   def run(lines):
     return hf.translate_texts(model, params, tokenizer, lines, ids, batch_size=FLAGS.batch_size,
-                              beam_size=FLAGS.beam_size, length_penalty=FLAGS.length_penalty,
-                              temperature=FLAGS.temperature)
+                              beam_size=FLAGS.beam_size,
+                              length_penalty=1.0 if FLAGS.length_penalty is None else FLAGS.length_penalty,
+                              length_norm=FLAGS.length_norm or "fairseq", temperature=FLAGS.temperature)
 
   return translate_text_and_file(run)
 

@@ -257,7 +257,7 @@ def test_translate_cli_with_a_hugging_face_marian_dir(tmp_path):
   model, params = hf.load(d)
   tok, ids = hf.load_tokenizer(d), hf.generation_ids(d)
   lines = (tmp_path / "in.en").read_text().split("\n")[:-1]
-  expected = hf.translate_texts(model, params, tok, lines, ids, beam_size=2, length_penalty=0.6, batch_size=4)
+  expected = hf.translate_texts(model, params, tok, lines, ids, beam_size=2, batch_size=4)  # as transformers: n ** 1.0
   assert expected[1] == "" and expected[0] and expected[0] != expected[3]
   assert (tmp_path / "out.de").read_text() == "".join(h + "\n" for h in expected)  # one line per line, in order
   text = [expected[0], "", expected[2]]  # --text gives the same translations as the file's lines
@@ -301,7 +301,7 @@ def test_beam_search_of_width_one_is_greedy_and_wide_beams_are_exhaustive():
   ids, score = beam_translate(model, params, src, valid, 2, beam_size=1600, bos_id=BOS, eos_id=eos,
                               length_penalty=0.0)
   logp1 = jax.nn.log_softmax(model.apply({"params": params}, src, valid, np.full((3, 1), BOS))[:, 0])  # [B, V]
-  best = []
+  best, all_seqs = [], []
   for b in range(3):
     seqs = []
     for a in range(40):
@@ -313,8 +313,26 @@ def test_beam_search_of_width_one_is_greedy_and_wide_beams_are_exhaustive():
       c = int(np.argmax(logp2))
       seqs.append((float(logp1[b, a] + logp2[c]), [a, c]))
     best.append(max(seqs))
+    all_seqs.append(seqs)
   np.testing.assert_allclose(score, [s for s, _ in best], rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(ids, [seq for _, seq in best])
+  # ranked by fairseq's mean log-probability per token, the one-token [eos] competes with the two-token sequences
+  ids, score = beam_translate(model, params, src, valid, 2, beam_size=1600, bos_id=BOS, eos_id=eos,
+                              length_penalty=1.0, length_norm="fairseq")
+  for b in range(3):  # [eos] has 1 token; the others have 2 (ended by eos, or cut at the limit)
+    want = max(all_seqs[b], key=lambda x: x[0] / (1 if x[1][0] == eos else 2))
+    assert float(score[b]) == pytest.approx(want[0], rel=1e-5, abs=1e-5) and list(ids[b]) == want[1]
+
+
+def test_length_normalised_scores():
+  from tfjax.generate import length_normalised
+  scores, lengths = jnp.array([-6.0, -6.0]), jnp.array([1, 10])
+  np.testing.assert_allclose(length_normalised(scores, lengths, 0.6), -6.0 / (((5 + np.array([1, 10])) / 6) ** 0.6),
+                             rtol=1e-6)
+  np.testing.assert_allclose(length_normalised(scores, lengths, 1.0, "fairseq"), [-6.0, -0.6], rtol=1e-6)
+  np.testing.assert_allclose(length_normalised(scores, lengths, 0.0, "fairseq"), scores)
+  with pytest.raises(ValueError, match="length_norm must be one of"):
+    length_normalised(scores, lengths, 1.0, "marian")
 
 
 def test_length_buckets_draw_every_pair_alike_and_pad_to_the_bucket():

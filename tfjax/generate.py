@@ -222,53 +222,93 @@ def translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, b
   return np.asarray(out)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "bos_id", "eos_id", "pad_id"))
+LENGTH_NORMS = ("gnmt", "fairseq")
+
+
+def length_normalised(scores, lengths, length_penalty: float, length_norm: str = "gnmt"):
+  """Hypothesis scores (summed log-probabilities) divided by a length penalty of their ``lengths`` (tokens, the end
+  token included): ``"gnmt"``: ``((5 + length) / 6) ** length_penalty`` (Wu et al. 2016; T2T, flax's wmt example);
+  ``"fairseq"``: ``length ** length_penalty`` (fairseq's ``--lenpen``, Hugging Face's ``length_penalty``; 1.0 is the
+  mean log-probability per token). ``length_penalty = 0``: raw log-probabilities; larger values favour longer
+  hypotheses."""
+  lengths = jnp.asarray(lengths, jnp.float32)
+  if length_norm == "gnmt":
+    return scores / ((5.0 + lengths) / 6.0) ** length_penalty
+  if length_norm == "fairseq":
+    return scores / jnp.maximum(lengths, 1.0) ** length_penalty
+  raise ValueError(f"length_norm must be one of {LENGTH_NORMS}, got {length_norm!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "beam_size", "bos_id", "eos_id", "pad_id",
+                                             "length_norm"))
 def _beam_translate(model, params, src, src_valid, max_new_tokens, beam_size, bos_id, eos_id, pad_id,
-                    length_penalty):
+                    length_penalty, length_norm):
   batch, k = src.shape[0], beam_size
   # [B*K, S]: row b's beams are rows b*K .. b*K+K-1
   memory, cache, decode_step = _encode_for_decoding(model, params, jnp.repeat(src, k, axis=0),
                                                     jnp.repeat(src_valid, k, axis=0))
   vocab = model.cfg.vocab_size
-  # a finished beam may only continue with pad_id, at no cost: its score stays as it was
-  finished_logp = jnp.full((vocab,), -jnp.inf).at[pad_id].set(0.0)
+  n_cand = min(2 * k, k * vocab)  # enough candidates that K of them go on even if K end here
 
   def step(carry, t, memory=None):
-    cache, tokens, last, scores, finished = carry  # tokens [B, K, N]; last, scores, finished [B, K]
+    # alive: the K best unfinished hypotheses by summed log-probability; finished: the K best ended ones by their
+    # length-normalised score (raw sums in finished_raw)
+    cache, alive, last, alive_scores, fin, fin_scores, fin_raw = carry
     logits, cache = decode_step(cache, last.reshape(batch * k), t, memory)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32)).reshape(batch, k, vocab)
-    logp = jnp.where(finished[..., None], finished_logp, logp)
-    cand = (scores[..., None] + logp).reshape(batch, k * vocab)
-    scores, idx = jax.lax.top_k(cand, k)  # [B, K]
+    cand = (alive_scores[..., None] + logp).reshape(batch, k * vocab)
+    scores, idx = jax.lax.top_k(cand, n_cand)  # [B, 2K]
     beam, tok = idx // vocab, (idx % vocab).astype(jnp.int32)
-    rows = (jnp.arange(batch)[:, None] * k + beam).reshape(-1)  # the parent of each new beam, in [B*K]
+    seqs = jnp.take_along_axis(alive, beam[..., None], 1).at[:, :, t].set(tok)  # [B, 2K, N]
+    ended = tok == eos_id
+    # the candidates that end here join the finished ones; the K best of both stay
+    ended_norm = jnp.where(ended, length_normalised(scores, t + 1, length_penalty, length_norm), -jnp.inf)
+    all_norm = jnp.concatenate([fin_scores, ended_norm], axis=1)
+    fin_scores, keep = jax.lax.top_k(all_norm, k)
+    fin = jnp.take_along_axis(jnp.concatenate([fin, seqs], axis=1), keep[..., None], 1)
+    fin_raw = jnp.take_along_axis(jnp.concatenate([fin_raw, scores], axis=1), keep, 1)
+    # the K best candidates that go on become the alive ones, with their parents' cache rows
+    alive_scores, pick = jax.lax.top_k(jnp.where(ended, -jnp.inf, scores), k)
+    alive = jnp.take_along_axis(seqs, pick[..., None], 1)
+    parent = jnp.take_along_axis(beam, pick, 1)
+    rows = (jnp.arange(batch)[:, None] * k + parent).reshape(-1)  # the parent of each alive beam, in [B*K]
     cache = jax.tree.map(lambda c: c[rows] if c.ndim and c.shape[0] == batch * k else c, cache)
-    tokens = jnp.take_along_axis(tokens, beam[..., None], 1).at[:, :, t].set(tok)
-    finished = jnp.take_along_axis(finished, beam, 1) | (tok == eos_id)
-    return (cache, tokens, tok, scores, finished), None
+    last = jnp.take_along_axis(tok, pick, 1)
+    return (cache, alive, last, alive_scores, fin, fin_scores, fin_raw), None
 
-  scores = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1)), (batch, 1))  # one live beam at first
-  carry = (cache, jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32), jnp.full((batch, k), bos_id, jnp.int32),
-           scores, jnp.zeros((batch, k), bool))
+  empty = jnp.full((batch, k, max_new_tokens), pad_id, jnp.int32)
+  no_scores = jnp.full((batch, k), -jnp.inf)
+  alive_scores = no_scores.at[:, 0].set(0.0)  # one live beam at first
+  carry = (cache, empty, jnp.full((batch, k), bos_id, jnp.int32), alive_scores, empty, no_scores, no_scores)
   carry, _ = step(carry, jnp.int32(0), memory)
-  (_, tokens, _, scores, _), _ = jax.lax.scan(step, carry, jnp.arange(1, max_new_tokens, dtype=jnp.int32))
-  lengths = jnp.sum(tokens != pad_id, axis=-1)
-  normalised = scores / ((5.0 + lengths) / 6.0) ** length_penalty  # GNMT's length penalty (0: raw log-prob)
-  best = jnp.argmax(normalised, axis=1)
-  return (jnp.take_along_axis(tokens, best[:, None, None], 1)[:, 0],
-          jnp.take_along_axis(scores, best[:, None], 1)[:, 0])
+  (_, alive, _, alive_scores, fin, fin_scores, fin_raw), _ = jax.lax.scan(
+      step, carry, jnp.arange(1, max_new_tokens, dtype=jnp.int32))
+  # hypotheses still going at max_new_tokens compete as they are (cut at the limit)
+  alive_norm = length_normalised(alive_scores, max_new_tokens, length_penalty, length_norm)
+  norm = jnp.concatenate([fin_scores, alive_norm], axis=1)
+  best = jnp.argmax(norm, axis=1)
+  seqs = jnp.concatenate([fin, alive], axis=1)
+  raw = jnp.concatenate([fin_raw, alive_scores], axis=1)
+  return (jnp.take_along_axis(seqs, best[:, None, None], 1)[:, 0],
+          jnp.take_along_axis(raw, best[:, None], 1)[:, 0])
 
 
 def beam_translate(model: Any, params: Any, src, src_valid, max_new_tokens: int, *, beam_size: int, bos_id: int,
-                   eos_id: int, pad_id: int = 0, length_penalty: float = 0.6) -> tuple[np.ndarray, np.ndarray]:
+                   eos_id: int, pad_id: int = 0, length_penalty: float = 0.6,
+                   length_norm: str = "gnmt") -> tuple[np.ndarray, np.ndarray]:
   """Beam search with an :class:`tfjax.models.transformer.EncoderDecoder`: ``(ids [B, max_new_tokens], log-prob
-  [B])`` of the best of ``beam_size`` hypotheses kept at every step (scored by their summed log-probabilities; at the
-  end ranked by them divided by GNMT's length penalty ``((5 + length) / 6) ** length_penalty``). Each beam has its
-  own KV cache rows, reordered after every step. A finished hypothesis (after ``eos_id``) keeps its score and
-  continues with ``pad_id``. ``beam_size=1`` is greedy decoding."""
+  [B])`` of the best hypothesis. At every step the ``beam_size`` best unfinished hypotheses (by summed
+  log-probability) are extended by every token; of the ``2 * beam_size`` best extensions, those that end
+  (``eos_id``) join the finished ones, ranked by :func:`length_normalised` scores (``length_penalty``,
+  ``length_norm``), and the best ``beam_size`` others go on, each with its parent's KV cache rows. A hypothesis that
+  ends never takes a place in the beam from one that goes on (as in fairseq, T2T and flax's wmt example). The result
+  is the finished (or, at ``max_new_tokens``, unfinished) hypothesis with the best normalised score; after its
+  ``eos_id`` come ``pad_id``. ``beam_size=1`` with ``length_penalty=0`` is greedy decoding."""
   src = _check_source(model, src, max_new_tokens)
   if not 1 <= beam_size <= model.cfg.vocab_size ** min(max_new_tokens, 8):
     raise ValueError(f"beam_size must be >= 1 (and at most vocab_size ** max_new_tokens), got {beam_size}")
+  if length_norm not in LENGTH_NORMS:
+    raise ValueError(f"length_norm must be one of {LENGTH_NORMS}, got {length_norm!r}")
   ids, score = _beam_translate(model, params, jnp.asarray(src), jnp.asarray(src_valid, bool), max_new_tokens,
-                               beam_size, int(bos_id), int(eos_id), int(pad_id), float(length_penalty))
+                               beam_size, int(bos_id), int(eos_id), int(pad_id), float(length_penalty), length_norm)
   return np.asarray(ids), np.asarray(score)

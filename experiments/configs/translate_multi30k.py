@@ -33,6 +33,7 @@ def get_config():
   c.eval.val_bleu_sentences = -1  # validation sentences for eval_bleu at each evaluation (-1: all 1,014; 0: none)
   c.eval.beam_size = 1  # 1: greedy; 4: beam search (test2016 BLEU 35.10 -> 36.80 for the shipped run, 3x the time)
   c.eval.length_penalty = 0.6  # beam search: GNMT length penalty exponent
+  c.eval.length_norm = "gnmt"  # hypotheses ranked by log-prob / ((5 + length) / 6) ** length_penalty
   c.eval.average_last = 0  # > 1: final BLEU of the final parameters averaged with the checkpoints before them
   c.eval.report_val = False  # also the final BLEU scores of the validation set
   del c.sample

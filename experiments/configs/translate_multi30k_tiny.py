@@ -6,7 +6,8 @@ vocabulary; 4 encoder + 4 decoder layers, width 128, 4 heads, ReLU MLP 256, post
 to embeddings scaled by sqrt(D), one embedding shared by source, target and output (fairseq's
 ``--share-all-embeddings``), dropout 0.3; Adam (0.9, 0.98), inverse-square-root schedule with 2,000 warmup updates to
 a peak of 0.005, ~8k updates of ~8k tokens (here 512 pairs of similar length a step, ~7.7k target tokens). Label
-smoothing 0.1. Scores (``results.json``, ``WORKDIR/bleu/``): tokenised BLEU on test2016 as the paper scores it
+smoothing 0.1. Beam 5 ranking hypotheses by their mean log-probability per token (fairseq-generate's ``--lenpen
+1``, the published evaluation's default). Scores (``results.json``, ``WORKDIR/bleu/``): tokenised BLEU on test2016 as the paper scores it
 (``test_bleu_tok``) and sacreBLEU's detokenised score with its signature (``test_bleu``, cased; ``test_bleu_lc``);
 validation only for anything chosen. Differences from fairseq: our BPE is the project's (Hugging Face tokenizers)
 rather than subword-nmt; the batch is a fixed number of pairs from one length bucket rather than a token budget;
@@ -33,7 +34,10 @@ def get_config():
   c.train.update(batch_size=512, num_steps=8000, eval_every=1000, checkpoint_every=50, max_to_keep=10, log_every=100)
   c.train.label_smoothing = 0.1
   c.eval.beam_size = 5
-  c.eval.length_penalty = 0.6
+  # decoding as the published evaluate.sh runs fairseq-generate (--beam 5, --lenpen left at 1): hypotheses ranked by
+  # their mean log-probability per token (fairseq's length normalisation), not GNMT's ((5 + n) / 6) ** alpha
+  c.eval.length_norm = "fairseq"
+  c.eval.length_penalty = 1.0
   c.eval.average_last = 10  # the final parameters averaged with the 9 checkpoints before them (0 or 1: no average)
   c.eval.report_val = True  # the same scores on the validation set, beside the test ones
   c.eval.val_bleu_sentences = -1  # greedy tokenised BLEU on all of val at each evaluation

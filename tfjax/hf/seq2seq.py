@@ -446,8 +446,8 @@ class MarianTokenizer:
 
 
 def translate_texts(model, params, tokenizer, sources: list[str], ids: GenerationIds, *, batch_size: int = 32,
-                    beam_size: int = 1, length_penalty: float = 1.0, temperature: float = 0.0, seed: int = 0,
-                    too_long: str = "cut") -> list[str]:
+                    beam_size: int = 1, length_penalty: float = 1.0, length_norm: str = "fairseq",
+                    temperature: float = 0.0, seed: int = 0, too_long: str = "cut") -> list[str]:
   """Translations of ``sources`` with an imported Marian/BART model and its own tokenizer (whose encoding carries the
   model's special tokens, e.g. Marian's ``</s>``, BART's ``<s> ... </s>``); decoding as :func:`translate_ids`.
 
@@ -470,18 +470,18 @@ def translate_texts(model, params, tokenizer, sources: list[str], ids: Generatio
     log.warning("%s: translating their first %d tokens", msg, max_len - 1)
   encoded = [e if len(e) <= max_len else e[:max_len - 1] + [ids.eos] for e in encoded]
   hyps = translate_ids(model, params, encoded, ids, batch_size=batch_size, beam_size=beam_size,
-                       length_penalty=length_penalty, temperature=temperature, seed=seed)
+                       length_penalty=length_penalty, length_norm=length_norm, temperature=temperature, seed=seed)
   for i, row in zip(todo, hyps):
     out[i] = tokenizer.decode(row)
   return out
 
 
 def translate_ids(model, params, sources: list[list[int]], ids: GenerationIds, *, batch_size: int = 32,
-                  beam_size: int = 1, length_penalty: float = 1.0, temperature: float = 0.0, seed: int = 0
-                  ) -> list[list[int]]:
+                  beam_size: int = 1, length_penalty: float = 1.0, length_norm: str = "fairseq",
+                  temperature: float = 0.0, seed: int = 0) -> list[list[int]]:
   """Target ids (without the decoder start and the end of sentence) of source ids (each at most ``max_len``, with
   the model's special tokens): greedy, sampled (``temperature`` > 0) or beam search (``beam_size`` > 1, ranked by
-  log-probability / GNMT's length penalty ``((5 + n) / 6) ** length_penalty``, close to transformers' ``n **
+  :func:`tfjax.generate.length_normalised` scores: by default transformers' ``log-probability / n **
   length_penalty``). ``batch_size`` sources at a time, each padded to ``max_len`` (one compiled shape). The ids in
   ``ids.banned`` get a -inf logit (as transformers' ``bad_words_ids``)."""
   from tfjax.generate import beam_translate, translate
@@ -506,7 +506,7 @@ def translate_ids(model, params, sources: list[list[int]], ids: GenerationIds, *
       src[r, :len(c)], valid[r, :len(c)] = c, True
     if beam_size > 1:
       rows, _ = beam_translate(model, params, src, valid, max_len, beam_size=beam_size, bos_id=ids.decoder_start,
-                               eos_id=ids.eos, pad_id=ids.pad, length_penalty=length_penalty)
+                               eos_id=ids.eos, pad_id=ids.pad, length_penalty=length_penalty, length_norm=length_norm)
     else:
       rows = translate(model, params, src, valid, max_len, bos_id=ids.decoder_start, eos_id=ids.eos,
                        pad_id=ids.pad, rng=jax.random.key(seed + start), temperature=temperature)

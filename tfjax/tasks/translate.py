@@ -324,7 +324,8 @@ class TranslationTask:
     with ``beam_size`` (default ``config.eval.beam_size``) > 1."""
     e = self.config.get("eval", {})
     return translate_texts(self.model, params, self.tokenizer, sources, batch_size,
-                           beam_size=beam_size or e.get("beam_size", 1), length_penalty=e.get("length_penalty", 0.6))
+                           beam_size=beam_size or e.get("beam_size", 1), length_penalty=e.get("length_penalty", 0.6),
+                           length_norm=e.get("length_norm", "gnmt"))
 
   def bleu(self, params, split: str = "test", limit: int | None = None, report_name: str | None = None,
            beam_size: int | None = None) -> dict[str, Any]:
@@ -390,10 +391,11 @@ class TranslationTask:
 
 def translate_texts(model: EncoderDecoder, params, tokenizer: tokenizers.Tokenizer, sources: list[str],
                     batch_size: int = 128, temperature: float = 0.0, seed: int = 0, beam_size: int = 1,
-                    length_penalty: float = 0.6, too_long: str = "cut") -> list[str]:
+                    length_penalty: float = 0.6, length_norm: str = "gnmt", too_long: str = "cut") -> list[str]:
   """Translations of ``sources`` (one string each, in the model's text form): greedy by default, ``temperature`` > 0
-  samples, ``beam_size`` > 1 is beam search (:func:`tfjax.generate.beam_translate`); ``batch_size`` at a time (the
-  last batch padded, so one compiled shape serves them all).
+  samples, ``beam_size`` > 1 is beam search (:func:`tfjax.generate.beam_translate`, hypotheses ranked by
+  :func:`tfjax.generate.length_normalised` scores); ``batch_size`` at a time (the last batch padded, so one compiled
+  shape serves them all).
 
   An empty (or all-space) source translates to ``""`` without running the model. A source longer than the context
   window (``max_len - 1`` tokens and its ``[EOS]``): ``too_long="cut"`` keeps its first ``max_len - 1`` tokens and logs
@@ -422,7 +424,7 @@ def translate_texts(model: EncoderDecoder, params, tokenizer: tokenizers.Tokeniz
     src = pad_rows(chunk, max_len)
     if beam_size > 1:
       ids, _ = beam_translate(model, params, src, src != PAD_ID, max_len, beam_size=beam_size, bos_id=BOS_ID,
-                              eos_id=EOS_ID, pad_id=PAD_ID, length_penalty=length_penalty)
+                              eos_id=EOS_ID, pad_id=PAD_ID, length_penalty=length_penalty, length_norm=length_norm)
     else:
       ids = translate(model, params, src, src != PAD_ID, max_len, bos_id=BOS_ID, eos_id=EOS_ID, pad_id=PAD_ID,
                       rng=jax.random.key(seed + start), temperature=temperature)
