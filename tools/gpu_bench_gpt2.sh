@@ -61,7 +61,8 @@ theirs = statistics.median(tokens / (ms / 1000) for i, ms in iters if i >= 2)
 rec = {"bench": "gpu_gpt2_small", "device": kind, "peak_flops": peak, "flops_per_token": fpt,
        "tokens_per_step": tokens, "steps": len(iters), "tfjax_tokens_per_s": ours, "nanogpt_tokens_per_s": theirs,
        "speedup": ours / theirs, "tfjax_mfu": ours * fpt / peak if peak else None,
-       "nanogpt_mfu": theirs * fpt / peak if peak else None, "tfjax_compile_s": r.get("phase_seconds", {}).get("compile"),
+       "nanogpt_mfu": theirs * fpt / peak if peak else None,
+       "tfjax_compile_s": r.get("phase_seconds", {}).get("compile"),
        "tfjax_wall_s": wall_tfjax, "nanogpt_wall_s": wall_nanogpt, "tfjax_train_loss": r.get("train_loss"),
        "jax": jax.__version__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 try:

@@ -9,8 +9,9 @@
 # (a fresh run each time: an existing one is moved aside). Runs without the launcher (no .venv, nothing fetched): a
 # python3 with jax, flax, optax, orbax-checkpoint, tokenizers, sacrebleu, absl-py, ml_collections and sacremoses. Wheels
 # in .whl/ (e.g. ml_collections-*.whl, sacremoses-*.whl) are installed into /tmp/tfjax_site first when present.
-# SKIP_CLI=1: no second, command-line average and scoring after the run. Prints the results (results.json: test2016 tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall
-# time; everything lands in WORKDIR (results.json, metrics.jsonl, bleu/*.json + hypotheses, averaged/).
+# SKIP_CLI=1: no second, command-line average and scoring after the run. Prints the results (results.json: test2016
+# tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall time; everything lands in WORKDIR
+# (results.json, metrics.jsonl, bleu/*.json + hypotheses, averaged/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"

@@ -6,12 +6,13 @@ vocabulary; 4 encoder + 4 decoder layers, width 128, 4 heads, ReLU MLP 256, post
 to embeddings scaled by sqrt(D), one embedding shared by source, target and output (fairseq's
 ``--share-all-embeddings``), dropout 0.3; Adam (0.9, 0.98), inverse-square-root schedule with 2,000 warmup updates to
 a peak of 0.005, ~8k updates of ~8k tokens (here 512 pairs of similar length a step, ~7.7k target tokens). Label
-smoothing 0.1. Beam 5 ranking hypotheses by their mean log-probability per token (fairseq-generate's ``--lenpen
-1``, the published evaluation's default). Scores (``results.json``, ``WORKDIR/bleu/``): tokenised BLEU on test2016 as the paper scores it
-(``test_bleu_tok``) and sacreBLEU's detokenised score with its signature (``test_bleu``, cased; ``test_bleu_lc``);
-validation only for anything chosen. Differences from fairseq: our BPE is the project's (Hugging Face tokenizers)
-rather than subword-nmt; the batch is a fixed number of pairs from one length bucket rather than a token budget;
-fairseq's post-LN model has no final norm after each stack, ours keeps one (``ln_encoder``/``ln_decoder``).
+smoothing 0.1. Beam 5 ranking hypotheses by their mean log-probability per token (fairseq-generate's
+``--lenpen 1``, the published evaluation's default). Scores (``results.json``, ``WORKDIR/bleu/``): tokenised BLEU on
+test2016 as the paper scores it (``test_bleu_tok``) and sacreBLEU's detokenised score with its signature
+(``test_bleu``, cased; ``test_bleu_lc``); validation only for anything chosen. Differences from fairseq: our BPE is
+the project's (Hugging Face tokenizers) rather than subword-nmt; the batch is a fixed number of pairs from one length
+bucket rather than a token budget; fairseq's post-LN model has no final norm after each stack, ours keeps one
+(``ln_encoder``/``ln_decoder``).
 
     ./launch.sh train translate_multi30k_tiny          # then: ./launch.sh average runs/translate_multi30k_tiny --last=10
 """
