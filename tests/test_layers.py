@@ -331,7 +331,7 @@ def test_static_causal_mask_becomes_is_causal_on_the_fused_path():
   assert attention.is_static_causal(mask)
   assert not attention.is_static_causal(jnp.asarray(mask))  # traced: not known when tracing
   assert not attention.is_static_causal(masks.causal_mask_at(np.arange(T)[None] + 1, T + 1))  # a cache offset
-  padded = mask & np.arange(T)[None, None, None, :] < T - 2
+  padded = mask & (np.arange(T)[None, None, None, :] < T - 2)  # causal, the last two keys hidden
   assert not attention.is_static_causal(padded)
   calls = []
   real = jax.nn.dot_product_attention
