@@ -422,3 +422,57 @@ def test_embed_scale_multiplies_the_lookup_by_sqrt_width_not_the_unembedding():
   a = GPT(cfg).apply({"params": p}, ids)
   b = GPT(dataclasses.replace(cfg, embed_scale=True)).apply({"params": p}, ids)
   assert not np.allclose(a, b)
+
+
+def _dot_operand_dtypes(jaxpr) -> list[tuple[str, ...]]:
+  """The operand dtypes of every dot_general in a (closed) jaxpr, sub-jaxprs included."""
+  found = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (list, tuple)) else [param]:
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          found += _dot_operand_dtypes(inner)
+  return found
+
+
+def test_dot_out_returns_float32_and_runs_its_backward_in_the_input_dtype():
+  """bfloat16 inputs, float32 logits: the forward equals jnp.dot's float32 accumulation, and both backward matmuls
+  take bfloat16 operands (JAX's own rule would run them in float32), with gradients as the float32 computation's."""
+  from tfjax.layers.linear import Dense, dot_out
+  x = jax.random.normal(jax.random.key(0), (24, 32), jnp.float32)
+  w = jax.random.normal(jax.random.key(1), (32, 40), jnp.float32) * 0.2
+  c = jax.random.normal(jax.random.key(2), (24, 40), jnp.float32)
+  xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  out = dot_out(xb, wb, jnp.float32)
+  assert out.dtype == jnp.float32
+  np.testing.assert_array_equal(out, jnp.dot(xb, wb, preferred_element_type=jnp.float32))
+
+  loss = lambda fn: (lambda a, b: jnp.sum(fn(a, b) * c))  # noqa: E731
+  fast = loss(lambda a, b: dot_out(a, b, jnp.float32))
+  plain = loss(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  gx, gw = jax.grad(fast, argnums=(0, 1))(xb, wb)
+  assert gx.dtype == gw.dtype == jnp.bfloat16
+  rx, rw = jax.grad(loss(jnp.dot), argnums=(0, 1))(xb.astype(jnp.float32), wb.astype(jnp.float32))
+  np.testing.assert_allclose(np.asarray(gx, np.float32), rx, rtol=3e-2, atol=3e-2 * float(jnp.abs(rx).max()))
+  np.testing.assert_allclose(np.asarray(gw, np.float32), rw, rtol=3e-2, atol=3e-2 * float(jnp.abs(rw).max()))
+
+  grad_dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(fast, argnums=(0, 1)))(xb, wb).jaxpr)
+  assert len(grad_dots) == 3 and all(d == ("bfloat16", "bfloat16") for d in grad_dots), grad_dots
+  plain_dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(plain, argnums=(0, 1)))(xb, wb).jaxpr)
+  assert any("float32" in d for d in plain_dots), plain_dots  # what dot_out avoids
+  # float32 inputs: plain jnp.dot, the same gradients
+  np.testing.assert_array_equal(jax.grad(loss(lambda a, b: dot_out(a, b, jnp.float32)))(x, w),
+                                jax.grad(loss(jnp.dot))(x, w))
+  # the layers that make float32 logits use it: Dense(out_dtype=float32) and the tied unembedding
+  dense = Dense(40, dtype=jnp.bfloat16, out_dtype=jnp.float32)
+  params = dense.init(jax.random.key(3), x)
+  dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(lambda p: jnp.sum(dense.apply(p, x) * c)))(params).jaxpr)
+  assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
+  emb = TokenEmbedding(40, 32, dtype=jnp.bfloat16)
+  params = emb.init(jax.random.key(4), jnp.zeros((1, 2), jnp.int32))
+  dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(
+      lambda p: jnp.sum(emb.apply(p, x, method="unembed") * c)))(params).jaxpr)
+  assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots

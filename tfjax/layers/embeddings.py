@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.layers.linear import Dense, Precision
+from tfjax.layers.linear import Dense, Precision, dot_out
 
 Dtype = Any
 
@@ -77,9 +77,9 @@ class TokenEmbedding(nn.Module):
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
     """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # one 2-D matmul (see tfjax.layers.linear)
-    # inputs in the compute dtype, products accumulated and returned in float32: logits are never rounded to bf16
-    logits = jnp.dot(flat, jnp.asarray(self.embedding, self.dtype).T, preferred_element_type=jnp.float32,
-                     precision=self.precision)
+    # inputs in the compute dtype, products accumulated and returned in float32: logits are never rounded to bf16;
+    # the backward matmuls run in the compute dtype (see dot_out)
+    logits = dot_out(flat, jnp.asarray(self.embedding, self.dtype).T, jnp.float32, self.precision)
     return logits.reshape(*x.shape[:-1], self.vocab_size)
 
 

@@ -8,14 +8,49 @@ an MLP block in fwd+bwd); the 2-D form avoids it and is neutral on GPUs/TPUs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
 # jax.lax.Precision, its name ("default" | "high" | "highest"), or None: how float32 matmuls run on GPUs and TPUs
 Precision = Any
+
+
+def dot_out(x: jnp.ndarray, w: jnp.ndarray, out_dtype: Dtype | None = None, precision: Precision = None) -> jnp.ndarray:
+  """``x [N, K] @ w [K, M]`` computed from the inputs' dtype, accumulated and returned in ``out_dtype`` (e.g. float32
+  logits from bfloat16 activations: never rounded to bfloat16).
+
+  The backward pass rounds the cotangent to the inputs' dtype before its two matmuls, so they run as fast as the
+  forward one (bfloat16 tensor cores). Left to JAX, a float32 cotangent against bfloat16 operands makes both of them
+  float32 matmuls: GPT-2 small's unembedding backward then took 14 of a 42 ms micro-step on an H100. PyTorch's
+  autocast does the same rounding (a bfloat16 matmul's output cotangent is bfloat16). With ``out_dtype`` unset or
+  equal to the inputs' dtype this is ``jnp.dot``.
+  """
+  if out_dtype is None or jnp.dtype(out_dtype) == x.dtype or x.dtype != w.dtype:
+    return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
+  return _dot_rounded_cotangent(x, w, jnp.dtype(out_dtype), precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dot_rounded_cotangent(x, w, out_dtype, precision):
+  return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
+
+
+def _dot_rounded_cotangent_fwd(x, w, out_dtype, precision):
+  return _dot_rounded_cotangent(x, w, out_dtype, precision), (x, w)
+
+
+def _dot_rounded_cotangent_bwd(out_dtype, precision, residuals, g):  # pylint: disable=unused-argument
+  x, w = residuals
+  g = g.astype(x.dtype)
+  return jnp.dot(g, w.T, precision=precision), jnp.dot(x.T, g, precision=precision)
+
+
+_dot_rounded_cotangent.defvjp(_dot_rounded_cotangent_fwd, _dot_rounded_cotangent_bwd)
 
 
 class Dense(nn.Module):
@@ -34,8 +69,8 @@ class Dense(nn.Module):
     kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.stddev), tuple(self.axes)),
                         (x.shape[-1], self.features), self.param_dtype)
     lead = x.shape[:-1]
-    y = jnp.dot(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype),
-                preferred_element_type=self.out_dtype, precision=self.precision)
+    y = dot_out(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype), self.out_dtype,
+                self.precision)
     if self.use_bias:
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
                         (self.features,), self.param_dtype)
