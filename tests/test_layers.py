@@ -476,3 +476,18 @@ def test_dot_out_returns_float32_and_runs_its_backward_in_the_input_dtype():
   dots = _dot_operand_dtypes(jax.make_jaxpr(jax.grad(
       lambda p: jnp.sum(emb.apply(p, x, method="unembed") * c)))(params).jaxpr)
   assert dots and all(d == ("bfloat16", "bfloat16") for d in dots), dots
+
+
+def test_dot_out_forward_mode_and_one_sided_gradients():
+  """jax.jvp works through dot_out (its rule is a JVP), agrees with float32, and differentiating one operand only
+  adds one matmul of the inputs' dtype."""
+  from tfjax.layers.linear import dot_out
+  x = jax.random.normal(jax.random.key(0), (8, 16)).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (16, 12)).astype(jnp.bfloat16)
+  dx = jax.random.normal(jax.random.key(2), (8, 16)).astype(jnp.bfloat16)
+  out, tangent = jax.jvp(lambda a: dot_out(a, w, jnp.float32), (x,), (dx,))
+  assert out.dtype == tangent.dtype == jnp.float32
+  ref = jnp.dot(dx.astype(jnp.float32), w.astype(jnp.float32))
+  np.testing.assert_allclose(tangent, ref, rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
+  only_w = jax.make_jaxpr(jax.grad(lambda b: jnp.sum(dot_out(x, b, jnp.float32))))(w).jaxpr
+  assert _dot_operand_dtypes(only_w) == [("bfloat16", "bfloat16")] * 2  # the forward and one backward matmul

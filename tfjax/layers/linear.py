@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.custom_derivatives import SymbolicZero
 
 Dtype = Any
 # jax.lax.Precision, its name ("default" | "high" | "highest"), or None: how float32 matmuls run on GPUs and TPUs
@@ -27,30 +28,33 @@ def dot_out(x: jnp.ndarray, w: jnp.ndarray, out_dtype: Dtype | None = None, prec
   The backward pass rounds the cotangent to the inputs' dtype before its two matmuls, so they run as fast as the
   forward one (bfloat16 tensor cores). Left to JAX, a float32 cotangent against bfloat16 operands makes both of them
   float32 matmuls: GPT-2 small's unembedding backward then took 14 of a 42 ms micro-step on an H100. PyTorch's
-  autocast does the same rounding (a bfloat16 matmul's output cotangent is bfloat16). With ``out_dtype`` unset or
-  equal to the inputs' dtype this is ``jnp.dot``.
+  autocast does the same rounding (a bfloat16 matmul's output cotangent is bfloat16). Forward-mode differentiation
+  (``jax.jvp``) works too, its tangent rounded the same way. With ``out_dtype`` unset or equal to the inputs' dtype
+  this is ``jnp.dot``.
   """
   if out_dtype is None or jnp.dtype(out_dtype) == x.dtype or x.dtype != w.dtype:
     return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
   return _dot_rounded_cotangent(x, w, jnp.dtype(out_dtype), precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _dot_rounded_cotangent(x, w, out_dtype, precision):
   return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
 
 
-def _dot_rounded_cotangent_fwd(x, w, out_dtype, precision):
-  return _dot_rounded_cotangent(x, w, out_dtype, precision), (x, w)
+def _dot_rounded_cotangent_jvp(out_dtype, precision, primals, tangents):
+  # the tangent is computed in the inputs' dtype, then widened: its transpose (the backward pass) narrows the
+  # cotangent first, so both backward matmuls take operands of the inputs' dtype. (A JVP rule rather than a VJP
+  # rule, so forward-mode differentiation works too; a symbolic-zero tangent, e.g. of input data, costs no matmul.)
+  x, w = primals
+  dx, dw = tangents
+  out = _dot_rounded_cotangent(x, w, out_dtype, precision)
+  parts = ([] if isinstance(dx, SymbolicZero) else [jnp.dot(dx, w, precision=precision)]) + \
+          ([] if isinstance(dw, SymbolicZero) else [jnp.dot(x, dw, precision=precision)])
+  return out, sum(parts[1:], parts[0]).astype(out_dtype) if parts else jnp.zeros_like(out)
 
 
-def _dot_rounded_cotangent_bwd(out_dtype, precision, residuals, g):  # pylint: disable=unused-argument
-  x, w = residuals
-  g = g.astype(x.dtype)
-  return jnp.dot(g, w.T, precision=precision), jnp.dot(x.T, g, precision=precision)
-
-
-_dot_rounded_cotangent.defvjp(_dot_rounded_cotangent_fwd, _dot_rounded_cotangent_bwd)
+_dot_rounded_cotangent.defjvp(_dot_rounded_cotangent_jvp, symbolic_zeros=True)
 
 
 class Dense(nn.Module):
