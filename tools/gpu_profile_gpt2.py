@@ -8,6 +8,8 @@ builds it (bfloat16 compute, float32 parameters):
 
 - ``forward``: the loss of one micro-batch (``micro`` x 1,024 tokens);
 - ``grad``: its loss and gradients, as the training step computes them (``LMTask.loss_fn``);
+- ``grad_float32_unembed_backward``: the same with JAX's own backward rule for the float32-logits matmul (float32
+  backward matmuls), i.e. without ``tfjax.layers.linear.dot_out``'s bfloat16 cotangent: the A/B of that change;
 - ``grad_xla_attention``: the same with ``attention_impl="xla"`` instead of ``"auto"`` (cuDNN's fused kernel on GPUs);
 - ``grad_no_accuracy``: the loss alone, without the accuracy's argmax over the logits;
 - ``train_step``: the whole optimizer step, ``accum`` micro-batches in a ``lax.scan`` plus AdamW, per micro-batch.
@@ -31,6 +33,7 @@ import statistics
 import sys
 import time
 import types
+from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -41,6 +44,7 @@ import optax  # noqa: E402
 
 from experiments.configs import gpt2_small  # noqa: E402
 from tfjax import config as config_lib  # noqa: E402
+from tfjax.layers import linear  # noqa: E402
 from tfjax.models.gpt import GPT, flops_per_token, num_params  # noqa: E402
 from tfjax.tasks.lm import LMTask  # noqa: E402
 from tfjax.train.metrics import PEAK_FLOPS  # noqa: E402
@@ -66,6 +70,17 @@ def loss_without_accuracy(task):
     logits = task.model.apply({"params": params}, batch["inputs"])
     return jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]))
   return f
+
+
+def with_jax_dot_rule(fn):
+  """``fn`` traced with dot_out's bfloat16 backward turned off (JAX's rule for a float32-output matmul)."""
+  def plain(x, w, out_dtype, precision):
+    return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
+
+  def wrapped(*args):
+    with mock.patch.object(linear, "_dot_rounded_cotangent", plain):
+      return fn(*args)
+  return wrapped
 
 
 def timed(fn, args, iters: int) -> tuple[float, float]:
@@ -140,6 +155,7 @@ def main(argv=None):
   variants = {
       "forward": (lambda p, b: task.loss_fn(p, b, None, False)[0], (params, micro), 1),
       "grad": (grad_fn(task), (params, micro), 1),
+      "grad_float32_unembed_backward": (with_jax_dot_rule(grad_fn(task)), (params, micro), 1),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
   }
@@ -152,7 +168,7 @@ def main(argv=None):
   only = set(filter(None, args.only.split(",")))
   rows = []
   print(f"GPT {n:,} parameters, {fpt:.3e} FLOPs/token, micro-batch {args.micro} x {args.seq}")
-  print(f"{'variant':22s} {'compile s':>9s} {'ms/micro':>9s} {'tok/s':>11s} {'MFU':>6s}")
+  print(f"{'variant':30s} {'compile s':>9s} {'ms/micro':>9s} {'tok/s':>11s} {'MFU':>6s}")
   for name, (fn, fargs, per) in variants.items():
     if only and name not in only:
       continue
@@ -161,7 +177,7 @@ def main(argv=None):
     tps = args.micro * args.seq / (ms / 1e3)
     mfu = tps * fpt / peak if peak and name != "forward" else None
     rows.append({"variant": name, "compile_s": compile_s, "ms_per_micro": ms, "tokens_per_s": tps, "mfu": mfu})
-    print(f"{name:22s} {compile_s:9.1f} {ms:9.2f} {tps:11,.0f} {'' if mfu is None else f'{mfu:6.1%}'}", flush=True)
+    print(f"{name:30s} {compile_s:9.1f} {ms:9.2f} {tps:11,.0f} {'' if mfu is None else f'{mfu:6.1%}'}", flush=True)
   json.dump({"device": dev.device_kind, "num_params": n, "flops_per_token": fpt, "micro": args.micro,
              "seq": args.seq, "rows": rows}, open(os.path.join(args.out, "timings.json"), "w"), indent=1)
 
