@@ -10,6 +10,8 @@ builds it (bfloat16 compute, float32 parameters):
 - ``grad``: its loss and gradients, as the training step computes them (``LMTask.loss_fn``);
 - ``grad_float32_unembed_backward``: the same with JAX's own backward rule for the float32-logits matmul (float32
   backward matmuls), i.e. without ``tfjax.layers.linear.dot_out``'s bfloat16 cotangent: the A/B of that change;
+- ``grad_bfloat16_logits``: the logits rounded to bfloat16 by the matmul and widened after (as PyTorch's autocast
+  makes them; the loss still in float32): how much the passes over float32 logits cost;
 - ``grad_xla_attention``: the same with ``attention_impl="xla"`` instead of ``"auto"`` (cuDNN's fused kernel on GPUs);
 - ``grad_no_accuracy``: the loss alone, without the accuracy's argmax over the logits;
 - ``train_step``: the whole optimizer step, ``accum`` micro-batches in a ``lax.scan`` plus AdamW, per micro-batch.
@@ -79,6 +81,17 @@ def with_jax_dot_rule(fn):
 
   def wrapped(*args):
     with mock.patch.object(linear, "_dot_rounded_cotangent", plain):
+      return fn(*args)
+  return wrapped
+
+
+def with_bfloat16_logits(fn):
+  """``fn`` traced with the float32-output matmul rounding its result to the inputs' dtype, then widening it."""
+  def rounded(x, w, out_dtype, precision):
+    return jnp.dot(x, w, precision=precision).astype(out_dtype)
+
+  def wrapped(*args):
+    with mock.patch.object(linear, "_dot_rounded_cotangent", rounded):
       return fn(*args)
   return wrapped
 
@@ -156,6 +169,7 @@ def main(argv=None):
       "forward": (lambda p, b: task.loss_fn(p, b, None, False)[0], (params, micro), 1),
       "grad": (grad_fn(task), (params, micro), 1),
       "grad_float32_unembed_backward": (with_jax_dot_rule(grad_fn(task)), (params, micro), 1),
+      "grad_bfloat16_logits": (with_bfloat16_logits(grad_fn(task)), (params, micro), 1),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
   }
