@@ -8,7 +8,9 @@
 # *.gz files and tok/*.lc.norm.tok.*.gz), e.g. .gpu_data/multi30k. WORKDIR: default runs/translate_multi30k_tiny_gpu
 # (a fresh run each time: an existing one is moved aside). Runs without the launcher (no .venv, nothing fetched): a
 # python3 with jax, flax, optax, orbax-checkpoint, tokenizers, sacrebleu, absl-py, ml_collections and sacremoses. Wheels
-# in .whl/ (e.g. ml_collections-*.whl, sacremoses-*.whl) are installed into /tmp/tfjax_site first when present.
+# in .whl/ (e.g. ml_collections-*.whl, sacremoses-*.whl) are installed into a fresh temporary folder when a package is
+# missing. Several runs may go side by side on one GPU (e.g. seeds: WORKDIR and --config.seed=N each;
+# XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 each).
 # SKIP_CLI=1: no second, command-line average and scoring after the run. Prints the results (results.json: test2016
 # tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall time; everything lands in WORKDIR
 # (results.json, metrics.jsonl, bleu/*.json + hypotheses, averaged/).
@@ -26,11 +28,14 @@ for f in train.en.gz train.de.gz val.en.gz val.de.gz test_2016_flickr.en.gz test
          tok/test_2016_flickr.lc.norm.tok.en.gz tok/test_2016_flickr.lc.norm.tok.de.gz; do
   [[ -f "$DATA/$f" ]] || { echo "error: $DATA/$f is missing (DATA must hold the Multi30k files as ../shared/data/multi30k does)" >&2; exit 2; }
 done
-if compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/tfjax_site "$ROOT"/.whl/*.whl
-  export PYTHONPATH="/tmp/tfjax_site${PYTHONPATH:+:$PYTHONPATH}"
+IMPORTS="import jax, flax, optax, orbax.checkpoint, tokenizers, sacrebleu, ml_collections, sacremoses"
+# wheels only when a package is missing (so several runs can start side by side without racing on the install)
+if ! "$PY" -c "$IMPORTS" 2>/dev/null && compgen -G "$ROOT/.whl/*.whl" > /dev/null; then
+  SITE="$(mktemp -d)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$SITE" "$ROOT"/.whl/*.whl
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-"$PY" -c "import jax, flax, optax, orbax.checkpoint, tokenizers, sacrebleu, ml_collections, sacremoses" || {
+"$PY" -c "$IMPORTS" || {
   echo "error: a package is missing (pip wheels needed beyond jax/flax/optax/orbax/tokenizers/sacrebleu:" \
        "ml_collections, sacremoses; put them in .whl/)" >&2; exit 2; }
 # TFJAX_DATA_DIR is the folder that holds multi30k/
