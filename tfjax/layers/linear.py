@@ -49,9 +49,11 @@ def _dot_rounded_cotangent_jvp(out_dtype, precision, primals, tangents):
   x, w = primals
   dx, dw = tangents
   out = _dot_rounded_cotangent(x, w, out_dtype, precision)
-  parts = ([] if isinstance(dx, SymbolicZero) else [jnp.dot(dx, w, precision=precision)]) + \
-          ([] if isinstance(dw, SymbolicZero) else [jnp.dot(x, dw, precision=precision)])
-  return out, sum(parts[1:], parts[0]).astype(out_dtype) if parts else jnp.zeros_like(out)
+  tangent = None if isinstance(dx, SymbolicZero) else jnp.dot(dx, w, precision=precision)
+  if not isinstance(dw, SymbolicZero):
+    from_w = jnp.dot(x, dw, precision=precision)
+    tangent = from_w if tangent is None else tangent + from_w
+  return out, jnp.zeros_like(out) if tangent is None else tangent.astype(out_dtype)
 
 
 _dot_rounded_cotangent.defjvp(_dot_rounded_cotangent_jvp, symbolic_zeros=True)
