@@ -7,8 +7,8 @@
 # SHARDS: a tfjax shards directory of a 50,257-token vocabulary (GPT-2's size). NANOGPT: a copy of karpathy/nanoGPT
 # (train.py, model.py, configurator.py, config/train_gpt2.py; it stays outside this project) whose data/gpt2bench/
 # holds the same tokens: train.bin and val.bin (copies of the shards' train_00000.bin and val_00000.bin, the same flat
-# uint16 format) and meta.pkl ({"vocab_size": 50257}). Both train GPT-2 124M (12 x 12 x 768, context 1024, biases,
-# tied embeddings, no dropout) for STEPS (default 15) optimizer steps of nanoGPT's train_gpt2 batch: 40 micro-batches
+# uint16 format) and meta.pkl ({"vocab_size": 50257}); tools/make_gpt2_bench_data.py makes both. Both train GPT-2
+# 124M (12 x 12 x 768, context 1024, biases, tied embeddings, no dropout) for STEPS (default 15) optimizer steps of nanoGPT's train_gpt2 batch: 40 micro-batches
 # of 12 x 1,024 tokens (491,520 tokens), bfloat16 compute; nanoGPT with compile=True (its default), tfjax as shipped
 # (experiments/configs/gpt2_small.py with the batch set to nanoGPT's). Steady tokens/s: the median over the steps after
 # the first two (nanoGPT's per-iteration "time" lines; tfjax's results.json tokens_per_s_median); MFU of both from
