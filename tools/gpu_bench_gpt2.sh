@@ -5,15 +5,16 @@
 #   tools/gpu_bench_gpt2.sh SHARDS NANOGPT [STEPS] [OUT]
 #
 # SHARDS: a tfjax shards directory of a 50,257-token vocabulary (GPT-2's size). NANOGPT: a copy of karpathy/nanoGPT
-# (train.py, model.py, configurator.py, config/train_gpt2.py; it stays outside this project) whose data/gpt2bench/
-# holds the same tokens: train.bin and val.bin (copies of the shards' train_00000.bin and val_00000.bin, the same flat
-# uint16 format) and meta.pkl ({"vocab_size": 50257}); tools/make_gpt2_bench_data.py makes both. Both train GPT-2
-# 124M (12 x 12 x 768, context 1024, biases, tied embeddings, no dropout) for STEPS (default 15) optimizer steps of nanoGPT's train_gpt2 batch: 40 micro-batches
-# of 12 x 1,024 tokens (491,520 tokens), bfloat16 compute; nanoGPT with compile=True (its default), tfjax as shipped
-# (experiments/configs/gpt2_small.py with the batch set to nanoGPT's). Steady tokens/s: the median over the steps after
-# the first two (nanoGPT's per-iteration "time" lines; tfjax's results.json tokens_per_s_median); MFU of both from
-# tfjax's FLOPs per token and the device's data-sheet peak (tfjax.train.metrics.PEAK_FLOPS). Prints a table and
-# appends one JSON line to OUT (default bench_results/gpu_gpt2.jsonl). Needs python3 with jax[cuda] (tfjax) and torch.
+# (train.py, model.py, configurator.py, config/train_gpt2.py; it stays outside this project) whose data/gpt2bench/ holds
+# the same tokens: train.bin and val.bin (copies of the shards' train_00000.bin and val_00000.bin, the same flat uint16
+# format) and meta.pkl ({"vocab_size": 50257}); tools/make_gpt2_bench_data.py makes both. Both train GPT-2 124M (12 x 12
+# x 768, context 1024, biases, tied embeddings, no dropout) for STEPS (default 15) optimizer steps of nanoGPT's
+# train_gpt2 batch: 40 micro-batches of 12 x 1,024 tokens (491,520 tokens), bfloat16 compute; nanoGPT with compile=True
+# (its default), tfjax as shipped (experiments/configs/gpt2_small.py with the batch set to nanoGPT's). Steady tokens/s:
+# the median over the steps after the first two (nanoGPT's per-iteration "time" lines; tfjax's results.json
+# tokens_per_s_median); MFU of both from tfjax's FLOPs per token and the device's data-sheet peak
+# (tfjax.train.metrics.PEAK_FLOPS). Prints a table and appends one JSON line to OUT (default
+# bench_results/gpu_gpt2.jsonl). Needs python3 with jax[cuda] (tfjax) and torch.
 # TFJAX_ARGS / NANOGPT_ARGS: extra flags for either side (e.g. a smaller model to try the script on a CPU).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
