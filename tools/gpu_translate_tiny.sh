@@ -11,6 +11,7 @@
 # in .whl/ (e.g. ml_collections-*.whl, sacremoses-*.whl) are installed into a fresh temporary folder when a package is
 # missing. Several runs may go side by side on one GPU (e.g. seeds: WORKDIR and --config.seed=N each;
 # XLA_PYTHON_CLIENT_MEM_FRACTION=0.3 each).
+# RESUME=1: an existing WORKDIR is resumed (e.g. a run stopped by SIGTERM, which checkpoints) instead of moved aside.
 # SKIP_CLI=1: no second, command-line average and scoring after the run. Prints the results (results.json: test2016
 # tokenised BLEU, sacreBLEU + signatures, of the averaged model) and the wall time; everything lands in WORKDIR
 # (results.json, metrics.jsonl, bleu/*.json + hypotheses, averaged/).
@@ -42,7 +43,7 @@ fi
 DATA_ROOT="$(mktemp -d)"
 ln -s "$DATA" "$DATA_ROOT/multi30k"
 export TFJAX_DATA_DIR="$DATA_ROOT" TFJAX_OFFLINE=1 PYTHONUNBUFFERED=1
-if [[ -e "$WORKDIR" ]]; then mv "$WORKDIR" "$WORKDIR.old.$(date +%s)"; fi
+if [[ -e "$WORKDIR" && "${RESUME:-0}" != 1 ]]; then mv "$WORKDIR" "$WORKDIR.old.$(date +%s)"; fi
 
 start=$(date +%s)
 "$PY" experiments/train.py --config=experiments/configs/translate_multi30k_tiny.py --workdir="$WORKDIR" \
@@ -56,7 +57,9 @@ if [[ "${SKIP_CLI:-0}" != 1 ]]; then
 fi
 end=$(date +%s)
 "$PY" - "$WORKDIR" <<'EOF'
-import json, sys
+import json, os, sys
+if not os.path.exists(f"{sys.argv[1]}/results.json"):
+  sys.exit(f"no results.json in {sys.argv[1]}: the run stopped before its end (relaunch with RESUME=1 to finish it)")
 r = json.load(open(f"{sys.argv[1]}/results.json"))
 keys = ["num_params", "step", "best_eval_loss", "eval_loss", "eval_bleu", "averaged_steps", "val_bleu_tok", "val_bleu_lc",
         "test_bleu_tok", "test_bleu_tok_detail", "test_bleu_tok_signature", "test_bleu", "test_bleu_signature",
