@@ -74,24 +74,20 @@ def loss_without_accuracy(task):
   return f
 
 
-def with_jax_dot_rule(fn):
-  """``fn`` traced with dot_out's bfloat16 backward turned off (JAX's rule for a float32-output matmul)."""
-  def plain(x, w, out_dtype, precision):
-    return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
+def jax_dot_rule(x, w, out_dtype, precision):
+  """The float32-output matmul with JAX's own backward rule (float32 backward matmuls): what dot_out replaced."""
+  return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
 
+
+def bfloat16_logits(x, w, out_dtype, precision):
+  """The float32-output matmul rounding its result to the inputs' dtype, then widening it (autocast's logits)."""
+  return jnp.dot(x, w, precision=precision).astype(out_dtype)
+
+
+def traced_with(fn, matmul):
+  """``fn`` traced with ``matmul`` in place of dot_out's float32-output matmul (an A/B in one process)."""
   def wrapped(*args):
-    with mock.patch.object(linear, "_dot_rounded_cotangent", plain):
-      return fn(*args)
-  return wrapped
-
-
-def with_bfloat16_logits(fn):
-  """``fn`` traced with the float32-output matmul rounding its result to the inputs' dtype, then widening it."""
-  def rounded(x, w, out_dtype, precision):
-    return jnp.dot(x, w, precision=precision).astype(out_dtype)
-
-  def wrapped(*args):
-    with mock.patch.object(linear, "_dot_rounded_cotangent", rounded):
+    with mock.patch.object(linear, "_dot_rounded_cotangent", matmul):
       return fn(*args)
   return wrapped
 
@@ -168,8 +164,8 @@ def main(argv=None):
   variants = {
       "forward": (lambda p, b: task.loss_fn(p, b, None, False)[0], (params, micro), 1),
       "grad": (grad_fn(task), (params, micro), 1),
-      "grad_float32_unembed_backward": (with_jax_dot_rule(grad_fn(task)), (params, micro), 1),
-      "grad_bfloat16_logits": (with_bfloat16_logits(grad_fn(task)), (params, micro), 1),
+      "grad_float32_unembed_backward": (traced_with(grad_fn(task), jax_dot_rule), (params, micro), 1),
+      "grad_bfloat16_logits": (traced_with(grad_fn(task), bfloat16_logits), (params, micro), 1),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
   }

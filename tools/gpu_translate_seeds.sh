@@ -23,10 +23,10 @@ for seed in "${SEEDS[@]}"; do
     tools/gpu_translate_tiny.sh "$DATA" "runs/tiny_gpu_s$seed" --config.seed="$seed" "$@" > "$LOGS/s$seed.log" 2>&1 &
   sleep 2
 done
+RUNS="experiments/train.py --config=experiments/configs/translate_multi30k_tiny.py"  # the runs' command lines
 if [[ -n "${DEADLINE:-}" ]]; then
-  while pgrep -f "experiments/train.py --config=experiments/configs/translate_multi30k_tiny.py" > /dev/null \
-        && (( $(date +%s) - start < DEADLINE )); do sleep 5; done
-  pkill -TERM -f "experiments/train.py --config=experiments/configs/translate_multi30k_tiny.py" \
+  while pgrep -f "$RUNS" > /dev/null && (( $(date +%s) - start < DEADLINE )); do sleep 5; done
+  pkill -TERM -f "$RUNS" \
     && echo "deadline ${DEADLINE} s: SIGTERM to the unfinished runs (relaunch with RESUME=1)"
 fi
 wait
