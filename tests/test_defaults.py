@@ -46,7 +46,7 @@ def test_every_field_is_a_config_key_with_its_default():
   fields = {f.name: f.default for f in TransformerConfig.__dataclass_fields__.values() if f.name != "vocab_size"}
   assert set(model.keys()) == set(fields)
   for name, default in fields.items():
-    if name in ("dtype", "param_dtype"):
+    if name in config_lib.DTYPE_KEYS:
       assert config_lib.get_dtype(model[name]) == default
     else:
       assert model[name] == default, name

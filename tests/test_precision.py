@@ -109,6 +109,37 @@ def test_bfloat16_logits_are_computed_in_float32(setup):
   assert np.mean(logits == rounded) < 0.5
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_logits_dtype_rounds_the_logits_as_autocast_and_keeps_the_loss_close(setup, tied):
+  """``logits_dtype=bfloat16`` (nanoGPT's autocast logits): the float32 logits rounded to bfloat16, returned widened
+  to float32; loss and gradients close to the float32 logits' ones, gradients float32."""
+  task, params, batch, _ = setup
+  cfg = dataclasses.replace(task.model_cfg, dtype=jnp.bfloat16, tie_embeddings=tied)
+  if not tied:
+    params = dict(params, unembed={"kernel_dense": {"kernel": nn.unbox(params)["embed"]["embedding"].T}})
+  wide = np.asarray(GPT(cfg).apply({"params": params}, batch["inputs"]))
+  bf_cfg = dataclasses.replace(cfg, logits_dtype=jnp.bfloat16)
+  narrow = np.asarray(GPT(bf_cfg).apply({"params": params}, batch["inputs"]))
+  assert narrow.dtype == np.float32
+  rounded = np.asarray(jnp.asarray(wide).astype(jnp.bfloat16).astype(jnp.float32))
+  np.testing.assert_array_equal(narrow, np.asarray(jnp.asarray(narrow).astype(jnp.bfloat16).astype(jnp.float32)))
+  # one bfloat16 rounding of the same float32 sums (an ulp apart where XLA rounds the accumulation differently)
+  np.testing.assert_allclose(narrow, rounded, rtol=2 ** -7, atol=1e-6)
+  (wide_loss, wide_grads), (loss, grads) = (loss_and_grads(c, params, batch) for c in (cfg, bf_cfg))
+  np.testing.assert_allclose(loss, wide_loss, rtol=1e-3)
+  assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+  g1, g2 = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (wide_grads, grads))
+  assert np.dot(g1, g2) / np.linalg.norm(g1) / np.linalg.norm(g2) > 0.999
+
+
+def test_logits_dtype_is_a_config_key():
+  from tfjax import config as config_lib
+  cfg = config_lib.transformer_config(tiny_lm_config(**{"model.logits_dtype": "bfloat16"}).model, 65)
+  assert cfg.logits_dtype == jnp.bfloat16
+  with pytest.raises(config_lib.ConfigError, match="logits_dtype"):
+    config_lib.transformer_config(tiny_lm_config(**{"model.logits_dtype": "float8"}).model, 65)
+
+
 def test_embedding_gradient_is_summed_in_float32_under_bfloat16_compute():
   """The lookup's backward pass scatter-adds every position's gradient into its row: in bfloat16 4,096 adds of 1
   would stop at 256 (8-bit mantissa); gathered in float32 and cast after, the sum is exact."""

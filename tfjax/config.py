@@ -61,6 +61,10 @@ def apply_overrides(config: Any, overrides: list[str]) -> Any:
   return config
 
 
+# model config keys that name a dtype ("float32", "bfloat16", ...)
+DTYPE_KEYS = ("dtype", "param_dtype", "logits_dtype")
+
+
 def get_dtype(name: str, key: str = "dtype"):
   if name not in DTYPES:
     raise ConfigError(f"config key '{key}' must be one of {sorted(DTYPES)}, got {name!r}")
@@ -91,7 +95,7 @@ def dataclass_config(cls: type, exclude: tuple[str, ...] = ()) -> ml_collections
     if f.name in exclude or f.default is dataclasses.MISSING:
       continue
     value = f.default
-    if f.name in ("dtype", "param_dtype"):
+    if f.name in DTYPE_KEYS:
       value = _dtype_name(value)
     elif value is None:
       value = config_dict.placeholder(_placeholder_type(hints[f.name]))
@@ -161,7 +165,7 @@ def transformer_config(model: Any, vocab_size: int, **overrides) -> TransformerC
       continue
     if key in _LEGACY_UNSET and value == _LEGACY_UNSET[key]:
       value = None
-    if key in ("dtype", "param_dtype"):
+    if key in DTYPE_KEYS:
       value = get_dtype(value, f"model.{key}")
     kwargs[key] = value
   kwargs.update(overrides)

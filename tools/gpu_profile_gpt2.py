@@ -10,8 +10,9 @@ builds it (bfloat16 compute, float32 parameters):
 - ``grad``: its loss and gradients, as the training step computes them (``LMTask.loss_fn``);
 - ``grad_float32_unembed_backward``: the same with JAX's own backward rule for the float32-logits matmul (float32
   backward matmuls), i.e. without ``tfjax.layers.linear.dot_out``'s bfloat16 cotangent: the A/B of that change;
-- ``grad_bfloat16_logits``: the logits rounded to bfloat16 by the matmul and widened after (as PyTorch's autocast
-  makes them; the loss still in float32): how much the passes over float32 logits cost;
+- ``grad_bfloat16_logits``: the same with ``model.logits_dtype=bfloat16``, the logits rounded to bfloat16 by the
+  matmul and widened after (as PyTorch's autocast makes them; the loss still in float32): how much the passes over
+  float32 logits cost;
 - ``grad_xla_attention``: the same with ``attention_impl="xla"`` instead of ``"auto"`` (cuDNN's fused kernel on GPUs);
 - ``grad_no_accuracy``: the loss alone, without the accuracy's argmax over the logits;
 - ``train_step``: the whole optimizer step, ``accum`` micro-batches in a ``lax.scan`` plus AdamW, per micro-batch.
@@ -77,11 +78,6 @@ def loss_without_accuracy(task):
 def jax_dot_rule(x, w, out_dtype, precision):
   """The float32-output matmul with JAX's own backward rule (float32 backward matmuls): what dot_out replaced."""
   return jnp.dot(x, w, preferred_element_type=out_dtype, precision=precision)
-
-
-def bfloat16_logits(x, w, out_dtype, precision):
-  """The float32-output matmul rounding its result to the inputs' dtype, then widening it (autocast's logits)."""
-  return jnp.dot(x, w, precision=precision).astype(out_dtype)
 
 
 def traced_with(fn, matmul):
@@ -165,7 +161,8 @@ def main(argv=None):
       "forward": (lambda p, b: task.loss_fn(p, b, None, False)[0], (params, micro), 1),
       "grad": (grad_fn(task), (params, micro), 1),
       "grad_float32_unembed_backward": (traced_with(grad_fn(task), jax_dot_rule), (params, micro), 1),
-      "grad_bfloat16_logits": (traced_with(grad_fn(task), bfloat16_logits), (params, micro), 1),
+      "grad_bfloat16_logits": (grad_fn(make_task(config, args.vocab, logits_dtype=jnp.bfloat16)),
+                               (params, micro), 1),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
   }

@@ -37,12 +37,14 @@ def make_norm(cfg: TransformerConfig, name: str) -> nn.Module:
 def make_token_embedding(cfg: TransformerConfig, name: str | None = None) -> TokenEmbedding:
   """The token embedding of ``cfg`` (its dtypes and matmul precision; rows times √D with ``embed_scale``)."""
   return TokenEmbedding(cfg.vocab_size, cfg.emb_dim, cfg.dtype, cfg.param_dtype, stddev=cfg.embed_stddev,
-                        precision=cfg.precision, scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0, name=name)
+                        precision=cfg.precision, scale=cfg.emb_dim ** 0.5 if cfg.embed_scale else 1.0,
+                        logits_dtype=cfg.logits_dtype, name=name)
 
 
 def make_unembed(cfg: TransformerConfig, name: str | None = None) -> Unembed:
-  """The untied unembedding of ``cfg``: ``[..., D] -> logits [..., V]`` in float32."""
-  return Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision, name=name)
+  """The untied unembedding of ``cfg``: ``[..., D] -> logits [..., V]`` in ``cfg.logits_dtype``."""
+  return Unembed(cfg.vocab_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
+                 logits_dtype=cfg.logits_dtype, name=name)
 
 
 class TransformerBlock(nn.Module):

@@ -51,7 +51,8 @@ def lookup(table: jnp.ndarray, ids: jnp.ndarray, dtype: Dtype) -> jnp.ndarray:
 class TokenEmbedding(nn.Module):
   """Embedding lookup ``ids [B, T] (int) -> [B, T, D]``; :meth:`unembed` maps ``[B, T, D] -> logits [B, T, V]``.
 
-  The table is ``embedding [V, D]`` in ``param_dtype``; lookups and logits are computed in ``dtype``. Looked-up rows
+  The table is ``embedding [V, D]`` in ``param_dtype``; lookups and the unembedding's matmul are computed in
+  ``dtype``, its products accumulated and returned in ``logits_dtype`` (float32 by default). Looked-up rows
   are multiplied by ``scale`` (√D in "Attention Is All You Need", so that tokens are not drowned by sinusoidal
   positions of amplitude 1); the unembedding uses the table unscaled.
   """
@@ -62,6 +63,7 @@ class TokenEmbedding(nn.Module):
   stddev: float = 0.02
   precision: Precision = None  # of the unembedding matmul
   scale: float = 1.0
+  logits_dtype: Dtype = jnp.float32  # float32: never rounded; the compute dtype: rounded as autocast's logits
 
   def setup(self):
     self.embedding = self.param(
@@ -75,26 +77,28 @@ class TokenEmbedding(nn.Module):
     return rows if self.scale == 1.0 else rows * jnp.asarray(self.scale, rows.dtype)
 
   def unembed(self, x: jnp.ndarray) -> jnp.ndarray:
-    """Logits ``[..., V]`` (float32) of ``x [..., D]`` against every token's embedding (the tied unembedding)."""
+    """Logits ``[..., V]`` (``logits_dtype``) of ``x [..., D]`` against every token's embedding (the tied
+    unembedding)."""
     flat = x.reshape(-1, x.shape[-1]).astype(self.dtype)  # one 2-D matmul (see tfjax.layers.linear)
-    # inputs in the compute dtype, products accumulated and returned in float32: logits are never rounded to bf16;
-    # the backward matmuls run in the compute dtype (see dot_out)
-    logits = dot_out(flat, jnp.asarray(self.embedding, self.dtype).T, jnp.float32, self.precision)
+    # inputs in the compute dtype, products accumulated and returned in logits_dtype (float32: logits never rounded
+    # to bf16); the backward matmuls run in the compute dtype (see dot_out)
+    logits = dot_out(flat, jnp.asarray(self.embedding, self.dtype).T, self.logits_dtype, self.precision)
     return logits.reshape(*x.shape[:-1], self.vocab_size)
 
 
 class Unembed(nn.Module):
-  """Untied unembedding: ``x [..., D] -> logits [..., V]`` (float32) with its own matrix ``kernel [D, V]``."""
+  """Untied unembedding: ``x [..., D] -> logits [..., V]`` (``logits_dtype``) with its own matrix ``kernel [D, V]``."""
   vocab_size: int
   use_bias: bool = False
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   precision: Precision = None
+  logits_dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     return Dense(self.vocab_size, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 axes=("embed", "vocab"), out_dtype=jnp.float32, precision=self.precision, name="kernel_dense")(x)
+                 axes=("embed", "vocab"), out_dtype=self.logits_dtype, precision=self.precision, name="kernel_dense")(x)
 
 
 class LearnedPositionalEmbedding(nn.Module):

@@ -59,7 +59,7 @@ class MLMHead(nn.Module):
       logits = make_unembed(cfg, name="unembed")(h)
     bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)), (cfg.vocab_size,),
                       cfg.param_dtype)
-    return logits + jnp.asarray(bias, logits.dtype)
+    return logits.astype(jnp.float32) + jnp.asarray(bias, jnp.float32)
 
 
 class BERT(nn.Module):

@@ -57,6 +57,10 @@ class TransformerConfig:
   attention_block_size: int = 64
   dtype: Dtype = jnp.float32  # compute dtype
   param_dtype: Dtype = jnp.float32
+  # the unembedding's output: float32 (default) accumulates the logits in float32 and never rounds them; the compute
+  # dtype (bfloat16) rounds them as PyTorch's autocast does, halving the passes over [tokens, V] logits (losses still
+  # run in float32: the model returns them widened)
+  logits_dtype: Dtype = jnp.float32
   # float32 matmuls on GPUs/TPUs: None follows JAX's default (TF32 / bfloat16 passes, fast, and whatever
   # jax.default_matmul_precision sets); "high" | "highest" (full float32) fix it for every matmul of the model
   precision: str | None = None

@@ -48,7 +48,7 @@ DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
 # config.model keys that stay the experiment's with init_from (how to compute, not what): every other field of the
 # TransformerConfig (the architecture: layers, widths, positions, norms, activation, ...) is taken from init_from
 RUNTIME_KEYS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "attention_block_size", "dtype",
-                "param_dtype", "precision", "remat")
+                "param_dtype", "logits_dtype", "precision", "remat")
 
 
 class InitFromError(ValueError):
