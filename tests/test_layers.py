@@ -491,3 +491,45 @@ def test_dot_out_forward_mode_and_one_sided_gradients():
   np.testing.assert_allclose(tangent, ref, rtol=2e-2, atol=2e-2 * float(jnp.abs(ref).max()))
   only_w = jax.make_jaxpr(jax.grad(lambda b: jnp.sum(dot_out(x, b, jnp.float32))))(w).jaxpr
   assert _dot_operand_dtypes(only_w) == [("bfloat16", "bfloat16")] * 2  # the forward and one backward matmul
+
+
+def test_fairseq_dense_init_gives_each_projection_fairseqs_uniform_bounds():
+  """``dense_init="fairseq"`` as fairseq's transformer initialises itself (its MultiheadAttention.reset_parameters;
+  nn.Linear's own init for fc1/fc2): each kernel and bias U(±bound) with the bound fairseq's layer of that shape gets,
+  the fused ``qkv`` kernel's query, key and value parts each as their own [D, D] projection."""
+  from tfjax.models.transformer import EncoderDecoder
+  d, f = 128, 256
+  cfg = TransformerConfig(vocab_size=50, num_layers=1, num_heads=4, emb_dim=d, mlp_dim=f, max_len=8, pre_ln=False,
+                          use_bias=True, positional="sinusoidal", activation="relu", dense_init="fairseq")
+  ids = jnp.ones((1, 4), jnp.int32)
+  params = nn.unbox(EncoderDecoder(cfg).init(jax.random.key(0), ids, ids > 0, ids)["params"])
+  xavier = lambda fan_in, fan_out, gain=1.0: gain * np.sqrt(6 / (fan_in + fan_out))  # noqa: E731
+  qkv_bound, torch_bias = xavier(d, d, 2 ** -0.5), 1 / np.sqrt(d)
+  dec = params["decoder"]["block_0"]
+  expected = {  # name: (array, the bound of U(-bound, bound)); zeros where fairseq sets them to 0
+      "qkv/kernel": (dec["attn"]["qkv"]["kernel"], qkv_bound),
+      "qkv/bias": (dec["attn"]["qkv"]["bias"], torch_bias),
+      "out/kernel": (dec["attn"]["out"]["kernel"], xavier(d, d)),
+      "cross query/kernel": (dec["cross_attn"]["query"]["kernel"], qkv_bound),
+      "cross key_value/kernel": (dec["cross_attn"]["key_value"]["kernel"], qkv_bound),
+      "cross key_value/bias": (dec["cross_attn"]["key_value"]["bias"], torch_bias),
+      "fc_in/kernel": (dec["mlp"]["fc_in"]["kernel"], 1 / np.sqrt(d)),
+      "fc_in/bias": (dec["mlp"]["fc_in"]["bias"], 1 / np.sqrt(d)),
+      "fc_out/kernel": (dec["mlp"]["fc_out"]["kernel"], 1 / np.sqrt(f)),
+      "fc_out/bias": (dec["mlp"]["fc_out"]["bias"], 1 / np.sqrt(f)),
+  }
+  for name, (w, bound) in expected.items():
+    w = np.asarray(w)
+    parts = np.split(w, 3, axis=-1) if name == "qkv/kernel" else [w]
+    for part in parts:  # U(-b, b): every value within b, the largest near it, std b / sqrt(3)
+      assert np.abs(part).max() <= bound, name
+      assert np.abs(part).max() > (0.9 if part.size < 1000 else 0.99) * bound, name
+      np.testing.assert_allclose(part.std(), bound / np.sqrt(3), rtol=0.05 if part.size > 1000 else 0.2, err_msg=name)
+  np.testing.assert_array_equal(np.asarray(dec["attn"]["out"]["bias"]), 0.0)  # fairseq zeroes out_proj's bias
+  # the default init is unchanged: N(0, 0.02) kernels, zero biases
+  normal = nn.unbox(EncoderDecoder(dataclasses.replace(cfg, dense_init="normal")).init(
+      jax.random.key(0), ids, ids > 0, ids)["params"])["decoder"]["block_0"]
+  np.testing.assert_allclose(np.asarray(normal["attn"]["qkv"]["kernel"]).std(), 0.02, rtol=0.05)
+  np.testing.assert_array_equal(np.asarray(normal["mlp"]["fc_in"]["bias"]), 0.0)
+  with pytest.raises(ValueError, match="dense_init"):
+    dataclasses.replace(cfg, dense_init="xavier")

@@ -8,7 +8,8 @@
 # runs side by side went at 220-300k tokens/s each against 321k alone on an H100). DEADLINE=S (seconds): runs still
 # going then get SIGTERM, which checkpoints them; relaunch this command with RESUME=1 to finish them. Prints each
 # finished seed's validation and test2016 BLEU (tokenised, of the average of its last 10 checkpoints) and marks the
-# seed validation picks; the test figure to report is that seed's.
+# seed validation picks; the test figure to report is that seed's. PREFIX (default runs/tiny_gpu) names the workdirs
+# PREFIX_s<SEED>: a variant's seeds (extra --config flags) beside the plain recipe's.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -16,11 +17,12 @@ cd "$ROOT"
 DATA="$1"; IFS=, read -r -a SEEDS <<< "$2"; shift 2
 N=${#SEEDS[@]}
 FRACTION=$(python3 -c "print(round(0.9 / $N, 3))")
-LOGS="${LOGS:-runs/tiny_gpu_seeds_logs}"; mkdir -p "$LOGS"
+PREFIX="${PREFIX:-runs/tiny_gpu}"
+LOGS="${LOGS:-${PREFIX}_seeds_logs}"; mkdir -p "$LOGS"
 start=$(date +%s)
 for seed in "${SEEDS[@]}"; do
   XLA_PYTHON_CLIENT_MEM_FRACTION=$FRACTION SKIP_CLI=1 \
-    tools/gpu_translate_tiny.sh "$DATA" "runs/tiny_gpu_s$seed" --config.seed="$seed" "$@" > "$LOGS/s$seed.log" 2>&1 &
+    tools/gpu_translate_tiny.sh "$DATA" "${PREFIX}_s$seed" --config.seed="$seed" "$@" > "$LOGS/s$seed.log" 2>&1 &
   sleep 2
 done
 RUNS="experiments/train.py --config=experiments/configs/translate_multi30k_tiny.py"  # the runs' command lines
@@ -31,11 +33,11 @@ if [[ -n "${DEADLINE:-}" ]]; then
 fi
 wait
 echo "wall time: $(( $(date +%s) - start )) s"
-python3 - "${SEEDS[@]}" <<'PYEOF'
+python3 - "$PREFIX" "${SEEDS[@]}" <<'PYEOF'
 import json, os, sys
 rows = []
-for seed in sys.argv[1:]:
-  path = f"runs/tiny_gpu_s{seed}/results.json"
+for seed in sys.argv[2:]:
+  path = f"{sys.argv[1]}_s{seed}/results.json"
   if not os.path.exists(path):
     print(f"seed {seed}: unfinished (no {path})")
     continue

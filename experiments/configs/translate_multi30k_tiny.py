@@ -12,7 +12,8 @@ test2016 as the paper scores it (``test_bleu_tok``) and sacreBLEU's detokenised 
 (``test_bleu``, cased; ``test_bleu_lc``); validation only for anything chosen. Differences from fairseq: our BPE is
 the project's (Hugging Face tokenizers) rather than subword-nmt; the batch is a fixed number of pairs from one length
 bucket rather than a token budget; fairseq's post-LN model has no final norm after each stack, ours keeps one
-(``ln_encoder``/``ln_decoder``).
+(``ln_encoder``/``ln_decoder``); our layers start from N(0, 0.02) (fairseq's init: ``--config.model.dense_init=fairseq
+--config.model.embed_stddev=0.0884``, not yet trained to the end).
 
     ./launch.sh train translate_multi30k_tiny          # then: ./launch.sh average runs/translate_multi30k_tiny --last=10
 """

@@ -31,7 +31,7 @@ from tfjax.layers import hooks
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.dropout import dropout
 from tfjax.layers.embeddings import apply_rope
-from tfjax.layers.linear import Dense, Precision
+from tfjax.layers.linear import DENSE_INITS, Dense, Precision, torch_linear_init, xavier_init
 
 Dtype = Any
 Implementation = Literal["reference", "xla", "cudnn", "auto"]
@@ -223,9 +223,18 @@ def fused_attention(q, k, v, mask=None, *, implementation: Implementation = "aut
   return out
 
 
-def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02, precision=None):
+def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02, precision=None, **inits):
   return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stddev=stddev, axes=axes,
-               precision=precision, name=name)
+               precision=precision, name=name, **inits)
+
+
+def fairseq_projection_inits(fan_in: int, fan_out: int, gain: float, bias: str) -> dict:
+  """``Dense`` initialisers of one projection as fairseq's ``MultiheadAttention`` makes it: the kernel xavier-uniform
+  with ``gain``; the bias PyTorch's default (``bias="torch"``, queries, keys, values) or zeros (``"zeros"``, out)."""
+  inits = {"kernel_init": xavier_init(fan_in, fan_out, gain)}
+  if bias == "torch":
+    inits["bias_init"] = torch_linear_init(fan_in)
+  return inits
 
 
 class MultiHeadAttention(nn.Module):
@@ -260,6 +269,10 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   cross_attention: bool = False  # keys/values from ``context`` (also when ``context`` is given without it)
   precision: Precision = None  # of every matmul: projections, scores, weighted values
+  # "normal": kernels N(0, 0.02) (``out``: N(0, out_stddev)), biases 0; "fairseq": as fairseq's MultiheadAttention,
+  # query/key/value kernels xavier-uniform with gain 1/sqrt(2) each (also inside the fused ``qkv``), biases PyTorch's
+  # default; ``out`` xavier-uniform, bias 0
+  dense_init: str = "normal"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None, *, context: jnp.ndarray | None = None,
@@ -276,14 +289,23 @@ class MultiHeadAttention(nn.Module):
     head_dim = self.head_dim or width // heads
     dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
                               precision=self.precision)
+    if self.dense_init not in DENSE_INITS:
+      raise ValueError(f"dense_init must be one of {DENSE_INITS}, got {self.dense_init!r}")
+    fairseq = self.dense_init == "fairseq"
+    # fairseq: each projection initialised as its own [D, width] one (a fused kernel's parts alike)
+    q_init, kv_init, out_init = ({}, {}, {}) if not fairseq else (
+        fairseq_projection_inits(width, heads * head_dim, 2 ** -0.5, "torch"),
+        fairseq_projection_inits(width, kv_heads * head_dim, 2 ** -0.5, "torch"),
+        fairseq_projection_inits(heads * head_dim, width, 1.0, "zeros"))
 
     cross = self.cross_attention or context is not None
     if not cross:
-      qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"))(x)
+      qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"), **q_init)(x)
       q, k, v = jnp.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
     else:
-      q = dense(heads * head_dim, "query", ("embed", "qkv"))(x)
-      kv = None if context is None else dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"))(context)
+      q = dense(heads * head_dim, "query", ("embed", "qkv"), **q_init)(x)
+      kv = None if context is None else dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"),
+                                              **kv_init)(context)
       if decode:
         kv = self._context_cache(kv)
       elif kv is None:
@@ -324,7 +346,7 @@ class MultiHeadAttention(nn.Module):
                                   block_size=self.block_size, precision=self.precision)
     out = hooks.hook(self, "z", out)
     out = out.reshape(*out.shape[:2], heads * head_dim)
-    out = dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev)(out)
+    out = dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev, **out_init)(out)
     return (out, pattern) if return_pattern else out
 
   def _context_cache(self, kv):

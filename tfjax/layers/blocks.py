@@ -71,7 +71,8 @@ class TransformerBlock(nn.Module):
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
                 block_size=cfg.attention_block_size,
-                out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision)
+                out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
+                dense_init=cfg.dense_init)
     drop = Dropout(cfg.dropout_rate)
 
     def residual(x, branch, norm_name, out_name, resid_name):
@@ -91,7 +92,7 @@ class TransformerBlock(nn.Module):
           h, cross_mask, context=context, deterministic=deterministic, decode=decode), "ln_cross", "cross_attn_out",
                    "resid_mid_cross")
     mlp = MLP(cfg.hidden_dim, cfg.activation, cfg.use_bias, 0.0, out_stddev, cfg.dtype, cfg.param_dtype, cfg.precision,
-              name="mlp")
+              dense_init=cfg.dense_init, name="mlp")
     return residual(x, lambda h: mlp(h, deterministic=deterministic), "ln_mlp", "mlp_out", "resid_post")
 
 

@@ -9,7 +9,7 @@ an MLP block in fwd+bwd); the 2-D form avoids it and is neutral on GPUs/TPUs.
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,30 @@ from jax.custom_derivatives import SymbolicZero
 Dtype = Any
 # jax.lax.Precision, its name ("default" | "high" | "highest"), or None: how float32 matmuls run on GPUs and TPUs
 Precision = Any
+Initializer = Callable[..., jnp.ndarray]  # (key, shape, dtype) -> array, as jax.nn.initializers
+# how attention and MLP layers initialise their Dense kernels and biases: "normal" (GPT-2/BERT: N(0, 0.02), zero
+# biases) | "fairseq" (fairseq's transformer: xavier-uniform attention, PyTorch's default nn.Linear init in the MLP)
+DENSE_INITS = ("normal", "fairseq")
+
+
+def uniform_init(bound: float) -> Initializer:
+  """``U(-bound, bound)``."""
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def xavier_init(fan_in: int, fan_out: int, gain: float = 1.0) -> Initializer:
+  """Glorot's (xavier) uniform init of a ``[fan_in, fan_out]`` projection, ``U(±gain·sqrt(6 / (fan_in + fan_out)))``,
+  as PyTorch's ``xavier_uniform_``. Given explicitly rather than read from the kernel's shape, so that a fused kernel
+  holding several projections side by side (``qkv``) initialises each as its own."""
+  return uniform_init(gain * (6.0 / (fan_in + fan_out)) ** 0.5)
+
+
+def torch_linear_init(fan_in: int) -> Initializer:
+  """PyTorch's default ``nn.Linear`` init, of the kernel and of the bias alike: ``U(±1/sqrt(fan_in))``
+  (``kaiming_uniform_`` with ``a=sqrt(5)``)."""
+  return uniform_init(fan_in ** -0.5)
 
 
 def dot_out(x: jnp.ndarray, w: jnp.ndarray, out_dtype: Dtype | None = None, precision: Precision = None) -> jnp.ndarray:
@@ -69,16 +93,20 @@ class Dense(nn.Module):
   axes: Sequence[str | None] = ("embed", "mlp")
   out_dtype: Dtype | None = None  # e.g. float32 logits from bfloat16 inputs (accumulated in that dtype)
   precision: Precision = None  # the matmul's precision: None/"default" (TF32 on GPUs, bf16 passes on TPUs) | "highest"
+  kernel_init: Initializer | None = None  # None: N(0, stddev)
+  bias_init: Initializer | None = None  # None: zeros
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    kernel = self.param("kernel", nn.with_logical_partitioning(nn.initializers.normal(self.stddev), tuple(self.axes)),
+    kernel_init = self.kernel_init or nn.initializers.normal(self.stddev)
+    kernel = self.param("kernel", nn.with_logical_partitioning(kernel_init, tuple(self.axes)),
                         (x.shape[-1], self.features), self.param_dtype)
     lead = x.shape[:-1]
     y = dot_out(x.reshape(-1, x.shape[-1]).astype(self.dtype), jnp.asarray(kernel, self.dtype), self.out_dtype,
                 self.precision)
     if self.use_bias:
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axes[-1],)),
-                        (self.features,), self.param_dtype)
+      bias_init = self.bias_init or nn.initializers.zeros
+      bias = self.param("bias", nn.with_logical_partitioning(bias_init, (self.axes[-1],)), (self.features,),
+                        self.param_dtype)
       y = y + jnp.asarray(bias, y.dtype)
     return y.reshape(*lead, self.features)

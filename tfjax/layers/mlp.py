@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from tfjax.layers import hooks
 from tfjax.layers.dropout import Dropout
-from tfjax.layers.linear import Dense, Precision
+from tfjax.layers.linear import DENSE_INITS, Dense, Precision, torch_linear_init
 
 Dtype = Any
 
@@ -47,14 +47,23 @@ class MLP(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   precision: Precision = None
+  # "normal": kernels N(0, 0.02) (``fc_out``: N(0, out_stddev)), biases 0; "fairseq": PyTorch's default nn.Linear
+  # init of kernels and biases, U(±1/sqrt(fan_in)), as fairseq's transformer layers leave their fc1/fc2
+  dense_init: str = "normal"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, deterministic: bool = True) -> jnp.ndarray:
     act = get_activation(self.activation)
+    if self.dense_init not in DENSE_INITS:
+      raise ValueError(f"dense_init must be one of {DENSE_INITS}, got {self.dense_init!r}")
 
     def dense(features, name, axes, stddev=0.02):
+      inits = {}
+      if self.dense_init == "fairseq":
+        fan_in = x.shape[-1] if name != "fc_out" else self.hidden_dim
+        inits = {"kernel_init": torch_linear_init(fan_in), "bias_init": torch_linear_init(fan_in)}
       return Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, stddev=stddev,
-                   axes=axes, precision=self.precision, name=name)
+                   axes=axes, precision=self.precision, name=name, **inits)
 
     h = dense(self.hidden_dim, "fc_in", ("embed", "mlp"))(x)
     if self.activation == "swiglu":

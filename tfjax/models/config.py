@@ -12,6 +12,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from tfjax.layers.attention import IMPLEMENTATIONS
+from tfjax.layers.linear import DENSE_INITS
 from tfjax.layers.mlp import ACTIVATIONS
 
 Dtype = Any
@@ -51,6 +52,10 @@ class TransformerConfig:
   # output projections of the residual branches (attn "out", mlp "fc_out") drawn from N(0, 0.02/sqrt(2·num_layers)),
   # as GPT-2; False: N(0, 0.02) like every other weight, as BERT (Hugging Face BertForMaskedLM's _init_weights)
   scale_residual_init: bool = True
+  # "normal": the above; "fairseq": attention and MLP layers initialised as fairseq's transformer does (xavier-uniform
+  # attention projections, query/key/value with gain 1/sqrt(2); PyTorch's default nn.Linear init in the MLP and for
+  # the query/key/value biases): with embed_stddev=emb_dim ** -0.5 and embed_scale, fairseq's whole init
+  dense_init: str = "normal"
   attention_impl: str = "auto"  # auto | xla | cudnn | reference
   # >0: queries in blocks that skip keys a static (e.g. causal) mask hides (tfjax.layers.attention.
   # dot_product_attention); 0: one block. 6/6/384 on 2 CPU cores: 16.1 -> 14.7 s/step; contexts <= 64: no-op
@@ -96,6 +101,7 @@ class TransformerConfig:
         (self.attention_block_size >= 0,
          f"attention_block_size must be >= 0 (0: no blocks), got {self.attention_block_size}"),
         (self.remat in REMAT_POLICIES, f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}"),
+        (self.dense_init in DENSE_INITS, f"dense_init must be one of {DENSE_INITS}, got {self.dense_init!r}"),
         (self.sinusoidal_layout in ("interleaved", "halves"),
          f"sinusoidal_layout must be 'interleaved' or 'halves', got {self.sinusoidal_layout!r}"),
         (self.position_offset >= 0, f"position_offset must be >= 0, got {self.position_offset}"),
