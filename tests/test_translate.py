@@ -498,3 +498,34 @@ def test_smoothed_cross_entropy_equals_optax_with_smoothed_one_hot_labels():
   for eps in (0.0, 0.1, 0.3):
     want = optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(targets, 11), eps))
     np.testing.assert_allclose(smoothed_cross_entropy(logits, targets, eps), want, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_reports_the_smoothed_loss_fairseq_validates_on():
+  """With label smoothing, an evaluation also reports the training objective on validation (``eval_smoothed_loss``,
+  what fairseq's --patience watches) beside the plain cross-entropy: checked against optax's smoothed one-hot labels
+  over the whole validation set."""
+  import optax
+  from experiments.configs import translate_multi30k
+  from tfjax.tasks.translate import PAD_ID, TranslationTask
+  from tfjax.train.loop import evaluate
+  from tfjax.train.step import make_eval_step
+  c = translate_multi30k.get_config()
+  c.data.vocab_size = 1000
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=24)
+  c.train.update(batch_size=256, label_smoothing=0.2)
+  task = TranslationTask(c)
+  params = task.init_params(jax.random.key(0))
+  ev = evaluate(task, jax.jit(make_eval_step(task)), params, lambda b: b)
+  smoothed = plain = weight = 0.0
+  for batch in task.eval_batches():
+    logits = task.model.apply({"params": params}, batch["src"], batch["src"] != PAD_ID, batch["inputs"])
+    labels = jax.nn.one_hot(batch["targets"], logits.shape[-1])
+    w = batch["weights"]
+    smoothed += float(jnp.sum(optax.softmax_cross_entropy(logits, optax.smooth_labels(labels, 0.2)) * w))
+    plain += float(jnp.sum(optax.softmax_cross_entropy(logits, labels) * w))
+    weight += float(jnp.sum(w))
+  np.testing.assert_allclose(ev["eval_smoothed_loss"], smoothed / weight, rtol=1e-4)
+  np.testing.assert_allclose(ev["eval_loss"], plain / weight, rtol=1e-4)
+  c.train.label_smoothing = 0.0  # nothing to report apart from the plain loss
+  task = TranslationTask(c)
+  assert "eval_smoothed_loss" not in evaluate(task, jax.jit(make_eval_step(task)), params, lambda b: b)

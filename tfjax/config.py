@@ -138,6 +138,10 @@ def train_config() -> ml_collections.ConfigDict:
   t.eval_steps = 20  # batches per evaluation
   t.checkpoint_every = 250  # 0: only at the end
   t.max_to_keep = 3
+  # early stopping (fairseq's --patience): stop once this many evaluations in a row have not lowered patience_metric
+  # below its lowest so far (a tie is no improvement); 0: never. A relaunch of a stopped run does not train further.
+  t.patience = 0
+  t.patience_metric = "eval_loss"  # any key of the evaluations, e.g. the translator's eval_smoothed_loss
   # also keep the parameters of the lowest evaluation loss in WORKDIR/best (./launch.sh sample WORKDIR --best)
   t.keep_best = False
   t.parallel = "auto"  # auto | none | pmap | dp | fsdp
@@ -192,6 +196,9 @@ def validate_train_config(config: Any) -> None:
   check(t.eval_every >= 0, "train.eval_every", "must be >= 0 (0: only at the end)", t.eval_every)
   check(t.checkpoint_every >= 0, "train.checkpoint_every", "must be >= 0 (0: only at the end)", t.checkpoint_every)
   check(t.max_to_keep >= 1, "train.max_to_keep", "must be >= 1", t.max_to_keep)
+  check(t.get("patience", 0) >= 0, "train.patience", "must be >= 0 (0: no early stopping)", t.get("patience"))
+  check(not t.get("patience", 0) or t.eval_every > 0, "train.patience", "needs train.eval_every > 0 (it counts "
+        "evaluations)", t.get("patience"))
   check(t.parallel in PARALLEL_MODES, "train.parallel", f"must be one of {PARALLEL_MODES}", t.parallel)
   check(o.name in ("adamw", "adam", "sgd", "lion", "adafactor"), "optimizer.name",
         "must be one of adamw, adam, sgd, lion, adafactor", o.name)

@@ -25,7 +25,8 @@ punctuation-normalised and Moses-tokenised by the dataset's own script (``multi3
 multimodal-translation literature trains on and scores BLEU against.
 
 Loss: cross-entropy with label smoothing ``config.train.label_smoothing`` while training; evaluation reports the plain
-cross-entropy per target token (so ``exp(eval_loss)`` is the perplexity) over the whole validation set. At the end,
+cross-entropy per target token (so ``exp(eval_loss)`` is the perplexity) over the whole validation set, and with label
+smoothing also the smoothed one (``eval_smoothed_loss``, the training objective: fairseq's validation loss). At the end,
 :meth:`TranslationTask.final_report` translates the test set (greedy or beam search, ``config.eval.beam_size``; the
 average of the last ``config.eval.average_last`` checkpoints when > 0) and scores it twice (:func:`score_bleu`):
 
@@ -311,10 +312,12 @@ class TranslationTask:
     logits = self.model.apply({"params": params}, batch["src"], src_valid, batch["inputs"], deterministic=not train,
                               rngs={"dropout": rng} if train and rng is not None else None)
     w = batch["weights"]
-    smoothing = self.config.train.label_smoothing if train else 0.0
-    ce = smoothed_cross_entropy(logits, batch["targets"], smoothing)
-    correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]) * w)
-    return jnp.sum(ce * w), jnp.sum(w), {"accuracy": correct}
+    smoothing = self.config.train.label_smoothing
+    ce = smoothed_cross_entropy(logits, batch["targets"], smoothing if train else 0.0)
+    metrics = {"accuracy": jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]) * w)}
+    if not train and smoothing:  # the training objective on validation: fairseq's validation loss (its --patience's)
+      metrics["smoothed_loss"] = jnp.sum(smoothed_cross_entropy(logits, batch["targets"], smoothing) * w)
+    return jnp.sum(ce * w), jnp.sum(w), metrics
 
   def flops_per_token(self, params) -> float:
     return flops_per_token(self.model_cfg, params, self.max_len, self.max_len, self.model.num_encoder_layers)

@@ -1,6 +1,7 @@
 """The host side of the training steps: :class:`MetricsLogger` reads each step's metrics one step behind (no host sync
 on the step just dispatched), raises on NaN/Inf, and every ``train.log_every`` steps writes the window's mean metrics,
-tokens/s, MFU and ETA to ``metrics.jsonl`` (and TensorBoard) and the log. It also keeps the best evaluation loss."""
+tokens/s, MFU and ETA to ``metrics.jsonl`` (and TensorBoard) and the log. It also keeps the best evaluation loss and
+counts the evaluations since the best ``train.patience_metric`` (early stopping)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from tfjax import config as config_lib
 from tfjax.train import metrics as metrics_lib
 
 log = logging.getLogger("tfjax")
@@ -19,6 +21,12 @@ log = logging.getLogger("tfjax")
 
 class NonFiniteLossError(FloatingPointError):
   """The loss (or another metric) became NaN or Inf; the message names the step."""
+
+
+def evaluations_since_best(values: list[float]) -> int:
+  """How many evaluations came after the first one that reached the lowest of ``values`` (in order): fairseq's
+  ``--patience`` counter, where a tie is no improvement. 0 for no evaluations."""
+  return len(values) - 1 - int(np.argmin(values)) if values else 0
 
 
 def tokens_in(batch) -> int:
@@ -42,9 +50,13 @@ class MetricsLogger:
     self.flops_per_token, self.peak_flops = flops_per_token, peak_flops
     self.writer = metrics_lib.MetricsWriter(workdir, start_step, tensorboard=train_config.get("tensorboard", True))
     self.best: dict[str, Any] = {"eval_loss": float("inf")}  # the lowest eval loss so far, resumed runs included
+    self.patience_metric = train_config.get("patience_metric", "eval_loss")
+    self.patience_values: list[float] = []  # the patience metric of each evaluation after step 0, resumed runs included
     for rec in metrics_lib.read_metrics(workdir):
       if "eval_loss" in rec and rec["eval_loss"] < self.best["eval_loss"]:
         self.best = {"eval_loss": rec["eval_loss"], "step": rec["step"]}
+      if rec.get("step", 0) > 0 and self.patience_metric in rec:
+        self.patience_values.append(rec[self.patience_metric])
     self.start_step = start_step
     self.rates: list[float] = []  # tokens/s of each logged window after the first (which includes compilation)
     self.skipped = 0  # steps skipped by train.skip_nonfinite
@@ -119,7 +131,18 @@ class MetricsLogger:
     if initial:
       return False
     self.last_record.update(ev)
+    if self.t.get("patience", 0):
+      if self.patience_metric not in ev:
+        raise config_lib.ConfigError(f"config key 'train.patience_metric' names {self.patience_metric!r}, which the "
+                                     f"evaluations do not report (they report {sorted(ev)}); the checkpoints in "
+                                     f"{self.workdir} are kept")
+      self.patience_values.append(ev[self.patience_metric])
     return self.note_eval(step, ev)
+
+  def out_of_patience(self) -> bool:
+    """Early stopping is due: ``train.patience`` evaluations in a row without a new lowest ``train.patience_metric``."""
+    patience = self.t.get("patience", 0)
+    return bool(patience) and evaluations_since_best(self.patience_values) >= patience
 
   def note_eval(self, step: int, ev: dict[str, float]) -> bool:
     """Keeps ``ev`` as the best if its loss is the lowest so far (True then)."""

@@ -7,8 +7,9 @@
 3. :func:`make_steps`, :func:`compile_ahead`: the jitted (or pmapped) train step with the state donated, the eval
    step, and the compiled step's memory.
 4. :func:`run_steps`: the step loop. A :class:`~tfjax.train.logger.MetricsLogger` reads each step's metrics one step
-   behind (no host sync on the step just dispatched); evaluations and checkpoints when due; a SIGTERM saves and
-   stops (all processes agree on the step in a multi-host run).
+   behind (no host sync on the step just dispatched); evaluations and checkpoints when due; early stopping after
+   ``train.patience`` evaluations without improvement; a SIGTERM saves and stops (all processes agree on the step in a
+   multi-host run).
 5. :func:`finish`: the final evaluation and report, ``results.json``, ``loss.png``.
 
 The workdir receives ``config.json``, ``run_info.json``, ``metrics.jsonl``, ``results.json``, ``loss.png`` and
@@ -290,12 +291,25 @@ def stop_requested(run: Run, preempt: Preemption, done: int) -> bool:
   return done % run.t.log_every == 0 and bool(np.any(multihost_utils.process_allgather(np.int32(preempt.requested))))
 
 
+def out_of_patience(logger: MetricsLogger) -> bool:
+  """Early stopping is due (``train.patience``), as process 0 counts it: only process 0 reads back ``metrics.jsonl``
+  when a run resumes, so every process follows its decision."""
+  stop = logger.out_of_patience()
+  if jax.process_count() > 1:
+    stop = bool(multihost_utils.broadcast_one_to_all(np.int32(stop)))
+  return stop
+
+
 def run_steps(run: Run, task: Task, steps: Steps, state: TrainState, start_step: int, logger: MetricsLogger,
               checkpoints: Checkpoints) -> tuple[TrainState, int | None]:
-  """Steps ``start_step`` to ``train.num_steps``; returns the state and, after a SIGTERM, the step it stopped at
-  (its checkpoint written, the checkpoints closed)."""
+  """Steps ``start_step`` to ``train.num_steps``, or until early stopping (``train.patience``); returns the state
+  and, after a SIGTERM, the step it stopped at (its checkpoint written, the checkpoints closed)."""
   t, timer = run.t, run.timer
   pid, nproc = jax.process_index(), jax.process_count()
+  if t.get("patience", 0) and out_of_patience(logger):
+    log.info("early stopping: the run already stopped at step %d (train.patience=%d); not training further",
+             start_step, t.patience)
+    return state, None
   profiler = Profiler(t.get("profile_steps", ""), run.workdir, start_step)
   if start_step == 0 and t.eval_every and t.num_steps > 0:  # the curve starts at the initial loss
     with timer("eval"):
@@ -315,6 +329,10 @@ def run_steps(run: Run, task: Task, steps: Steps, state: TrainState, start_step:
       if (t.eval_every and done % t.eval_every == 0) or is_last:
         logger.flush()
         evaluate_and_record(run, task, steps, state, done, logger, checkpoints)
+        if t.get("patience", 0) and not is_last and out_of_patience(logger):
+          log.info("early stopping at step %d: %d evaluations without a lower %s than %.4f (train.patience)", done,
+                   t.patience, logger.patience_metric, min(logger.patience_values))
+          is_last = True
       if (t.checkpoint_every and done % t.checkpoint_every == 0) or is_last:
         logger.flush()  # check this step's metrics first: a NaN step must not become the last checkpoint
         checkpoints.save(done, steps.host_state(state), force=is_last)
@@ -323,6 +341,8 @@ def run_steps(run: Run, task: Task, steps: Steps, state: TrainState, start_step:
         checkpoints.save(done, steps.host_state(state), force=True)
         checkpoints.close()  # still under the SIGTERM handler: the other processes' signals may yet arrive
         return state, done
+      if is_last:  # early stopping
+        break
     logger.flush()
   # the steps' own time: the loop's, less the evaluations and checkpoint saves inside it
   timer.add("train", time.perf_counter() - loop_start - (timer.total("eval", "checkpoint") - outside_steps))
@@ -351,6 +371,8 @@ def finish(run: Run, task: Task, steps: Steps, state: TrainState, logger: Metric
                   "device_count": jax.device_count()})
   if checkpoints.best is not None:
     results["best_checkpoint_step"] = checkpoints.best_step()
+  if run.t.get("patience", 0):
+    results["stopped_early"] = final_step < run.t.num_steps
   if steps.memory:
     results["step_memory_bytes"] = steps.memory
   if flops_per_token and peak and logger.rates:
