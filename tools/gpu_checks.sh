@@ -2,14 +2,15 @@
 # The open issues' GPU checks, one device call each (a call may run 600 s at most):
 #
 #   tools/gpu_checks.sh gpt2        # issue 15: gpt2_small's step profiled, then beside nanoGPT (~6 min on an H100)
-#   tools/gpu_checks.sh translate   # issue 14: translate_multi30k_tiny with fairseq's init, seeds side by side (~8 min)
+#   tools/gpu_checks.sh translate   # issue 14: translate_multi30k_tiny as shipped (early stopping, --patience 10),
+#                                   # seeds 0, 1, 2 side by side (~8 min)
 #
 # Run from the device tool with carry [".whl", ".gpu_data", ".h4gpu"]: .whl/ holds the wheels the device lacks
 # (ml_collections, sacremoses, tensorboardX), .gpu_data/ the data (multi30k/), .h4gpu/ the GPT-2 bench data
 # (gpt2bench/, nanogpt/; tools/make_gpt2_bench_data.py makes them). Outputs go to $OUT (the device tool's folder;
 # default runs/gpu_checks). GPT2_ARGS: extra flags for the profile (e.g. --only=grad,grad_bfloat16_logits);
 # BENCH_STEPS (default 8); TFJAX_ARGS: extra tfjax flags for the bench (e.g. --config.model.logits_dtype=bfloat16);
-# SEEDS (default 1,2), DEADLINE (s, default 480), RESUME=1 and TRANSLATE_ARGS for the translator.
+# SEEDS (default 0,1,2), DEADLINE (s, default 480), RESUME=1 and TRANSLATE_ARGS for the translator.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -35,10 +36,9 @@ case "${1:-}" in
     tail -6 "$OUT/bench.log"
     ;;
   translate)
-    DEADLINE="${DEADLINE:-480}" PREFIX=runs/tiny_gpu_fairseq_init LOGS="$OUT/translate_logs" \
-      tools/gpu_translate_seeds.sh .gpu_data/multi30k "${SEEDS:-1,2}" --config.model.dense_init=fairseq \
-      --config.model.embed_stddev=0.0884 ${TRANSLATE_ARGS:-}
-    for d in runs/tiny_gpu_fairseq_init_s*; do
+    DEADLINE="${DEADLINE:-480}" PREFIX=runs/tiny_gpu_patience LOGS="$OUT/translate_logs" \
+      tools/gpu_translate_seeds.sh .gpu_data/multi30k "${SEEDS:-0,1,2}" ${TRANSLATE_ARGS:-}
+    for d in runs/tiny_gpu_patience_s*; do
       [[ -f "$d/results.json" ]] && cp "$d/results.json" "$OUT/$(basename "$d").results.json"
       [[ -f "$d/metrics.jsonl" ]] && cp "$d/metrics.jsonl" "$OUT/$(basename "$d").metrics.jsonl"
       [[ -d "$d/bleu" ]] && tar czf "$OUT/$(basename "$d").bleu.tgz" -C "$d" bleu  # the scored hypotheses
