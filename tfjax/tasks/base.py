@@ -69,9 +69,10 @@ class TaskDefaults:
     only, so single-process runs only."""
     return {}
 
-  def final_report(self, params: Params) -> dict[str, Any]:  # pylint: disable=unused-argument
+  def final_report(self, params: Params, step: int | None = None) -> dict[str, Any]:  # pylint: disable=unused-argument
     """Extra results for ``results.json`` at the end of training (e.g. generated samples), on process 0 with host
-    copies of the parameters."""
+    copies of the parameters. ``step``: the step those parameters are from (below ``train.num_steps`` when the run
+    stopped early); the loop passes it to a ``final_report`` that takes it."""
     return {}
 
 

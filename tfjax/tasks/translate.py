@@ -353,10 +353,11 @@ class TranslationTask:
     scores = self.bleu(params, "val", n if n > 0 else None, beam_size=1)
     return {"eval_bleu": scores["val_bleu_tok" if self.text_form == "tok" else "val_bleu"]}
 
-  def final_report(self, params) -> dict[str, Any]:
-    """The test BLEU scores of the final parameters, or of the average of the last ``eval.average_last`` checkpoints
-    (the final parameters and the ``average_last - 1`` checkpoints before them in ``WORKDIR/checkpoints``); with
-    ``eval.report_val``, the validation scores too. Written with the hypotheses to ``WORKDIR/bleu/``."""
+  def final_report(self, params, step: int | None = None) -> dict[str, Any]:
+    """The test BLEU scores of the final parameters (those after ``step`` steps, default ``train.num_steps``), or of
+    the average of the last ``eval.average_last`` checkpoints (the final parameters and the ``average_last - 1``
+    checkpoints before ``step`` in ``WORKDIR/checkpoints``); with ``eval.report_val``, the validation scores too.
+    Written with the hypotheses to ``WORKDIR/bleu/``."""
     e = self.config.eval
     n = e.bleu_sentences
     if not n:
@@ -364,7 +365,8 @@ class TranslationTask:
     out: dict[str, Any] = {}
     k = e.get("average_last", 0)
     if k > 1:
-      params, steps = self._average_with_last_checkpoints(params, k)
+      params, steps = self._average_with_last_checkpoints(params, k, self.config.train.num_steps if step is None
+                                                          else step)
       out["averaged_steps"] = steps
     name = f"{'avg' + str(k) + '.' if k > 1 else ''}{'beam' + str(e.beam_size) if e.beam_size > 1 else 'greedy'}"
     if e.get("report_val", False):
@@ -373,12 +375,11 @@ class TranslationTask:
     out.update(self.bleu(params, "test", n if n > 0 else None, report_name=f"test.{name}"))
     return out
 
-  def _average_with_last_checkpoints(self, params, k: int):
-    """The mean of ``params`` (the final step's) and the ``k - 1`` newest complete checkpoints before the final step,
+  def _average_with_last_checkpoints(self, params, k: int, final: int):
+    """The mean of ``params`` (step ``final``'s) and the ``k - 1`` newest complete checkpoints before step ``final``,
     and the steps averaged."""
     from tfjax.train import average
     from tfjax.train.checkpoint import CheckpointError
-    final = self.config.train.num_steps
     if not self.workdir:
       raise CheckpointError("eval.average_last needs the task's workdir (its checkpoints)")
     # read-only: the loop's save of the final step may still be in flight (a CheckpointManager opened here would

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import logging
 import os
 import time
@@ -382,19 +383,21 @@ def finish(run: Run, task: Task, steps: Steps, state: TrainState, logger: Metric
   if jax.process_count() > 1:  # the report runs on process 0 alone: give it host copies of the (global) parameters
     params = multihost_utils.process_allgather(params, tiled=True)
   if run.is_main:  # the last checkpoint is written in the background meanwhile
-    final_reports(run, task, params, results)
+    final_reports(run, task, params, final_step, results)
   with timer("checkpoint"):
     checkpoints.close()
   logger.close()
   return results
 
 
-def final_reports(run: Run, task: Task, params: Any, results: dict[str, Any]) -> None:
-  """The task's final report (e.g. a sample, BLEU) into ``results``, and ``loss.png``; a failure is logged, not
-  raised (the run's checkpoints and metrics are already written)."""
+def final_reports(run: Run, task: Task, params: Any, step: int, results: dict[str, Any]) -> None:
+  """The task's final report (e.g. a sample, BLEU) of the parameters after ``step`` steps into ``results``, and
+  ``loss.png``; a failure is logged, not raised (the run's checkpoints and metrics are already written)."""
   try:
     with run.timer("final_report"):
-      results.update(optional(task, "final_report")(params))
+      report = optional(task, "final_report")
+      takes_step = "step" in inspect.signature(report).parameters  # a one-argument report (older tasks) gets none
+      results.update(report(params, step=step) if takes_step else report(params))
   except Exception as e:  # pylint: disable=broad-except
     log.warning("final report failed: %s", e)
   try:
