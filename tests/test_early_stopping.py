@@ -58,6 +58,10 @@ def test_run_stops_after_patience_evaluations_and_a_relaunch_does_not_train(tmp_
 
   res2 = _train(config, tmp_path)  # relaunched: resumes at step 10, already out of patience
   assert res2["step"] == 10 and res2["stopped_early"] is True
+  # the relaunch recomputes the report but keeps the training's own figures
+  assert res["tokens_per_s_median"] and res2["tokens_per_s_median"] == res["tokens_per_s_median"]
+  assert res2["train_loss"] == res["train_loss"] and res2["wall_time_s"] == res["wall_time_s"]
+  assert json.load(open(tmp_path / "results.json"))["run_seconds"] == res["run_seconds"]
   assert max(r["step"] for r in read_metrics(str(tmp_path))) == 10
   assert json.load(open(tmp_path / "results.json"))["step"] == 10
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import os
 import time
@@ -408,6 +409,22 @@ def final_reports(run: Run, task: Task, params: Any, step: int, results: dict[st
     log.warning("could not draw loss.png: %s", e)
 
 
+# what only the launch that trained can measure
+TRAINING_FIGURES = ("train_loss", "tokens_per_s_median", "mfu_median", "wall_time_s", "skipped_steps",
+                    "phase_seconds", "started_unix", "run_seconds")
+
+
+def keep_training_figures(path: str, results: dict[str, Any]) -> dict[str, Any]:
+  """``results`` of a relaunch that trained no step (the run had finished, or stopped early), with the training
+  figures of the ``results.json`` at ``path`` it replaces, if any: the evaluation and report are recomputed, the
+  training's tokens/s and wall time are not lost."""
+  if not os.path.exists(path):
+    return results
+  with open(path) as f:
+    earlier = json.load(f)
+  return {**results, **{k: earlier[k] for k in TRAINING_FIGURES if k in earlier}}
+
+
 def train_and_evaluate(config: Any, workdir: str, task: Task) -> dict[str, Any]:
   """Trains ``task`` as ``config`` says, resuming from ``workdir``; returns the final results (also in
   ``results.json``), or ``{"preempted_at": step}`` after a SIGTERM."""
@@ -439,7 +456,10 @@ def train_and_evaluate(config: Any, workdir: str, task: Task) -> dict[str, Any]:
   results["started_unix"] = entered_unix  # with the launch time: the interpreter's start-up and imports
   results["run_seconds"] = time.perf_counter() - entered
   if run.is_main:
-    write_json(os.path.join(run.workdir, "results.json"), results)
+    path = os.path.join(run.workdir, "results.json")
+    if start_step == results["step"]:
+      results = keep_training_figures(path, results)
+    write_json(path, results)
   log.info("time: %s", timer.summary())
   if "sample" in results:
     log.info("sample:\n%s", results["sample"])
