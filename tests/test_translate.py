@@ -1,6 +1,7 @@
 """The encoder-decoder translator: decoding with the KV cache against full forward passes, source padding, the
 decoder's causality, length errors, the BPE tokenizer, and a short real training run on Multi30k with its BLEU."""
 
+import collections
 import json
 import os
 import subprocess
@@ -373,6 +374,60 @@ def test_length_buckets_draw_every_pair_alike_and_pad_to_the_bucket():
     c.data.length_buckets = bad
     with pytest.raises(ConfigError, match="length_buckets"):
       task._make_buckets(bad)
+
+
+def test_token_batches_see_every_pair_once_an_epoch_within_the_token_budget():
+  """data.max_tokens (fairseq's --max-tokens): an epoch's batches hold every training pair exactly once, each batch
+  one bucket's pairs within the budget (a multiple of data.batch_multiple rows, padded with empty rows), a pure
+  function of the step, split the same across processes; the next epoch is shuffled anew."""
+  from experiments.configs import translate_multi30k
+  from tfjax.config import ConfigError
+  from tfjax.tasks.translate import TranslationTask
+  c = translate_multi30k.get_config()
+  c.data.vocab_size = 1000
+  c.data.length_buckets = "12,16,24"
+  c.data.max_tokens = 1024
+  c.model.update(num_layers=1, num_heads=2, emb_dim=32, mlp_dim=64, max_len=32)
+  task = TranslationTask(c)
+  (lengths, rows), sizes = task.buckets, task.bucket_batch_sizes
+  assert lengths == [12, 16, 24, 32] and sizes == [80, 64, 40, 32]  # 1024 // width, down to a multiple of 8
+  n = task.batches_per_epoch
+  assert n == sum(-(-len(r) // s) for r, s in zip(rows, sizes))
+  src, tgt = task.pairs["train"]
+  pairs = collections.Counter(tuple(s) + (-1,) + tuple(t) for s, t in zip(src, tgt))  # Multi30k repeats some pairs
+  fresh = TranslationTask(c)
+  epochs = []
+  for epoch in range(2):
+    seen, widths = collections.Counter(), []
+    for step in range(epoch * n, (epoch + 1) * n):
+      batch = task.train_batch(step)
+      width = batch["src"].shape[1]
+      b = lengths.index(width)
+      assert batch["src"].shape == (sizes[b], width) and sizes[b] * width <= 1024
+      real = batch["weights"].sum(1) > 0
+      assert real[:real.sum()].all()  # the empty rows (a bucket's last, short batch) come last
+      n_src, n_tgt = (batch["src"][real] != 0).sum(1), batch["weights"][real].sum(1).astype(int)
+      need = np.maximum(n_src, n_tgt)
+      assert (need <= width).all() and (b == 0 or (need > lengths[b - 1]).all())
+      seen.update(tuple(s[:k]) + (-1,) + tuple(t[:m - 1]) for s, t, k, m in
+                  zip(batch["src"][real], batch["targets"][real], n_src, n_tgt))
+      widths.append(width)
+      if step % 7 == 0:  # a pure function of the step, split the same across processes
+        again = fresh.train_batch(step)
+        halves = [task.train_batch(step, i, 2) for i in range(2)]
+        for name in batch:
+          np.testing.assert_array_equal(again[name], batch[name])
+          np.testing.assert_array_equal(np.concatenate([h[name] for h in halves]), batch[name])
+    assert seen == pairs  # every pair exactly once
+    assert len(set(widths)) == len(lengths)  # the buckets interleave through the epoch
+    epochs.append([task.train_batch(step)["src"][0].tolist() for step in range(epoch * n, (epoch + 1) * n)])
+  assert epochs[0] != epochs[1]
+  for key, value, match in [("max_tokens", 100, "fewer than 8 pairs"), ("max_tokens", -1, "max_tokens"),
+                            ("batch_multiple", 0, "batch_multiple"), ("length_buckets", "", "needs data.length_buckets")]:
+    bad = c.copy_and_resolve_references()
+    bad.data[key] = value
+    with pytest.raises(ConfigError, match=match):
+      TranslationTask(bad)
 
 
 def test_inverse_sqrt_schedule_warms_up_then_decays_as_one_over_sqrt_step():

@@ -22,6 +22,10 @@ def get_config():
   c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
   # "16,24,32": batches of pairs of similar length, padded to their bucket (the context window is the last bucket)
   c.data.length_buckets = ""
+  # > 0: fairseq's --max-tokens: each epoch (every pair once, shuffled) cut into batches of one bucket's pairs,
+  # max_tokens // width of them (down to a multiple of batch_multiple); train.batch_size is then eval's batch only
+  c.data.max_tokens = 0
+  c.data.batch_multiple = 8  # fairseq's --required-batch-size-multiple (also rounded to devices x grad_accum_steps)
   c.model.update(num_layers=3, num_heads=4, emb_dim=256, mlp_dim=1024, max_len=40, dropout_rate=0.1,
                  positional="rope", activation="relu", attention_block_size=0)
   c.model.num_encoder_layers = config_dict.placeholder(int)  # None: as many as the decoder (num_layers)

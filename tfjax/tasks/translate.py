@@ -20,6 +20,15 @@ the bucket's length. Every pair is still drawn with the same probability, so the
 while the padding, which at one width of 40 is ~2/3 of the positions (median pair: 13 tokens), mostly goes. Each
 bucket is one more compiled shape of the train step.
 
+Token batches (``config.data.max_tokens`` > 0, with length buckets: fairseq's ``--max-tokens``): a batch holds
+``max_tokens // width`` pairs of one bucket (rounded down to a multiple of ``config.data.batch_multiple``, fairseq's
+``--required-batch-size-multiple``, and of the devices times ``train.grad_accum_steps``), so short pairs come many to a
+batch and long ones few, and every batch costs about the same. Training goes by epochs, as fairseq's: epoch ``e``
+shuffles each bucket's pairs with ``numpy.random.default_rng([seed, e, 1])``, cuts them into batches (each bucket's
+last one short, filled with empty rows) and shuffles the batches; step ``s`` is batch ``s % n`` of epoch ``s // n``
+(``n`` updates an epoch, logged at the start). Every pair is seen exactly once an epoch, and the loss, a mean over
+the batch's target tokens, weighs every token alike, where fixed-size batches weigh the tokens of short pairs more.
+
 Text (``config.data.text``): ``raw``, the dataset's cased captions, or ``tok``, the same captions lowercased,
 punctuation-normalised and Moses-tokenised by the dataset's own script (``multi30k/tok/``): the text the
 multimodal-translation literature trains on and scores BLEU against.
@@ -243,6 +252,13 @@ class TranslationTask:
     self.buckets = self._make_buckets(str(d.get("length_buckets", "")))
     # one batch shape (the loop then runs its ahead-of-time compiled step), or one per bucket (jit compiles each)
     self.fixed_batch_shape = self.buckets is None
+    self.max_tokens = int(d.get("max_tokens", 0) or 0)
+    if self.max_tokens:
+      self.bucket_batch_sizes = self._token_batch_sizes(config)
+      self.batches_per_epoch = sum(-(-len(r) // n) for r, n in zip(self.buckets[1], self.bucket_batch_sizes))
+      log.info("translate: token batches of <= %d positions: %s pairs a batch for buckets %s, %d updates an epoch",
+               self.max_tokens, self.bucket_batch_sizes, self.buckets[0], self.batches_per_epoch)
+      self._epoch_plan = (-1, [])
 
   def _make_buckets(self, spec: str):
     """``(lengths, rows of each bucket)`` of the training pairs for ``"L1,L2,..."``, or None for ``""``."""
@@ -265,6 +281,39 @@ class TranslationTask:
     log.info("translate: length buckets %s hold %s training pairs", lengths, [len(r) for r in rows])
     return lengths, rows
 
+  def _token_batch_sizes(self, config) -> list[int]:
+    """Pairs a batch of each bucket for ``data.max_tokens``: ``max_tokens // width``, rounded down to a multiple of
+    ``data.batch_multiple`` (fairseq's ``--required-batch-size-multiple``) and of the devices times
+    ``train.grad_accum_steps`` (so every batch divides across them)."""
+    if self.max_tokens < 0:
+      raise config_lib.ConfigError(f"config key 'data.max_tokens' must be >= 0 (0: batch_size pairs a batch), got "
+                                   f"{self.max_tokens}")
+    if self.buckets is None:
+      raise config_lib.ConfigError("config key 'data.max_tokens' needs data.length_buckets (e.g. '12,16,20,24,32'): "
+                                   "a token budget is spent on pairs of one bucket's width")
+    multiple = int(config.data.get("batch_multiple", 8))
+    if multiple < 1:
+      raise config_lib.ConfigError(f"config key 'data.batch_multiple' must be >= 1, got {multiple}")
+    multiple = int(np.lcm(multiple, jax.device_count() * config.train.get("grad_accum_steps", 1)))
+    widths = self.buckets[0]
+    if self.max_tokens < multiple * widths[-1]:
+      raise config_lib.ConfigError(f"config key 'data.max_tokens'={self.max_tokens} holds fewer than {multiple} pairs "
+                                   f"of the widest bucket ({widths[-1]} positions): raise it to >= "
+                                   f"{multiple * widths[-1]}")
+    return [self.max_tokens // w // multiple * multiple for w in widths]
+
+  def _token_epoch(self, epoch: int) -> list[tuple[int, np.ndarray]]:
+    """fairseq's epoch of token batches: ``(bucket, rows)`` for every batch, each bucket's pairs shuffled and cut into
+    batches of its size (the last one short), all the batches then shuffled; a pure function of (seed, epoch)."""
+    if self._epoch_plan[0] != epoch:
+      rng = np.random.default_rng([self.seed, epoch, 1])  # a stream of its own: [seed, step] draws pair batches
+      batches = []
+      for b, (rows, n) in enumerate(zip(self.buckets[1], self.bucket_batch_sizes)):
+        order = rng.permutation(rows)
+        batches += [(b, order[i:i + n]) for i in range(0, len(order), n)]
+      self._epoch_plan = (epoch, [batches[i] for i in rng.permutation(len(batches))])
+    return self._epoch_plan[1]
+
   # -- batches -------------------------------------------------------------------------------------------------------
   def make_batch(self, split: str, rows: np.ndarray, length: int | None = None) -> dict[str, np.ndarray]:
     """The padded arrays (see the module docstring) of the pairs ``rows`` of ``split``, ``length`` (default: the
@@ -283,6 +332,14 @@ class TranslationTask:
       raise ValueError(f"batch_size={self.batch_size} does not divide into {num_shards} processes")
     rng = np.random.default_rng([self.seed, step])
     length = None
+    if self.max_tokens:  # the step's batch of its epoch, padded to its bucket's batch size with empty rows
+      b, rows = self._token_epoch(step // self.batches_per_epoch)[step % self.batches_per_epoch]
+      n, length = self.bucket_batch_sizes[b], self.buckets[0][b]
+      rows = np.concatenate([rows, np.full(n - len(rows), -1, rows.dtype)])
+      if n % num_shards:
+        raise ValueError(f"{n} pairs a batch do not divide into {num_shards} processes")
+      per = n // num_shards
+      return self.make_batch("train", rows[shard * per:(shard + 1) * per], length)
     if self.buckets is None:
       rows = rng.integers(0, len(self.pairs["train"][0]), self.batch_size)
     else:
