@@ -422,8 +422,9 @@ def test_token_batches_see_every_pair_once_an_epoch_within_the_token_budget():
     assert len(set(widths)) == len(lengths)  # the buckets interleave through the epoch
     epochs.append([task.train_batch(step)["src"][0].tolist() for step in range(epoch * n, (epoch + 1) * n)])
   assert epochs[0] != epochs[1]
-  for key, value, match in [("max_tokens", 100, "fewer than 8 pairs"), ("max_tokens", -1, "max_tokens"),
-                            ("batch_multiple", 0, "batch_multiple"), ("length_buckets", "", "needs data.length_buckets")]:
+  bad_values = [("max_tokens", 100, "fewer than 8 pairs"), ("max_tokens", -1, "max_tokens"),
+                ("batch_multiple", 0, "batch_multiple"), ("length_buckets", "", "needs data.length_buckets")]
+  for key, value, match in bad_values:
     bad = c.copy_and_resolve_references()
     bad.data[key] = value
     with pytest.raises(ConfigError, match=match):
