@@ -328,26 +328,22 @@ class TranslationTask:
             "targets": targets, "weights": (targets != PAD_ID).astype(np.float32)}
 
   def train_batch(self, step, shard=0, num_shards=1):
-    if self.batch_size % num_shards:
-      raise ValueError(f"batch_size={self.batch_size} does not divide into {num_shards} processes")
     rng = np.random.default_rng([self.seed, step])
     length = None
     if self.max_tokens:  # the step's batch of its epoch, padded to its bucket's batch size with empty rows
       b, rows = self._token_epoch(step // self.batches_per_epoch)[step % self.batches_per_epoch]
       n, length = self.bucket_batch_sizes[b], self.buckets[0][b]
       rows = np.concatenate([rows, np.full(n - len(rows), -1, rows.dtype)])
-      if n % num_shards:
-        raise ValueError(f"{n} pairs a batch do not divide into {num_shards} processes")
-      per = n // num_shards
-      return self.make_batch("train", rows[shard * per:(shard + 1) * per], length)
-    if self.buckets is None:
+    elif self.buckets is None:
       rows = rng.integers(0, len(self.pairs["train"][0]), self.batch_size)
     else:
       lengths, bucket_rows = self.buckets
       sizes = np.array([len(r) for r in bucket_rows], np.float64)
       b = rng.choice(len(lengths), p=sizes / sizes.sum())
       rows, length = bucket_rows[b][rng.integers(0, len(bucket_rows[b]), self.batch_size)], lengths[b]
-    per = self.batch_size // num_shards
+    if len(rows) % num_shards:
+      raise ValueError(f"a batch of {len(rows)} pairs does not divide into {num_shards} processes")
+    per = len(rows) // num_shards
     return self.make_batch("train", rows[shard * per:(shard + 1) * per], length)
 
   def eval_batches(self, shard=0, num_shards=1):
