@@ -172,6 +172,46 @@ def test_bpe_tokenizer_is_lossless():
   assert 1 in tok.encode("Gras")  # a character never seen in training ("G") is [UNK]
 
 
+def _subword_nmt_segment(word, ranks):
+  """subword-nmt's apply_bpe on one word, written out: characters, the last one marked ``</w>``; then, while any
+  adjacent pair is a learned merge, every occurrence of the earliest-learned one is joined."""
+  symbols = list(word[:-1]) + [word[-1] + "</w>"]
+  while len(symbols) > 1:
+    pairs = [(ranks[p], p) for p in zip(symbols, symbols[1:]) if p in ranks]
+    if not pairs:
+      break
+    first = min(pairs)[1]
+    out, i = [], 0
+    while i < len(symbols):
+      if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == first:
+        out.append(symbols[i] + symbols[i + 1])
+        i += 2
+      else:
+        out.append(symbols[i])
+        i += 1
+    symbols = out
+  return symbols
+
+
+def test_subword_nmt_style_bpe_marks_word_ends_and_segments_as_subword_nmt():
+  import json
+  from tfjax.data.tokenizers import SEQ2SEQ_SPECIAL_TOKENS, train_bpe
+  lines = ["zwei junge weiße männer sind im freien .", "two young , white males are outside near many bushes .",
+           "ein mann in einem blauen hemd steht auf einer leiter und putzt ein fenster ."] * 30
+  tok = train_bpe(lines, vocab_size=150, style="subword_nmt")
+  assert [tok.token_to_id(t) for t in SEQ2SEQ_SPECIAL_TOKENS] == [0, 1, 2, 3] and tok.eos_id == 3
+  merges = json.loads(tok.tokenizer.to_str())["model"]["merges"]
+  ranks = {tuple(m.split(" ") if isinstance(m, str) else m): r for r, m in enumerate(merges)}
+  for text in lines[:3] + ["zwei männer stehen near bushes , im blauen freien ."]:  # unseen words too
+    pieces = [tok.id_to_token(i) for i in tok.encode(text)]
+    assert pieces == [p for w in text.split() for p in _subword_nmt_segment(w, ranks)]
+    assert sum(p.endswith("</w>") for p in pieces) == len(text.split())  # one word end a word
+    assert tok.decode(tok.encode(text)) == text
+  assert tok.decode(tok.encode("zwei  junge ")) == "zwei junge"  # whitespace is where words split, not a token
+  with pytest.raises(ValueError, match="BPE style"):
+    train_bpe(lines, vocab_size=150, style="wordpiece")
+
+
 def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):
   """A short real run: the loss falls, and results.json has the test BLEU (sacreBLEU) and example translations."""
   from experiments import runtime

@@ -20,6 +20,8 @@ def get_config():
   c.data.target = "de"
   c.data.text = "raw"  # raw: the cased captions | tok: their lowercased Moses-tokenised form (multi30k/tok/)
   c.data.vocab_size = 8000  # joint BPE vocabulary of both languages
+  # sentencepiece: words start with ▁ (lossless) | subword_nmt: words end with </w> (subword-nmt's, as fairseq's recipes)
+  c.data.bpe = "sentencepiece"
   # "16,24,32": batches of pairs of similar length, padded to their bucket (the context window is the last bucket)
   c.data.length_buckets = ""
   # > 0: fairseq's --max-tokens: each epoch (every pair once, shuffled) cut into batches of one bucket's pairs,

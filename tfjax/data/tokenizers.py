@@ -12,7 +12,8 @@
 - :func:`train_bpe`: a lossless SentencePiece-style BPE (a space becomes ``▁`` and belongs to the next word, so
   ``decode(encode(text)) == text`` for text made of characters seen in training; others become ``[UNK]``; case and
   accents kept), e.g. the joint source/target vocabulary of a translator. Special tokens ``[PAD]=0, [UNK]=1,
-  [BOS]=2, [EOS]=3``; ``encode`` adds none of them.
+  [BOS]=2, [EOS]=3``; ``encode`` adds none of them. ``style="subword_nmt"`` marks word ends instead (``</w>``), as
+  subword-nmt and fairseq's recipes segment: words are split on whitespace and decoded with single spaces between.
 - :func:`train_byte_bpe`: a GPT-2-style byte-level BPE (every byte representable, so nothing is ever unknown)
   trained from an iterator of strings (never the whole corpus at once); ``<|endoftext|>`` is id 0.
 - :func:`load_tokenizer`: a saved ``tokenizer.json`` of either kind.
@@ -30,6 +31,7 @@ EOT = "<|endoftext|>"
 PAD, UNK, CLS, SEP, MASK, BOS, EOS = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[BOS]", "[EOS]"
 BERT_SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)
 SEQ2SEQ_SPECIAL_TOKENS = (PAD, UNK, BOS, EOS)
+SUBWORD_NMT_SUFFIX = "</w>"  # subword-nmt's end-of-word mark
 
 
 class CharTokenizer:
@@ -160,15 +162,30 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
   return Tokenizer(tok)
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2) -> Tokenizer:
-  """Trains a SentencePiece-style BPE tokenizer on an iterable of strings; see the module docstring."""
+BPE_STYLES = ("sentencepiece", "subword_nmt")
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 8000, min_frequency: int = 2,
+              style: str = "sentencepiece") -> Tokenizer:
+  """Trains a BPE tokenizer of ``vocab_size`` tokens (specials and characters included) on an iterable of strings.
+
+  ``style="sentencepiece"`` marks the start of a word (``▁``, lossless); ``"subword_nmt"`` marks its end (``</w>``,
+  subword-nmt's ``learn_bpe``/``apply_bpe`` segmentation, fairseq's usual preprocessing), splitting on whitespace, so
+  decoding joins words with single spaces. See the module docstring."""
   from tokenizers import Tokenizer as HFTok, decoders, models, normalizers, pre_tokenizers, trainers
-  tok = HFTok(models.BPE(unk_token=UNK))
+  if style not in BPE_STYLES:
+    raise ValueError(f"BPE style must be one of {BPE_STYLES}, got {style!r}")
+  suffix = {"end_of_word_suffix": SUBWORD_NMT_SUFFIX} if style == "subword_nmt" else {}
+  tok = HFTok(models.BPE(unk_token=UNK, **suffix))
   tok.normalizer = normalizers.NFC()
-  tok.pre_tokenizer = pre_tokenizers.Metaspace()
-  tok.decoder = decoders.Metaspace()
+  if style == "subword_nmt":
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.BPEDecoder(suffix=SUBWORD_NMT_SUFFIX)
+  else:
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
   trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-                                special_tokens=list(SEQ2SEQ_SPECIAL_TOKENS))
+                                special_tokens=list(SEQ2SEQ_SPECIAL_TOKENS), **suffix)
   tok.train_from_iterator(texts, trainer=trainer)
   for i, t in enumerate(SEQ2SEQ_SPECIAL_TOKENS):
     assert tok.token_to_id(t) == i, (t, tok.token_to_id(t))

@@ -1,8 +1,9 @@
 """Translation: an encoder-decoder transformer on Multi30k (English image captions and their German translations).
 
 Data: Multi30k task 1 (train 29,000 pairs, val 1,014, test2016 1,000), ``config.data.source`` -> ``config.data.target``
-(``en``, ``de`` or ``fr``). One BPE vocabulary (:func:`tfjax.data.tokenizers.train_bpe`, ``config.data.vocab_size``)
-is trained on the training split of both languages and saved in the workdir (a resumed run keeps it). A pair becomes
+(``en``, ``de`` or ``fr``). One BPE vocabulary (:func:`tfjax.data.tokenizers.train_bpe`, ``config.data.vocab_size``;
+``config.data.bpe``: ``sentencepiece`` marks word starts, ``subword_nmt`` word ends as fairseq's recipes) is trained
+on the training split of both languages and saved in the workdir (a resumed run keeps it). A pair becomes
 
     src     = tokens(source) + [EOS]                   [S]   (padded with [PAD] to S = model.max_len)
     inputs  = [BOS] + tokens(target)                   [T]   (the decoder's input, teacher forcing)
@@ -225,7 +226,11 @@ class TranslationTask:
     if tok_path and os.path.exists(tok_path):  # a resumed run keeps its vocabulary
       self.tokenizer = tokenizers.Tokenizer.from_file(tok_path, eos_token=tokenizers.EOS)
     else:
-      self.tokenizer = tokenizers.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size)
+      style = d.get("bpe", "sentencepiece")
+      if style not in tokenizers.BPE_STYLES:
+        raise config_lib.ConfigError(f"config key 'data.bpe' must be one of {tokenizers.BPE_STYLES}, got {style!r}")
+      self.tokenizer = tokenizers.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size,
+                                            style=style)
       if tok_path and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         self.tokenizer.save(tok_path)
