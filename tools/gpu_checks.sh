@@ -2,8 +2,8 @@
 # The open issues' GPU checks, one device call each (a call may run 600 s at most):
 #
 #   tools/gpu_checks.sh gpt2        # issue 15: gpt2_small's step profiled, then beside nanoGPT (~6 min on an H100)
-#   tools/gpu_checks.sh translate   # issue 14: translate_multi30k_tiny as shipped (early stopping, --patience 10),
-#                                   # seeds 0, 1, 2 side by side (~8 min)
+#   tools/gpu_checks.sh translate   # issue 14: translate_multi30k_tiny as shipped (8,000 updates of token batches),
+#                                   # seeds 0, 1, 2 side by side (~8 min; RESUME=1 finishes what a deadline stopped)
 #
 # Run from the device tool with carry [".whl", ".gpu_data", ".h4gpu"]: .whl/ holds the wheels the device lacks
 # (ml_collections, sacremoses, tensorboardX), .gpu_data/ the data (multi30k/), .h4gpu/ the GPT-2 bench data
@@ -36,9 +36,9 @@ case "${1:-}" in
     tail -6 "$OUT/bench.log"
     ;;
   translate)
-    DEADLINE="${DEADLINE:-480}" PREFIX=runs/tiny_gpu_patience LOGS="$OUT/translate_logs" \
+    DEADLINE="${DEADLINE:-480}" PREFIX=runs/tiny_gpu_8k LOGS="$OUT/translate_logs" \
       tools/gpu_translate_seeds.sh .gpu_data/multi30k "${SEEDS:-0,1,2}" ${TRANSLATE_ARGS:-}
-    for d in runs/tiny_gpu_patience_s*; do
+    for d in runs/tiny_gpu_8k_s*; do
       [[ -f "$d/results.json" ]] && cp "$d/results.json" "$OUT/$(basename "$d").results.json"
       [[ -f "$d/metrics.jsonl" ]] && cp "$d/metrics.jsonl" "$OUT/$(basename "$d").metrics.jsonl"
       [[ -d "$d/bleu" ]] && tar czf "$OUT/$(basename "$d").bleu.tgz" -C "$d" bleu  # the scored hypotheses
