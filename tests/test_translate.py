@@ -210,6 +210,13 @@ def test_subword_nmt_style_bpe_marks_word_ends_and_segments_as_subword_nmt():
   assert tok.decode(tok.encode("zwei  junge ")) == "zwei junge"  # whitespace is where words split, not a token
   with pytest.raises(ValueError, match="BPE style"):
     train_bpe(lines, vocab_size=150, style="wordpiece")
+  from experiments.configs import translate_multi30k
+  from tfjax.config import ConfigError
+  from tfjax.tasks.translate import TranslationTask
+  c = translate_multi30k.get_config()
+  c.data.bpe = "wordpiece"
+  with pytest.raises(ConfigError, match="data.bpe"):
+    TranslationTask(c)
 
 
 def test_translator_trains_on_multi30k_and_reports_bleu(tmp_path):

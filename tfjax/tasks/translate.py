@@ -215,6 +215,9 @@ class TranslationTask:
     d = config.data
     if d.source == d.target:
       raise config_lib.ConfigError(f"data.source and data.target must differ, both are {d.source!r}")
+    style = d.get("bpe", "sentencepiece")
+    if style not in tokenizers.BPE_STYLES:
+      raise config_lib.ConfigError(f"config key 'data.bpe' must be one of {tokenizers.BPE_STYLES}, got {style!r}")
     self.text_form = d.get("text", "raw")
     text = {(split, lang): load_multi30k(split, lang, config.data_dir, self.text_form) for split in SPLITS
             for lang in (d.source, d.target)}
@@ -226,9 +229,6 @@ class TranslationTask:
     if tok_path and os.path.exists(tok_path):  # a resumed run keeps its vocabulary
       self.tokenizer = tokenizers.Tokenizer.from_file(tok_path, eos_token=tokenizers.EOS)
     else:
-      style = d.get("bpe", "sentencepiece")
-      if style not in tokenizers.BPE_STYLES:
-        raise config_lib.ConfigError(f"config key 'data.bpe' must be one of {tokenizers.BPE_STYLES}, got {style!r}")
       self.tokenizer = tokenizers.train_bpe(text["train", d.source] + text["train", d.target], d.vocab_size,
                                             style=style)
       if tok_path and jax.process_index() == 0:
