@@ -337,6 +337,100 @@ def _validate(config: ml_collections.ConfigDict) -> None:
                      loss=config.model.loss, negatives=config.model.negatives)
 
 
+def _restore(workdir: str, fingerprint: str, tables: tuple[np.ndarray, np.ndarray], epochs: int):
+  """Opens ``workdir``'s checkpoints and metrics log: ``(manager, epochs done, writer, step, tables)``, the tables
+  those of the last finished epoch when there is one (its config fingerprint must match ``fingerprint``)."""
+  from tfjax.train import checkpoint as ckpt
+  from tfjax.train import metrics as metrics_lib
+  manager = ckpt.make_manager(workdir, max_to_keep=2, async_save=False)
+  done = ckpt.complete_steps(manager)
+  start_epoch, step = 0, 0
+  if done:
+    start_epoch = done[-1]
+    abstract = {"input_embedding": jax.ShapeDtypeStruct(tables[0].shape, np.float32),
+                "output_embedding": jax.ShapeDtypeStruct(tables[1].shape, np.float32)}
+    state, meta = ckpt.restore(manager, start_epoch, abstract)
+    if meta.get("fingerprint") != fingerprint:
+      raise ckpt.CheckpointError(
+          f"the checkpoint in {workdir} was written with a different corpus/config (fingerprint "
+          f"{meta.get('fingerprint')} vs {fingerprint}); use a new --workdir.")
+    tables = (np.asarray(state["input_embedding"]), np.asarray(state["output_embedding"]))
+    step = int(meta.get("step", 0))
+    log.info("resumed from %s after epoch %d/%d", workdir, start_epoch, epochs)
+  writer = metrics_lib.MetricsWriter(workdir, resume_step=step)  # drops lines logged after the checkpoint
+  return manager, start_epoch, writer, step, tables
+
+
+def _save_epoch(manager, epochs_done: int, w_in, w_out, step: int, fingerprint: str) -> None:
+  """Checkpoints both tables after ``epochs_done`` epochs, synchronously (an epoch's end is the only resume point)."""
+  from tfjax.train import checkpoint as ckpt
+  state = {"input_embedding": np.asarray(w_in), "output_embedding": np.asarray(w_out)}
+  ckpt.save(manager, epochs_done, state, {"epoch": epochs_done, "step": step, "fingerprint": fingerprint})
+  manager.wait_until_finished()
+
+
+def _epoch_lrs(config: ml_collections.ConfigDict, data: EpochData, epoch: int) -> np.ndarray:
+  """``[num_calls, steps_per_call]``: each micro-step's learning rate, by its first item's place in the whole run."""
+  m = config.train.steps_per_call
+  per_call_items = data.arrays["mask"][0].size
+  item_pos = np.arange(data.num_calls * m) * (per_call_items // m)  # first item of each micro-step
+  progress = (epoch + np.minimum(item_pos, data.items) / max(data.items, 1)) / config.train.epochs
+  return _lr(config, progress).reshape(-1, m)
+
+
+class _EpochLog:
+  """One epoch's running loss, logged (and written to ``metrics.jsonl``) every ``train.log_every_s`` seconds and at
+  the epoch's end, with words/s and the ETA of the whole run; ``stats`` gets the last logged loss."""
+
+  def __init__(self, config, epoch: int, data: EpochData, lrs: np.ndarray, stats: dict, step0: int,
+               t_epoch: float, expected_words: float, writer):
+    self.config, self.epoch, self.data, self.lrs, self.stats = config, epoch, data, lrs, stats
+    self.step0, self.t_epoch, self.expected_words, self.writer = step0, t_epoch, expected_words, writer
+    self.loss, self.count, self.last_log = 0.0, 0.0, time.perf_counter()
+
+  def add(self, loss: float, count: float) -> None:
+    self.loss += loss
+    self.count += count
+
+  def maybe_log(self, i: int, last: bool) -> None:
+    """After call ``i`` of the epoch: logs when ``train.log_every_s`` has passed or at the epoch's end."""
+    now = time.perf_counter()
+    if not ((now - self.last_log >= self.config.train.log_every_s or last) and self.count > 0):
+      return
+    data, epochs = self.data, self.config.train.epochs
+    done_words = self.stats["words"] + data.words * (i + 1) / data.num_calls
+    elapsed = self.stats["train_s"] + (now - self.t_epoch)
+    wps = done_words / max(elapsed, 1e-9)
+    eta = (self.expected_words - done_words) / max(wps, 1e-9)
+    step = self.step0 + (i + 1) * self.config.train.steps_per_call
+    rec = {"step": step, "epoch": self.epoch + (i + 1) / data.num_calls, "loss": self.loss / self.count,
+           "words_per_s": wps, "lr": float(self.lrs[i][-1]), "elapsed_s": elapsed, "eta_s": eta}
+    log.info("epoch %d/%d %3.0f%% | loss %.4f | %.0fk words/s | lr %.5f | ETA %.1fs", self.epoch + 1, epochs,
+             100 * (i + 1) / data.num_calls, rec["loss"], wps / 1e3, rec["lr"], eta)
+    if self.writer is not None:
+      self.writer.write(rec)
+    self.stats["final_loss"] = rec["loss"]
+    if not np.isfinite(rec["loss"]):
+      raise FloatingPointError(f"loss is {rec['loss']} at step {step}; lower train.alpha")
+    self.loss, self.count, self.last_log = 0.0, 0.0, now
+
+
+def _train_epoch(call, w_in, w_out, data: EpochData, lrs: np.ndarray, batch_sharding, epoch_log: _EpochLog):
+  """Runs an epoch's training calls; returns the new tables. A call's loss is read after the next call has been
+  dispatched, so the host never waits for the device between calls."""
+  pending = []
+  for i in range(data.num_calls):
+    batch = {k: jax.device_put(v[i], batch_sharding) for k, v in data.arrays.items()}
+    w_in, w_out, loss, count = call(w_in, w_out, batch, jnp.asarray(lrs[i]))
+    pending.append((loss, count))
+    last = i == data.num_calls - 1
+    while len(pending) > 1 or (last and pending):
+      loss, count = pending.pop(0)
+      epoch_log.add(float(loss), float(count))
+    epoch_log.maybe_log(i, last)
+  return w_in, w_out
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus: Corpus | None = None
           ) -> tuple[ev.WordVectors, dict]:
   """Trains word vectors; with ``workdir``, logs metrics and checkpoints/resumes at epoch ends.
@@ -357,27 +451,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
 
   params = init_params(model_config, config.seed)
   tables = (np.asarray(params["input_embedding"]), np.asarray(params["output_embedding"]))
-
   manager, start_epoch, writer, step = None, 0, None, 0
   fingerprint = _config_fingerprint(config, corpus)
   if workdir is not None:
-    from tfjax.train import checkpoint as ckpt
-    from tfjax.train import metrics as metrics_lib
-    manager = ckpt.make_manager(workdir, max_to_keep=2, async_save=False)
-    done = ckpt.complete_steps(manager)
-    if done:
-      start_epoch = done[-1]
-      abstract = {"input_embedding": jax.ShapeDtypeStruct(tables[0].shape, np.float32),
-                  "output_embedding": jax.ShapeDtypeStruct(tables[1].shape, np.float32)}
-      state, meta = ckpt.restore(manager, start_epoch, abstract)
-      if meta.get("fingerprint") != fingerprint:
-        raise ckpt.CheckpointError(
-            f"the checkpoint in {workdir} was written with a different corpus/config (fingerprint "
-            f"{meta.get('fingerprint')} vs {fingerprint}); use a new --workdir.")
-      tables = (np.asarray(state["input_embedding"]), np.asarray(state["output_embedding"]))
-      step = int(meta.get("step", 0))
-      log.info("resumed from %s after epoch %d/%d", workdir, start_epoch, epochs)
-    writer = metrics_lib.MetricsWriter(workdir, resume_step=step)  # drops lines logged after the checkpoint
+    manager, start_epoch, writer, step, tables = _restore(workdir, fingerprint, tables, epochs)
 
   stats = {"words": 0, "train_s": 0.0, "train_cpu_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
            "vocab_size": len(vocab), "corpus_words": corpus.raw_words, "retained_words": vocab.total}
@@ -389,8 +466,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
   call = make_train_call(config, model_config, mesh)
   pool = concurrent.futures.ThreadPoolExecutor(1)
   next_data = pool.submit(epoch_data, corpus, config, start_epoch, n_dev)
-  m = config.train.steps_per_call
-  log_every = config.train.log_every_s
   t_start = time.perf_counter()
   expected_words = None
   for epoch in range(start_epoch, epochs):
@@ -401,9 +476,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
       next_data = pool.submit(epoch_data, corpus, config, epoch + 1, n_dev)
     if expected_words is None:
       expected_words = data.words * (epochs - start_epoch)
-    per_call_items = data.arrays["mask"][0].size
-    item_pos = np.arange(data.num_calls * m) * (per_call_items // m)  # first item of each micro-step
-    lrs = _lr(config, (epoch + np.minimum(item_pos, data.items) / max(data.items, 1)) / epochs).reshape(-1, m)
+    lrs = _epoch_lrs(config, data, epoch)
     if stats["compile_s"] == 0.0:
       t = time.perf_counter()
       batch0 = {k: jax.device_put(v[0], batch_sharding) for k, v in data.arrays.items()}
@@ -413,42 +486,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
       cpu_epoch = time.process_time()
       log.info("compiled the training call in %.1fs (%d devices: %s)", stats["compile_s"], n_dev,
                devices[0].platform)
-    pending, loss_acc, count_acc, last_log = [], 0.0, 0.0, time.perf_counter()
-    for i in range(data.num_calls):
-      batch = {k: jax.device_put(v[i], batch_sharding) for k, v in data.arrays.items()}
-      w_in, w_out, loss, count = call(w_in, w_out, batch, jnp.asarray(lrs[i]))
-      step += m
-      pending.append((loss, count))
-      last = i == data.num_calls - 1
-      while len(pending) > 1 or (last and pending):  # read a call's loss after dispatching the next: no sync per call
-        l, c = pending.pop(0)
-        loss_acc += float(l)
-        count_acc += float(c)
-      now = time.perf_counter()
-      if (now - last_log >= log_every or last) and count_acc > 0:
-        done_words = stats["words"] + data.words * (i + 1) / data.num_calls
-        elapsed = stats["train_s"] + (now - t_epoch)
-        wps = done_words / max(elapsed, 1e-9)
-        eta = (expected_words - done_words) / max(wps, 1e-9)
-        rec = {"step": step, "epoch": epoch + (i + 1) / data.num_calls, "loss": loss_acc / count_acc,
-               "words_per_s": wps, "lr": float(lrs[i][-1]), "elapsed_s": elapsed, "eta_s": eta}
-        log.info("epoch %d/%d %3.0f%% | loss %.4f | %.0fk words/s | lr %.5f | ETA %.1fs", epoch + 1, epochs,
-                 100 * (i + 1) / data.num_calls, rec["loss"], wps / 1e3, rec["lr"], eta)
-        if writer is not None:
-          writer.write(rec)
-        stats["final_loss"] = rec["loss"]
-        if not np.isfinite(rec["loss"]):
-          raise FloatingPointError(f"loss is {rec['loss']} at step {step}; lower train.alpha")
-        loss_acc, count_acc, last_log = 0.0, 0.0, now
+    epoch_log = _EpochLog(config, epoch, data, lrs, stats, step, t_epoch, expected_words, writer)
+    w_in, w_out = _train_epoch(call, w_in, w_out, data, lrs, batch_sharding, epoch_log)
+    step += data.num_calls * config.train.steps_per_call
     jax.block_until_ready(w_in)
     stats["train_s"] += time.perf_counter() - t_epoch
     stats["train_cpu_s"] += time.process_time() - cpu_epoch
     stats["words"] += data.words
     if manager is not None:
-      from tfjax.train import checkpoint as ckpt
-      state = {"input_embedding": np.asarray(w_in), "output_embedding": np.asarray(w_out)}
-      ckpt.save(manager, epoch + 1, state, {"epoch": epoch + 1, "step": step, "fingerprint": fingerprint})
-      manager.wait_until_finished()
+      _save_epoch(manager, epoch + 1, w_in, w_out, step, fingerprint)
   pool.shutdown()
   stats["words_per_s"] = stats["words"] / max(stats["train_s"], 1e-9)
   stats["wall_s"] = time.perf_counter() - t_start
