@@ -127,6 +127,32 @@ def _wait(predicate, timeout, what):
   raise AssertionError(f"timed out waiting for {what}")
 
 
+ASK_WORKER = r"""
+import json, sys
+import optuna
+from tfjax.runs import optuna_sweep
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+study = optuna.load_study(study_name="s", storage=optuna_sweep.open_storage(sys.argv[1]))
+print(json.dumps([study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}).number for _ in range(20)]))
+"""
+
+
+def test_workers_asking_at_once_never_get_the_same_queued_trial(tmp_path):
+  """Optuna marks a queued trial RUNNING after reading that it is WAITING; on SQLite, without the write lock taken at
+  BEGIN (optuna_sweep._immediate_transactions), 3 workers asking for 60 queued trials got 3-11 of them twice."""
+  url = optuna_sweep.default_storage(tmp_path)
+  study = optuna.create_study(study_name="s", storage=optuna_sweep.open_storage(url))
+  for i in range(60):
+    study.enqueue_trial({"x": i / 100})
+  procs = [subprocess.Popen([sys.executable, "-c", ASK_WORKER, url], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outs = [p.communicate(timeout=120)[0] for p in procs]
+  assert all(p.returncode == 0 for p in procs)
+  asked = sum((json.loads(o) for o in outs), [])
+  assert sorted(asked) == list(range(60))
+  assert all(t.state.name == "RUNNING" for t in study.get_trials())
+
+
 def test_two_workers_share_a_study_prune_and_survive_a_killed_worker(tmp_path):
   script = tmp_path / "fake_train.py"
   script.write_text(FAKE_TRAIN)

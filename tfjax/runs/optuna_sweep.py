@@ -126,9 +126,34 @@ def open_storage(url: str, heartbeat_s: int = 60, grace_s: int | None = None, ma
   callback = retry_cls(max_retry=max_retry)
   cb_kw = ({"heartbeat_stale_trial_callback": callback} if retry_cls.__name__.startswith("RetryHeartbeat")
            else {"failed_trial_callback": callback})
-  engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-  return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=int(heartbeat_s),
-                                    grace_period=int(grace_s) if grace_s else 2 * int(heartbeat_s), **cb_kw)
+  sqlite = url.startswith("sqlite")
+  storage = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}} if sqlite else {},
+                                       heartbeat_interval=int(heartbeat_s),
+                                       grace_period=int(grace_s) if grace_s else 2 * int(heartbeat_s), **cb_kw)
+  if sqlite:
+    _immediate_transactions(storage.engine)
+  return storage
+
+
+def _immediate_transactions(engine) -> None:
+  """Makes every SQLite transaction of ``engine`` take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+  Optuna hands out a queued trial by reading that it is WAITING and then marking it RUNNING. On PostgreSQL or MySQL
+  ``SELECT ... FOR UPDATE`` makes that one step; SQLite has no such lock, and Python's sqlite3 starts a transaction
+  only at the write, so two workers could both read WAITING and both run the same trial in the same workdir (seen
+  here: 3 of 60 queued trials handed out twice to 3 workers). With the lock taken at ``BEGIN``, a transaction's
+  reads and writes happen as one step; the others wait for it (up to the 60 s timeout)."""
+  from sqlalchemy import event
+
+  @event.listens_for(engine, "connect")
+  def _no_implicit_begin(dbapi_connection, connection_record):  # pylint: disable=unused-argument
+    dbapi_connection.isolation_level = None  # sqlite3 emits no BEGIN of its own: the "begin" event below does
+
+  @event.listens_for(engine, "begin")
+  def _begin_immediate(connection):
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+  engine.dispose()  # connections opened before the listeners (creating the tables) are not reused
 
 
 def _public_url(url: str) -> str:
@@ -270,14 +295,9 @@ def _tell(study, trial, **kw) -> None:
     log.warning("optuna: trial %d: could not record its outcome (%s)", trial.number, e)
 
 
-def run_trial(study, trial, config: str, sweepdir: str, extra_args: list[str], objective: str, env: dict[str, str],
-              train_script: str | None, poll_s: float, heartbeat_s: float, stop: _StopFlag,
-              die_with_parent: bool) -> str:
-  """Runs ``trial`` as a tfjax run in ``SWEEPDIR/trial_<n>`` (a re-queued trial first takes over the workdir of the
-  trial it retries, so the run resumes from its checkpoint), reporting evaluations, pruning, and telling the study
-  the outcome. Returns the trial's final state name (``COMPLETE``, ``PRUNED`` or ``FAIL``)."""
-  optuna = _optuna()
-  storage = study._storage  # pylint: disable=protected-access  (the heartbeat of our own trial)
+def _trial_workdir(study, trial, sweepdir: str) -> str:
+  """``SWEEPDIR/trial_<n>``; a re-queued trial first takes over the workdir of the trial it retries, so that its run
+  resumes from that checkpoint."""
   workdir = os.path.join(sweepdir, f"trial_{trial.number}")
   history = _retry_callback_class().retry_history(_frozen(study, trial.number))
   if history:
@@ -287,49 +307,69 @@ def run_trial(study, trial, config: str, sweepdir: str, extra_args: list[str], o
       log.info("optuna: trial %d retries trial %d and resumes in its workdir (now %s)", trial.number, history[-1],
                workdir)
     trial.set_user_attr("retry_of", history[-1])
-  trial.set_user_attr("workdir", workdir)
-  trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-  settings = dict(trial.params)
-  results_path = os.path.join(workdir, "results.json")
-  if sweep_lib.is_finished(workdir):  # its run ended but the worker died before telling the study
-    proc = None
-  else:
-    cmd = sweep_lib.train_command(config, workdir, settings, extra_args, train_script)
-    log.info("optuna: trial %d: %s", trial.number, sweep_lib.run_name(settings))
-    proc, logf = sweep_lib.start_run(cmd, workdir, env, die_with_parent=die_with_parent)
-  tail = _MetricsTail(workdir)
-  reported: dict[int, float] = {}
-  pruned_at, last_beat, t0, terminated = None, 0.0, time.time(), False
+  return workdir
 
-  def follow() -> None:
-    nonlocal pruned_at
-    for rec in tail.read():
+
+class _EvalReporter:
+  """Reports each new evaluation of the run's ``metrics.jsonl`` to the trial and asks its pruner; on a prune, stops
+  the run (SIGTERM: it saves a checkpoint). ``reported``: step -> eval_loss; ``pruned_at``: the step, or None."""
+
+  def __init__(self, trial, workdir: str, proc):
+    self.trial, self.proc = trial, proc
+    self.tail = _MetricsTail(workdir)
+    self.reported: dict[int, float] = {}
+    self.pruned_at = None
+
+  def follow(self) -> None:
+    for rec in self.tail.read():
       step = int(rec.get("step", 0))
-      if "eval_loss" not in rec or step <= 0 or step in reported or pruned_at is not None:
+      if "eval_loss" not in rec or step <= 0 or step in self.reported or self.pruned_at is not None:
         continue  # step 0 is the untrained model: the same for every trial
       value = float(rec["eval_loss"])
-      reported[step] = value
-      trial.report(value if math.isfinite(value) else float("inf"), step)
-      if trial.should_prune():
-        pruned_at = step
-        log.info("optuna: trial %d pruned at step %d (eval_loss %.4g)", trial.number, step, value)
-        if proc is not None and proc.poll() is None:
-          proc.send_signal(signal.SIGTERM)
+      self.reported[step] = value
+      self.trial.report(value if math.isfinite(value) else float("inf"), step)
+      if self.trial.should_prune():
+        self.pruned_at = step
+        log.info("optuna: trial %d pruned at step %d (eval_loss %.4g)", self.trial.number, step, value)
+        if self.proc is not None and self.proc.poll() is None:
+          self.proc.send_signal(signal.SIGTERM)
 
-  while proc is not None and proc.poll() is None:
+
+def _wait_for_run(proc, reporter: _EvalReporter, storage, trial, poll_s: float, heartbeat_s: float,
+                  stop: _StopFlag) -> None:
+  """Until the run exits: the trial's heartbeat, its evaluations reported, and SIGTERM to the run once a stop is
+  requested."""
+  last_beat, terminated = 0.0, False
+  while proc.poll() is None:
     now = time.time()
     if now - last_beat >= heartbeat_s / 2:
       storage.record_heartbeat(trial._trial_id)  # pylint: disable=protected-access
       last_beat = now
-    follow()
+    reporter.follow()
     if stop.requested and not terminated:
       proc.send_signal(signal.SIGTERM)
       terminated = True
     time.sleep(poll_s)
-  if proc is not None:
-    logf.close()
-  follow()
-  rc = None if proc is None else proc.returncode
+
+
+def _write_pruned_results(workdir: str, trial, reporter: _EvalReporter, t0: float, rc) -> None:
+  """``results.json`` of a run stopped by the pruner: where, its loss there, its best, its last step."""
+  from tfjax.train.metrics import read_metrics
+  recs = read_metrics(workdir)
+  evals = [r["eval_loss"] for r in recs if "eval_loss" in r]
+  _write_json(os.path.join(workdir, "results.json"), {
+      "pruned": True, "pruned_at_step": reporter.pruned_at, "trial": trial.number,
+      "step": max((r["step"] for r in recs if "loss" in r), default=0),
+      "eval_loss": reporter.reported[reporter.pruned_at], "best_eval_loss": min(evals) if evals else None,
+      "wall_time_s": time.time() - t0, "exit_code": rc})
+
+
+def _conclude(study, trial, workdir: str, objective: str, reporter: _EvalReporter, rc, stopped: bool,
+              t0: float) -> str:
+  """Tells the study how the trial's run ended: finished (its ``objective``), pruned, stopped from outside (failed
+  and re-queued, to resume) or failed by itself. Returns the state name."""
+  optuna = _optuna()
+  results_path = os.path.join(workdir, "results.json")
   results = None
   if os.path.exists(results_path):
     with open(results_path) as f:
@@ -345,21 +385,14 @@ def run_trial(study, trial, config: str, sweepdir: str, extra_args: list[str], o
     _tell(study, trial, values=float(value))
     log.info("optuna: trial %d done: %s = %.4g (%.0f s)", trial.number, objective, value, time.time() - t0)
     return "COMPLETE"
-  if pruned_at is not None or (results or {}).get("pruned"):
+  if reporter.pruned_at is not None or (results or {}).get("pruned"):
     if results is None:
-      from tfjax.train.metrics import read_metrics
-      recs = read_metrics(workdir)
-      evals = [r["eval_loss"] for r in recs if "eval_loss" in r]
-      _write_json(results_path, {
-          "pruned": True, "pruned_at_step": pruned_at, "trial": trial.number,
-          "step": max((r["step"] for r in recs if "loss" in r), default=0),
-          "eval_loss": reported[pruned_at], "best_eval_loss": min(evals) if evals else None,
-          "wall_time_s": time.time() - t0, "exit_code": rc})
+      _write_pruned_results(workdir, trial, reporter, t0, rc)
     trial.set_user_attr("outcome", "pruned")
-    trial.set_user_attr("pruned_at_step", pruned_at)
+    trial.set_user_attr("pruned_at_step", reporter.pruned_at)
     _tell(study, trial, state=optuna.trial.TrialState.PRUNED)
     return "PRUNED"
-  if rc == 0 or stop.requested:  # stopped from outside (SIGTERM: a checkpoint is saved): run it again later
+  if rc == 0 or stopped:  # stopped from outside (SIGTERM: a checkpoint is saved): run it again later
     trial.set_user_attr("outcome", "interrupted")
     _tell(study, trial, state=optuna.trial.TrialState.FAIL)
     _retry_callback_class()(max_retry=None)(study, _frozen(study, trial.number))
@@ -371,6 +404,31 @@ def run_trial(study, trial, config: str, sweepdir: str, extra_args: list[str], o
   _tell(study, trial, state=optuna.trial.TrialState.FAIL)
   log.error("optuna: trial %d failed (exit code %s); see %s", trial.number, rc, os.path.join(workdir, "train.log"))
   return "FAIL"
+
+
+def run_trial(study, trial, config: str, sweepdir: str, extra_args: list[str], objective: str, env: dict[str, str],
+              train_script: str | None, poll_s: float, heartbeat_s: float, stop: _StopFlag,
+              die_with_parent: bool) -> str:
+  """Runs ``trial`` as a tfjax run in ``SWEEPDIR/trial_<n>`` (a re-queued trial first takes over the workdir of the
+  trial it retries, so the run resumes from its checkpoint), reporting evaluations, pruning, and telling the study
+  the outcome. Returns the trial's final state name (``COMPLETE``, ``PRUNED`` or ``FAIL``)."""
+  workdir = _trial_workdir(study, trial, sweepdir)
+  trial.set_user_attr("workdir", workdir)
+  trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+  settings = dict(trial.params)
+  t0 = time.time()
+  proc = None
+  if not sweep_lib.is_finished(workdir):  # else its run ended but the worker died before telling the study
+    cmd = sweep_lib.train_command(config, workdir, settings, extra_args, train_script)
+    log.info("optuna: trial %d: %s", trial.number, sweep_lib.run_name(settings))
+    proc, logf = sweep_lib.start_run(cmd, workdir, env, die_with_parent=die_with_parent)
+  reporter = _EvalReporter(trial, workdir, proc)
+  if proc is not None:
+    _wait_for_run(proc, reporter, study._storage, trial, poll_s, heartbeat_s, stop)  # pylint: disable=protected-access
+    logf.close()
+  reporter.follow()
+  rc = None if proc is None else proc.returncode
+  return _conclude(study, trial, workdir, objective, reporter, rc, stop.requested, t0)
 
 
 def run_worker(config: str, space: dict[str, Any], sweepdir: str, n_trials: int, study_name: str | None = None,
