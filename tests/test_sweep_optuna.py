@@ -180,7 +180,7 @@ def test_two_workers_share_a_study_prune_and_survive_a_killed_worker(tmp_path):
     # both workers hold a trial (their runs wait at the gate): then the runs go, side by side
     try:
       _wait(lambda: len({t.user_attrs["worker"] for t in running()}) == 2, 120, "both workers in a trial")
-    except AssertionError as e:  # say what the workers did (once seen in a full run, never alone)
+    except AssertionError as e:  # say what the workers did (seen when both took trial 0)
       for f in logs:
         f.flush()
       tails = "\n".join(f"--- {w}.log (exit {p.poll()}):\n" + (tmp_path / f"{w}.log").read_text()[-2000:]
