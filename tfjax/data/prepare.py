@@ -434,27 +434,17 @@ def _finished(out: pathlib.Path, fp: str) -> dict | None:
   return meta
 
 
-def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike, *, val_fraction: float = 0.005,
-            shard_tokens: int = DEFAULT_SHARD_TOKENS, text_field: str = "text", decode_errors: str = "strict",
-            force: bool = False, piece_bytes: int = PIECE_BYTES, batch_bytes: int = BATCH_BYTES,
-            log: Callable[[str], None] | None = None) -> dict[str, Any]:
-  """Tokenises ``sources`` into a shards directory ``out_dir`` and returns its ``meta.json`` (see the module
-  docstring). Returns the existing meta at once when ``out_dir`` already holds these inputs' shards (unless
-  ``force``)."""
-  log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+def _check_options(val_fraction: float, decode_errors: str, shard_tokens: int) -> None:
   if not 0.0 <= val_fraction < 1.0:
     raise PrepareError(f"--val_fraction must be in [0, 1), got {val_fraction}")
   if decode_errors not in ("strict", "replace"):
     raise PrepareError(f"--decode_errors must be strict or replace, got {decode_errors!r}")
   if shard_tokens <= 0:
     raise PrepareError(f"--shard_tokens must be positive, got {shard_tokens}")
-  paths = expand_sources(list(sources))
-  out = pathlib.Path(out_dir).expanduser().absolute()
-  fp = fingerprint(paths, tokenizer_spec, val_fraction, shard_tokens, text_field, decode_errors, piece_bytes)
-  if not force and (meta := _finished(out, fp)):
-    log(f"[prepare] {out} already holds these shards (same sources, tokenizer and options): nothing to do "
-        "(--force redoes it)")
-    return meta
+
+
+def _check_out_dir(out: pathlib.Path, force: bool) -> None:
+  """``out`` may be new, empty, unfinished, or (with ``force``) another set of shards: never anything else."""
   if (out / shards.META_FILE).is_file() and not force:
     raise PrepareError(f"{out} holds shards prepared from other sources, tokenizer or options; choose another --out "
                        "or pass --force to replace them")
@@ -462,24 +452,18 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
       p.name != ".partial" for p in out.iterdir()):
     raise PrepareError(f"{out} exists and is not a shards directory; choose an empty or new --out")
 
-  t0 = time.perf_counter()
-  srcs = [describe_source(p) for p in paths]
-  total = sum(s.size for s in srcs)
-  log(f"[prepare] {len(srcs)} sources, {total / 1e6:,.1f} MB of text -> {out} (tokenizer {tokenizer_spec})")
-  tok = make_tokenizer(tokenizer_spec, srcs, val_fraction, text_field, decode_errors)
-  vocab_size, eot_id = tok.vocab_size, tok.eos_id
-  dtype = shards.dtype_for_vocab(vocab_size)
 
-  partial = out / ".partial"
-  if partial.exists():
-    shutil.rmtree(partial)
-  partial.mkdir(parents=True)
+def _tokenise(srcs: list[Source], tok, partial: pathlib.Path, dtype: str, *, val_fraction: float,
+              shard_tokens: int, text_field: str, decode_errors: str, piece_bytes: int, batch_bytes: int,
+              total_bytes: int) -> dict[str, dict[str, Any]]:
+  """Streams the sources' pieces through ``tok`` into the shards of each split in ``partial``, the end-of-text id
+  after each document; returns the splits' ``meta.json`` entries."""
   writers = {s: shards.ShardWriter(partial, s, dtype, shard_tokens) for s in shards.SPLITS}
   docs = {s: 0 for s in shards.SPLITS}
   nbytes = {s: 0 for s in shards.SPLITS}
   encode = _encoder(tok)
-  prog = Progress(total, "tokenising")
-  eot = np.asarray([eot_id], np.int64)
+  prog = Progress(total_bytes, "tokenising")
+  eot = np.asarray([tok.eos_id], np.int64)
   batches = _prefetched(_batches(iter_pieces(srcs, val_fraction, text_field, piece_bytes, prog.add_bytes,
                                                   decode_errors), batch_bytes))
   for batch in batches:
@@ -492,10 +476,56 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
         docs[piece.split] += 1
       prog.add_tokens(ids.size + piece.last)
   prog.report(final=True)
+  return {s: {"tokens": w.tokens, "documents": docs[s], "bytes": nbytes[s], "shards": w.close()}
+          for s, w in writers.items()}
 
-  splits = {}
-  for s, w in writers.items():
-    splits[s] = {"tokens": w.tokens, "documents": docs[s], "bytes": nbytes[s], "shards": w.close()}
+
+def _commit(out: pathlib.Path, partial: pathlib.Path, meta: dict[str, Any]) -> None:
+  """Moves the finished files from ``partial`` into ``out``: the old ``meta.json`` goes first (the directory reads as
+  unfinished from then on), then the old files, then the new files, and the new ``meta.json`` last."""
+  (out / shards.META_FILE).unlink(missing_ok=True)
+  for old in list(out.glob("*.bin")) + [out / shards.TOKENIZER_FILE]:
+    old.unlink(missing_ok=True)
+  for f in partial.iterdir():
+    os.replace(f, out / f.name)
+  partial.rmdir()
+  tmp = out / (shards.META_FILE + ".tmp")
+  tmp.write_text(json.dumps(meta, indent=1) + "\n")
+  os.replace(tmp, out / shards.META_FILE)
+
+
+def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike, *, val_fraction: float = 0.005,
+            shard_tokens: int = DEFAULT_SHARD_TOKENS, text_field: str = "text", decode_errors: str = "strict",
+            force: bool = False, piece_bytes: int = PIECE_BYTES, batch_bytes: int = BATCH_BYTES,
+            log: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Tokenises ``sources`` into a shards directory ``out_dir`` and returns its ``meta.json`` (see the module
+  docstring). Returns the existing meta at once when ``out_dir`` already holds these inputs' shards (unless
+  ``force``)."""
+  log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+  _check_options(val_fraction, decode_errors, shard_tokens)
+  paths = expand_sources(list(sources))
+  out = pathlib.Path(out_dir).expanduser().absolute()
+  fp = fingerprint(paths, tokenizer_spec, val_fraction, shard_tokens, text_field, decode_errors, piece_bytes)
+  if not force and (meta := _finished(out, fp)):
+    log(f"[prepare] {out} already holds these shards (same sources, tokenizer and options): nothing to do "
+        "(--force redoes it)")
+    return meta
+  _check_out_dir(out, force)
+
+  t0 = time.perf_counter()
+  srcs = [describe_source(p) for p in paths]
+  total = sum(s.size for s in srcs)
+  log(f"[prepare] {len(srcs)} sources, {total / 1e6:,.1f} MB of text -> {out} (tokenizer {tokenizer_spec})")
+  tok = make_tokenizer(tokenizer_spec, srcs, val_fraction, text_field, decode_errors)
+  vocab_size, eot_id = tok.vocab_size, tok.eos_id
+  dtype = shards.dtype_for_vocab(vocab_size)
+  partial = out / ".partial"
+  if partial.exists():
+    shutil.rmtree(partial)
+  partial.mkdir(parents=True)
+  splits = _tokenise(srcs, tok, partial, dtype, val_fraction=val_fraction, shard_tokens=shard_tokens,
+                     text_field=text_field, decode_errors=decode_errors, piece_bytes=piece_bytes,
+                     batch_bytes=batch_bytes, total_bytes=total)
   tok.save(partial / shards.TOKENIZER_FILE)
   meta = {"format": shards.FORMAT, "version": shards.VERSION,
           "tokenizer": {"spec": tokenizer_spec, "file": shards.TOKENIZER_FILE,
@@ -507,16 +537,7 @@ def prepare(sources: list[str], tokenizer_spec: str, out_dir: str | os.PathLike,
                       "decode_errors": decode_errors,
                       "validation": "the last val_fraction of each source by bytes, cut at a line (text) or record "
                                     "(JSONL) boundary"}}
-  # commit: old meta.json first (the directory reads as unfinished from here), then the files, then meta.json
-  (out / shards.META_FILE).unlink(missing_ok=True)
-  for old in list(out.glob("*.bin")) + [out / shards.TOKENIZER_FILE]:
-    old.unlink(missing_ok=True)
-  for f in partial.iterdir():
-    os.replace(f, out / f.name)
-  partial.rmdir()
-  tmp = out / (shards.META_FILE + ".tmp")
-  tmp.write_text(json.dumps(meta, indent=1) + "\n")
-  os.replace(tmp, out / shards.META_FILE)
+  _commit(out, partial, meta)
   el = time.perf_counter() - t0
   n = sum(v["tokens"] for v in splits.values())
   log(f"[prepare] wrote {splits['train']['tokens']:,} train + {splits['val']['tokens']:,} val tokens "
