@@ -199,71 +199,38 @@ def plot_patterns(examples: list[dict[str, Any]], weights_by_run: dict[str, np.n
   return path
 
 
-def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
-                          steps: int | None = None, seed: int | None = None,
-                          base_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
-  """Trains the ladder and writes its table and pictures to ``out_dir`` (see the module docstring).
-
-  ``config_overrides``: ``{"train.num_steps": 300}`` or ``["train.num_steps=300", ...]`` on ``base_config``
-  (default: :func:`default_config`); ``steps`` / ``seed`` (``explain``'s ``--steps`` / ``--seed``) set
-  ``train.num_steps`` / ``seed`` after them. Returns ``{"rows": [...], "table": str, "summary": str (the table with
-  its header), "files": {...}, "config": {...}, "examples": [...]}``.
-  """
-  from tfjax.runs import plots
+def _train_rung(c: ml_collections.ConfigDict, name: str, rung: str, heads: int | None, workdir: str,
+                data) -> tuple[dict[str, Any], Any, Any]:
+  """One rung's run in ``workdir`` (reused when it finished with this config): ``(row, params, task)``."""
   from tfjax.train import loop  # pylint: disable=import-outside-toplevel
   from tfjax.train.restore import load_params  # pylint: disable=import-outside-toplevel
+  task = w2v_task.CentreWordTask(c, data)
+  row_path = os.path.join(workdir, "ladder_row.json")
+  row = None
+  if os.path.exists(row_path):
+    with open(row_path) as f:
+      saved = json.load(f)
+    if saved.get("config") == c.to_json():
+      row = saved["row"]
+      log.info("%s: reusing the finished run in %s", name, workdir)
+  if row is None:
+    t0 = time.perf_counter()
+    results = loop.train_and_evaluate(c, workdir, task)
+    wall = time.perf_counter() - t0
+    if "preempted_at" in results:
+      raise RuntimeError(f"{name} was stopped at step {results['preempted_at']}; relaunch to resume")
+  params, _ = load_params(workdir)
+  if row is None:
+    row = _row(name, rung, heads, results, wall, c.train.num_steps, c.train.batch_size, params)
+    with open(row_path, "w") as f:
+      json.dump({"config": c.to_json(), "row": row}, f, indent=2, default=float)
+  return row, params, task
 
-  config = apply_config_overrides(copy.deepcopy(base_config or default_config()), config_overrides)
-  if steps is not None:
-    config.train.num_steps = int(steps)
-  if seed is not None:
-    config.seed = int(seed)
-  runs = ladder_runs(config)
-  out_dir = os.path.abspath(out_dir)
-  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
-  data = w2v_task.load_centre_word_data(config)
-  examples = example_windows(config, data.vocab)
-  log.info("%s: %d corpus words, vocabulary %d, %d training and %d held-out centres; %d runs of %d steps",
-           NAME, data.corpus_words, len(data.vocab), len(data.train), len(data.heldout), len(runs),
-           config.train.num_steps)
 
-  rows, weights_by_run, titles, workdirs = [], {}, {}, []
-  for name, rung, heads in runs:
-    c = copy.deepcopy(config)
-    c.model.context = rung
-    if heads:
-      c.model.num_heads = heads
-    workdir = os.path.join(out_dir, "runs", name)
-    workdirs.append(workdir)
-    task = w2v_task.CentreWordTask(c, data)
-    row_path = os.path.join(workdir, "ladder_row.json")
-    row = None
-    if os.path.exists(row_path):
-      with open(row_path) as f:
-        saved = json.load(f)
-      if saved.get("config") == c.to_json():
-        row = saved["row"]
-        log.info("%s: reusing the finished run in %s", name, workdir)
-    if row is None:
-      t0 = time.perf_counter()
-      results = loop.train_and_evaluate(c, workdir, task)
-      wall = time.perf_counter() - t0
-      if "preempted_at" in results:
-        raise RuntimeError(f"{name} was stopped at step {results['preempted_at']}; relaunch to resume")
-    params, _ = load_params(workdir)
-    if row is None:
-      row = _row(name, rung, heads, results, wall, c.train.num_steps, c.train.batch_size, params)
-      with open(row_path, "w") as f:
-        json.dump({"config": c.to_json(), "row": row}, f, indent=2, default=float)
-    rows.append(row)
-    titles[name] = row["title"]
-    weights_by_run[name] = context_weights(task, params, examples)
-    if rung == cm.POSITION:
-      row["position_weights"] = np.asarray(
-          jax.nn.softmax(jnp.asarray(params["context"]["position_logits"]))).tolist()
-    log.info("%s: held-out loss %.4f, analogy %.2f%%, WordSim-353 %.3f, %.0f s", name, row["heldout_loss"],
-             100 * row["analogy_accuracy"], row["wordsim353"], row["train_wall_s"])
-
+def _write_outputs(out_dir: str, config: ml_collections.ConfigDict, data, rows: list[dict[str, Any]],
+                   workdirs: list[str], examples, weights_by_run: dict, titles: dict) -> dict[str, Any]:
+  """The loss curves, position weights and patterns pictures, ``NAME.md`` (the table) and ``NAME.json``."""
+  from tfjax.runs import plots
   files = {}
   files["loss"] = plots.plot_runs(workdirs, os.path.join(out_dir, f"{NAME}_loss.png"),
                                   title="centre-word loss of each rung (train, and held-out dashed)")
@@ -289,3 +256,47 @@ def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Se
   files["json"] = os.path.join(out_dir, f"{NAME}.json")
   log.info("%s: wrote %s\n%s", NAME, ", ".join(files.values()), table)
   return result
+
+
+def run_cbow_to_attention(out_dir: str, config_overrides: Mapping[str, Any] | Sequence[str] | None = None, *,
+                          steps: int | None = None, seed: int | None = None,
+                          base_config: ml_collections.ConfigDict | None = None) -> dict[str, Any]:
+  """Trains the ladder and writes its table and pictures to ``out_dir`` (see the module docstring).
+
+  ``config_overrides``: ``{"train.num_steps": 300}`` or ``["train.num_steps=300", ...]`` on ``base_config``
+  (default: :func:`default_config`); ``steps`` / ``seed`` (``explain``'s ``--steps`` / ``--seed``) set
+  ``train.num_steps`` / ``seed`` after them. Returns ``{"rows": [...], "table": str, "summary": str (the table with
+  its header), "files": {...}, "config": {...}, "examples": [...]}``.
+  """
+  config = apply_config_overrides(copy.deepcopy(base_config or default_config()), config_overrides)
+  if steps is not None:
+    config.train.num_steps = int(steps)
+  if seed is not None:
+    config.seed = int(seed)
+  runs = ladder_runs(config)
+  out_dir = os.path.abspath(out_dir)
+  os.makedirs(os.path.join(out_dir, "runs"), exist_ok=True)
+  data = w2v_task.load_centre_word_data(config)
+  examples = example_windows(config, data.vocab)
+  log.info("%s: %d corpus words, vocabulary %d, %d training and %d held-out centres; %d runs of %d steps",
+           NAME, data.corpus_words, len(data.vocab), len(data.train), len(data.heldout), len(runs),
+           config.train.num_steps)
+
+  rows, weights_by_run, titles, workdirs = [], {}, {}, []
+  for name, rung, heads in runs:
+    c = copy.deepcopy(config)
+    c.model.context = rung
+    if heads:
+      c.model.num_heads = heads
+    workdir = os.path.join(out_dir, "runs", name)
+    workdirs.append(workdir)
+    row, params, task = _train_rung(c, name, rung, heads, workdir, data)
+    rows.append(row)
+    titles[name] = row["title"]
+    weights_by_run[name] = context_weights(task, params, examples)
+    if rung == cm.POSITION:
+      row["position_weights"] = np.asarray(
+          jax.nn.softmax(jnp.asarray(params["context"]["position_logits"]))).tolist()
+    log.info("%s: held-out loss %.4f, analogy %.2f%%, WordSim-353 %.3f, %.0f s", name, row["heldout_loss"],
+             100 * row["analogy_accuracy"], row["wordsim353"], row["train_wall_s"])
+  return _write_outputs(out_dir, config, data, rows, workdirs, examples, weights_by_run, titles)
