@@ -15,6 +15,8 @@ builds it (bfloat16 compute, float32 parameters):
   float32 logits cost;
 - ``grad_xla_attention``: the same with ``attention_impl="xla"`` instead of ``"auto"`` (cuDNN's fused kernel on GPUs);
 - ``grad_no_accuracy``: the loss alone, without the accuracy's argmax over the logits;
+- ``grad_micro_x2``: ``grad`` on twice the micro-batch (``2 micro`` x 1,024 tokens), per ``micro`` rows: whether
+  half as many, larger micro-batches (the same ~0.5M-token step) fill the GPU better;
 - ``train_step``: the whole optimizer step, ``accum`` micro-batches in a ``lax.scan`` plus AdamW, per micro-batch.
 
 Then a ``jax.profiler`` trace of a few ``grad`` calls, summed per kernel from its Perfetto JSON: the top kernels and
@@ -165,6 +167,7 @@ def main(argv=None):
                                (params, micro), 1),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
+      "grad_micro_x2": (grad_fn(task), (params, {k: jnp.concatenate([v, v[::-1]]) for k, v in micro.items()}), 2),
   }
   tx, schedule = make_optimizer(config.optimizer, 1000)
   state = jax.jit(lambda: init_state(task, tx, 0))()
