@@ -23,6 +23,7 @@ feature ``i``'s direction in the hidden space is the column ``W[:, i]`` (written
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -550,6 +551,27 @@ def _summary_table(sparsities, reports: dict, timings: dict, near: dict, pack: d
   return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _timed(name: str, timings: dict, cpu_times: dict):
+  """Records the block's wall seconds in ``timings[name]`` and this process's CPU seconds in ``cpu_times[name]``."""
+  t, cpu = time.perf_counter(), time.process_time()
+  yield
+  timings[name] = time.perf_counter() - t
+  cpu_times[name] = time.process_time() - cpu
+
+
+def _paper_toy_models(key, sparsities, train_kwargs) -> tuple[dict, dict]:
+  """The linear and the ReLU toy model at every sparsity (one training of all instances): ``(results, reports)``,
+  each keyed ``"linear"`` / ``"ReLU"``."""
+  both = train_toy_models(key, sparsities * 2, relu=[False] * len(sparsities) + [True] * len(sparsities),
+                          **train_kwargs)
+  results, reports = {}, {}
+  for name, part in (("linear", slice(0, len(sparsities))), ("ReLU", slice(len(sparsities), None))):
+    results[name] = {"W": both["W"][part], "b": both["b"][part], "losses": both["losses"][:, part]}
+    reports[name] = toy_model_report(results[name])
+  return results, reports
+
+
 def run_superposition(out_dir: str, *, steps: int = 10_000, seed: int = 0, quick: bool = False) -> dict:
   """Everything of ``explain superposition``: near-orthogonality and packing numbers, and the linear and ReLU toy
   models (n = 20, m = 5, importance 0.7^i, :data:`PAPER_SPARSITIES`, AdamW lr 1e-3, weight decay 0.01, batch 1024,
@@ -572,37 +594,23 @@ def run_superposition(out_dir: str, *, steps: int = 10_000, seed: int = 0, quick
   near_key, pack_key, toy_key = jax.random.split(key, 3)
   timings, cpu_times = {}, {}  # wall seconds, and CPU seconds of this process (all threads)
 
-  t = time.perf_counter()
-  cpu = time.process_time()
-  if quick:
-    near = near_orthogonality(near_key, (2, 16, 128), num_vectors=100)
-  else:
-    near = near_orthogonality(near_key, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), num_vectors=1000)
-  timings["near_orthogonality"] = time.perf_counter() - t
-  cpu_times["near_orthogonality"] = time.process_time() - cpu
-
-  t, cpu = time.perf_counter(), time.process_time()
-  if quick:
-    pack = packing_numbers(pack_key, (4, 8), 10.0, random_dims=(2, 16), random_trials=2, growth=1.5,
-                           max_steps=100, max_vectors=64)
-  else:
-    pack = packing_numbers(pack_key, (2, 4, 8, 16, 32, 64), 10.0,
-                           random_dims=(2, 4, 8, 16, 32, 64, 128, 256, 512), random_trials=5, growth=1.25,
-                           max_steps=300, max_vectors=2048)
-  timings["packing"] = time.perf_counter() - t
-  cpu_times["packing"] = time.process_time() - cpu
-
+  with _timed("near_orthogonality", timings, cpu_times):
+    if quick:
+      near = near_orthogonality(near_key, (2, 16, 128), num_vectors=100)
+    else:
+      near = near_orthogonality(near_key, (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), num_vectors=1000)
+  with _timed("packing", timings, cpu_times):
+    if quick:
+      pack = packing_numbers(pack_key, (4, 8), 10.0, random_dims=(2, 16), random_trials=2, growth=1.5,
+                             max_steps=100, max_vectors=64)
+    else:
+      pack = packing_numbers(pack_key, (2, 4, 8, 16, 32, 64), 10.0,
+                             random_dims=(2, 4, 8, 16, 32, 64, 128, 256, 512), random_trials=5, growth=1.25,
+                             max_steps=300, max_vectors=2048)
   sparsities = PAPER_SPARSITIES
   train_kwargs = dict(steps=min(steps, 100), batch_size=128) if quick else dict(steps=steps, batch_size=1024)
-  t, cpu = time.perf_counter(), time.process_time()  # linear and ReLU at every sparsity: 14 instances, one training
-  both = train_toy_models(toy_key, sparsities * 2, relu=[False] * len(sparsities) + [True] * len(sparsities),
-                          **train_kwargs)
-  timings["toy_models"] = time.perf_counter() - t
-  cpu_times["toy_models"] = time.process_time() - cpu
-  results, reports = {}, {}
-  for name, part in (("linear", slice(0, len(sparsities))), ("ReLU", slice(len(sparsities), None))):
-    results[name] = {"W": both["W"][part], "b": both["b"][part], "losses": both["losses"][:, part]}
-    reports[name] = toy_model_report(results[name])
+  with _timed("toy_models", timings, cpu_times):  # linear and ReLU at every sparsity: 14 instances, one training
+    results, reports = _paper_toy_models(toy_key, sparsities, train_kwargs)
 
   files = {
       "angles": plots.plot_angles(near, os.path.join(out_dir, "superposition_angles.png")),
