@@ -209,7 +209,7 @@ def run_sweep(config: str, settings: list[dict[str, Any]], sweepdir: str, parall
   for r in runs:
     if is_finished(r["workdir"]):
       log.info("sweep: %s finished already (results.json), skipped", r["name"])
-  active: list[tuple[dict, subprocess.Popen, Any, float]] = []
+  active: list[tuple[dict, subprocess.Popen, Any, float, list[str] | None]] = []  # run, process, log, start, GPUs
   failed = []
   try:
     while todo or active:
