@@ -79,6 +79,15 @@ def main(argv=None) -> int:
     p.error("--submit needs --slurm")
   if args.range and not (args.random or args.optuna):
     p.error("--range needs --random=N (or --optuna)")
+  if args.train_script is None:  # another entry point may take other keys
+    try:
+      axes = [sweep.parse_axis(a) for a in args.sweep]
+      ranges = [sweep.parse_range(r) for r in args.range]
+      sweep.check_overrides(args.config, [a[len("--config."):] for a in extra] +
+                            [f"{k}={v}" for k, values in axes for v in values] +
+                            [f"{k}={int(lo) if scale == 'int' else lo}" for k, lo, _, scale in ranges])
+    except sweep.SweepError as e:
+      p.error(str(e))
   name = os.path.splitext(os.path.basename(args.config))[0]
   sweepdir = os.path.abspath(args.sweepdir or os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", f"sweep_{name}"))

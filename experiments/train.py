@@ -19,6 +19,22 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl a
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def parse_flags(argv):
+  """absl's flag parsing, with an override of a config key that does not exist reported in one line (ml_collections
+  raises a bare KeyError/AttributeError there, outside absl's own error handling)."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(message))
+      e = e.args[0]
+    detail = " ".join(str(e.args[0] if e.args else e).split())
+    missing = detail.split()[0].strip("'") if detail else ""
+    flag = next((a for a in argv[1:] if a.startswith("--config.") and missing in a.partition("=")[0].split(".")),
+                "a --config.KEY=VALUE flag")
+    sys.stderr.write(f"error: {flag}: the config has no key {detail}\n")
+    sys.exit(2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -30,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

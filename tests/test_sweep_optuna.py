@@ -102,7 +102,12 @@ def test_cli_refuses_inconsistent_flags(capsys):
                     (["--trials=3", "--sweep", "optimizer.lr=1e-3"], "are for --optuna"),
                     (["--submit", "--sweep", "optimizer.lr=1e-3"], "--submit needs --slurm"),
                     (["--slurm", "--parallel=2", "--sweep", "optimizer.lr=1e-3"], "--slurm_args"),
-                    (["--optuna", "--trials=2", "--range", "optimizer.lr=1e-4:1e-3", "--pruner=foo"], "--pruner")):
+                    (["--optuna", "--trials=2", "--range", "optimizer.lr=1e-4:1e-3", "--pruner=foo"], "--pruner"),
+                    # a key the config lacks, or a value it cannot take: refused before any run starts
+                    (["--sweep", "model.num_layerz=1,2"], "'model.num_layerz=1'"),
+                    (["--sweep", "optimizer.lr=1e-3", "--config.train.nosuch=1"], "'train.nosuch=1'"),
+                    (["--random=2", "--range", "model.num_layers=1:3"], "cannot be casted"),
+                    (["--optuna", "--trials=2", "--range", "model.num_layerz=1:3:int"], "'model.num_layerz=1'")):
     with pytest.raises(SystemExit):
       cli.main([CONFIG, *argv])
     assert msg in capsys.readouterr().err

@@ -197,11 +197,14 @@ def _run_train(*args, env_extra=None):
                         text=True, env=env, cwd=ROOT, timeout=300)
 
 
-def test_unknown_config_key_is_rejected(tmp_path):
-  out = _run_train("--config=experiments/configs/gpt_shakespeare_tiny.py", f"--workdir={tmp_path}",
-                   "--config.model.num_layerz=3")
-  assert out.returncode != 0
-  assert "num_layerz" in out.stderr + out.stdout
+def test_unknown_config_key_is_rejected_in_one_line_naming_the_flag(tmp_path):
+  for flag, said in (("--config.model.num_layerz=3", 'Did you mean "num_layers"'),
+                     ("--config.nosuch.x=1", "no key 'nosuch'")):
+    out = _run_train("--config=experiments/configs/gpt_shakespeare_tiny.py", f"--workdir={tmp_path}",
+                     "--config.train.num_steps=2", flag)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {flag}: the config has no key") and said in out.stderr
+    assert not os.path.exists(tmp_path / "config.json")  # nothing started
 
 
 def test_apply_overrides_sets_nested_keys_and_names_bad_ones():

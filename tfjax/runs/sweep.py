@@ -10,7 +10,9 @@ train entry point resumes by itself). Learning rate and weight decay are optimiz
 
 from __future__ import annotations
 
+import copy
 import csv
+import importlib.util
 import itertools
 import json
 import logging
@@ -24,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tfjax.config import parse_value
+from tfjax.config import ConfigError, apply_overrides, parse_value
 from tfjax.train.metrics import read_metrics
 
 log = logging.getLogger("tfjax")
@@ -130,6 +132,24 @@ def default_train_script() -> str:
   """``experiments/train.py`` of this checkout: the entry point every sweep run is launched with."""
   return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "experiments",
                       "train.py")
+
+
+def check_overrides(config_path: str, overrides: list[str]) -> None:
+  """Raises :class:`SweepError` naming the first ``KEY=VALUE`` of ``overrides`` that the config file's
+  ``get_config()`` does not take (an unknown key, or a value of the wrong type): caught before any run starts,
+  rather than once per run in its ``train.log``."""
+  path, _, arg = config_path.partition(":")
+  spec = importlib.util.spec_from_file_location("_tfjax_sweep_config", path)
+  if spec is None or not os.path.isfile(path):
+    raise SweepError(f"config file {path!r} does not exist")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for item in overrides:
+    try:
+      apply_overrides(copy.deepcopy(config), [item])
+    except ConfigError as e:
+      raise SweepError(f"{e} (in {os.path.basename(path)})") from None
 
 
 def train_command(config: str, workdir: str, settings: dict[str, Any], extra_args: list[str] = (),
