@@ -231,3 +231,17 @@ def test_bench_ab_times_paired_variants(tmp_path):
   assert [r["variant"] for r in rows] == ["base", "relu"]
   assert rows[0]["speedup_median"] == 1.0 and rows[1]["overrides"][-1] == "model.activation=relu"
   assert all(r["tokens_per_s"] > 0 and r["rounds"] == 1 for r in rows)
+
+
+def test_plot_cli_draws_runs_and_refuses_what_it_cannot_draw(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+      {"step": 1, "loss": 4.0}, {"step": 2, "loss": 3.0}, {"step": 2, "eval_loss": 3.5})))
+  plot = [sys.executable, str(ROOT / "experiments" / "plot.py")]
+  ok = subprocess.run([*plot, str(run), f"--out={tmp_path / 'a.png'}"], capture_output=True, text=True, cwd=tmp_path)
+  assert ok.returncode == 0 and (tmp_path / "a.png").stat().st_size > 5000, ok.stderr[-2000:]
+  for args, said in (([str(tmp_path / "none")], "has no metrics.jsonl"), ([str(run), "--metric=bleu"], "no 'bleu'")):
+    bad = subprocess.run([*plot, *args, f"--out={tmp_path / 'b.png'}"], capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 1 and said in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b.png").exists()
