@@ -118,6 +118,11 @@ def test_launch_average_cli_and_sample_from_the_averaged_gpt(tmp_path):
   out = subprocess.run([str(ROOT / "launch.sh"), "sample", str(wd / "averaged"), "--num_tokens=5"],
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and "step 20" in out.stderr, out.stderr[-2000:]
+  for flag, said in (("--temperature=-1", "non-negative"), ("--top_p=0", "--top_p must be in (0, 1]"),
+                     ("--prompt=\u20ac", "not in the tokenizer's alphabet")):  # bad input: one line, no traceback
+    out = subprocess.run([str(ROOT / "launch.sh"), "sample", str(wd / "averaged"), "--num_tokens=5", flag],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and said in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
   out = subprocess.run([str(ROOT / "launch.sh"), "average", str(wd), "--last=5"], capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 1 and "only 2 are kept" in out.stderr
