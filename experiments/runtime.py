@@ -139,12 +139,15 @@ def run(config, workdir: str):
   """Trains and evaluates ``config`` in ``workdir``; returns the results dict."""
   from tfjax import config as config_lib
   log = logging.getLogger("tfjax")
+  from tfjax.train.checkpoint import CheckpointError
+  from tfjax.train.loop import check_workdir_task
   try:
+    check_workdir_task(config, os.path.abspath(workdir))  # before the task reads the workdir's tokenizer.json
     if config.task == "word2vec":
       from tfjax.tasks import word2vec
       return word2vec.train_and_evaluate(config, workdir)
     from tfjax.train.loop import train_and_evaluate
     return train_and_evaluate(config, workdir, make_task(config, workdir))
-  except (config_lib.ConfigError, FileNotFoundError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, CheckpointError) as e:
     log.error("error: %s", e)
     return None

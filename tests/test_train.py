@@ -245,3 +245,23 @@ def test_plot_cli_draws_runs_and_refuses_what_it_cannot_draw(tmp_path):
     bad = subprocess.run([*plot, *args, f"--out={tmp_path / 'b.png'}"], capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 1 and said in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "b.png").exists()
+
+
+def test_a_relaunch_that_cannot_resume_leaves_the_runs_record_as_it_was(tmp_path, caplog):
+  """A config whose model does not fit the checkpoint, or a config of another task, is refused with a message, and
+  config.json / tokenizer.json stay those of the run in the workdir."""
+  from experiments import runtime
+  from experiments.configs import translate_multi30k_tiny
+  c = tiny_lm_config()
+  c.train.update(num_steps=2, eval_every=0, tensorboard=False)
+  wd = tmp_path / "gpt"
+  assert runtime.run(c, str(wd)) is not None
+  record = {n: (wd / n).read_bytes() for n in ("config.json", "tokenizer.json", "run_info.json")}
+  bigger = tiny_lm_config()
+  bigger.train.update(num_steps=4, eval_every=0, tensorboard=False)
+  bigger.model.num_layers = c.model.num_layers + 1
+  for other, said in ((bigger, "does not fit this model"), (translate_multi30k_tiny.get_config(), "holds a 'lm' run")):
+    caplog.clear()
+    assert runtime.run(other, str(wd)) is None
+    assert said in caplog.text
+    assert {n: (wd / n).read_bytes() for n in record} == record

@@ -14,6 +14,7 @@ from tfjax.tasks import word2vec_eval as ev
 from tfjax.data import word2vec_data as wd
 from tfjax.models import word2vec as w2v
 from tfjax.tasks import word2vec as task
+from tfjax.train import checkpoint as ckpt
 
 PAIRS = [("king", "queen"), ("man", "woman"), ("prince", "princess"), ("boy", "girl"), ("uncle", "aunt"),
          ("father", "mother")]
@@ -442,6 +443,13 @@ def test_resume_from_an_epoch_checkpoint_and_rereport(synthetic, tmp_path):
   assert steps == sorted(set(steps))  # no step logged twice
   again = task.train_and_evaluate(config, str(workdir))  # finished: re-reports without training
   assert again["analogy"] == resumed["analogy"]
+  record = (workdir / "config.json").read_bytes()
+  for key, value, said in (("model.dim", 32, "does not fit"), ("data.window", 3, "different corpus/config")):
+    other = _config([str(corpus_path)], "cbow", epochs=3)
+    other.update_from_flattened_dict({key: value})
+    with pytest.raises(ckpt.CheckpointError, match=said):
+      task.train_and_evaluate(other, str(workdir))
+    assert (workdir / "config.json").read_bytes() == record  # the refused config did not overwrite the run's record
 
 
 def _pairs_file(tmp_path):
@@ -459,6 +467,7 @@ sys.path.insert(0, {tests!r})
 import test_word2vec as t
 from tfjax.tasks import word2vec_eval as ev
 from tfjax.tasks import word2vec as task
+from tfjax.train import checkpoint as ckpt
 assert jax.local_device_count() == 2, jax.local_devices()
 config = t._config([{corpus!r}])
 wv1, stats = task.train(config)

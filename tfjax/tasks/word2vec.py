@@ -433,7 +433,8 @@ def _train_epoch(call, w_in, w_out, data: EpochData, lrs: np.ndarray, batch_shar
 
 def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus: Corpus | None = None
           ) -> tuple[ev.WordVectors, dict]:
-  """Trains word vectors; with ``workdir``, logs metrics and checkpoints/resumes at epoch ends.
+  """Trains word vectors; with ``workdir``, writes ``config.json`` (once a checkpoint there fits), logs metrics and
+  checkpoints/resumes at epoch ends.
 
   Returns ``(vectors, stats)``; ``stats`` has ``words`` (effective words trained), ``train_s`` (seconds spent in
   training calls, compile excluded), ``compile_s``, ``words_per_s``, ``final_loss``.
@@ -455,6 +456,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None = None, corpus:
   fingerprint = _config_fingerprint(config, corpus)
   if workdir is not None:
     manager, start_epoch, writer, step, tables = _restore(workdir, fingerprint, tables, epochs)
+    with open(os.path.join(workdir, "config.json"), "w") as f:  # once the checkpoint (if any) fits this config
+      json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
 
   stats = {"words": 0, "train_s": 0.0, "train_cpu_s": 0.0, "compile_s": 0.0, "final_loss": None, "devices": n_dev,
            "vocab_size": len(vocab), "corpus_words": corpus.raw_words, "retained_words": vocab.total}
@@ -523,8 +526,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   results_path = os.path.join(workdir, "results.json")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(config.to_dict(), f, indent=2, sort_keys=True, default=str)
   corpus = load_corpus(config)
   log.info("corpus: %d words, vocabulary %d (min_count %d), %d in-vocabulary tokens", corpus.raw_words,
            len(corpus.vocab), config.data.min_count, corpus.vocab.total)

@@ -1,9 +1,11 @@
 """``train_and_evaluate(config, workdir, task)``: the training loop shared by every model family, told in stages.
 
-1. :func:`start_run`: check the config, record it (``config.json``, ``run_info.json``), pick the devices' layout and
-   the optimizer.
+1. :func:`start_run`: check the config (and that the workdir holds no run of another task), pick the devices'
+   layout and the optimizer.
 2. :func:`create_or_restore_state`: abstract shapes → shardings from logical axes → jitted init with
-   ``out_shardings``, or the latest restorable checkpoint in ``workdir`` (:class:`Checkpoints`).
+   ``out_shardings``, or the latest restorable checkpoint in ``workdir`` (:class:`Checkpoints`); then
+   :func:`record_run` writes ``config.json`` and ``run_info.json`` (a config that does not fit the checkpoint
+   fails before it overwrites them).
 3. :func:`make_steps`, :func:`compile_ahead`: the jitted (or pmapped) train step with the state donated, the eval
    step, and the compiled step's memory.
 4. :func:`run_steps`: the step loop. A :class:`~tfjax.train.logger.MetricsLogger` reads each step's metrics one step
@@ -140,15 +142,14 @@ class Checkpoints:
 
 # -- 1. the run --------------------------------------------------------------------------------------------------------
 def start_run(config: Any, workdir: str, timer: PhaseTimer) -> Run:
-  """Checks the config, writes ``config.json`` and ``run_info.json``, and picks the device layout and optimizer."""
+  """Checks the config (and that ``workdir`` holds no run of another task), and picks the device layout and
+  optimizer. ``config.json`` is written by :func:`record_run`, once the state is restored or created."""
   config_lib.validate_train_config(config)
   t = config.train
   workdir = os.path.abspath(workdir)
+  check_workdir_task(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   info = run_info() if jax.process_index() == 0 else {}
-  if jax.process_index() == 0:
-    write_json(os.path.join(workdir, "config.json"), config.to_dict())
-    write_json(os.path.join(workdir, "run_info.json"), info)
   mode = parallel.resolve_mode(t.parallel)
   parallel.check_batch_divisible(t.batch_size, mode)
   mesh = parallel.make_mesh(mode if mode != "pmap" else "dp")
@@ -157,6 +158,27 @@ def start_run(config: Any, workdir: str, timer: PhaseTimer) -> Run:
   if t.skip_nonfinite:
     log.info("skip_nonfinite: steps with a non-finite loss or gradient are skipped and counted")
   return Run(config, workdir, timer, info, mode, mesh, tx, schedule)
+
+
+def check_workdir_task(config: Any, workdir: str) -> None:
+  """Raises ConfigError when ``workdir`` already holds a run of another task (its ``config.json``): nothing of it
+  is read or overwritten."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    task = json.load(f).get("task")
+  if task != config.get("task"):
+    raise config_lib.ConfigError(f"{workdir} holds a {task!r} run; a {config.get('task')!r} config cannot resume "
+                                 "it: use a new --workdir")
+
+
+def record_run(run: Run) -> None:
+  """Writes ``config.json`` and ``run_info.json`` (process 0): after the state was restored or created, so that a
+  relaunch whose config does not fit the checkpoint (a CheckpointError) leaves the workdir's record as it was."""
+  if jax.process_index() == 0:
+    write_json(os.path.join(run.workdir, "config.json"), run.config.to_dict())
+    write_json(os.path.join(run.workdir, "run_info.json"), run.info)
 
 
 # -- 2. the state ------------------------------------------------------------------------------------------------------
@@ -434,6 +456,7 @@ def train_and_evaluate(config: Any, workdir: str, task: Task) -> dict[str, Any]:
   run = start_run(config, workdir, timer)
   checkpoints = Checkpoints(run)
   state, start_step, param_sh, state_sh = create_or_restore_state(run, task, checkpoints)
+  record_run(run)
   state, steps = make_steps(run, task, state, param_sh, state_sh)
   timer.add("setup", time.perf_counter() - entered)
   with timer("compile"):
