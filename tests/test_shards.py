@@ -130,6 +130,9 @@ def test_prepare_is_idempotent_and_protects_other_outputs(tmp_path):
   (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
   with pytest.raises(prep.PrepareError, match=r"latin1.txt: not UTF-8 at byte 3.*--decode_errors=replace"):
     prep.prepare([str(tmp_path / "latin1.txt")], "char", tmp_path / "o4", log=lambda m: None)
+  with pytest.raises(prep.PrepareError, match="is a file, not a directory"):
+    prep.prepare(*args, tmp_path / "latin1.txt", **kw)
+  assert (tmp_path / "latin1.txt").read_bytes() == "caf\xe9\n".encode("latin-1")
 
 
 def _char_shards(tmp_path, text, shard_tokens=1000, val_fraction=0.1):

@@ -445,6 +445,8 @@ def _check_options(val_fraction: float, decode_errors: str, shard_tokens: int) -
 
 def _check_out_dir(out: pathlib.Path, force: bool) -> None:
   """``out`` may be new, empty, unfinished, or (with ``force``) another set of shards: never anything else."""
+  if out.exists() and not out.is_dir():
+    raise PrepareError(f"--out={out} is a file, not a directory; choose an empty or new --out")
   if (out / shards.META_FILE).is_file() and not force:
     raise PrepareError(f"{out} holds shards prepared from other sources, tokenizer or options; choose another --out "
                        "or pass --force to replace them")
