@@ -303,6 +303,28 @@ def test_logit_lens_command_last_layer_is_the_model(tmp_path):
   assert len(result["layers"]) == 3 and (tmp_path / "logit_lens.png").exists()
 
 
+def test_logit_lens_kl_in_row_chunks_equals_one_call():
+  """A validation batch is split into rows whose lens fits the budget (a translator's 512-row batch made a lens of
+  many GB and was killed for memory); the summed KL is that of one call."""
+  from tfjax.explain import logit_lens_command as lens_lib
+  from tfjax.explain import data as data_lib
+  subject = tiny_gpt_subject()
+  ids = np.random.default_rng(0).integers(0, 9, (7, 13))
+  batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
+  per_row = 3 * 12 * subject.tokenizer.vocab_size * 4  # [L + 1, 1, T, V] float32
+  chunks = list(lens_lib._row_chunks(subject.model, "gpt", subject.params, batch, budget=2 * per_row))
+  assert [len(c["inputs"]) for c in chunks] == [2, 2, 2, 1]
+  assert len(list(lens_lib._row_chunks(subject.model, "gpt", subject.params, batch))) == 1
+
+  def kl(b):
+    s, n = lens_lib._mean_kl(subject.model, "gpt", subject.params, jax.tree.map(jnp.asarray, b),
+                             jnp.asarray(data_lib.token_weights("gpt", b)))
+    return np.asarray(s), float(n)
+  whole, parts = kl(batch), [kl(c) for c in chunks]
+  np.testing.assert_allclose(sum(p[0] for p in parts), whole[0], rtol=1e-4, atol=1e-6)  # float32 sums
+  assert sum(p[1] for p in parts) == whole[1] == 7 * 12
+
+
 def test_embeddings_on_word2vec_vectors(tmp_path):
   vec = tmp_path / "vectors.txt"
   rng = np.random.default_rng(0)

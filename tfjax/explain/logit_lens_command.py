@@ -36,6 +36,20 @@ def _mean_kl(model, kind, params, batch, weights):
   return jnp.sum(kl * weights, axis=(1, 2)), jnp.sum(weights)
 
 
+LENS_BYTES = 256 << 20  # the lens of one validation call, [L + 1, rows, T, V] float32, stays under this
+
+
+def _row_chunks(model, kind, params, batch: dict, budget: int = LENS_BYTES):
+  """``batch`` in chunks of rows whose lens fits ``budget`` bytes: a translator's validation batch of 512 rows would
+  otherwise make a ``[L + 1, 512, T, V]`` lens (and its softmaxes) of many GB."""
+  rows = len(next(iter(batch.values())))
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), batch)
+  per_row = np.prod(jax.eval_shape(functools.partial(_lens, model, kind), params, one).shape) * 4
+  step = int(max(1, min(rows, budget // per_row)))
+  for i in range(0, rows, step):
+    yield {k: v[i:i + step] for k, v in batch.items()}
+
+
 def run(subject, out_dir: str, *, text: str | None = None, target: str | None = None, max_batches: int = 4,
         top_k: int = 3) -> dict:
   """Writes ``logit_lens.png`` (layers x positions: the top guess and its probability), ``logit_lens_kl.png`` (mean
@@ -69,11 +83,12 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
 
   kl_sum, count = None, 0.0
   # a workdir: its validation text; a Hugging Face directory (no task): the text itself
-  for b in data_lib.eval_batches(subject, max_batches, None if subject.config is not None else text):
-    weights = data_lib.token_weights(kind, b)
-    s, n = _mean_kl(model, kind, params, jax.tree.map(jnp.asarray, b), jnp.asarray(weights))
-    kl_sum = np.asarray(s) if kl_sum is None else kl_sum + np.asarray(s)
-    count += float(n)
+  for batch in data_lib.eval_batches(subject, max_batches, None if subject.config is not None else text):
+    for b in _row_chunks(model, kind, params, batch):
+      weights = data_lib.token_weights(kind, b)
+      s, n = _mean_kl(model, kind, params, jax.tree.map(jnp.asarray, b), jnp.asarray(weights))
+      kl_sum = np.asarray(s) if kl_sum is None else kl_sum + np.asarray(s)
+      count += float(n)
   mean_kl = kl_sum / max(count, 1.0)
   pictures.curves(list(range(len(rows))), {"KL(final || layer)": mean_kl}, os.path.join(out_dir, "logit_lens_kl.png"),
                   xlabel="residual stream after (0 = embedding, l = layer l - 1)", ylabel="nats",
