@@ -139,8 +139,14 @@ def run(config, workdir: str):
   """Trains and evaluates ``config`` in ``workdir``; returns the results dict."""
   from tfjax import config as config_lib
   log = logging.getLogger("tfjax")
+  from tfjax.data.shards import ShardError
+  from tfjax.hf.common import HFCheckpointError
+  from tfjax.tasks.lm import InitFromError
   from tfjax.train.checkpoint import CheckpointError
   from tfjax.train.loop import check_workdir_task
+  # bad input a user can act on (flags, files, checkpoints): one line that says what and where, no traceback
+  user_errors = (config_lib.ConfigError, FileNotFoundError, CheckpointError, ShardError, InitFromError,
+                 HFCheckpointError)
   try:
     check_workdir_task(config, os.path.abspath(workdir))  # before the task reads the workdir's tokenizer.json
     if config.task == "word2vec":
@@ -148,6 +154,6 @@ def run(config, workdir: str):
       return word2vec.train_and_evaluate(config, workdir)
     from tfjax.train.loop import train_and_evaluate
     return train_and_evaluate(config, workdir, make_task(config, workdir))
-  except (config_lib.ConfigError, FileNotFoundError, CheckpointError) as e:
+  except user_errors as e:
     log.error("error: %s", e)
     return None

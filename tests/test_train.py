@@ -192,7 +192,7 @@ def test_invalid_config_values_name_the_key(tmp_path):
 
 
 def _run_train(*args, env_extra=None):
-  env = dict(os.environ, TFJAX_CPU_DEVICES="1", **(env_extra or {}))
+  env = {**os.environ, "TFJAX_CPU_DEVICES": "1", **(env_extra or {})}
   return subprocess.run([sys.executable, str(ROOT / "experiments" / "train.py"), *args], capture_output=True,
                         text=True, env=env, cwd=ROOT, timeout=300)
 
@@ -203,7 +203,8 @@ def test_unknown_config_key_is_rejected_in_one_line_naming_the_flag(tmp_path):
     out = _run_train("--config=experiments/configs/gpt_shakespeare_tiny.py", f"--workdir={tmp_path}",
                      "--config.train.num_steps=2", flag)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {flag}: the config has no key") and said in out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith(f"error: {flag}: the config has no key")
+    assert said in out.stderr
     assert not os.path.exists(tmp_path / "config.json")  # nothing started
 
 
@@ -265,3 +266,15 @@ def test_a_relaunch_that_cannot_resume_leaves_the_runs_record_as_it_was(tmp_path
     assert runtime.run(other, str(wd)) is None
     assert said in caplog.text
     assert {n: (wd / n).read_bytes() for n in record} == record
+
+
+def test_bad_data_init_and_batch_flags_are_one_line_errors(tmp_path):
+  for flag, said in (("--config.data.dataset=shards:/nonexistent", "meta.json does not exist"),
+                     ("--config.init_from=/nonexistent", "neither a Hugging Face GPT-2 directory"),
+                     ("--config.train.batch_size=3", "does not divide across 2 devices")):
+    out = _run_train("--config=experiments/configs/gpt_shakespeare_tiny.py", f"--workdir={tmp_path / 'wd'}",
+                     "--config.train.num_steps=2", "--config.train.parallel=dp", flag,
+                     env_extra={"TFJAX_CPU_DEVICES": "2"})
+    text = out.stdout + out.stderr  # the log goes to stdout
+    assert out.returncode == 1 and "error: " in text and said in text and "Traceback" not in text, text[-2000:]
+    assert not (tmp_path / "wd" / "config.json").exists()

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tfjax.config import ConfigError
+
 DATA = "data"
 # logical axis name -> mesh axis, per mode (maxtext-style rules; the config may override them).
 RULES = {
@@ -50,7 +52,7 @@ def check_batch_divisible(batch_size: int, mode: str) -> None:
   n = 1 if mode == "none" else (jax.local_device_count() * jax.process_count() if mode == "pmap" else
                                 jax.device_count())
   if batch_size % n:
-    raise ValueError(f"train.batch_size={batch_size} does not divide across {n} devices (parallel={mode}); "
+    raise ConfigError(f"train.batch_size={batch_size} does not divide across {n} devices (parallel={mode}); "
                      f"use a multiple of {n}, or --config.train.parallel=none")
 
 
