@@ -168,7 +168,7 @@ def check_workdir_task(config: Any, workdir: str) -> None:
     return
   with open(path) as f:
     task = json.load(f).get("task")
-  if task != config.get("task"):
+  if task is not None and task != config.get("task"):  # (a config.json without a task: not ours to judge)
     raise config_lib.ConfigError(f"{workdir} holds a {task!r} run; a {config.get('task')!r} config cannot resume "
                                  "it: use a new --workdir")
 

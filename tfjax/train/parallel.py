@@ -53,7 +53,7 @@ def check_batch_divisible(batch_size: int, mode: str) -> None:
                                 jax.device_count())
   if batch_size % n:
     raise ConfigError(f"train.batch_size={batch_size} does not divide across {n} devices (parallel={mode}); "
-                     f"use a multiple of {n}, or --config.train.parallel=none")
+                      f"use a multiple of {n}, or --config.train.parallel=none")
 
 
 def param_shardings(abstract_params: Any, mesh: Mesh, rules) -> Any:
