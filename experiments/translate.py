@@ -36,14 +36,16 @@ flags.DEFINE_string("out", None, "With --file: write the translations here (defa
 flags.DEFINE_enum("input_form", "raw", ["raw", "tok"], "Form of --text/--file input: raw text, or lowercased "
                   "Moses-tokenised; converted to the model's form.")
 flags.DEFINE_bool("detokenize", False, "A model of tokenised text (data.text=tok): print/write running text.")
-flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logits / temperature).")
-flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).")
+flags.DEFINE_float("temperature", 0.0, "0: greedy; > 0: sample from softmax(logits / temperature).",
+                   lower_bound=0.0)
+flags.DEFINE_integer("beam_size", 1, "> 1: beam search with this many hypotheses (ignores --temperature).",
+                     lower_bound=1)
 flags.DEFINE_float("length_penalty", None, "Beam search: the length penalty's exponent (0: raw log-probabilities; "
                    "default: the run's eval.length_penalty, 1.0 for a Hugging Face directory).")
 flags.DEFINE_enum("length_norm", None, ["gnmt", "fairseq"], "Beam search: gnmt divides a hypothesis's log-probability "
                   "by ((5 + length) / 6) ** length_penalty, fairseq by length ** length_penalty (default: the run's "
                   "eval.length_norm; fairseq, as transformers, for a Hugging Face directory).")
-flags.DEFINE_integer("batch_size", 128, "Sentences translated at a time (--file, --bleu).")
+flags.DEFINE_integer("batch_size", 128, "Sentences translated at a time (--file, --bleu).", lower_bound=1)
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation loss (runs with train.keep_best).")
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")

@@ -317,6 +317,10 @@ def test_translate_cli_with_a_hugging_face_marian_dir(tmp_path):
     bad = subprocess.run([str(ROOT / "launch.sh"), "translate", str(d), "--text=a dog", flag], capture_output=True,
                          text=True, timeout=600)
     assert bad.returncode == 1 and f"error: {what} needs a tfjax translation workdir" in bad.stderr
+  for flag in ("--beam_size=0", "--temperature=-1", "--batch_size=0"):  # refused by the flag, before any loading
+    bad = subprocess.run([str(ROOT / "launch.sh"), "translate", str(d), "--text=a dog", flag], capture_output=True,
+                         text=True, timeout=600)
+    assert bad.returncode == 1 and f"flag {flag}" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
   gpt2 = subprocess.run([str(ROOT / "launch.sh"), "translate", str(ROOT / "tests" / "fixtures" / "hf_gpt2"),
                          "--text=a dog"], capture_output=True, text=True, timeout=600)
   assert gpt2.returncode == 1 and "not an encoder-decoder (Marian or BART)" in gpt2.stderr
