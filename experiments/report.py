@@ -26,6 +26,12 @@ def main(argv=None) -> int:
     else:
       if args.storage:
         p.error(f"--storage is for Optuna studies; {args.sweepdir} has no study.json")
+      if not os.path.exists(os.path.join(args.sweepdir, "sweep.json")) and not sweep.summarize(args.sweepdir):
+        one_run = os.path.exists(os.path.join(args.sweepdir, "metrics.jsonl"))
+        print(f"report: {args.sweepdir} holds no runs (no sweep.json, study.json or workdirs with metrics.jsonl)"
+              + ("; it is one run's workdir: its results.json, or ./launch.sh plot WORKDIR" if one_run else ""),
+              file=sys.stderr)
+        return 2
       sweep.report(args.sweepdir)
   except sweep.SweepError as e:
     print(f"report: {e}", file=sys.stderr)

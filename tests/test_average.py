@@ -97,6 +97,10 @@ def test_average_errors_name_what_is_wrong(tmp_path):
     avg.average_checkpoints(wd, last=0)
   with pytest.raises(ValueError, match="is not an averaged checkpoint"):
     avg.average_checkpoints(wd, last=1, out=str(tmp_path))  # a directory with other things in it
+  (tmp_path / "a_file").write_text("kept")
+  with pytest.raises(ValueError, match="is a file; --out wants a directory"):
+    avg.average_checkpoints(wd, last=1, out=str(tmp_path / "a_file"))
+  assert (tmp_path / "a_file").read_text() == "kept"
   with pytest.raises(ckpt_lib.CheckpointError, match="has no config.json"):
     avg.average_checkpoints(str(tmp_path / "nowhere"), last=1)
 

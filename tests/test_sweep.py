@@ -156,3 +156,15 @@ def test_parallel_runs_get_disjoint_gpus(tmp_path, visible, expect_groups):
                  if a["start"] < b["end"] and b["start"] < a["end"]]
   assert overlapping  # two at a time really ran side by side
   assert all(a["gpus"] != b["gpus"] for a, b in overlapping)
+
+
+def test_report_of_a_directory_without_runs_is_an_error_and_writes_nothing(tmp_path):
+  one_run, empty = tmp_path / "run", tmp_path / "empty"
+  one_run.mkdir()
+  empty.mkdir()
+  (one_run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+  for d, said in ((one_run, "it is one run's workdir"), (empty, "holds no runs")):
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "report.py"), str(d)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and said in out.stderr, out.stderr
+  assert not list(tmp_path.rglob("summary.*"))

@@ -121,6 +121,8 @@ def average_checkpoints(workdir: str, last: int | None = None, steps: Sequence[i
   out = os.path.abspath(out or os.path.join(workdir, AVERAGED_DIR))
   if out == workdir:
     raise ValueError("out must differ from the workdir whose checkpoints are averaged")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ValueError(f"{out} is a file; --out wants a directory (new, or an earlier average)")
   if os.path.exists(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MARKER)):
     raise ValueError(f"{out} exists and is not an averaged checkpoint (no {MARKER}); choose another --out")
   available = checkpoint_steps(workdir)
