@@ -79,15 +79,15 @@ def main(argv=None) -> int:
     p.error("--submit needs --slurm")
   if args.range and not (args.random or args.optuna):
     p.error("--range needs --random=N (or --optuna)")
-  if args.train_script is None:  # another entry point may take other keys
-    try:
-      axes = [sweep.parse_axis(a) for a in args.sweep]
-      ranges = [sweep.parse_range(r) for r in args.range]
+  try:
+    axes = [sweep.parse_axis(a) for a in args.sweep]
+    ranges = [sweep.parse_range(r) for r in args.range]
+    if args.train_script is None:  # another entry point may take other keys
       sweep.check_overrides(args.config, [a[len("--config."):] for a in extra] +
                             [f"{k}={v}" for k, values in axes for v in values] +
                             [f"{k}={int(lo) if scale == 'int' else lo}" for k, lo, _, scale in ranges])
-    except sweep.SweepError as e:
-      p.error(str(e))
+  except sweep.SweepError as e:
+    p.error(str(e))
   name = os.path.splitext(os.path.basename(args.config))[0]
   sweepdir = os.path.abspath(args.sweepdir or os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", f"sweep_{name}"))
@@ -95,8 +95,7 @@ def main(argv=None) -> int:
   if args.optuna:
     from tfjax.runs import optuna_sweep
     try:
-      space = optuna_sweep.search_space([sweep.parse_axis(a) for a in args.sweep],
-                                        [sweep.parse_range(r) for r in args.range])
+      space = optuna_sweep.search_space(axes, ranges)
       optuna_sweep.make_pruner(args.pruner)
     except sweep.SweepError as e:
       p.error(str(e))
@@ -118,9 +117,8 @@ def main(argv=None) -> int:
     return 0 if any(r["state"] in ("COMPLETE", "PRUNED") for r in rows) else 1
 
   try:
-    axes = [sweep.parse_axis(s) for s in args.sweep]
     if args.random:
-      settings = sweep.random_search([sweep.parse_range(r) for r in args.range], args.random, args.seed or 0, axes)
+      settings = sweep.random_search(ranges, args.random, args.seed or 0, axes)
     else:
       settings = sweep.grid(axes) if axes else [{}]
   except sweep.SweepError as e:
