@@ -223,11 +223,6 @@ def fused_attention(q, k, v, mask=None, *, implementation: Implementation = "aut
   return out
 
 
-def _dense(features, name, axes, use_bias, dtype, param_dtype, stddev=0.02, precision=None, **inits):
-  return Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, stddev=stddev, axes=axes,
-               precision=precision, name=name, **inits)
-
-
 def fairseq_projection_inits(fan_in: int, fan_out: int, gain: float, bias: str) -> dict:
   """``Dense`` initialisers of one projection as fairseq's ``MultiheadAttention`` makes it: the kernel xavier-uniform
   with ``gain``; the bias PyTorch's default (``bias="torch"``, queries, keys, values) or zeros (``"zeros"``, out)."""
@@ -279,39 +274,14 @@ class MultiHeadAttention(nn.Module):
                positions: jnp.ndarray | None = None, deterministic: bool = True, decode: bool = False,
                return_pattern: bool = False):
     width = x.shape[-1]
-    heads = self.num_heads
-    kv_heads = self.num_kv_heads or heads
-    if heads % kv_heads:
-      raise ValueError(f"num_heads={heads} must be a multiple of num_kv_heads={kv_heads}")
-    if self.head_dim is None and width % heads:
-      raise ValueError(f"num_heads={heads} does not divide the width {width}; choose heads dividing it "
-                       "or set head_dim explicitly")
-    head_dim = self.head_dim or width // heads
-    dense = functools.partial(_dense, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                              precision=self.precision)
-    if self.dense_init not in DENSE_INITS:
-      raise ValueError(f"dense_init must be one of {DENSE_INITS}, got {self.dense_init!r}")
-    fairseq = self.dense_init == "fairseq"
-    # fairseq: each projection initialised as its own [D, width] one (a fused kernel's parts alike)
-    q_init, kv_init, out_init = ({}, {}, {}) if not fairseq else (
-        fairseq_projection_inits(width, heads * head_dim, 2 ** -0.5, "torch"),
-        fairseq_projection_inits(width, kv_heads * head_dim, 2 ** -0.5, "torch"),
-        fairseq_projection_inits(heads * head_dim, width, 1.0, "zeros"))
-
+    heads, kv_heads, head_dim = self._head_sizes(width)
+    q_init, kv_init, out_init = self._projection_inits(width, heads * head_dim, kv_heads * head_dim)
     cross = self.cross_attention or context is not None
-    if not cross:
-      qkv = dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"), **q_init)(x)
-      q, k, v = jnp.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
+    if cross:
+      q, k, v = self._cross_projections(x, context, decode, heads * head_dim, kv_heads * head_dim, q_init, kv_init)
     else:
-      q = dense(heads * head_dim, "query", ("embed", "qkv"), **q_init)(x)
-      kv = None if context is None else dense(2 * kv_heads * head_dim, "key_value", ("embed", "qkv"),
-                                              **kv_init)(context)
-      if decode:
-        kv = self._context_cache(kv)
-      elif kv is None:
-        raise ValueError("cross-attention needs a context [B, S, D] (context=None only when decoding with a cache "
-                         "that an earlier call with the context filled)")
-      k, v = jnp.split(kv, 2, axis=-1)
+      qkv = self._dense((heads + 2 * kv_heads) * head_dim, "qkv", ("embed", "qkv"), **q_init)(x)
+      q, k, v = jnp.split(qkv, [heads * head_dim, (heads + kv_heads) * head_dim], axis=-1)
     q = q.reshape(*q.shape[:2], heads, head_dim)
     k = k.reshape(*k.shape[:2], kv_heads, head_dim)
     v = v.reshape(*v.shape[:2], kv_heads, head_dim)
@@ -327,27 +297,73 @@ class MultiHeadAttention(nn.Module):
     if decode and not cross:
       k, v = self._update_cache(k, v)
 
+    out, pattern = self._attend_heads(q, k, v, mask, deterministic, return_pattern)
+    out = hooks.hook(self, "z", out)
+    out = out.reshape(*out.shape[:2], heads * head_dim)
+    out = self._dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev, **out_init)(out)
+    return (out, pattern) if return_pattern else out
+
+  def _head_sizes(self, width: int) -> tuple[int, int, int]:
+    """``(H, K, Dh)``: query heads, key/value heads, head width; a clear error when they do not fit ``width``."""
+    heads = self.num_heads
+    kv_heads = self.num_kv_heads or heads
+    if heads % kv_heads:
+      raise ValueError(f"num_heads={heads} must be a multiple of num_kv_heads={kv_heads}")
+    if self.head_dim is None and width % heads:
+      raise ValueError(f"num_heads={heads} does not divide the width {width}; choose heads dividing it "
+                       "or set head_dim explicitly")
+    return heads, kv_heads, self.head_dim or width // heads
+
+  def _projection_inits(self, width: int, q_width: int, kv_width: int) -> tuple[dict, dict, dict]:
+    """``Dense`` initialisers of the query, key/value and out projections (``{}``: the ``"normal"`` ones). fairseq:
+    each projection initialised as its own ``[D, width]`` one (a fused kernel's parts alike)."""
+    if self.dense_init not in DENSE_INITS:
+      raise ValueError(f"dense_init must be one of {DENSE_INITS}, got {self.dense_init!r}")
+    if self.dense_init != "fairseq":
+      return {}, {}, {}
+    return (fairseq_projection_inits(width, q_width, 2 ** -0.5, "torch"),
+            fairseq_projection_inits(width, kv_width, 2 ** -0.5, "torch"),
+            fairseq_projection_inits(q_width, width, 1.0, "zeros"))
+
+  def _dense(self, features: int, name: str, axes: tuple[str, str], stddev: float = 0.02, **inits) -> Dense:
+    return Dense(features, use_bias=self.use_bias, dtype=self.dtype, param_dtype=self.param_dtype, stddev=stddev,
+                 axes=axes, precision=self.precision, name=name, **inits)
+
+  def _cross_projections(self, x, context, decode: bool, q_width: int, kv_width: int, q_init: dict, kv_init: dict):
+    """Cross-attention's ``q [B, T, H·Dh]`` from ``x`` and ``k, v [B, S, K·Dh]`` from ``context`` (or, decoding, from
+    the context's cached projection)."""
+    q = self._dense(q_width, "query", ("embed", "qkv"), **q_init)(x)
+    kv = None if context is None else self._dense(2 * kv_width, "key_value", ("embed", "qkv"), **kv_init)(context)
+    if decode:
+      kv = self._context_cache(kv)
+    elif kv is None:
+      raise ValueError("cross-attention needs a context [B, S, D] (context=None only when decoding with a cache "
+                       "that an earlier call with the context filled)")
+    k, v = jnp.split(kv, 2, axis=-1)
+    return q, k, v
+
+  def _attend_heads(self, q, k, v, mask, deterministic: bool, return_pattern: bool):
+    """Every head's output ``[B, T, H, Dh]`` and the pattern ``[B, H, T, S]`` (None unless formed). When the pattern
+    is asked for (returned, recorded or changed), the reference path forms it explicitly; otherwise
+    ``implementation`` computes the attention (and the ``scores``/``pattern`` hooks are told they were skipped)."""
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    if return_pattern or hooks.wants(self, "scores") or hooks.wants(self, "pattern"):
-      # the pattern is asked for (returned, recorded or changed): the reference path forms it explicitly
-      if mask is not None:
-        masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
-      scores = hooks.hook(self, "scores", attention_scores(q, k, mask, precision=self.precision))
-      pattern = hooks.hook(self, "pattern", masked_softmax(scores, mask))
-      out = attend(pattern, v, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, precision=self.precision,
-                   dtype=q.dtype)
-    else:
+    heads = q.shape[2]
+    if not (return_pattern or hooks.wants(self, "scores") or hooks.wants(self, "pattern")):
       for name in ("scores", "pattern"):
         hooks.skip(self, name, (q.shape[0], heads, q.shape[1], k.shape[1]))
       out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
                                   block_size=self.block_size, precision=self.precision)
-    out = hooks.hook(self, "z", out)
-    out = out.reshape(*out.shape[:2], heads * head_dim)
-    out = dense(width, "out", ("qkv", "embed"), stddev=self.out_stddev, **out_init)(out)
-    return (out, pattern) if return_pattern else out
+      return out, None
+    if mask is not None:
+      masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
+    scores = hooks.hook(self, "scores", attention_scores(q, k, mask, precision=self.precision))
+    pattern = hooks.hook(self, "pattern", masked_softmax(scores, mask))
+    out = attend(pattern, v, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, precision=self.precision,
+                 dtype=q.dtype)
+    return out, pattern
 
   def _context_cache(self, kv):
     """Cross-attention while decoding: stores the context's projected ``kv [B, S, 2K·Dh]`` when given, else returns
