@@ -19,7 +19,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("config", help="experiments/configs/NAME.py (or a path)")
   p.add_argument("--sweep", action="append", default=[], help="KEY=V1,V2,... (a grid axis, or a categorical "
@@ -57,14 +57,11 @@ def main(argv=None) -> int:
   s.add_argument("--slurm_args", default="", help='more sbatch options, e.g. "--gpus-per-task=1 --time=2:00:00 '
                  '--partition=gpu"')
   s.add_argument("--submit", action="store_true", help="with --slurm: submit the script with sbatch")
-  args, extra = p.parse_known_args(argv)
-  bad = [a for a in extra if not a.startswith("--config.")]
-  if bad:
-    p.error(f"unknown arguments {bad} (fixed overrides must look like --config.KEY=VALUE)")
+  return p
 
-  from experiments import runtime
-  from tfjax.runs import sweep
-  runtime.setup_logging()
+
+def _check_modes(p: argparse.ArgumentParser, args) -> None:
+  """The flags that do not go together, each a clear error (argparse's exit 2)."""
   if args.optuna and (args.random or args.slurm):
     p.error("--optuna runs its own search: drop --random / --slurm (start the same --optuna command on several "
             "machines, or in several SLURM jobs, with one --storage=URL instead)")
@@ -79,6 +76,12 @@ def main(argv=None) -> int:
     p.error("--submit needs --slurm")
   if args.range and not (args.random or args.optuna):
     p.error("--range needs --random=N (or --optuna)")
+
+
+def _parse_specs(p: argparse.ArgumentParser, args, extra: list[str]):
+  """``(axes, ranges)`` of the --sweep/--range specs; every value and fixed override applied to the config before
+  anything starts (with the default entry point), so an unknown key is one error here, not one per run."""
+  from tfjax.runs import sweep
   try:
     axes = [sweep.parse_axis(a) for a in args.sweep]
     ranges = [sweep.parse_range(r) for r in args.range]
@@ -88,33 +91,72 @@ def main(argv=None) -> int:
                             [f"{k}={int(lo) if scale == 'int' else lo}" for k, lo, _, scale in ranges])
   except sweep.SweepError as e:
     p.error(str(e))
+  return axes, ranges
+
+
+def _print_summary(sweepdir: str, pictures: str) -> None:
+  with open(os.path.join(sweepdir, "summary.md")) as f:
+    print(f.read())
+  print(f"summary: {sweepdir}/summary.md, summary.csv, {pictures}")
+
+
+def _run_optuna(p: argparse.ArgumentParser, args, extra, axes, ranges, sweepdir: str) -> int:
+  from tfjax.runs import optuna_sweep, sweep
+  try:
+    space = optuna_sweep.search_space(axes, ranges)
+    optuna_sweep.make_pruner(args.pruner)
+  except sweep.SweepError as e:
+    p.error(str(e))
+  if args.dry_run:
+    for k, v in space.items():
+      print(k, v)
+    return 0
+  try:
+    rows = optuna_sweep.run_study(
+        args.config, space, sweepdir, args.trials, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
+        study_name=args.study, storage_url=args.storage, extra_args=extra, objective=args.objective,
+        pruner=args.pruner, seed=args.seed, heartbeat_s=args.heartbeat, grace_s=args.grace or None,
+        max_retry=args.max_retry, poll_s=args.poll, train_script=args.train_script)
+  except sweep.SweepError as e:
+    p.error(str(e))
+  _print_summary(sweepdir, "curves.png, history.png, importance.png")
+  return 0 if any(r["state"] in ("COMPLETE", "PRUNED") for r in rows) else 1
+
+
+def _write_slurm(args, extra, settings, sweepdir: str) -> int:
+  from tfjax.runs import slurm, sweep
+  try:
+    script = slurm.write_script(args.config, settings, sweepdir, extra, args.slurm_args,
+                                train_script=args.train_script)
+    print(f"wrote {script}: a job array of {len(settings)} runs (tasks 0-{len(settings) - 1})")
+    if args.submit:
+      print(f"submitted: job {slurm.submit(script)}")
+    else:
+      print(f"submit with: sbatch {script}   (or rerun with --submit)")
+  except sweep.SweepError as e:
+    print(f"sweep: error: {e}", file=sys.stderr)
+    return 2
+  print(f"then: ./launch.sh report {sweepdir}")
+  return 0
+
+
+def main(argv=None) -> int:
+  p = _parser()
+  args, extra = p.parse_known_args(argv)
+  bad = [a for a in extra if not a.startswith("--config.")]
+  if bad:
+    p.error(f"unknown arguments {bad} (fixed overrides must look like --config.KEY=VALUE)")
+
+  from experiments import runtime
+  from tfjax.runs import sweep
+  runtime.setup_logging()
+  _check_modes(p, args)
+  axes, ranges = _parse_specs(p, args, extra)
   name = os.path.splitext(os.path.basename(args.config))[0]
   sweepdir = os.path.abspath(args.sweepdir or os.path.join(
       os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runs", f"sweep_{name}"))
-
   if args.optuna:
-    from tfjax.runs import optuna_sweep
-    try:
-      space = optuna_sweep.search_space(axes, ranges)
-      optuna_sweep.make_pruner(args.pruner)
-    except sweep.SweepError as e:
-      p.error(str(e))
-    if args.dry_run:
-      for k, v in space.items():
-        print(k, v)
-      return 0
-    try:
-      rows = optuna_sweep.run_study(
-          args.config, space, sweepdir, args.trials, parallel=args.parallel, gpus_per_run=args.gpus_per_run,
-          study_name=args.study, storage_url=args.storage, extra_args=extra, objective=args.objective,
-          pruner=args.pruner, seed=args.seed, heartbeat_s=args.heartbeat, grace_s=args.grace or None,
-          max_retry=args.max_retry, poll_s=args.poll, train_script=args.train_script)
-    except sweep.SweepError as e:
-      p.error(str(e))
-    with open(os.path.join(sweepdir, "summary.md")) as f:
-      print(f.read())
-    print(f"summary: {sweepdir}/summary.md, summary.csv, curves.png, history.png, importance.png")
-    return 0 if any(r["state"] in ("COMPLETE", "PRUNED") for r in rows) else 1
+    return _run_optuna(p, args, extra, axes, ranges, sweepdir)
 
   try:
     if args.random:
@@ -128,28 +170,13 @@ def main(argv=None) -> int:
       print(sweep.run_name(s), s)
     return 0
   if args.slurm:
-    from tfjax.runs import slurm
-    try:
-      script = slurm.write_script(args.config, settings, sweepdir, extra, args.slurm_args,
-                                  train_script=args.train_script)
-      print(f"wrote {script}: a job array of {len(settings)} runs (tasks 0-{len(settings) - 1})")
-      if args.submit:
-        print(f"submitted: job {slurm.submit(script)}")
-      else:
-        print(f"submit with: sbatch {script}   (or rerun with --submit)")
-    except sweep.SweepError as e:
-      print(f"sweep: error: {e}", file=sys.stderr)
-      return 2
-    print(f"then: ./launch.sh report {sweepdir}")
-    return 0
+    return _write_slurm(args, extra, settings, sweepdir)
   try:
     rows = sweep.run_sweep(args.config, settings, sweepdir, args.parallel, extra, gpus_per_run=args.gpus_per_run,
                            train_script=args.train_script)
   except sweep.SweepError as e:
     p.error(str(e))
-  with open(os.path.join(sweepdir, "summary.md")) as f:
-    print(f.read())
-  print(f"summary: {sweepdir}/summary.md, summary.csv, curves.png")
+  _print_summary(sweepdir, "curves.png")
   return 0 if all(r["status"] == "done" for r in rows) else 1
 
 
