@@ -51,6 +51,20 @@ flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation l
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
 
 
+def _quiet_logging() -> None:
+  """Errors only from absl (orbax logs every restore step at INFO); the library's warnings (e.g. a source cut to the
+  context window) as one line each on stderr."""
+  import logging
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("warning: %(message)s"))
+  tfjax_log = logging.getLogger("tfjax")
+  tfjax_log.addHandler(handler)
+  tfjax_log.setLevel(logging.WARNING)
+  tfjax_log.propagate = False
+
+
 def translate_text_and_file(run) -> int:
   """--text (printed beside its source) and --file (to --out, else stdout) through ``run(lines) -> translations``."""
   from tfjax.tasks import translate as tr
@@ -73,6 +87,12 @@ def translate_text_and_file(run) -> int:
   return 0
 
 
+def run_length_norm(config) -> tuple[float, str]:
+  """The run's beam-search length penalty and normalisation (its ``eval`` settings, else GNMT's 0.6)."""
+  run_decode = config.get("eval", {})
+  return run_decode.get("length_penalty", 0.6), run_decode.get("length_norm", "gnmt")
+
+
 def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: translate.py WORKDIR (--text=SENTENCE ... | --bleu=val|test | --file=IN [--out=OUT])")
@@ -80,15 +100,7 @@ def main(argv):
     raise app.UsageError("give --text=SENTENCE (repeatable), --bleu=val|test or --file=IN")
   if FLAGS.out and not FLAGS.file:
     raise app.UsageError("--out goes with --file")
-  import logging
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
-  handler = logging.StreamHandler(sys.stderr)  # the library's warnings (e.g. a source cut to the context window)
-  handler.setFormatter(logging.Formatter("warning: %(message)s"))
-  tfjax_log = logging.getLogger("tfjax")
-  tfjax_log.addHandler(handler)
-  tfjax_log.setLevel(logging.WARNING)
-  tfjax_log.propagate = False
+  _quiet_logging()
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
   workdir = argv[1]
@@ -102,8 +114,7 @@ def main(argv):
     return 1
   form = config.data.get("text", "raw")
   src_lang, tgt_lang = config.data.source, config.data.target
-  run_decode = config.get("eval", {})
-  run_penalty, run_norm = run_decode.get("length_penalty", 0.6), run_decode.get("length_norm", "gnmt")
+  run_penalty, run_norm = run_length_norm(config)
   penalty = run_penalty if FLAGS.length_penalty is None else FLAGS.length_penalty
   norm = run_norm if FLAGS.length_norm is None else FLAGS.length_norm
   decode = dict(temperature=FLAGS.temperature, beam_size=FLAGS.beam_size, length_penalty=penalty, length_norm=norm)
@@ -118,32 +129,42 @@ def main(argv):
   if translate_text_and_file(run):
     return 1
   if FLAGS.bleu:
-    data_dir = FLAGS.data_dir or config.get("data_dir") or None
-    try:
-      sources = tr.load_multi30k(FLAGS.bleu, src_lang, data_dir, form)
-      tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "tok")
-      tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "raw")
-    except FileNotFoundError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 1
-    hyps = tr.translate_texts(model, params, tokenizer, sources, batch_size=FLAGS.batch_size, **decode)
-    scores, forms = tr.score_bleu(hyps, FLAGS.bleu, tgt_lang, data_dir, form)
-    decoding = f"beam{FLAGS.beam_size}" if FLAGS.beam_size > 1 else (
-        "greedy" if FLAGS.temperature == 0 else f"sample_t{FLAGS.temperature:g}")
-    if FLAGS.beam_size > 1 and (penalty, norm) != (run_penalty, run_norm):
-      decoding += f"_lp{penalty:g}" + ("" if norm == run_norm else f"_{norm}")  # side by side, none overwritten
-    checkpoint = "best" if FLAGS.best else (f"step{FLAGS.step}" if FLAGS.step is not None else "latest")
-    paths = tr.write_bleu_report(os.path.join(workdir, "bleu"), f"{FLAGS.bleu}.{checkpoint}.{decoding}", scores,
-                                 forms, tgt_lang)
-    b = FLAGS.bleu
-    print(f"{b} ({len(hyps)} sentences, {decoding}):")
-    print(f"  tokenised BLEU (lowercased Moses-tokenised text, tokenize=none): {scores[f'{b}_bleu_tok']:.2f}  "
-          f"[{scores[f'{b}_bleu_tok_detail']}]")
-    print(f"  sacreBLEU (detokenised, cased): {scores[f'{b}_bleu']:.2f}  {scores[f'{b}_bleu_signature']}")
-    if f"{b}_bleu_lc" in scores:
-      print(f"  sacreBLEU (detokenised, case-insensitive): {scores[f'{b}_bleu_lc']:.2f}  "
-            f"{scores[f'{b}_bleu_lc_signature']}")
-    print(f"  scores: {paths['scores']}\n  hypotheses: {paths['tok']} (tokenised), {paths['detok']} (detokenised)")
+    return bleu_report(model, params, tokenizer, config, workdir, form, decode)
+  return 0
+
+
+def bleu_report(model, params, tokenizer, config, workdir: str, form: str, decode: dict) -> int:
+  """--bleu: translates the whole split, prints both scores and writes them and the hypotheses to WORKDIR/bleu/."""
+  from tfjax.tasks import translate as tr
+  src_lang, tgt_lang = config.data.source, config.data.target
+  run_penalty, run_norm = run_length_norm(config)
+  penalty, norm = decode["length_penalty"], decode["length_norm"]
+  data_dir = FLAGS.data_dir or config.get("data_dir") or None
+  try:
+    sources = tr.load_multi30k(FLAGS.bleu, src_lang, data_dir, form)
+    tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "tok")
+    tr.load_multi30k(FLAGS.bleu, tgt_lang, data_dir, "raw")
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  hyps = tr.translate_texts(model, params, tokenizer, sources, batch_size=FLAGS.batch_size, **decode)
+  scores, forms = tr.score_bleu(hyps, FLAGS.bleu, tgt_lang, data_dir, form)
+  decoding = f"beam{FLAGS.beam_size}" if FLAGS.beam_size > 1 else (
+      "greedy" if FLAGS.temperature == 0 else f"sample_t{FLAGS.temperature:g}")
+  if FLAGS.beam_size > 1 and (penalty, norm) != (run_penalty, run_norm):
+    decoding += f"_lp{penalty:g}" + ("" if norm == run_norm else f"_{norm}")  # side by side, none overwritten
+  checkpoint = "best" if FLAGS.best else (f"step{FLAGS.step}" if FLAGS.step is not None else "latest")
+  paths = tr.write_bleu_report(os.path.join(workdir, "bleu"), f"{FLAGS.bleu}.{checkpoint}.{decoding}", scores,
+                               forms, tgt_lang)
+  b = FLAGS.bleu
+  print(f"{b} ({len(hyps)} sentences, {decoding}):")
+  print(f"  tokenised BLEU (lowercased Moses-tokenised text, tokenize=none): {scores[f'{b}_bleu_tok']:.2f}  "
+        f"[{scores[f'{b}_bleu_tok_detail']}]")
+  print(f"  sacreBLEU (detokenised, cased): {scores[f'{b}_bleu']:.2f}  {scores[f'{b}_bleu_signature']}")
+  if f"{b}_bleu_lc" in scores:
+    print(f"  sacreBLEU (detokenised, case-insensitive): {scores[f'{b}_bleu_lc']:.2f}  "
+          f"{scores[f'{b}_bleu_lc_signature']}")
+  print(f"  scores: {paths['scores']}\n  hypotheses: {paths['tok']} (tokenised), {paths['detok']} (detokenised)")
   return 0
 
 
