@@ -23,8 +23,8 @@ flags.DEFINE_string("out", None, "Where to write the averaged workdir (default: 
 def main(argv):
   if len(argv) != 2 or (FLAGS.last is None) == (FLAGS.steps is None):
     raise app.UsageError("usage: average.py WORKDIR (--last=K | --steps=S1,S2,...) [--out=DIR]")
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore at INFO
+  from experiments import runtime
+  runtime.quiet_logging()
   from tfjax.train.average import average_checkpoints
   from tfjax.train.checkpoint import CheckpointError
   try:

@@ -185,8 +185,10 @@ def main(argv):
     raise app.UsageError("usage: eval.py WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|DATASET [--split=val|test] "
                          "[--stride=S] [--batch_size=B]")
   import numpy as np
+  from experiments import runtime
   from tfjax.tasks import lm_eval
   from tfjax.train.checkpoint import CheckpointError
+  runtime.quiet_logging()
   path = argv[1]
   try:
     model, params, tokenizer, info = load_model(path, FLAGS.step, FLAGS.best, FLAGS.dtype)

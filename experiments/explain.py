@@ -77,9 +77,11 @@ def main(argv=None):
   name, path, out, step, best = (args.pop(k) for k in ("name", "path", "out", "step", "best"))
   if out is None:
     out = os.path.join(path if path and os.path.isdir(path) else ".", "explain", name)
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
-  from tfjax.explain.commands import run_command
+  import logging
+  from experiments import runtime
+  from tfjax.explain.commands import COMMANDS, run_command
+  trains = name in COMMANDS and not COMMANDS[name].kinds  # self-contained: it trains, and shows its progress
+  runtime.quiet_logging(logging.INFO if trains else logging.WARNING)
   from tfjax.explain.subjects import SubjectError
   from tfjax.config import ConfigError
   from tfjax.train.checkpoint import CheckpointError

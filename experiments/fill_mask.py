@@ -16,7 +16,7 @@ from absl import app, flags  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Training workdir (MLM) or Hugging Face BERT directory.")
 flags.DEFINE_multi_string("text", None, "Text with one or more [MASK] tokens (repeat the flag for several).")
-flags.DEFINE_integer("top_k", 5, "How many candidates to print per [MASK].")
+flags.DEFINE_integer("top_k", 5, "How many candidates to print per [MASK].", lower_bound=1)
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.mark_flags_as_required(["workdir", "text"])
 
@@ -24,8 +24,8 @@ flags.mark_flags_as_required(["workdir", "text"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)  # orbax logs every restore step at INFO
+  from experiments import runtime
+  runtime.quiet_logging()
   from tfjax.tasks import mlm
   try:
     model, params, tokenizer = mlm.load_for_inference(FLAGS.workdir, FLAGS.step)
@@ -41,7 +41,7 @@ def main(argv):
     print(text)
     for i, candidates in enumerate(predictions):
       label = f"  [MASK] {i + 1}:" if len(predictions) > 1 else "  [MASK]:"
-      print(label + "  " + "  ".join(f"{token} {prob:.3f}" for token, prob in candidates))
+      print(label + "  " + "  ".join(f"{token} {prob:.3g}" for token, prob in candidates))
   return 0
 
 

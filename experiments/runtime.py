@@ -116,6 +116,21 @@ def setup_logging() -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every save at INFO
 
 
+def quiet_logging(tfjax_level: int = logging.WARNING) -> None:
+  """For the commands that load a checkpoint and print results (sample, eval, translate, ...): absl's errors only
+  (orbax logs every restore step at INFO and its read-only options at WARNING), and the library's messages from
+  ``tfjax_level`` up (e.g. a source cut to the context window) as one line each on stderr."""
+  from absl import logging as absl_logging
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  log = logging.getLogger("tfjax")
+  if not log.handlers:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if tfjax_level < logging.WARNING else "warning: %(message)s"))
+    log.addHandler(handler)
+  log.setLevel(tfjax_level)
+  log.propagate = False
+
+
 def maybe_initialize_distributed() -> None:
   """Multi-process runs: ``jax.distributed.initialize`` from ``TFJAX_COORDINATOR`` / ``TFJAX_NUM_PROCESSES`` /
   ``TFJAX_PROCESS_ID`` (set by ``./launch.sh multihost``), or from the cluster environment (SLURM, Open MPI, TPU pods)

@@ -52,7 +52,9 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: sample.py WORKDIR [--prompt=...]")
   import jax
+  from experiments import runtime
   from tfjax.generate import generate_text
+  runtime.quiet_logging()
   from tfjax.train.checkpoint import CheckpointError
   try:
     model, params, tokenizer = load(argv[1])

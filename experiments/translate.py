@@ -51,20 +51,6 @@ flags.DEFINE_bool("best", False, "Load the parameters of the lowest evaluation l
 flags.DEFINE_string("data_dir", None, "Where Multi30k is (for --bleu; default: the run's, then $TFJAX_DATA_DIR).")
 
 
-def _quiet_logging() -> None:
-  """Errors only from absl (orbax logs every restore step at INFO); the library's warnings (e.g. a source cut to the
-  context window) as one line each on stderr."""
-  import logging
-  from absl import logging as absl_logging
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("warning: %(message)s"))
-  tfjax_log = logging.getLogger("tfjax")
-  tfjax_log.addHandler(handler)
-  tfjax_log.setLevel(logging.WARNING)
-  tfjax_log.propagate = False
-
-
 def translate_text_and_file(run) -> int:
   """--text (printed beside its source) and --file (to --out, else stdout) through ``run(lines) -> translations``."""
   from tfjax.tasks import translate as tr
@@ -100,7 +86,8 @@ def main(argv):
     raise app.UsageError("give --text=SENTENCE (repeatable), --bleu=val|test or --file=IN")
   if FLAGS.out and not FLAGS.file:
     raise app.UsageError("--out goes with --file")
-  _quiet_logging()
+  from experiments import runtime
+  runtime.quiet_logging()
   from tfjax.tasks import translate as tr
   from tfjax.train.checkpoint import CheckpointError
   workdir = argv[1]

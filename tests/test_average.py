@@ -122,6 +122,7 @@ def test_launch_average_cli_and_sample_from_the_averaged_gpt(tmp_path):
   out = subprocess.run([str(ROOT / "launch.sh"), "sample", str(wd / "averaged"), "--num_tokens=5"],
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 0 and "step 20" in out.stderr, out.stderr[-2000:]
+  assert out.stderr.strip() == f"# {wd / 'averaged'}: step 20", out.stderr[:2000]  # no orbax restore logs
   for flag, said in (("--temperature=-1", "non-negative"), ("--top_p=0", "--top_p must be in (0, 1]"),
                      ("--prompt=\u20ac", "not in the tokenizer's alphabet")):  # bad input: one line, no traceback
     out = subprocess.run([str(ROOT / "launch.sh"), "sample", str(wd / "averaged"), "--num_tokens=5", flag],

@@ -236,6 +236,8 @@ def test_fill_mask_needs_a_mask(task):
   params = _task_params(task)
   with pytest.raises(ValueError, match=r"no \[MASK\]"):
     mlm.fill_mask(task.model, params, task.tokenizer, "no mask here", top_k=3)
+  with pytest.raises(ValueError, match="top_k must be >= 1"):
+    mlm.fill_mask(task.model, params, task.tokenizer, "the [MASK] sat", top_k=0)
 
 
 def test_final_report_exports_hf_bert(task):

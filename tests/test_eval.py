@@ -234,6 +234,7 @@ def test_cli_workdir_char_model_on_its_validation_split(tmp_path):
   train_and_evaluate(config, str(wd), task)
   proc = run_eval(wd, "--data=tinyshakespeare", "--batch_size=64")
   assert proc.returncode == 0, proc.stderr
+  assert "checkpoint_manager" not in proc.stderr, proc.stderr[:2000]  # orbax's restore logs are not the user's
   got = json.loads((wd / "eval_tinyshakespeare_val.json").read_text())
   assert got["tokens"] == len(task.val_data)  # the run's own held-out tokens
   model, params, tok, info = eval_cli.load_model(str(wd))

@@ -254,7 +254,7 @@ def _write_outputs(out_dir: str, config: ml_collections.ConfigDict, data, rows: 
   with open(os.path.join(out_dir, f"{NAME}.json"), "w") as f:
     json.dump(result, f, indent=2, default=float)
   files["json"] = os.path.join(out_dir, f"{NAME}.json")
-  log.info("%s: wrote %s\n%s", NAME, ", ".join(files.values()), table)
+  log.info("%s: wrote %s", NAME, ", ".join(files.values()))
   return result
 
 

@@ -423,6 +423,8 @@ def load_for_inference(path: str, step: int | None = None, best: bool = False
 def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, top_k: int = 5
               ) -> list[list[tuple[str, float]]]:
   """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks."""
+  if top_k < 1:
+    raise ValueError(f"top_k must be >= 1, got {top_k}")
   ids = np.asarray(tokenizer.encode(text), np.int32)
   mask_id = tokenizer.token_to_id(tokenizers.MASK)
   where = np.flatnonzero(ids == mask_id)
