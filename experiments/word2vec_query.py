@@ -20,7 +20,8 @@ flags.DEFINE_string("workdir", None, "A word2vec workdir (reads DIR/vectors.txt)
 flags.DEFINE_string("vectors", None, "A vectors file in word2vec text or binary format (instead of --workdir).")
 flags.DEFINE_multi_string("neighbors", [], "Words whose nearest neighbours to print (repeatable).")
 flags.DEFINE_multi_string("analogy", [], "a,b,c: the words nearest to a - b + c (e.g. king,man,woman; repeatable).")
-flags.DEFINE_integer("topk", 10, "How many words to print.")
+flags.DEFINE_integer("top_k", 10, "How many words to print.", lower_bound=1)
+flags.DEFINE_alias("topk", "top_k")
 
 
 def _print(title, rows):
@@ -39,16 +40,22 @@ def main(argv):
     raise app.UsageError("give exactly one of --workdir=DIR, --vectors=FILE or a positional DIR/FILE")
   if not FLAGS.neighbors and not FLAGS.analogy:
     raise app.UsageError("give --neighbors=WORD and/or --analogy=A,B,C")
+  if vectors and os.path.isdir(vectors):
+    raise app.UsageError(f"--vectors={vectors} is a directory: give a workdir as --workdir=DIR (or positionally)")
   path = vectors or os.path.join(workdir, "vectors.txt")
   if not os.path.exists(path):
     print(f"error: {path} does not exist (train first: ./launch.sh train word2vec_skipgram --workdir=DIR)",
           file=sys.stderr)
     return 1
-  wv = ev.load_word2vec(path)
+  try:
+    wv = ev.load_word2vec(path)
+  except (OSError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   status = 0
   for word in FLAGS.neighbors:
     try:
-      _print(f"nearest to {word!r}:", wv.neighbors(word.lower(), FLAGS.topk))
+      _print(f"nearest to {word!r}:", wv.neighbors(word.lower(), FLAGS.top_k))
     except KeyError as e:
       print(f"error: {e.args[0]}", file=sys.stderr)
       status = 1
@@ -60,7 +67,7 @@ def main(argv):
       continue
     try:
       a, b, c = words
-      _print(f"{a} - {b} + {c}:", wv.analogy(a, b, c, FLAGS.topk))
+      _print(f"{a} - {b} + {c}:", wv.analogy(a, b, c, FLAGS.top_k))
     except KeyError as e:
       print(f"error: {e.args[0]}", file=sys.stderr)
       status = 1

@@ -317,6 +317,52 @@ def test_save_load_round_trip_text_and_binary(tmp_path):
     ev.save_word2vec(ev.WordVectors(["a b"], np.zeros((1, 2))), tmp_path / "bad.txt")
 
 
+def test_load_of_a_file_cut_short_or_in_another_format_names_the_file(tmp_path):
+  wv = ev.WordVectors(["the", "cat", "sat"], np.random.default_rng(0).normal(size=(3, 6)).astype(np.float32))
+  for binary in (False, True):
+    path = tmp_path / ("v.bin" if binary else "v.txt")
+    ev.save_word2vec(wv, path, binary=binary)
+    data = path.read_bytes()
+    cut = tmp_path / ("cut.bin" if binary else "cut.txt")
+    cut.write_bytes(data[:len(data) - 10])
+    with pytest.raises(ValueError, match=f"{cut}: (the file ends inside word 3 of the 3|line 4 has 5 numbers, expected 6)"):
+      ev.load_word2vec(cut)
+  other = tmp_path / "config.json"
+  other.write_text('{"model": 1}\n')
+  with pytest.raises(ValueError, match=f"{other}: not a word2vec file"):
+    ev.load_word2vec(other)
+  nan_word = tmp_path / "words.txt"
+  nan_word.write_text("2 2\nthe 0.5 1\ncat 0.5 zero\n")
+  with pytest.raises(ValueError, match="line 3 has a value that is not a number"):
+    ev.load_word2vec(nan_word)
+
+
+
+def test_query_cli_neighbours_analogy_and_one_line_errors(tmp_path):
+  import subprocess
+  import sys
+  from conftest import ROOT
+  vecs = np.array([[1, 0, 0], [0.9, 0.1, 0], [0, 1, 0], [0, 0.9, 0.2], [0, 0, 1]], np.float32)
+  path = tmp_path / "v.bin"
+  ev.save_word2vec(ev.WordVectors(["king", "queen", "man", "woman", "apple"], vecs), path, binary=True)
+
+  def query(*args):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "word2vec_query.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+  out = query(path, "--neighbors=King", "--top_k=1", "--analogy=king,man,woman")
+  assert out.returncode == 0, out.stderr
+  lines = out.stdout.splitlines()
+  assert lines[:2] == ["nearest to 'King':", "  queen                +0.9939"], lines
+  assert lines[2] == "king - man + woman:" and lines[3].split()[0] == "queen", lines
+  (tmp_path / "cut.bin").write_bytes(path.read_bytes()[:-7])
+  for args, said in (((tmp_path / "cut.bin", "--neighbors=king"), "cut.bin: the file ends inside word 5 of the 5"),
+                     ((path, "--neighbors=pear"), "'pear' is not in the vocabulary"),
+                     ((path, "--analogy=king,man"), "three comma-separated words"),
+                     ((path, "--neighbors=king", "--top_k=0"), "not a positive integer"),
+                     (("--vectors", tmp_path, "--neighbors=king"), "is a directory")):
+    out = query(*args)
+    assert out.returncode == 1 and said in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+
 def test_gensim_reads_our_files(tmp_path):
   gensim_kv = pytest.importorskip("gensim.models.keyedvectors")
   rng = np.random.default_rng(0)

@@ -102,37 +102,61 @@ def save_word2vec(wv: WordVectors, path: str | os.PathLike, binary: bool = False
 
 
 def load_word2vec(path: str | os.PathLike, binary: bool | None = None) -> WordVectors:
-  """Reads the word2vec text or binary format (``binary=None``: guessed from the bytes after the header)."""
+  """Reads the word2vec text or binary format (``binary=None``: guessed from the bytes after the header). A file in
+  neither format, or cut short, is a ``ValueError`` naming it."""
   with open(path, "rb") as f:
     header = f.readline().split()
-    if len(header) != 2:
-      raise ValueError(f"{path}: first line must be 'num_words dim', got {header!r}")
+    if len(header) != 2 or not all(h.isdigit() for h in header):
+      raise ValueError(f"{path}: not a word2vec file: its first line must be 'num_words dim', got {header!r}")
     v, d = int(header[0]), int(header[1])
     body = f.read()
   if binary is None:
     binary = _looks_binary(body, d)
-  words, vecs = [], np.empty((v, d), np.float32)
   if binary:
-    pos = 0
-    for i in range(v):
-      while body[pos:pos + 1] in (b"\n", b" "):
-        pos += 1
-      sp = body.index(b" ", pos)
-      words.append(body[pos:sp].decode("utf-8"))
-      vecs[i] = np.frombuffer(body, "<f4", count=d, offset=sp + 1)
-      pos = sp + 1 + 4 * d
+    words, vecs = _read_binary_records(body, v, d, path)
   else:
-    lines = body.decode("utf-8").splitlines()
-    lines = [ln for ln in lines if ln.strip()]
-    if len(lines) != v:
-      raise ValueError(f"{path}: header says {v} words, found {len(lines)} lines")
-    for i, ln in enumerate(lines):
-      parts = ln.rstrip().split(" ")
-      if len(parts) != d + 1:
-        raise ValueError(f"{path}: line {i + 2} has {len(parts) - 1} numbers, expected {d}")
-      words.append(parts[0])
-      vecs[i] = np.asarray(parts[1:], np.float32)
+    words, vecs = _read_text_records(body, v, d, path)
   return WordVectors(words, vecs)
+
+
+def _read_binary_records(body: bytes, v: int, d: int, path) -> tuple[list[str], np.ndarray]:
+  words, vecs = [], np.empty((v, d), np.float32)
+  pos = 0
+  for i in range(v):
+    while body[pos:pos + 1] in (b"\n", b" "):
+      pos += 1
+    sp = body.find(b" ", pos)
+    if sp < 0 or sp + 1 + 4 * d > len(body):
+      raise ValueError(f"{path}: the file ends inside word {i + 1} of the {v} its header announces (cut short, or "
+                       "not in word2vec format)")
+    try:
+      words.append(body[pos:sp].decode("utf-8"))
+    except UnicodeDecodeError:
+      raise ValueError(f"{path}: word {i + 1} is not UTF-8 (not a word2vec binary file?)") from None
+    vecs[i] = np.frombuffer(body, "<f4", count=d, offset=sp + 1)
+    pos = sp + 1 + 4 * d
+  return words, vecs
+
+
+def _read_text_records(body: bytes, v: int, d: int, path) -> tuple[list[str], np.ndarray]:
+  words, vecs = [], np.empty((v, d), np.float32)
+  try:
+    lines = body.decode("utf-8").splitlines()
+  except UnicodeDecodeError:
+    raise ValueError(f"{path}: not UTF-8 text (not a word2vec text file?)") from None
+  lines = [ln for ln in lines if ln.strip()]
+  if len(lines) != v:
+    raise ValueError(f"{path}: header says {v} words, found {len(lines)} lines")
+  for i, ln in enumerate(lines):
+    parts = ln.rstrip().split(" ")
+    if len(parts) != d + 1:
+      raise ValueError(f"{path}: line {i + 2} has {len(parts) - 1} numbers, expected {d}")
+    words.append(parts[0])
+    try:
+      vecs[i] = np.asarray(parts[1:], np.float32)
+    except ValueError:
+      raise ValueError(f"{path}: line {i + 2} has a value that is not a number") from None
+  return words, vecs
 
 
 def _looks_binary(body: bytes, d: int) -> bool:
