@@ -325,7 +325,8 @@ def test_load_of_a_file_cut_short_or_in_another_format_names_the_file(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / ("cut.bin" if binary else "cut.txt")
     cut.write_bytes(data[:len(data) - 10])
-    with pytest.raises(ValueError, match=f"{cut}: (the file ends inside word 3 of the 3|line 4 has 5 numbers, expected 6)"):
+    said = "the file ends inside word 3 of the 3" if binary else "line 4 has 5 numbers, expected 6"
+    with pytest.raises(ValueError, match=f"{cut}: {said}"):
       ev.load_word2vec(cut)
   other = tmp_path / "config.json"
   other.write_text('{"model": 1}\n')
