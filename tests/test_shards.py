@@ -135,6 +135,24 @@ def test_prepare_is_idempotent_and_protects_other_outputs(tmp_path):
   assert (tmp_path / "latin1.txt").read_bytes() == "caf\xe9\n".encode("latin-1")
 
 
+
+def test_prepare_with_the_tokenizer_of_earlier_shards_or_a_workdir(tmp_path):
+  """--tokenizer=DIR takes the tokenizer.json of earlier shards or a tfjax workdir, character-level ones too."""
+  from tfjax.data import shards
+  _corpus(tmp_path / "src")
+  src = [str(tmp_path / "src" / "*")]
+  kw = dict(val_fraction=0.1, shard_tokens=500, log=lambda m: None)
+  for spec in ("char", "bpe:300"):
+    first = prep.prepare(src, spec, tmp_path / spec, **kw)
+    again = prep.prepare(src, str(tmp_path / spec), tmp_path / f"{spec}_again", **kw)
+    assert again["vocab_size"] == first["vocab_size"]
+    for split in ("train", "val"):
+      a, b = shards.TokenShards(tmp_path / spec, split), shards.TokenShards(tmp_path / f"{spec}_again", split)
+      np.testing.assert_array_equal(a.read(0, len(a)), b.read(0, len(b)))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(prep.PrepareError, match="--tokenizer=.*empty: .*has no tokenizer"):
+    prep.prepare(src, str(tmp_path / "empty"), tmp_path / "o", **kw)
+
 def _char_shards(tmp_path, text, shard_tokens=1000, val_fraction=0.1):
   tmp_path.mkdir(parents=True, exist_ok=True)
   (tmp_path / "corpus.txt").write_text(text)

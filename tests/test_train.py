@@ -208,6 +208,20 @@ def test_unknown_config_key_is_rejected_in_one_line_naming_the_flag(tmp_path):
     assert not os.path.exists(tmp_path / "config.json")  # nothing started
 
 
+
+def test_bad_config_values_of_every_task_are_one_line_errors(tmp_path):
+  """Values each task checks when it is built (not only the shared keys): a one-line error, no traceback."""
+  for config, flag, said in (
+      ("gpt_shakespeare_tiny", "--config.task=nosuch", "unknown config.task 'nosuch'"),
+      ("gpt_shakespeare_tiny", "--config.data.val_fraction=0.00005", "the validation split has 56 tokens"),
+      ("bert_wikitext2", "--config.data.mask_prob=1.5", "data.mask_prob must be in (0, 1)"),
+      ("word2vec_skipgram", "--config.data.window=0", "data.window must be >= 1")):
+    out = _run_train(f"--config=experiments/configs/{config}.py", f"--workdir={tmp_path / config}", flag,
+                     "--config.train.num_steps=2" if config != "word2vec_skipgram" else "--config.train.epochs=1")
+    assert out.returncode == 1 and "Traceback" not in out.stderr + out.stdout, (flag, out.stderr[-2000:])
+    assert said in out.stdout + out.stderr, (flag, out.stdout[-1000:], out.stderr[-1000:])
+    assert not os.path.exists(tmp_path / config / "config.json")  # nothing started
+
 def test_apply_overrides_sets_nested_keys_and_names_bad_ones():
   from experiments.configs import gpt_shakespeare_tiny
   from tfjax.config import apply_overrides

@@ -377,7 +377,11 @@ def make_tokenizer(spec: str, sources: list[Source], val_fraction: float, text_f
   path = pathlib.Path(spec).expanduser()
   if path.is_dir():
     from tfjax import hf
-    tok = hf.load_tokenizer(path)
+    try:  # a tfjax workdir or shards directory keeps its tokenizer (character-level ones too) in tokenizer.json
+      tok = load_tokenizer(path / "tokenizer.json") if _is_char_tokenizer(path / "tokenizer.json") else (
+          hf.load_tokenizer(path))
+    except hf.HFCheckpointError as e:
+      raise PrepareError(f"--tokenizer={spec}: {e}") from None
     if tok.eos_id is None:
       raise PrepareError(f"--tokenizer={spec}: the tokenizer has no end-of-text token (<|endoftext|>, [EOS] or </s>) "
                          "to separate documents")
@@ -389,6 +393,15 @@ def make_tokenizer(spec: str, sources: list[Source], val_fraction: float, text_f
     return tok
   raise PrepareError(f"--tokenizer={spec!r}: want 'char', 'bpe:VOCAB_SIZE', or a directory with a Hugging Face "
                      "tokenizer (tokenizer.json, or vocab.json + merges.txt)")
+
+
+def _is_char_tokenizer(path: pathlib.Path) -> bool:
+  """Whether ``path`` is the ``tokenizer.json`` of a tfjax character tokenizer (``{"type": "char", ...}``)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f).get("type") == "char"
+  except (OSError, ValueError, AttributeError):
+    return False
 
 
 def _encoder(tok) -> Callable[[list[str]], list[np.ndarray]]:

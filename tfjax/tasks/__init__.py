@@ -32,7 +32,8 @@ def make_task(config: Any, workdir: str | None = None) -> Any:
   entry = TASKS.get(config.task)
   if entry is None:
     known = sorted(TASKS) + ["word2vec (tfjax.tasks.word2vec.train_and_evaluate)"]
-    raise ValueError(f"unknown config.task {config.task!r}; known: {', '.join(known)}")
+    from tfjax.config import ConfigError
+    raise ConfigError(f"unknown config.task {config.task!r}; known: {', '.join(known)}")
   if isinstance(entry, str):
     module, _, name = entry.partition(":")
     entry = getattr(importlib.import_module(module), name)

@@ -62,7 +62,7 @@ def load_text(dataset: str, data_dir: str | None) -> str:
   with open(path, encoding="utf-8") as f:
     text = f.read()
   if not text:
-    raise ValueError(f"data file {path} is empty")
+    raise config_lib.ConfigError(f"data file {path} is empty")
   return text
 
 
@@ -134,9 +134,9 @@ class LMTask:
     for name, split in (("training", self.train_data), ("validation", self.val_data)):
       if len(split) <= self.seq_len + 1:
         where = f" of {shards_path}" if shards_path is not None else ""
-        raise ValueError(f"the {name} split{where} has {len(split)} tokens, fewer than one window of seq_len + 2 = "
-                         f"{self.seq_len + 2}: use a larger corpus (or validation fraction) or a shorter "
-                         "data.seq_len")
+        raise config_lib.ConfigError(
+            f"the {name} split{where} has {len(split)} tokens, fewer than one window of seq_len + 2 = "
+            f"{self.seq_len + 2}: use a larger corpus (or validation fraction) or a shorter data.seq_len")
     self.model = GPT(self.model_cfg)
     self.batch_size = config.train.batch_size
     self.seed = config.seed

@@ -59,7 +59,7 @@ def read_lines(dataset: str, data_dir: str | None, clean_wikitext: bool = False)
   lines = [line.strip() for line in text.splitlines()]
   lines = [line for line in lines if line]
   if not lines:
-    raise ValueError(f"data file {path} has no text")
+    raise config_lib.ConfigError(f"data file {path} has no text")
   return lines
 
 
@@ -210,6 +210,17 @@ def build_model(config: Any, vocab_size: int) -> BERT:
   return BERT(cfg, type_vocab_size=config.model.get("type_vocab_size", 2))
 
 
+def _check_masking_config(seq_len: int, mask_prob: float, mask_token_prob: float, random_token_prob: float) -> None:
+  """The config's sequence length and masking probabilities, each a :class:`ConfigError` naming its key."""
+  if seq_len < 3:
+    raise config_lib.ConfigError(f"data.seq_len must be >= 3 ([CLS] token [SEP]), got {seq_len}")
+  if not 0.0 < mask_prob < 1.0:
+    raise config_lib.ConfigError(f"data.mask_prob must be in (0, 1), got {mask_prob}")
+  if mask_token_prob < 0 or random_token_prob < 0 or mask_token_prob + random_token_prob > 1.0:
+    raise config_lib.ConfigError(f"data.mask_token_prob={mask_token_prob} and data.random_token_prob="
+                                 f"{random_token_prob} must be >= 0 and sum to at most 1")
+
+
 class MLMTask:
   """BERT trained with the masked-LM objective. Implements :class:`tfjax.tasks.base.Task`.
 
@@ -249,7 +260,8 @@ class MLMTask:
     self.pad_id, self.cls_id, self.sep_id, self.mask_id = (
         tok.token_to_id(t) for t in (tokenizers.PAD, tokenizers.CLS, tokenizers.SEP, tokenizers.MASK))
     if None in (self.pad_id, self.cls_id, self.sep_id, self.mask_id):
-      raise ValueError(f"tokenizer {tok_path} lacks one of [PAD] [CLS] [SEP] [MASK]")
+      raise config_lib.ConfigError(f"tokenizer {tok_path or given} lacks one of [PAD] [CLS] [SEP] [MASK] (config key "
+                                   "'data.tokenizer_file' wants a WordPiece tokenizer of an MLM run)")
     special = np.asarray(tok.special_ids(), np.int64)
     self.random_ids = np.setdiff1d(np.arange(tok.vocab_size), special)  # random replacements: non-special tokens
 
@@ -259,6 +271,7 @@ class MLMTask:
       raise config_lib.ConfigError(f"data.seq_len={self.seq_len} is longer than model.max_len="
                                    f"{self.model.cfg.max_len}")
     self.mask_prob = d.get("mask_prob", 0.15)
+    _check_masking_config(self.seq_len, self.mask_prob, d.get("mask_token_prob", 0.8), d.get("random_token_prob", 0.1))
     self.max_predictions = d.get("max_predictions", 0) or math.ceil(self.mask_prob * self.seq_len)
     self.train_ids, self.train_mask = self._encode(train_lines)
     self.eval_ids, self.eval_mask = self._encode(eval_lines)

@@ -49,6 +49,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from tfjax.config import ConfigError
 from tfjax.tasks import word2vec_eval as ev
 from tfjax.data import files
 from tfjax.data import word2vec_data as wd
@@ -328,11 +329,11 @@ def _validate(config: ml_collections.ConfigDict) -> None:
   t = config.train
   for name in ("epochs", "row_size", "rows_per_step", "steps_per_call"):
     if int(t[name]) < 1:
-      raise ValueError(f"train.{name} must be >= 1, got {t[name]}")
+      raise ConfigError(f"train.{name} must be >= 1, got {t[name]}")
   if config.data.window < 1:
-    raise ValueError(f"data.window must be >= 1, got {config.data.window}")
+    raise ConfigError(f"data.window must be >= 1, got {config.data.window}")
   if not config.data.files:
-    raise ValueError("data.files is empty: give at least one corpus file")
+    raise ConfigError("data.files is empty: give at least one corpus file")
   w2v.Word2VecConfig(vocab_size=1, dim=config.model.dim, architecture=config.model.architecture,
                      loss=config.model.loss, negatives=config.model.negatives)
 
@@ -606,9 +607,9 @@ def load_centre_word_data(config: ml_collections.ConfigDict) -> CentreWordData:
   """Reads ``config.data.files`` with word2vec's tokenisation, holds out one line in ``data.heldout_every``, builds
   the vocabulary (``data.min_count``) on the training lines and lays the windows of ``data.window`` each side."""
   if config.data.window < 1:
-    raise ValueError(f"data.window must be >= 1, got {config.data.window}")
+    raise ConfigError(f"data.window must be >= 1, got {config.data.window}")
   if not config.data.files:
-    raise ValueError("data.files is empty: give at least one corpus file")
+    raise ConfigError("data.files is empty: give at least one corpus file")
   sentences = wd.read_sentences([data_path(p, config.data_dir) for p in config.data.files])
   train_s, held_s = split_heldout(sentences, config.data.heldout_every)
   if not held_s:
