@@ -61,8 +61,9 @@ def launch(num_processes: int, train_args: list[str], env: dict | None = None, l
 
 
 def main(argv) -> int:
-  if len(argv) < 2 or not argv[0].isdigit():
-    print("usage: multihost.py N --config=CONFIG --workdir=DIR [--config.KEY=VALUE ...]", file=sys.stderr)
+  if len(argv) < 2 or not argv[0].isdigit() or int(argv[0]) < 1:
+    print("usage: multihost.py N --config=CONFIG --workdir=DIR [--config.KEY=VALUE ...] (N >= 1 processes)",
+          file=sys.stderr)
     return 2
   n = int(argv[0])
   workdir = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--workdir=")), None)

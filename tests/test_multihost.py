@@ -85,3 +85,10 @@ def test_sigterm_stops_all_processes_at_the_same_step(tmp_path):
   saved += [int(l.split("at step ")[1].split()[0]) for l in open(tmp_path / "process_1.log") if "SIGTERM: saved" in l]
   assert len(saved) == 2 and saved[0] == saved[1] and saved[0] % 5 == 0, saved
   assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [saved[0]]
+
+
+def test_launcher_refuses_zero_or_no_count_of_processes(capsys):
+  from experiments import multihost
+  for argv in (["0", "--config=c.py"], ["two", "--config=c.py"], ["2"]):
+    assert multihost.main(argv) == 2, argv  # nothing started
+    assert "usage: multihost.py N" in capsys.readouterr().err
