@@ -280,6 +280,10 @@ def test_a_relaunch_that_cannot_resume_leaves_the_runs_record_as_it_was(tmp_path
     assert runtime.run(other, str(wd)) is None
     assert said in caplog.text
     assert {n: (wd / n).read_bytes() for n in record} == record
+  (tmp_path / "a_file").write_text("kept")
+  caplog.clear()
+  assert runtime.run(c, str(tmp_path / "a_file")) is None  # a --workdir that is a file: refused, left as it was
+  assert "is a file, not a directory" in caplog.text and (tmp_path / "a_file").read_text() == "kept"
 
 
 def test_bad_data_init_and_batch_flags_are_one_line_errors(tmp_path):

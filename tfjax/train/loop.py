@@ -161,8 +161,10 @@ def start_run(config: Any, workdir: str, timer: PhaseTimer) -> Run:
 
 
 def check_workdir_task(config: Any, workdir: str) -> None:
-  """Raises ConfigError when ``workdir`` already holds a run of another task (its ``config.json``): nothing of it
-  is read or overwritten."""
+  """Raises ConfigError when ``workdir`` is a file, or already holds a run of another task (its ``config.json``):
+  nothing of it is read or overwritten."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f"--workdir={workdir} is a file, not a directory: give a new or a run's directory")
   path = os.path.join(workdir, "config.json")
   if not os.path.isfile(path):
     return
