@@ -31,7 +31,7 @@ def load(path):
     from tfjax.models.gpt import GPT
     model, params = hf.load(path)
     if not isinstance(model, GPT):
-      raise app.UsageError(f"{path} holds a {type(model).__name__}; sample generates from GPT-2 (decoder) models")
+      raise ValueError(f"{path} holds a {type(model).__name__}; sample generates from GPT-2 (decoder) models")
     tokenizer = hf.load_tokenizer(path)
     return model, params, tokenizer
   from tfjax import config as config_lib
@@ -40,7 +40,7 @@ def load(path):
   from tfjax.train.restore import load_config, load_params
   config = load_config(path)
   if config.task != "lm":
-    raise app.UsageError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
+    raise ValueError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
   tokenizer = load_tokenizer(os.path.join(path, "tokenizer.json"))  # characters or subwords (token shards)
   model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
   params, step = load_params(path, FLAGS.step, best=FLAGS.best)
@@ -56,9 +56,10 @@ def main(argv):
   from tfjax.generate import generate_text
   runtime.quiet_logging()
   from tfjax.train.checkpoint import CheckpointError
+  from tfjax.hf.common import HFCheckpointError
   try:
     model, params, tokenizer = load(argv[1])
-  except (FileNotFoundError, CheckpointError) as e:
+  except (FileNotFoundError, CheckpointError, HFCheckpointError, ValueError) as e:  # what a user can act on
     print(f"error: {e}", file=sys.stderr)
     return 1
   try:

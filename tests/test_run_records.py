@@ -47,3 +47,20 @@ def test_profile_steps_spec():
   for bad in ("10", "15:10", "a:b"):
     with pytest.raises(ConfigError, match="profile_steps"):
       parse_profile_steps(bad)
+
+
+def test_a_config_json_that_is_not_a_runs_record_is_a_clear_error(tmp_path):
+  """A Hugging Face directory without its weights (or any other config.json) is not read as a run's config."""
+  import sys
+  from conftest import ROOT
+  from tfjax.train.checkpoint import CheckpointError
+  from tfjax.train.restore import load_config
+  (tmp_path / "config.json").write_text('{"model_type": "gpt2", "n_layer": 2}')
+  with pytest.raises(CheckpointError, match="is not a tfjax run's config .* model.safetensors"):
+    load_config(str(tmp_path))
+  (tmp_path / "config.json").write_text('{"task": ')
+  with pytest.raises(CheckpointError, match="cannot be read as a run's config"):
+    load_config(str(tmp_path))
+  out = subprocess.run([sys.executable, str(ROOT / "experiments" / "sample.py"), str(tmp_path)], capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" not in out.stderr and "cannot be read" in out.stderr, out.stderr

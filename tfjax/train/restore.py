@@ -14,12 +14,20 @@ from tfjax.train.checkpoint import CheckpointError, complete_steps, make_best_ma
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The ``config.json`` a training run wrote in ``workdir``."""
+  """The ``config.json`` a training run wrote in ``workdir``; a clear :class:`CheckpointError` when there is none or
+  it is not a tfjax run's (e.g. a Hugging Face directory without its ``model.safetensors``)."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise CheckpointError(f"{workdir} is not a tfjax workdir: it has no config.json")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{path} cannot be read as a run's config: {e}") from None
+  if not isinstance(data, dict) or "task" not in data:
+    raise CheckpointError(f"{path} is not a tfjax run's config (it names no task); a Hugging Face model directory "
+                          "needs its weights beside it as model.safetensors")
+  return ml_collections.ConfigDict(data)
 
 
 def checkpoint_steps(workdir: str) -> list[int]:
