@@ -231,6 +231,8 @@ class MLMTask:
     self.config = config
     self.workdir = os.path.abspath(workdir) if workdir else None
     d = config.data
+    _check_masking_config(d.seq_len or config.model.max_len, d.get("mask_prob", 0.15), d.get("mask_token_prob", 0.8),
+                          d.get("random_token_prob", 0.1))  # before the tokenizer is trained
     clean = d.get("clean_wikitext", True)
     train_lines = read_lines(d.dataset, config.data_dir, clean)
     eval_lines = read_lines(d.eval_dataset, config.data_dir, clean)
@@ -271,7 +273,6 @@ class MLMTask:
       raise config_lib.ConfigError(f"data.seq_len={self.seq_len} is longer than model.max_len="
                                    f"{self.model.cfg.max_len}")
     self.mask_prob = d.get("mask_prob", 0.15)
-    _check_masking_config(self.seq_len, self.mask_prob, d.get("mask_token_prob", 0.8), d.get("random_token_prob", 0.1))
     self.max_predictions = d.get("max_predictions", 0) or math.ceil(self.mask_prob * self.seq_len)
     self.train_ids, self.train_mask = self._encode(train_lines)
     self.eval_ids, self.eval_mask = self._encode(eval_lines)
