@@ -37,18 +37,19 @@ def _model(positional="learned", tie_embeddings=False, **kw):
 
 
 def _greedy_by_full_forward(model, params, src, valid, n, eos):
-  """Reference: at every step, the whole target so far through the teacher-forced forward pass (no cache)."""
-  tgt = np.full((src.shape[0], 1), BOS, np.int32)
+  """Reference: at every step, the whole target so far through the teacher-forced forward pass (no cache). The target
+  sits in a buffer of n + 1 positions (one compiled program), read at the last real one: the decoder is causal, so the
+  positions after it do not change it (tested by test_decoder_is_causal_and_encoder_sees_both_ways)."""
+  full = jax.jit(lambda tgt: model.apply({"params": params}, src, valid, tgt))
+  tgt = np.zeros((src.shape[0], n + 1), np.int32)
+  tgt[:, 0] = BOS
   done = np.zeros(src.shape[0], bool)
-  out = []
-  for _ in range(n):
-    logits = model.apply({"params": params}, src, valid, tgt)
-    nxt = np.asarray(jnp.argmax(logits[:, -1], -1)).astype(np.int32)
+  for t in range(n):
+    nxt = np.asarray(jnp.argmax(full(tgt)[:, t], -1)).astype(np.int32)
     nxt = np.where(done, 0, nxt)
     done |= nxt == eos
-    out.append(nxt)
-    tgt = np.concatenate([tgt, nxt[:, None]], axis=1)
-  return np.stack(out, 1)
+    tgt[:, t + 1] = nxt
+  return tgt[:, 1:]
 
 
 @pytest.mark.parametrize("positional,tie", [("learned", False), ("sinusoidal", False), ("rope", True)])
@@ -352,18 +353,19 @@ def test_beam_search_of_width_one_is_greedy_and_wide_beams_are_exhaustive():
   eos = int(greedy[0, 0])  # an end token that the model likes, so that finished hypotheses compete
   ids, score = beam_translate(model, params, src, valid, 2, beam_size=1600, bos_id=BOS, eos_id=eos,
                               length_penalty=0.0)
-  logp1 = jax.nn.log_softmax(model.apply({"params": params}, src, valid, np.full((3, 1), BOS))[:, 0])  # [B, V]
+  full = jax.jit(lambda s, v, t: jax.nn.log_softmax(model.apply({"params": params}, s, v, t)))
+  logp1 = np.asarray(full(src, valid, np.full((3, 1), BOS, np.int32))[:, 0])  # [B, V]
+  firsts = np.stack([np.full(40, BOS), np.arange(40)], 1).astype(np.int32)  # [40, 2]: every first token
   best, all_seqs = [], []
   for b in range(3):
+    logp2 = np.asarray(full(np.repeat(src[b:b + 1], 40, 0), np.repeat(valid[b:b + 1], 40, 0), firsts)[:, 1])
     seqs = []
     for a in range(40):
       if a == eos:
         seqs.append((float(logp1[b, a]), [a, 0]))
         continue
-      tgt = np.array([[BOS, a]])
-      logp2 = jax.nn.log_softmax(model.apply({"params": params}, src[b:b + 1], valid[b:b + 1], tgt)[0, 1])
-      c = int(np.argmax(logp2))
-      seqs.append((float(logp1[b, a] + logp2[c]), [a, c]))
+      c = int(np.argmax(logp2[a]))
+      seqs.append((float(logp1[b, a] + logp2[a, c]), [a, c]))
     best.append(max(seqs))
     all_seqs.append(seqs)
   np.testing.assert_allclose(score, [s for s, _ in best], rtol=1e-5, atol=1e-5)
