@@ -43,6 +43,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from tfjax.data.files import sha256_of
+
 FORMAT = "tfjax-token-shards"
 VERSION = 1
 META_FILE = "meta.json"
@@ -101,14 +103,6 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if key not in meta:
       raise ShardError(f"{meta_path} lacks the key {key!r}")
   return meta
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 22), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 class ShardWriter:
