@@ -4,7 +4,6 @@ numpy), chosen steps, clear errors, and the averaged workdir loaded by the ordin
 import json
 import os
 import subprocess
-import sys
 
 import jax
 import numpy as np

@@ -4,7 +4,6 @@ Models are tiny (random init, made here) or the tiny Hugging Face fixtures; each
 """
 
 import json
-import os
 import pathlib
 import shutil
 

@@ -9,7 +9,6 @@ browser can be started (.ci/run installs chromium and playwright).
 import os
 import shutil
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -241,6 +241,15 @@ def test_missing_tensor_is_named(tmp_path, src, key):
     hf.load(d)
 
 
+def test_a_bert_without_its_masked_lm_head_says_so(tmp_path):
+  d = _copy(BERT_DIR, tmp_path)
+  tensors = {k: v for k, v in load_file(d / "model.safetensors").items() if not k.startswith("cls.")}
+  save_file(tensors, d / "model.safetensors", metadata={"format": "pt"})
+  with pytest.raises(hf.HFCheckpointError, match=r"missing tensor 'cls\..*' \(and \d+ more\) .*a checkpoint of the "
+                     "bare encoder lacks it"):
+    hf.load(d)
+
+
 @pytest.mark.parametrize("src,key", [(BERT_DIR, "bert.encoder.layer.0.intermediate.dense.weight"),
                                      (GPT2_DIR, "transformer.wpe.weight")])
 def test_wrong_shape_is_named(tmp_path, src, key):

@@ -40,9 +40,9 @@ import numpy as np
 
 from tfjax.hf import seq2seq
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
-                             _get_path, _layernorm, _linear, _Rule, _same, _set_path, _transposed, _unscan,
-                             attention_problems, is_hf_dir, read_config, read_tensors, tensors_from_rules,
-                             write_tensors)
+                             _get_path, _layernorm, _linear, _Rule, _same, _transposed, _unscan,
+                             attention_problems, check_tensors, is_hf_dir, read_config, params_from_rules,
+                             read_tensors, tensors_from_rules, write_tensors)
 from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_ids, translate_texts
 from tfjax.models.config import TransformerConfig
 
@@ -307,30 +307,18 @@ def load(path: str | os.PathLike, **config_overrides) -> tuple[Any, dict]:
   tensors = _normalise_keys(read_tensors(path), model_type)
   expected = _expected_shapes(model, rules)
 
-  missing = [k for k in expected if k not in tensors]
-  if missing:
-    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    hint = ""
-    if model_type in _ENCODERS and any(k.startswith("cls.") for k in missing):
-      hint = (f" ({SUPPORTED[model_type]} needs the masked-LM head 'cls.predictions.*'; a checkpoint of the bare "
-              "encoder lacks it)")
-    raise HFCheckpointError(f"{path}: missing tensor '{missing[0]}'{more}{hint}")
-  for key, shape in expected.items():
-    if tuple(tensors[key].shape) != shape:
-      raise HFCheckpointError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
-                              f"for the configuration in {CONFIG_FILE}")
+  hint = ""
+  if model_type in _ENCODERS and any(k.startswith("cls.") and k not in tensors for k in expected):
+    hint = (f" ({SUPPORTED[model_type]} needs the masked-LM head 'cls.predictions.*'; a checkpoint of the bare "
+            "encoder lacks it)")
+  check_tensors(path, tensors, expected, hint)
   tied_copies = {"lm_head.weight", "cls.predictions.decoder.weight"}  # tied heads some checkpoints store anyway
   unused = sorted(k for k in tensors if k not in expected and not _IGNORED.search(k) and k not in tied_copies)
   if unused:
     logging.warning("tfjax.hf.load(%s): ignoring %d tensors not used by the model: %s", path, len(unused),
                     unused[:5])
 
-  params: dict = {}
-  for rule in rules:
-    arrays = [np.asarray(tensors[k], dtype=np.float32) for k in rule.keys]
-    _set_path(params, rule.path, np.asarray(rule.to_tf(*arrays), dtype=np.float32))
-  params = jax.tree.map(jax.numpy.asarray, params)
-  return model, params
+  return model, params_from_rules(tensors, rules)
 
 
 def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.PathLike | None = None,

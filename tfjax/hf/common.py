@@ -166,6 +166,28 @@ def tensors_from_rules(params: Any, rules) -> dict[str, np.ndarray]:
   return tensors
 
 
+def check_tensors(path, tensors: dict, expected: dict[str, tuple], hint: str = "") -> None:
+  """Every tensor of ``expected`` (``{key: shape}``) is in ``tensors`` with its shape, else an
+  :class:`HFCheckpointError` naming the first missing one (``hint`` appended) or the first of a wrong shape."""
+  missing = [k for k in expected if k not in tensors]
+  if missing:
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    raise HFCheckpointError(f"{path}: missing tensor '{missing[0]}'{more}{hint}")
+  for key, shape in expected.items():
+    if tuple(tensors[key].shape) != shape:
+      raise HFCheckpointError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
+                              f"for the configuration in {CONFIG_FILE}")
+
+
+def params_from_rules(tensors: dict, rules) -> dict:
+  """The tfjax parameter tree (float32 jax arrays) that ``rules`` make of Hugging Face ``tensors``."""
+  params: dict = {}
+  for rule in rules:
+    arrays = [np.asarray(tensors[k], dtype=np.float32) for k in rule.keys]
+    _set_path(params, rule.path, np.asarray(rule.to_tf(*arrays), dtype=np.float32))
+  return jax.tree.map(jax.numpy.asarray, params)
+
+
 def attention_problems(cfg) -> list[str]:
   """What in ``cfg`` Hugging Face's multi-head attention (one key/value head per query head, head_dim = D / H) and
   biased layers cannot represent."""

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, HFCheckpointError, _activation, _get, _get_path, _layernorm,
-                             _linear, _Rule, _same, _set_path, _transposed, attention_problems, read_tensors,
-                             write_tensors)
+                             _linear, _Rule, _same, _transposed, attention_problems, check_tensors,
+                             params_from_rules, read_tensors, write_tensors)
 from tfjax.models.config import TransformerConfig
 from tfjax.layers.embeddings import sinusoidal_table
 
@@ -283,15 +283,9 @@ def load(path: pathlib.Path, config: dict, overrides: dict):
   rule_list = rules(cfg, enc_layers)
   tensors = _normalise_keys(read_tensors(path), cfg)
   expected = expected_shapes(model, rule_list)
-  missing = [k for k in expected if k not in tensors]
-  if missing:
-    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-    hint = " (an untied lm_head: tie_word_embeddings=false)" if missing[0] == "lm_head.weight" else ""
-    raise HFCheckpointError(f"{path}: missing tensor '{missing[0]}'{more}{hint}")
-  for key, shape in expected.items():
-    if tuple(tensors[key].shape) != shape:
-      raise HFCheckpointError(f"{path}: tensor '{key}' has shape {tuple(tensors[key].shape)}, expected {shape} "
-                              f"for the configuration in {CONFIG_FILE}")
+  first_missing = next((k for k in expected if k not in tensors), None)
+  hint = " (an untied lm_head: tie_word_embeddings=false)" if first_missing == "lm_head.weight" else ""
+  check_tensors(path, tensors, expected, hint)
   if model_type == "marian":
     check_marian_positions(tensors, cfg, path)
   known = set(expected) | _tied_copies(cfg) | {"model.encoder.embed_positions.weight",
@@ -300,11 +294,7 @@ def load(path: pathlib.Path, config: dict, overrides: dict):
   if unused:  # a layer norm after a stack (mBART-style), or anything else this architecture does not have
     raise HFCheckpointError(f"{path}: {len(unused)} tensors that {SEQ2SEQ[model_type]} does not have, e.g. "
                             f"'{unused[0]}' (another architecture saved as model_type={model_type!r}?)")
-  params: dict = {}
-  for rule in rule_list:
-    arrays = [np.asarray(tensors[k], dtype=np.float32) for k in rule.keys]
-    _set_path(params, rule.path, np.asarray(rule.to_tf(*arrays), dtype=np.float32))
-  return model, jax.tree.map(jnp.asarray, params)
+  return model, params_from_rules(tensors, rule_list)
 
 
 def save(model, params, path: pathlib.Path, token_ids: dict | None) -> None:
