@@ -20,6 +20,8 @@ def _draws(n=4000, **kw):
 
 def test_greedy_is_argmax():
   assert int(sample_logits(LOGITS, jax.random.key(0), temperature=0.0)[0]) == 0
+  with pytest.raises(TypeError, match="the logits come first"):  # jax.random's order (key first) by mistake
+    sample_logits(jax.random.key(0), LOGITS, temperature=0.0)
 
 
 def test_temperature_one_matches_softmax():

@@ -95,6 +95,17 @@ def test_bad_mask_shape_is_named():
     attention.dot_product_attention(q, k, v, jnp.ones((B, 1, T, S + 1), bool))
   with pytest.raises(ValueError, match="boolean"):
     attention.dot_product_attention(q, k, v, jnp.ones((B, 1, T, S), jnp.float32))
+  # the pure functions of the notes check too (jax's own error names an einsum label or a broadcast)
+  with pytest.raises(ValueError, match="attention mask of shape .* axis 'kv_len'"):
+    attention.attention_pattern(q, k, jnp.ones((B, 1, T, S + 1), bool))
+  with pytest.raises(ValueError, match="k .* does not fit q .* head size Dh"):
+    attention.attention_pattern(q, k[..., :-1])
+  with pytest.raises(ValueError, match="v .* does not fit the pattern"):
+    attention.reference_attention(q, k, v[:, :-1])
+  with pytest.raises(ValueError, match="q must have 4 axes"):
+    attention.dot_product_attention(q[0], k, v)
+  with pytest.raises(ValueError, match="lengths must be >= 0"):
+    masks.causal_mask(-1)
 
 
 def test_masks():

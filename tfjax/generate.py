@@ -27,6 +27,8 @@ from tfjax.layers.embeddings import check_token_ids
 def sample_logits(logits: jnp.ndarray, rng: jax.Array, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None) -> jnp.ndarray:
   """Draws token ids ``[B]`` from ``logits [B, V]``; ``temperature == 0`` returns the argmax (greedy)."""
+  if jax.dtypes.issubdtype(jnp.asarray(logits).dtype, jax.dtypes.prng_key):
+    raise TypeError("sample_logits(logits, rng, ...): the logits come first, then the key (a key was given first)")
   if temperature < 0:
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   if top_p is not None and not 0.0 < top_p <= 1.0:

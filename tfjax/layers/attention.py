@@ -46,6 +46,24 @@ def _repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
   return x if kv_heads == num_heads else jnp.repeat(x, num_heads // kv_heads, axis=2)
 
 
+def check_qkv(q, k, v=None, mask=None) -> None:
+  """Raises a ValueError naming the array when ``q [B, T, H, Dh]``, ``k [B, S, K, Dh]``, ``v [B, S, K, Dv]`` or the
+  mask (:func:`tfjax.layers.masks.check_mask`) do not fit together (jax's own errors name an einsum label)."""
+  arrays = (("q", q, "[B, T, H, Dh]"), ("k", k, "[B, S, K, Dh]")) + ((("v", v, "[B, S, K, Dv]"),) if v is not None
+                                                                      else ())
+  for name, x, axes in arrays:
+    if x.ndim != 4:
+      raise ValueError(f"attention: {name} must have 4 axes {axes}, got shape {x.shape}")
+  if k.shape[0] != q.shape[0] or k.shape[3] != q.shape[3]:
+    raise ValueError(f"attention: k {k.shape} does not fit q {q.shape}: both need the batch B and the head size Dh")
+  if q.shape[2] % k.shape[2]:
+    raise ValueError(f"attention: q's {q.shape[2]} heads are not a multiple of k's {k.shape[2]} key/value heads")
+  if v is not None and v.shape[:3] != k.shape[:3]:
+    raise ValueError(f"attention: v {v.shape} does not fit k {k.shape}: both are [B, S, K, ...]")
+  if mask is not None:
+    masks_lib.check_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+
+
 def attention_scores(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = None,
                      scale: float | None = None, precision: Precision = None) -> jnp.ndarray:
   """The scaled scores ``q·kᵀ/√Dh`` ``[B, H, T, S]`` in float32, masked entries set to -inf (before the softmax).
@@ -53,6 +71,7 @@ def attention_scores(q: jnp.ndarray, k: jnp.ndarray, mask: jnp.ndarray | None = 
   ``q [B, T, H, Dh]``, ``k [B, S, K, Dh]`` (each key/value head serves ``H // K`` query heads), ``mask [B|1, H|1, T,
   S]`` boolean (True = may attend).
   """
+  check_qkv(q, k, mask=mask)
   num_heads, head_dim = q.shape[2], q.shape[3]
   k = _repeat_kv(k, num_heads)
   scale = head_dim ** -0.5 if scale is None else scale
@@ -91,6 +110,9 @@ def attend(pattern: jnp.ndarray, v: jnp.ndarray, *, dropout_rate: float = 0.0,
            dropout_rng: jax.Array | None = None, precision: Precision = None, dtype: Dtype | None = None):
   """The weighted sum of values ``pattern · v``: ``[B, H, T, S] x [B, S, K, Dh] -> [B, T, H, Dh]`` (in ``dtype``,
   default ``v``'s), with dropout on the pattern when ``dropout_rate > 0`` and a ``dropout_rng`` is given."""
+  if v.ndim != 4 or v.shape[0] != pattern.shape[0] or v.shape[1] != pattern.shape[3]:
+    raise ValueError(f"attention: v {v.shape} does not fit the pattern {pattern.shape}: v is [B, S, K, Dv] for a "
+                     "pattern [B, H, T, S]")
   weights = pattern
   if dropout_rate > 0.0 and dropout_rng is not None:
     weights = dropout(weights, dropout_rate, dropout_rng)
@@ -160,8 +182,7 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
-  if mask is not None:
-    masks_lib.check_mask(mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+  check_qkv(q, k, v, mask)
   if implementation == "auto" and jax.default_backend() != "gpu":
     implementation = "reference"
   if dropout_rate > 0.0 and dropout_rng is not None:
@@ -357,8 +378,6 @@ class MultiHeadAttention(nn.Module):
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
                                   block_size=self.block_size, precision=self.precision)
       return out, None
-    if mask is not None:
-      masks_lib.check_mask(mask, q.shape[0], heads, q.shape[1], k.shape[1])
     scores = hooks.hook(self, "scores", attention_scores(q, k, mask, precision=self.precision))
     pattern = hooks.hook(self, "pattern", masked_softmax(scores, mask))
     out = attend(pattern, v, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, precision=self.precision,

@@ -22,6 +22,8 @@ def causal_mask(q_len: int, kv_len: int | None = None, offset=0) -> jnp.ndarray:
   With ``offset`` > 0 the queries are the last ``q_len`` positions of a longer sequence (as in decoding with a cache).
   """
   kv_len = q_len if kv_len is None else kv_len
+  if q_len < 0 or kv_len < 0:
+    raise ValueError(f"causal_mask: lengths must be >= 0, got q_len={q_len}, kv_len={kv_len}")
   return causal_mask_at(offset + jnp.arange(q_len)[None, :], kv_len)
 
 
