@@ -90,11 +90,14 @@ def measure_generation(new_tokens):
 
 def main(argv):
   del argv
+  parts = FLAGS.only.split(",")
+  unknown = sorted(set(parts) - {"baby", "default", "generate"})
+  if unknown:
+    raise app.UsageError(f"--only: unknown parts {unknown}; choose from baby, default, generate")
   runtime.setup_logging()
   import jax
   from experiments.configs import gpt_shakespeare, gpt_shakespeare_tiny
   from tfjax.train.metrics import measure_matmul_peak
-  parts = FLAGS.only.split(",")
   peak = measure_matmul_peak(2048, 5) if jax.default_backend() == "cpu" else None
   from tfjax.train.metrics import device_peak_flops
   peak = peak or device_peak_flops()
