@@ -49,8 +49,9 @@ def _repeat_kv(x: jnp.ndarray, num_heads: int) -> jnp.ndarray:
 def check_qkv(q, k, v=None, mask=None) -> None:
   """Raises a ValueError naming the array when ``q [B, T, H, Dh]``, ``k [B, S, K, Dh]``, ``v [B, S, K, Dv]`` or the
   mask (:func:`tfjax.layers.masks.check_mask`) do not fit together (jax's own errors name an einsum label)."""
-  arrays = (("q", q, "[B, T, H, Dh]"), ("k", k, "[B, S, K, Dh]")) + ((("v", v, "[B, S, K, Dv]"),) if v is not None
-                                                                      else ())
+  arrays = [("q", q, "[B, T, H, Dh]"), ("k", k, "[B, S, K, Dh]")]
+  if v is not None:
+    arrays.append(("v", v, "[B, S, K, Dv]"))
   for name, x, axes in arrays:
     if x.ndim != 4:
       raise ValueError(f"attention: {name} must have 4 axes {axes}, got shape {x.shape}")
