@@ -187,7 +187,7 @@ def test_clear_errors(tmp_path):
     commands.run_command("attention", gpt, str(tmp_path), text="hello world " * 40)
   with pytest.raises(SubjectError, match="takes no --neurons"):
     commands.run_command("attention", gpt, str(tmp_path), neurons=[1])
-  with pytest.raises(SubjectError, match="works on a GPT"):
+  with pytest.raises(SubjectError, match="works on a GPT .*holds a BERT"):
     commands.run_command("temperature", hf_bert_with_vocab(tmp_path), str(tmp_path))
   with pytest.raises(SubjectError, match="needs a workdir"):
     commands.run_command("attention", None, str(tmp_path))
@@ -206,7 +206,7 @@ def test_wrong_kind_of_workdir(tmp_path):
   wd.mkdir()
   (wd / "config.json").write_text(json.dumps({"task": "word2vec"}))
   (wd / "vectors.txt").write_text("2 3\nking 1 0 0\nqueen 0 1 0\n")
-  with pytest.raises(SubjectError, match="works on a GPT .*holds a word2vec"):
+  with pytest.raises(SubjectError, match="works on a GPT .*holds word2vec vectors"):
     commands.run_command("attention", str(wd), str(tmp_path / "out"))
 
 
@@ -248,6 +248,33 @@ def test_heads_loss_increase_equals_zeroing_the_heads_out_rows(tmp_path):
     np.testing.assert_allclose(delta[layer, head], loss(params) - base, atol=1e-5)
   assert np.any(np.abs(delta) > 1e-4)
   assert (tmp_path / "heads_decoder_attn.png").exists()
+
+
+def test_heads_scores_a_padded_batch_in_chunks_as_one_call():
+  """A translator's validation batch (512 sentences) is scored in chunks of rows whose logits fit a budget (one call
+  peaked at 4.8 GB); the chunks' summed loss over their summed token count is the whole batch's loss, also when the
+  chunks hold different numbers of real tokens (where a mean of the chunks' means would differ)."""
+  from tfjax.explain import heads as heads_lib
+  from tfjax.explain.interventions import token_loss
+  from tfjax.tasks.translate import PAD_ID
+  subject = tiny_translator_subject()
+  rng = np.random.default_rng(0)
+  src, tgt = rng.integers(4, subject.tokenizer.vocab_size, (2, 5, 9))
+  lengths = np.array([9, 2, 3, 8, 4])
+  tgt = np.where(np.arange(9) < lengths[:, None], tgt, PAD_ID)
+  src[3:, 6:] = PAD_ID
+  batch = {"src": src, "inputs": tgt[:, :-1], "targets": tgt[:, 1:], "weights": (tgt[:, 1:] != PAD_ID) * 1.0}
+  model, params = subject.model, subject.params
+  row_bytes = 8 * subject.tokenizer.vocab_size * 4  # [1, T, V] float32 logits
+  chunks = heads_lib._chunked(model, "translator", params, batch, budget=2 * row_bytes)
+  assert [len(c["src"]) for c in chunks] == [2, 2, 1]
+  assert len(heads_lib._chunked(model, "translator", params, batch)) == 1
+  logits = model.apply({"params": params}, jnp.asarray(src), jnp.asarray(src != PAD_ID), jnp.asarray(tgt[:, :-1]))
+  whole = float(token_loss(logits, jnp.asarray(tgt[:, 1:]), jnp.asarray(batch["weights"])))
+  np.testing.assert_allclose(heads_lib._mean_loss(model, "translator", params, None, [chunks]), whole, rtol=1e-5)
+  means = [float(heads_lib._loss_terms(model, "translator", params, None, c)[0] /
+                 heads_lib._loss_terms(model, "translator", params, None, c)[1]) for c in chunks]
+  assert abs(np.mean(means) - whole) > 1e-3  # the test can tell the two ways of adding up apart
 
 
 def test_qk_embedding_scores_equal_layer0_scores_without_positions(tmp_path):
@@ -311,9 +338,9 @@ def test_logit_lens_kl_in_row_chunks_equals_one_call():
   ids = np.random.default_rng(0).integers(0, 9, (7, 13))
   batch = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
   per_row = 3 * 12 * subject.tokenizer.vocab_size * 4  # [L + 1, 1, T, V] float32
-  chunks = list(lens_lib._row_chunks(subject.model, "gpt", subject.params, batch, budget=2 * per_row))
+  chunks = list(lens_lib._lens_chunks(subject.model, "gpt", subject.params, batch, budget=2 * per_row))
   assert [len(c["inputs"]) for c in chunks] == [2, 2, 2, 1]
-  assert len(list(lens_lib._row_chunks(subject.model, "gpt", subject.params, batch))) == 1
+  assert len(list(lens_lib._lens_chunks(subject.model, "gpt", subject.params, batch))) == 1
 
   def kl(b):
     s, n = lens_lib._mean_kl(subject.model, "gpt", subject.params, jax.tree.map(jnp.asarray, b),

@@ -6,8 +6,9 @@
   15% of the tokens masked BERT's way (:func:`tfjax.tasks.mlm.mask_tokens`, seed 0) for BERT.
 
 :func:`model_inputs` gives ``(args, kwargs)`` for ``model.apply``; :func:`batch_loss` the mean cross-entropy
-(:func:`tfjax.explain.interventions.token_loss`) of the logits on the batch's targets; :func:`token_weights` the
-``[B, T]`` weights of the positions that count (real tokens).
+(:func:`tfjax.explain.interventions.token_loss`) of the logits on the batch's targets and :func:`batch_loss_terms` its
+sum and token count (to add up over chunks); :func:`token_weights` the ``[B, T]`` weights of the positions that
+count (real tokens); :func:`row_chunks` a batch in pieces whose ``[rows, T, V]`` outputs fit a memory budget.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tfjax.explain.interventions import token_loss
 
@@ -69,13 +72,45 @@ def model_inputs(kind: str, batch: dict[str, Any]) -> tuple[tuple, dict]:
   return (batch["src"], batch["src"] != PAD_ID, batch["inputs"]), {}
 
 
+def _targets(kind: str, batch: dict[str, Any]) -> tuple[Any, Any]:
+  """The batch's target ids and their weights (``None``: every target counts)."""
+  if kind == "gpt":
+    return batch["targets"], None
+  if kind == "bert":
+    return batch["masked_labels"], batch["masked_weights"]
+  return batch["targets"], batch["weights"]
+
+
 def batch_loss(kind: str, logits: jnp.ndarray, batch: dict[str, Any]) -> jnp.ndarray:
   """Mean cross-entropy (nats) of ``logits`` on the batch's targets (BERT: at the masked positions)."""
-  if kind == "gpt":
-    return token_loss(logits, batch["targets"])
-  if kind == "bert":
-    return token_loss(logits, batch["masked_labels"], batch["masked_weights"])
-  return token_loss(logits, batch["targets"], batch["weights"])
+  return token_loss(logits, *_targets(kind, batch))
+
+
+def batch_loss_terms(kind: str, logits: jnp.ndarray, batch: dict[str, Any]) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """``(sum, count)``: the cross-entropy summed over the targets that count, and their (weighted) number, so that
+  the loss of a batch scored in chunks is ``sum(sums) / sum(counts)``, the :func:`batch_loss` of the whole."""
+  targets, weights = _targets(kind, batch)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+  w = jnp.ones_like(ce) if weights is None else jnp.asarray(weights, jnp.float32)
+  return jnp.sum(ce * w), jnp.sum(w)
+
+
+OUTPUT_BYTES = 256 << 20  # what one call on a chunk of rows may output ([rows, T, V] float32 logits, a lens)
+
+
+def row_chunks(batch: dict[str, Any], row_bytes: int, budget: int = OUTPUT_BYTES):
+  """``batch`` in consecutive pieces of rows whose output, ``row_bytes`` a row, fits ``budget`` bytes: a
+  translator's validation batch of 512 rows would otherwise give ``[512, T, V]`` logits (and their softmax) of GBs."""
+  rows = len(next(iter(batch.values())))
+  step = int(max(1, min(rows, budget // max(1, int(row_bytes)))))
+  for i in range(0, rows, step):
+    yield {k: v[i:i + step] for k, v in batch.items()}
+
+
+def output_row_bytes(fn, batch: dict[str, Any]) -> int:
+  """Bytes of ``fn(one_row_batch)``'s output (float32), by :func:`jax.eval_shape` (nothing is computed)."""
+  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), batch)
+  return sum(int(np.prod(o.shape)) * 4 for o in jax.tree.leaves(jax.eval_shape(fn, one)))
 
 
 def token_weights(kind: str, batch: dict[str, Any]) -> np.ndarray:

@@ -3,7 +3,9 @@
 For every attention of the model (GPT/BERT: self-attention; translator: encoder self-, decoder self- and
 cross-attention) and every (layer, head), the head's output ``z`` is set to 0 (:mod:`tfjax.explain.interventions`)
 and the loss on the validation batches is measured again. One interventions tree per attention holds a mask for
-every layer, so the jitted loss compiles once per attention and each head is a new mask, not a new program.
+every layer, so the jitted loss compiles once per attention and each head is a new mask, not a new program. A batch
+is scored in chunks of rows whose logits fit :data:`tfjax.explain.data.OUTPUT_BYTES` (a translator's validation batch
+holds 512 sentences), its loss the chunks' summed cross-entropy over their summed token count.
 """
 
 from __future__ import annotations
@@ -33,14 +35,34 @@ def head_masks_tree(stack: str, sublayer: str, num_layers: int, num_heads: int, 
   return interventions_from_paths(leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "kind"))
-def _loss(model, kind, params, tree, batch):
+def _logits(model, kind, params, batch):
   args, kwargs = data_lib.model_inputs(kind, batch)
+  return model.apply({"params": params}, *args, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "kind"))
+def _loss_terms(model, kind, params, tree, batch):
   if tree is None:
-    logits = model.apply({"params": params}, *args, **kwargs)
+    logits = _logits(model, kind, params, batch)
   else:
+    args, kwargs = data_lib.model_inputs(kind, batch)
     logits = run_with_interventions(model, {"params": params}, tree, *args, **kwargs)
-  return data_lib.batch_loss(kind, logits, batch)
+  return data_lib.batch_loss_terms(kind, logits, batch)
+
+
+def _chunked(model, kind, params, batch: dict, budget: int = data_lib.OUTPUT_BYTES) -> list[dict]:
+  """``batch`` as device arrays in chunks of rows whose logits fit ``budget`` bytes."""
+  row_bytes = data_lib.output_row_bytes(functools.partial(_logits, model, kind, params), batch)
+  return [jax.tree.map(jnp.asarray, c) for c in data_lib.row_chunks(batch, row_bytes, budget)]
+
+
+def _mean_loss(model, kind, params, tree, batches: list[list[dict]]) -> float:
+  """The mean over ``batches`` (each a list of chunks) of each batch's loss."""
+  losses = []
+  for chunks in batches:
+    terms = [_loss_terms(model, kind, params, tree, c) for c in chunks]
+    losses.append(sum(float(s) for s, _ in terms) / max(sum(float(n) for _, n in terms), 1.0))
+  return float(np.mean(losses))
 
 
 def attentions(model) -> list[tuple[str, str]]:
@@ -57,8 +79,8 @@ def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None)
   """Writes ``heads.png`` (a layer x head heatmap of the loss increase per attention) and ``heads.json``."""
   os.makedirs(out_dir, exist_ok=True)
   model, params, kind = subject.model, subject.params, subject.kind
-  batches = [jax.tree.map(jnp.asarray, b) for b in data_lib.eval_batches(subject, max_batches, text)]
-  base = float(np.mean([_loss(model, kind, params, None, b) for b in batches]))
+  batches = [_chunked(model, kind, params, b) for b in data_lib.eval_batches(subject, max_batches, text)]
+  base = _mean_loss(model, kind, params, None, batches)
   stacks = model_stacks(model)
   numbers = {"base_loss": base, "batches": len(batches), "attentions": {}}
   lines = [f"heads: validation loss {base:.4f} over {len(batches)} batch(es); loss increase when one head is zeroed"]
@@ -69,7 +91,7 @@ def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None)
     for l in range(layout.num_layers):
       for h in range(layout.num_heads):
         tree = head_masks_tree(stack, sublayer, layout.num_layers, layout.num_heads, l, h)
-        delta[l, h] = np.mean([_loss(model, kind, params, tree, b) for b in batches]) - base
+        delta[l, h] = _mean_loss(model, kind, params, tree, batches) - base
     name = f"{stack}/{sublayer}"
     numbers["attentions"][name] = delta
     panels.append((name, delta))

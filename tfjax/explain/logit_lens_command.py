@@ -36,18 +36,10 @@ def _mean_kl(model, kind, params, batch, weights):
   return jnp.sum(kl * weights, axis=(1, 2)), jnp.sum(weights)
 
 
-LENS_BYTES = 256 << 20  # the lens of one validation call, [L + 1, rows, T, V] float32, stays under this
-
-
-def _row_chunks(model, kind, params, batch: dict, budget: int = LENS_BYTES):
-  """``batch`` in chunks of rows whose lens fits ``budget`` bytes: a translator's validation batch of 512 rows would
-  otherwise make a ``[L + 1, 512, T, V]`` lens (and its softmaxes) of many GB."""
-  rows = len(next(iter(batch.values())))
-  one = jax.tree.map(lambda a: jax.ShapeDtypeStruct((1, *a.shape[1:]), a.dtype), batch)
-  per_row = np.prod(jax.eval_shape(functools.partial(_lens, model, kind), params, one).shape) * 4
-  step = int(max(1, min(rows, budget // per_row)))
-  for i in range(0, rows, step):
-    yield {k: v[i:i + step] for k, v in batch.items()}
+def _lens_chunks(model, kind, params, batch: dict, budget: int = data_lib.OUTPUT_BYTES):
+  """``batch`` in chunks of rows whose ``[L + 1, rows, T, V]`` lens fits ``budget`` bytes."""
+  row_bytes = data_lib.output_row_bytes(functools.partial(_lens, model, kind, params), batch)
+  return data_lib.row_chunks(batch, row_bytes, budget)
 
 
 def run(subject, out_dir: str, *, text: str | None = None, target: str | None = None, max_batches: int = 4,
@@ -84,7 +76,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
   kl_sum, count = None, 0.0
   # a workdir: its validation text; a Hugging Face directory (no task): the text itself
   for batch in data_lib.eval_batches(subject, max_batches, None if subject.config is not None else text):
-    for b in _row_chunks(model, kind, params, batch):
+    for b in _lens_chunks(model, kind, params, batch):
       weights = data_lib.token_weights(kind, b)
       s, n = _mean_kl(model, kind, params, jax.tree.map(jnp.asarray, b), jnp.asarray(weights))
       kl_sum = np.asarray(s) if kl_sum is None else kl_sum + np.asarray(s)

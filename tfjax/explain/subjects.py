@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 KINDS = ("gpt", "bert", "translator", "word2vec")
-KIND_NAMES = {"gpt": "GPT (decoder)", "bert": "BERT (encoder)", "translator": "encoder-decoder translator",
+KIND_NAMES = {"gpt": "a GPT (decoder)", "bert": "a BERT (encoder)", "translator": "an encoder-decoder translator",
               "word2vec": "word2vec vectors"}
 
 
@@ -79,8 +79,8 @@ class Subject:
   def require(self, kinds: Sequence[str], command: str) -> None:
     """Raises :class:`SubjectError` unless this subject's kind is one of ``kinds``."""
     if self.kind not in kinds:
-      raise SubjectError(f"`explain {command}` works on a {' or '.join(KIND_NAMES[k] for k in kinds)}; "
-                         f"{self.path} holds a {KIND_NAMES[self.kind]}")
+      raise SubjectError(f"`explain {command}` works on {' or '.join(KIND_NAMES[k] for k in kinds)}; "
+                         f"{self.path} holds {KIND_NAMES[self.kind]}")
 
   def _need_tokenizer(self):
     if self.tokenizer is None:
