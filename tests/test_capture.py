@@ -12,6 +12,7 @@ import pytest
 
 from tfjax import explain
 from tfjax.layers import hooks
+from tfjax.layers.blocks import scan_params, unscan_params
 from tfjax.models.config import TransformerConfig
 from tfjax.models.bert import BERT, bert_config
 from tfjax.models.gpt import GPT, gpt_config
@@ -158,7 +159,7 @@ def test_encoder_decoder_cross_attention_pattern_excludes_source_padding():
   np.testing.assert_allclose(logits, jax.jit(model.apply)(variables, src, valid, tgt), atol=1e-5, rtol=1e-5)
 
 
-def test_scanned_and_rematerialised_stacks_capture_per_layer():
+def test_scanned_and_rematerialised_stacks_capture_and_intervene_per_layer():
   model, variables = _gpt()
   ids = _ids()
   _, ref = jax.jit(functools.partial(explain.run_with_cache, model, names="resid_post"))(variables, ids)
@@ -166,14 +167,41 @@ def test_scanned_and_rematerialised_stacks_capture_per_layer():
   _, cache = jax.jit(functools.partial(explain.run_with_cache, remat, names="resid_post"))(variables, ids)
   np.testing.assert_allclose(cache.stack("resid_post"), ref.stack("resid_post"), atol=1e-5)
   scanned = GPT(dataclasses.replace(model.cfg, scan_layers=True))
-  p = dict(variables["params"])
-  dec = p["decoder"]
-  p["decoder"] = {"layers": {"block": jax.tree.map(lambda *x: jnp.stack(x), dec["block_0"], dec["block_1"])}}
+  p = scan_params(variables["params"])
   _, cache = jax.jit(functools.partial(explain.run_with_cache, scanned, names="resid_post"))({"params": p}, ids)
   assert cache.names() == ref.names()
   np.testing.assert_allclose(cache.stack("resid_post"), ref.stack("resid_post"), atol=1e-5)
-  with pytest.raises(ValueError, match="scan_layers"):
-    explain.run_with_interventions(scanned, {"params": p}, explain.ablate_heads(model, [(0, 0)]), ids)
+  # interventions name layers: a scanned stack runs as its per-layer twin, with the same effect
+  tree = explain.ablate_heads(model, [(0, 0), (1, 1)])
+  want = explain.run_with_interventions(model, variables, tree, ids)
+  assert np.abs(want - model.apply(variables, ids)).max() > 1e-3
+  np.testing.assert_allclose(explain.run_with_interventions(scanned, {"params": p}, tree, ids), want, atol=1e-5)
+  _, cache = explain.run_with_cache(scanned, {"params": p, "interventions": tree}, ids, names="attn/z")
+  np.testing.assert_array_equal(cache["z", 1][..., 1, :], 0.0)
+  assert np.abs(np.asarray(cache["z", 1][..., 0, :])).max() > 0
+
+
+def test_scan_params_and_unscan_params_are_inverse_and_give_the_same_model():
+  """``unscan_params`` of a scanned encoder-decoder's own init is the per-layer model's tree; both models give the
+  same logits from it; ``scan_params`` gives the scanned tree back."""
+  cfg = TransformerConfig(vocab_size=13, num_layers=2, num_heads=2, emb_dim=8, max_len=8, scan_layers=True)
+  scanned = EncoderDecoder(cfg, num_encoder_layers=3)
+  src, tgt = jnp.arange(12).reshape(2, 6) % 13, jnp.ones((2, 5), jnp.int32)
+  valid = jnp.ones((2, 6), bool)
+  p_scan = nn.unbox(scanned.init(jax.random.key(0), src, valid, tgt)["params"])
+  plain = EncoderDecoder(dataclasses.replace(cfg, scan_layers=False), num_encoder_layers=3)
+  p_plain = unscan_params(p_scan)
+  assert jax.tree.structure(p_plain) == jax.tree.structure(
+      nn.unbox(plain.init(jax.random.key(0), src, valid, tgt)["params"]))
+  assert sorted(p_plain["encoder"]) == ["block_0", "block_1", "block_2"]
+  np.testing.assert_allclose(plain.apply({"params": p_plain}, src, valid, tgt),
+                             scanned.apply({"params": p_scan}, src, valid, tgt), atol=1e-5)
+  back = scan_params(p_plain)
+  assert jax.tree.structure(back) == jax.tree.structure(p_scan)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(p_scan)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(ValueError, match="not block_0 .. block_1"):
+    scan_params({"decoder": {"block_0": {"w": 1.0}, "block_2": {"w": 2.0}}})
 
 
 # -- the logit lens --------------------------------------------------------------------------------------------------

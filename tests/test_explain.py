@@ -3,6 +3,7 @@
 Models are tiny (random init, made here) or the tiny Hugging Face fixtures; each command writes into tmp_path.
 """
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -275,6 +276,23 @@ def test_heads_scores_a_padded_batch_in_chunks_as_one_call():
   means = [float(heads_lib._loss_terms(model, "translator", params, None, c)[0] /
                  heads_lib._loss_terms(model, "translator", params, None, c)[1]) for c in chunks]
   assert abs(np.mean(means) - whole) > 1e-3  # the test can tell the two ways of adding up apart
+
+
+def test_a_model_trained_with_scanned_layers_is_explained_layer_by_layer(tmp_path):
+  """A run with ``scan_layers=True`` keeps each weight stacked over layers; explain holds it as its per-layer twin,
+  so heads (interventions), qk and mlp (a layer's weights) give the numbers of the same model unscanned."""
+  from tfjax.explain import heads as heads_lib, mlp as mlp_lib, qk as qk_lib
+  from tfjax.layers.blocks import scan_params
+  from tfjax.models.gpt import GPT
+  plain = tiny_gpt_subject()
+  model = GPT(dataclasses.replace(plain.cfg, scan_layers=True))
+  scanned = Subject("gpt", "tiny-gpt-scanned", model, scan_params(plain.params), plain.tokenizer)
+  assert not scanned.cfg.scan_layers and sorted(scanned.params["decoder"]) == ["block_0", "block_1"]
+  text = "abc cab bad fed"
+  for lib, kwargs in ((heads_lib, {}), (qk_lib, {"layer": 1, "head": 0}), (mlp_lib, {"layer": 1, "neurons": [2]})):
+    want = lib.run(plain, str(tmp_path / "plain"), text=text, **kwargs)
+    got = lib.run(scanned, str(tmp_path / "scanned"), text=text, **kwargs)
+    assert got["summary"] == want["summary"]
 
 
 def test_qk_embedding_scores_equal_layer0_scores_without_positions(tmp_path):

@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from conftest import tiny_lm_config
+from tfjax.layers.blocks import scan_params
 from tfjax.models.gpt import GPT
 from tfjax.tasks.lm import LMTask
 from tfjax.train.optimizer import make_optimizer
@@ -38,16 +39,6 @@ def loss_and_grads(cfg, params, batch):
   return jax.jit(jax.value_and_grad(f))(params)
 
 
-def stack_layers(params, num_layers):
-  """Plain params (``decoder/block_i``) -> the scanned layout (``decoder/layers/block`` with a leading layer axis)."""
-  out = dict(params)
-  dec = dict(params["decoder"])
-  blocks = [dec.pop(f"block_{i}") for i in range(num_layers)]
-  dec["layers"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}
-  out["decoder"] = dec
-  return out
-
-
 @pytest.mark.parametrize("policy", ["full", "dots", "dots_no_batch"])
 def test_remat_gives_the_same_loss_and_gradients(setup, policy):
   task, params, batch, plain = setup
@@ -64,16 +55,15 @@ def test_remat_gives_the_same_loss_and_gradients(setup, policy):
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_scan_layers_gives_the_same_loss_and_gradients(setup, remat):
   task, params, batch, plain = setup
-  n = task.model_cfg.num_layers
   scan_cfg = dataclasses.replace(task.model_cfg, scan_layers=True, remat=remat)
   # the scanned model's own init has the stacked layout we map to
   scan_init = nn.unbox(GPT(scan_cfg).init(jax.random.key(0), batch["inputs"])["params"])
-  stacked = stack_layers(params, n)
+  stacked = scan_params(params)  # checked against the scanned init's layout
   assert jax.tree.structure(scan_init) == jax.tree.structure(stacked)
   assert jax.tree.map(jnp.shape, scan_init) == jax.tree.map(jnp.shape, stacked)
   scanned = loss_and_grads(scan_cfg, stacked, batch)
   np.testing.assert_allclose(scanned[0], plain[0], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(scanned[1]), jax.tree.leaves(stack_layers(plain[1], n))):
+  for a, b in zip(jax.tree.leaves(scanned[1]), jax.tree.leaves(scan_params(plain[1]))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 

@@ -1,7 +1,7 @@
 """Seeing inside the models: capture activations, intervene on them, read the logit lens.
 
 - :mod:`tfjax.explain.capture`: :func:`run_with_cache` -> ``(output, ActivationCache)``; the names and shapes of
-  the observation points are in :mod:`tfjax.layers.hooks`.
+  the observation points are in :mod:`tfjax.layers.hooks`; :func:`per_layer`: a scanned model as one module a layer.
 - :mod:`tfjax.explain.interventions`: :func:`ablate_heads`, :func:`ablate_neurons`, :func:`patch`,
   :func:`run_with_interventions`, :func:`token_loss`, :func:`logit_difference`.
 - :mod:`tfjax.explain.lens`: :func:`logit_lens` ``[L+1, B, T, V]``, :func:`lens_kl`, :func:`unembed_residual`.
@@ -20,6 +20,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "describe_names": "tfjax.explain.capture:describe_names",
     "model_stacks": "tfjax.explain.capture:model_stacks",
     "name_filter": "tfjax.explain.capture:name_filter",
+    "per_layer": "tfjax.explain.capture:per_layer",
     "resolve_stack": "tfjax.explain.capture:resolve_stack",
     "run_with_cache": "tfjax.explain.capture:run_with_cache",
     "split_path": "tfjax.explain.capture:split_path",

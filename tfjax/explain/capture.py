@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import re
-from typing import Any, Callable, Iterable, Iterator, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from tfjax.layers import hooks
+from tfjax.layers.blocks import scan_params, unscan_params
 from tfjax.models.bert import BERT
 from tfjax.models.gpt import GPT
 from tfjax.models.transformer import EncoderDecoder
@@ -313,12 +314,18 @@ def check_interventions(interventions: dict | None, session: hooks.CaptureSessio
   unused = [p for p in intervention_paths(interventions) if p not in session.intervened]
   if not unused:
     return
-  valid = [p for p in session.seen if not hooks.is_scanned(p)]
-  hint = ""
-  if any(hooks.is_scanned(p) for p in session.seen):
-    hint = " (interventions need a model with scan_layers=False: a scanned stack has no per-layer paths)"
-  raise ValueError(f"interventions at {unused}: no such activation in this run{hint}; its activations are: "
-                   f"{describe_names(valid)}")
+  raise ValueError(f"interventions at {unused}: no such activation in this run; its activations are: "
+                   f"{describe_names(session.seen)}")
+
+
+def per_layer(model: nn.Module, variables: Mapping) -> tuple[nn.Module, dict]:
+  """``(model, variables)`` of a model with scanned stacks (``scan_layers=True``) as the same model with one module
+  per layer (:func:`tfjax.layers.blocks.unscan_params`): the same outputs, and every ``block_{l}`` path exists, so
+  interventions can name a layer. Other models are returned as they are."""
+  if not getattr(model.cfg, "scan_layers", False):
+    return model, dict(variables)
+  model = model.clone(cfg=dataclasses.replace(model.cfg, scan_layers=False))
+  return model, {k: unscan_params(v) if isinstance(v, Mapping) else v for k, v in variables.items()}
 
 
 def run_with_cache(model: nn.Module, variables: dict, *args, names: Names = None, method: Any = None,
@@ -340,6 +347,9 @@ def run_with_cache(model: nn.Module, variables: dict, *args, names: Names = None
     ``jax.jit`` (e.g. ``jax.jit(functools.partial(run_with_cache, model, names=...))``).
   """
   select = name_filter(names)
+  scanned = intervention_paths(variables.get(hooks.INTERVENTIONS)) and getattr(model.cfg, "scan_layers", False)
+  if scanned:  # interventions name layers: run the per-layer twin (its cache, if decoding, is given back scanned)
+    model, variables = per_layer(model, variables)
   with hooks.capture(select) as session:
     out, state = model.apply(variables, *args, method=method, mutable=[hooks.INTERMEDIATES, *mutable], **kwargs)
   state = dict(state)
@@ -347,4 +357,6 @@ def run_with_cache(model: nn.Module, variables: dict, *args, names: Names = None
   check_names(names, session, cache)
   check_interventions(variables.get(hooks.INTERVENTIONS), session)
   cache = cache.filter(select)
+  if scanned:
+    state = {k: scan_params(v) for k, v in state.items()}
   return ((out, state) if mutable else out), cache

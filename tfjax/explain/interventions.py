@@ -16,7 +16,8 @@ argument compiles once for every choice of heads (the masks are data, not code):
 Helpers build the trees: :func:`ablate_heads` (head outputs ``z``, zero or mean), :func:`ablate_neurons` (MLP
 ``hidden``), :func:`patch` (activation patching from an :class:`~tfjax.explain.capture.ActivationCache`),
 :func:`combine_interventions`. Indices out of range, unknown names and intervention paths the model does not have are
-ValueErrors that name the valid range.
+ValueErrors that name the valid range. A model with scanned stacks (``scan_layers=True``) runs as its per-layer twin
+(:func:`tfjax.explain.capture.per_layer`, the same outputs), so the same trees apply.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import optax
 from flax import traverse_util
 
 from tfjax.explain.capture import (ActivationCache, Names, StackLayout, check_interventions, describe_names,
-                                   intervention_paths, name_filter, resolve_stack, split_path)
+                                   intervention_paths, name_filter, per_layer, resolve_stack, split_path)
 from tfjax.layers import hooks
 
 # which units of a stack: "all", [(layer, index), ...] or {layer: [index, ...] | "all"}
@@ -227,6 +228,7 @@ def run_with_interventions(model: nn.Module, variables: dict, interventions: dic
   variables = {k: v for k, v in dict(variables).items() if k != hooks.INTERVENTIONS}
   if not intervention_paths(interventions):
     raise ValueError("run_with_interventions: the interventions tree is empty")
+  model, variables = per_layer(model, variables)  # a scanned stack (scan_layers=True): its per-layer twin
   with hooks.capture(lambda _: False) as session:
     out = model.apply({**variables, hooks.INTERVENTIONS: interventions}, *args, method=method, **kwargs)
   check_interventions(interventions, session)

@@ -35,13 +35,9 @@ def _scores(x_NxD, w_q_DxE, b_q_E, w_k_DxE, b_k_E):
 def embedding_qk(subject, layer: int, head: int, token_ids: np.ndarray) -> np.ndarray:
   """The head's query-key scores ``[N, N]`` between the embeddings of ``token_ids [N]`` (rows: queries, columns:
   keys); see the module docstring."""
-  from tfjax.explain.subjects import SubjectError
   cfg, params = subject.cfg, subject.params
   layout = resolve_stack(subject.model)
-  block = params[layout.name].get(f"block_{layer}")
-  if block is None:
-    raise SubjectError("qk reads each layer's weights; a model trained with scan_layers=True keeps them stacked "
-                       "(not supported here)")
+  block = params[layout.name][f"block_{layer}"]  # a Subject's stacks are per layer (never scanned)
   attn = block["attn"]
   h, kv, dh = layout.num_heads, layout.num_kv_heads, layout.head_dim
   kernel = np.asarray(attn["qkv"]["kernel"], np.float32)  # [D, (H + 2K) Dh]

@@ -45,7 +45,8 @@ class Subject:
     kind: one of :data:`KINDS`.
     path: the workdir, Hugging Face directory or vectors file it came from.
     model: the Flax module (``GPT``, ``BERT`` or ``EncoderDecoder``); None for word2vec.
-    params: its parameters (the ``params`` collection).
+    params: its parameters (the ``params`` collection). A model trained with ``scan_layers=True`` is held as its
+      per-layer twin (:func:`tfjax.explain.capture.per_layer`), so that every command can name and read a layer.
     tokenizer: a :class:`tfjax.data.tokenizers.CharTokenizer` or :class:`tfjax.data.tokenizers.Tokenizer` (None when a
       Hugging Face directory has none, or for word2vec).
     config: the workdir's training config (None for Hugging Face directories and vectors files).
@@ -58,6 +59,14 @@ class Subject:
   tokenizer: Any = None
   config: Any = None
   vectors: Any = None
+
+  def __post_init__(self):
+    if self.model is not None and getattr(self.model.cfg, "scan_layers", False):
+      # the commands name layers and read each layer's weights: a scanned stack becomes one module per layer
+      from tfjax.explain.capture import per_layer
+      model, variables = per_layer(self.model, {"params": self.params})
+      object.__setattr__(self, "model", model)
+      object.__setattr__(self, "params", variables["params"])
 
   @property
   def cfg(self):

@@ -40,10 +40,11 @@ import numpy as np
 
 from tfjax.hf import seq2seq
 from tfjax.hf.common import (CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, HFCheckpointError, _activation, _get,
-                             _get_path, _layernorm, _linear, _Rule, _same, _transposed, _unscan,
+                             _get_path, _layernorm, _linear, _Rule, _same, _transposed,
                              attention_problems, check_tensors, is_hf_dir, read_config, params_from_rules,
                              read_tensors, tensors_from_rules, write_tensors)
 from tfjax.hf.seq2seq import GenerationIds, MarianTokenizer, generation_ids, translate_ids, translate_texts
+from tfjax.layers.blocks import unscan_params
 from tfjax.models.config import TransformerConfig
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "WEIGHTS_INDEX_FILE", "SUPPORTED", "HFCheckpointError", "GenerationIds",
@@ -350,14 +351,14 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
       _copy_tokenizer(tokenizer_from, path)
     return
   if isinstance(model, GPT):
-    config, rules, stack = _gpt2_config_out(cfg), _gpt2_rules(cfg), "decoder"
+    config, rules = _gpt2_config_out(cfg), _gpt2_rules(cfg)
   elif isinstance(model, BERT):
-    config, stack = _bert_config_out(cfg, model.type_vocab_size), "encoder"
+    config = _bert_config_out(cfg, model.type_vocab_size)
     rules = _bert_rules(cfg, config["model_type"])
   else:
     raise HFCheckpointError(f"cannot export {type(model).__name__}: tfjax exports GPT (as GPT-2), BERT and "
                             "EncoderDecoder (as Marian or BART)")
-  params = _unscan(params, stack)
+  params = unscan_params(params)
   tensors = tensors_from_rules(params, rules)
   if config["model_type"] == "roformer":  # its fixed sinusoidal table (transformers warns when it is missing)
     from tfjax.layers.embeddings import sinusoidal_table

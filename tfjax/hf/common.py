@@ -142,17 +142,6 @@ def _activation(config: dict, key: str, default: str) -> str:
 
 
 
-def _unscan(params: dict, stack: str) -> dict:
-  """Scanned layers (``stack/layers/block`` with a leading layer axis) -> ``stack/block_{i}``."""
-  if stack not in params or "layers" not in params[stack]:
-    return params
-  stacked = params[stack]["layers"]["block"]
-  n = jax.tree.leaves(stacked)[0].shape[0]
-  params = dict(params)
-  params[stack] = {f"block_{i}": jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(n)}
-  return params
-
-
 def tensors_from_rules(params: Any, rules) -> dict[str, np.ndarray]:
   """The Hugging Face tensors (``{key: float32 array}``) that ``rules`` make of a tfjax parameter tree."""
   tensors = {}

@@ -299,12 +299,13 @@ def load(path: pathlib.Path, config: dict, overrides: dict):
 
 def save(model, params, path: pathlib.Path, token_ids: dict | None) -> None:
   """Writes an EncoderDecoder as a Marian or BART directory (see :func:`tfjax.hf.save`)."""
-  from tfjax.hf.common import _unscan, tensors_from_rules
+  from tfjax.hf.common import tensors_from_rules
+  from tfjax.layers.blocks import unscan_params
   cfg = model.cfg
   model_type = model_type_of(cfg)
   enc_layers = model.num_encoder_layers or cfg.num_layers
   ids = {**default_token_ids(model_type, cfg.vocab_size), **(token_ids or {})}
-  params = _unscan(_unscan(params, "encoder"), "decoder")
+  params = unscan_params(params)
   if not cfg.logits_bias:  # a model trained without one: transformers' buffer is zeros
     params = {**params, "logits_bias": np.zeros((cfg.vocab_size,), np.float32)}
   tensors = tensors_from_rules(params, rules(cfg, enc_layers))

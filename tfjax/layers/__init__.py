@@ -4,7 +4,7 @@
   Dh]`` (reference, XLA, cuDNN; causal query blocks) and :class:`MultiHeadAttention` ``x [B, T, D] -> [B, T, D]``
   (self / cross, grouped-query, RoPE, KV cache).
 - :mod:`~tfjax.layers.blocks`: :class:`TransformerConfig`, :class:`TransformerBlock`, :class:`TransformerStack`
-  ``[B, T, D] -> [B, T, D]``.
+  ``[B, T, D] -> [B, T, D]``; :func:`unscan_params` / :func:`scan_params` (scanned layers <-> one tree a layer).
 - :mod:`~tfjax.layers.embeddings`: :class:`TokenEmbedding` ``ids [B, T] -> [B, T, D]``, :class:`Unembed`,
   :class:`LearnedPositionalEmbedding`, :func:`sinusoidal_positions`, :func:`apply_rope`.
 - :mod:`~tfjax.layers.mlp` (:class:`MLP`), :mod:`~tfjax.layers.linear` (:class:`Dense` with logical axes),
@@ -22,6 +22,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "TransformerBlock": "tfjax.layers.blocks:TransformerBlock",
     "TransformerStack": "tfjax.layers.blocks:TransformerStack",
     "make_norm": "tfjax.layers.blocks:make_norm",
+    "scan_params": "tfjax.layers.blocks:scan_params",
+    "unscan_params": "tfjax.layers.blocks:unscan_params",
     "Dropout": "tfjax.layers.dropout:Dropout",
     "TokenEmbedding": "tfjax.layers.embeddings:TokenEmbedding",
     "Unembed": "tfjax.layers.embeddings:Unembed",

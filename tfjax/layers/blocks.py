@@ -10,9 +10,14 @@ pre-LN (GPT-2, default)::                      post-LN (original transformer, BE
     x = x + mlp(norm(x))                          x = norm(x + mlp(x))
 
 The cross-attention sub-block exists only when ``cross_attention=True`` (decoder of an encoder-decoder).
+:func:`unscan_params` / :func:`scan_params` convert the variables of a scanned stack (``scan_layers=True``) to
+per-layer ones and back.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -138,3 +143,41 @@ class TransformerStack(nn.Module):
       x = block_cls(cfg, self.cross_attention, name=f"block_{i}")(
           x, mask, positions, context, cross_mask, deterministic, decode)
     return x
+
+
+_BLOCK = re.compile(r"^block_(\d+)$")
+
+
+def _is_scanned_stack(value: Any) -> bool:
+  return isinstance(value, Mapping) and set(value) == {"block"}
+
+
+def unscan_params(tree: Mapping) -> dict:
+  """A scanned stack's variables (``{stack}/layers/block/...``, each with a leading layer axis ``[L, ...]``:
+  ``scan_layers=True``) as per-layer ones (``{stack}/block_{l}/...``), the tree the same model with
+  ``scan_layers=False`` reads; everything else is kept. Works on any variable collection (params, the KV cache).
+  Inverse: :func:`scan_params`."""
+  out = {}
+  for key, value in tree.items():
+    if key == "layers" and _is_scanned_stack(value):
+      stacked = value["block"]
+      for l in range(jax.tree.leaves(stacked)[0].shape[0]):
+        out[f"block_{l}"] = jax.tree.map(lambda x, l=l: x[l], stacked)
+    elif isinstance(value, Mapping):
+      out[key] = unscan_params(value)
+    else:
+      out[key] = value
+  return out
+
+
+def scan_params(tree: Mapping) -> dict:
+  """Per-layer variables (``{stack}/block_0 .. block_{L-1}``) stacked into a scanned stack's
+  (``{stack}/layers/block``, leading layer axis): the inverse of :func:`unscan_params`."""
+  blocks = {int(m.group(1)): value for key, value in tree.items() if (m := _BLOCK.match(str(key)))}
+  if blocks and sorted(blocks) != list(range(len(blocks))):
+    raise ValueError(f"layers {sorted(blocks)} are not block_0 .. block_{len(blocks) - 1}: cannot stack them")
+  out = {key: scan_params(value) if isinstance(value, Mapping) else value
+         for key, value in tree.items() if not _BLOCK.match(str(key))}
+  if blocks:
+    out["layers"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[l] for l in range(len(blocks))))}
+  return out
