@@ -29,9 +29,10 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           tokenise .txt/.gz/.jsonl files (globs) once into memory-mapped token
                                           shards + meta.json (train: --config.data.dataset=shards:DIR);
                                           --verify=DIR checks every shard's length and sha256
-  eval WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|wikitext2|tinyshakespeare [--split=val|test] [--stride=S]
+  eval WORKDIR|HF_DIR [--data=SHARDS_DIR|TEXT_FILE|wikitext2|tinyshakespeare] [--split=val|test] [--stride=S]
        [--batch_size=B] [--out=FILE]      loss, perplexity and bits per byte over a whole split by sliding windows
-                                          of the model's context (each token scored once; JSON beside the model)
+                                          of the model's context (each token scored once; JSON beside the model);
+                                          without --data, a workdir's own validation tokens
   bench [train|word2vec|nanogpt|ab|demo|bert_hf|prepare|allocator] [ARGS...]
                                           benchmarks (print a table, append JSON lines to bench_results/);
                                           nanogpt: the PyTorch reference for train (needs torch); ab: variants

@@ -1,6 +1,6 @@
 """Loss, perplexity and bits per byte of a language model over a whole split, by sliding windows.
 
-``./launch.sh eval WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|DATASET [--split=val|test] [--stride=S]
+``./launch.sh eval WORKDIR|HF_DIR [--data=SHARDS_DIR|TEXT_FILE|DATASET] [--split=val|test] [--stride=S]
 [--batch_size=B] [--out=FILE]``
 
 - ``WORKDIR``: a tfjax GPT run (its ``config.json``, ``tokenizer.json`` and latest checkpoint, or ``--step`` /
@@ -8,7 +8,9 @@
 - ``--data``: a shards directory made by ``./launch.sh prepare`` (``DIR`` or ``shards:DIR``; its ``--split``, read
   through ``np.memmap`` a window at a time), a text file (the whole file), or a dataset name: ``wikitext2``
   (``--split=val|test``: ``valid.txt`` / ``test.txt``) or ``tinyshakespeare`` (``--split=val``: its last
-  ``data.val_fraction``, the training run's held-out tokens).
+  ``data.val_fraction``, the training run's held-out tokens). Without ``--data``, a workdir is scored on its own
+  data (``config.data.dataset``): the ``--split`` of its shards, or the held-out last ``data.val_fraction`` of its
+  text.
 - ``--stride``: the window step, default the context (disjoint windows); every token is scored once with at least
   ``context - stride + 1`` tokens of context (see :mod:`tfjax.tasks.lm_eval`).
 
@@ -31,7 +33,7 @@ FLAGS = flags.FLAGS
 def define_flags():
   """The command's flags (defined when run as a program, so that tests can import this module)."""
   flags.DEFINE_string("data", None, "A shards directory (./launch.sh prepare), a text file, or a dataset name "
-                      "(wikitext2, tinyshakespeare).")
+                      "(wikitext2, tinyshakespeare); default: a workdir's own data (its validation tokens).")
   flags.DEFINE_enum("split", "val", ["val", "test", "train"], "Which split of a shards directory or "
                     "dataset.")
   flags.DEFINE_integer("stride", 0, "Window step in tokens (0: the context, disjoint windows).")
@@ -99,8 +101,9 @@ def encode_text(tokenizer, text: str, where: str):
 
 
 def load_data(data: str, split: str, tokenizer, *, val_fraction: float = 0.1, prepend_eos: bool = False,
-              data_dir: str | None = None):
-  """``(tokens, num_bytes, description)``: the token ids to score and the UTF-8 bytes their targets spell."""
+              data_dir: str | None = None, held_out: bool = False):
+  """``(tokens, num_bytes, description)``: the token ids to score and the UTF-8 bytes their targets spell.
+  ``held_out``: ``data`` is a run's training text, of which only the last ``val_fraction`` of tokens is scored."""
   import numpy as np
   from tfjax.data import files
   from tfjax.tasks import lm_eval
@@ -117,7 +120,17 @@ def load_data(data: str, split: str, tokenizer, *, val_fraction: float = 0.1, pr
   if os.path.isdir(data):
     raise EvalError(f"--data={data} is a directory without meta.json: not a finished shards directory (make one with "
                     "./launch.sh prepare SOURCES... --tokenizer=SPEC --out=DIR)")
-  if os.path.isfile(data):
+  if held_out and data not in DATASETS:
+    if split != "val":
+      raise EvalError(f"the run trained on the text {data}, which has no '{split}' split: only 'val' (its held-out "
+                      "tokens), or score another --data")
+    try:
+      path = str(files.find_data_file(data, data_dir))
+    except files.DataFileError as e:
+      raise EvalError(f"the run's text: {e}") from None
+    fraction = val_fraction
+    desc = f"{path}, its last {fraction:g} of tokens (the run's held-out text)"
+  elif os.path.isfile(data):
     path, desc, fraction = data, f"{data} (the whole file)", None
   elif data in DATASETS:
     if split not in DATASETS[data]:
@@ -169,10 +182,11 @@ def load_shards(directory, split: str, tokenizer):
   return tokens, num_bytes, f"{directory} {split} ({len(tokens):,} tokens in {tokens.num_shards} shards)"
 
 
-def slug(data: str, split: str) -> str:
+def slug(data: str, split: str, held_out: bool = False) -> str:
+  """A file name part for ``data``'s ``split`` (a whole text file has no split; a run's held-out text has)."""
   name = os.path.basename(os.path.normpath(data)) if os.path.exists(data) else data
   name = re.sub(r"\.(txt|gz|jsonl)$", "", name)
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ("" if os.path.isfile(data) else f"_{split}")
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ("" if os.path.isfile(data) and not held_out else f"_{split}")
 
 
 def format_table(rows) -> str:
@@ -180,9 +194,17 @@ def format_table(rows) -> str:
   return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def own_data(path: str, config) -> str:
+  """The data a workdir trained on (``config.data.dataset``); a Hugging Face directory has none."""
+  if config is None:
+    raise EvalError(f"{path} is not a tfjax run: say what to score with --data=SHARDS_DIR|TEXT_FILE|DATASET "
+                    f"({', '.join(DATASETS)})")
+  return str(config.data.dataset)
+
+
 def main(argv):
-  if len(argv) != 2 or not FLAGS.data:
-    raise app.UsageError("usage: eval.py WORKDIR|HF_DIR --data=SHARDS_DIR|TEXT_FILE|DATASET [--split=val|test] "
+  if len(argv) != 2:
+    raise app.UsageError("usage: eval.py WORKDIR|HF_DIR [--data=SHARDS_DIR|TEXT_FILE|DATASET] [--split=val|test] "
                          "[--stride=S] [--batch_size=B]")
   import numpy as np
   from experiments import runtime
@@ -195,8 +217,9 @@ def main(argv):
     config = info.get("config")
     val_fraction = config.data.get("val_fraction", 0.1) if config is not None else 0.1
     data_dir = (config.get("data_dir") or None) if config is not None else None
-    tokens, num_bytes, desc = load_data(FLAGS.data, FLAGS.split, tokenizer, val_fraction=val_fraction,
-                                        prepend_eos=FLAGS.prepend_eos, data_dir=data_dir)
+    data = FLAGS.data or own_data(path, config)
+    tokens, num_bytes, desc = load_data(data, FLAGS.split, tokenizer, val_fraction=val_fraction,
+                                        prepend_eos=FLAGS.prepend_eos, data_dir=data_dir, held_out=not FLAGS.data)
     context = FLAGS.context or model.cfg.max_len
     stride = FLAGS.stride or context
     lm_eval.check_window_args(len(tokens), context, stride)
@@ -205,7 +228,7 @@ def main(argv):
   except (EvalError, CheckpointError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
-  out = FLAGS.out or os.path.join(path, f"eval_{slug(FLAGS.data, FLAGS.split)}.json")
+  out = FLAGS.out or os.path.join(path, f"eval_{slug(data, FLAGS.split, held_out=not FLAGS.data)}.json")
   total = lm_eval.num_windows(len(tokens), context, stride)
   print(f"# {path} ({info['kind']}{'' if info['step'] is None else ', step ' + str(info['step'])}): {desc}, "
         f"{len(tokens):,} tokens, {total:,} windows of {context} with stride {stride}", file=sys.stderr)
@@ -233,8 +256,8 @@ def main(argv):
       ("bits/byte", "n/a" if bpb is None else f"{bpb:.4f}"),
       ("time", f"{result.seconds:.1f} s ({result.scored_tokens / max(result.seconds, 1e-9):,.0f} tokens/s)"),
   ]))
-  record = {"model": os.path.abspath(path), "model_kind": info["kind"], "step": info["step"], "data": FLAGS.data,
-            "split": None if os.path.isfile(FLAGS.data) else FLAGS.split, "data_description": desc,
+  record = {"model": os.path.abspath(path), "model_kind": info["kind"], "step": info["step"], "data": data,
+            "split": None if os.path.isfile(data) and FLAGS.data else FLAGS.split, "data_description": desc,
             "prepend_eos": FLAGS.prepend_eos, "batch_size": FLAGS.batch_size, "tokens": int(len(tokens)),
             "dtype": np.dtype(model.cfg.dtype).name,
             **result.to_dict()}

@@ -248,6 +248,33 @@ def test_cli_workdir_char_model_on_its_validation_split(tmp_path):
     eval_cli.load_data("tinyshakespeare", "test", tok)
 
 
+def test_cli_without_data_scores_the_runs_own_held_out_text(tmp_path):
+  """``eval WORKDIR`` without --data: a run trained on a text file is scored on that file's held-out last
+  ``val_fraction`` of tokens, the task's own validation tokens (not the whole file, which it trained on)."""
+  from conftest import tiny_lm_config
+  from experiments import eval as eval_cli
+  from tfjax.tasks.lm import LMTask
+  from tfjax.train.loop import train_and_evaluate
+  text = tmp_path / "corpus.txt"
+  text.write_text("the quick brown fox jumps over the lazy dog.\n" * 40)
+  config = tiny_lm_config(**{"data.dataset": str(text), "data.val_fraction": 0.25, "train.num_steps": 2,
+                             "train.eval_every": 0, "train.checkpoint_every": 0})
+  wd = tmp_path / "run"
+  task = LMTask(config, str(wd))
+  train_and_evaluate(config, str(wd), task)
+  proc = run_eval(wd, "--batch_size=64")
+  assert proc.returncode == 0, proc.stderr
+  got = json.loads((wd / "eval_corpus_val.json").read_text())
+  assert got["tokens"] == len(task.val_data) == len(text.read_text()) // 4  # characters
+  model, params, _, _ = eval_cli.load_model(str(wd))
+  r = lm_eval.evaluate(model, params, np.asarray(task.val_data), batch_size=5)
+  np.testing.assert_allclose(got["nats"], r.nats, rtol=1e-5)
+  proc = run_eval(wd, "--split=test")
+  assert proc.returncode == 1 and "no 'test' split" in proc.stderr, proc.stderr
+  proc = run_eval(HF_GPT2)
+  assert proc.returncode == 1 and "is not a tfjax run: say what to score with --data" in proc.stderr, proc.stderr
+
+
 def test_cli_errors(bpe_shards_and_model, tmp_path):
   from experiments import eval as eval_cli
   shards_dir, hf_dir = bpe_shards_and_model
