@@ -58,34 +58,18 @@ class EvalError(Exception):
 def load_model(path: str, step: int | None = None, best: bool = False, dtype: str | None = None):
   """``(model, params, tokenizer, info)`` of a tfjax GPT workdir or a Hugging Face GPT-2 directory."""
   import dataclasses
-  import flax.linen as nn
   from tfjax import config as config_lib
-  from tfjax import hf
-  from tfjax.models.gpt import GPT
-  overrides = {} if dtype is None else {"dtype": config_lib.get_dtype(dtype, "--dtype")}
-  if not os.path.isdir(path):
-    raise EvalError(f"model {path} does not exist: give a tfjax workdir or a Hugging Face GPT-2 directory")
-  if hf.is_hf_dir(path):
-    model, params = hf.load(path, **overrides)
-    if not isinstance(model, GPT):
-      raise EvalError(f"{path} holds a {type(model).__name__}; eval scores GPT-2 (decoder) language models")
-    return model, params, hf.load_tokenizer(path), {"kind": "Hugging Face GPT-2", "step": None}
-  from tfjax.data.tokenizers import load_tokenizer
-  from tfjax.train.restore import load_config, load_params
-  config = load_config(path)  # CheckpointError when there is no config.json
-  if config.task != "lm":
-    raise EvalError(f"{path} holds a '{config.task}' run; eval scores language-model (task=lm) runs")
-  tok_path = os.path.join(path, "tokenizer.json")
-  if not os.path.isfile(tok_path):
-    raise EvalError(f"{path} has no tokenizer.json (written when the run starts): not a complete GPT workdir")
-  tokenizer = load_tokenizer(tok_path)
-  params, step = load_params(path, step, best=best)
-  params = nn.unbox(params)
-  vocab = params["embed"]["embedding"].shape[0]  # the trained table (may be padded past the tokenizer's size)
-  model = GPT(config_lib.transformer_config(config.model, vocab))
-  if overrides:
-    model = GPT(dataclasses.replace(model.cfg, **overrides))
-  return model, params, tokenizer, {"kind": "tfjax GPT workdir", "step": step, "config": config}
+  from tfjax.tasks.lm import load_for_inference
+  from tfjax.train.restore import load_config
+  try:
+    model, params, tokenizer, step = load_for_inference(path, step, best)
+  except (FileNotFoundError, ValueError) as e:
+    raise EvalError(str(e)) from None
+  if dtype is not None:
+    model = model.clone(cfg=dataclasses.replace(model.cfg, dtype=config_lib.get_dtype(dtype, "--dtype")))
+  if step is None:
+    return model, params, tokenizer, {"kind": "Hugging Face GPT-2", "step": None}
+  return model, params, tokenizer, {"kind": "tfjax GPT workdir", "step": step, "config": load_config(path)}
 
 
 def encode_text(tokenizer, text: str, where: str):

@@ -26,25 +26,10 @@ FLAGS = flags.FLAGS
 
 def load(path):
   """(model, params, tokenizer) from a tfjax workdir or a Hugging Face GPT-2 directory."""
-  from tfjax import hf
-  if hf.is_hf_dir(path):
-    from tfjax.models.gpt import GPT
-    model, params = hf.load(path)
-    if not isinstance(model, GPT):
-      raise ValueError(f"{path} holds a {type(model).__name__}; sample generates from GPT-2 (decoder) models")
-    tokenizer = hf.load_tokenizer(path)
-    return model, params, tokenizer
-  from tfjax import config as config_lib
-  from tfjax.data.tokenizers import load_tokenizer
-  from tfjax.models.gpt import GPT
-  from tfjax.train.restore import load_config, load_params
-  config = load_config(path)
-  if config.task != "lm":
-    raise ValueError(f"{path} holds a '{config.task}' run; sample works on language-model (task=lm) runs")
-  tokenizer = load_tokenizer(os.path.join(path, "tokenizer.json"))  # characters or subwords (token shards)
-  model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
-  params, step = load_params(path, FLAGS.step, best=FLAGS.best)
-  print(f"# {path}: {'best, ' if FLAGS.best else ''}step {step}", file=sys.stderr)
+  from tfjax.tasks.lm import load_for_inference
+  model, params, tokenizer, step = load_for_inference(path, FLAGS.step, best=FLAGS.best)
+  if step is not None:
+    print(f"# {path}: {'best, ' if FLAGS.best else ''}step {step}", file=sys.stderr)
   return model, params, tokenizer
 
 

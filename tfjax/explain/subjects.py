@@ -187,17 +187,8 @@ def _hf_subject(path: str) -> Subject:
 
 
 def _gpt_workdir(path: str, config, step: int | None, best: bool) -> Subject:
-  # the GPT run's parts, read as ./launch.sh sample reads them
-  from tfjax import config as config_lib
-  from tfjax.data.tokenizers import load_tokenizer
-  from tfjax.models.gpt import GPT
-  from tfjax.train.restore import load_params
-  tok_path = os.path.join(path, "tokenizer.json")
-  if not os.path.isfile(tok_path):
-    raise SubjectError(f"workdir {path} has no tokenizer.json")
-  tokenizer = load_tokenizer(tok_path)  # characters or subwords (token shards)
-  model = GPT(config_lib.transformer_config(config.model, tokenizer.vocab_size))
-  params, _ = load_params(path, step, best=best)
+  from tfjax.tasks.lm import load_for_inference
+  model, params, tokenizer, _ = load_for_inference(path, step, best)
   return Subject("gpt", path, model, params, tokenizer, config)
 
 

@@ -99,6 +99,38 @@ def load_init_from(path: str) -> Imported:
                       "nor a tfjax workdir (config.json + tokenizer.json + checkpoints)")
 
 
+def load_for_inference(path: str, step: int | None = None, best: bool = False) -> tuple[GPT, Any, Any, int | None]:
+  """``(model, params, tokenizer, step)`` of a tfjax GPT workdir or a Hugging Face GPT-2 directory (``step`` None).
+
+  A workdir is read as it was trained: its ``config.json``, ``tokenizer.json`` (characters or subwords) and the
+  checkpoint at ``step`` (default: the latest; ``best``: the lowest evaluation loss, runs with ``train.keep_best``),
+  through :mod:`tfjax.train.restore`; the model's vocabulary is the trained embedding's rows. Raises
+  FileNotFoundError for a missing directory or file, ValueError for another kind of model or run, and
+  :class:`tfjax.train.checkpoint.CheckpointError` for a checkpoint that cannot be read.
+  """
+  import flax.linen as nn
+  from tfjax import hf
+  from tfjax.train.restore import load_config, load_params
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path} does not exist: give a tfjax GPT workdir or a Hugging Face GPT-2 directory")
+  if hf.is_hf_dir(path):
+    model, params = hf.load(path)
+    if not isinstance(model, GPT):
+      raise ValueError(f"{path} holds a {type(model).__name__}, not a GPT (decoder) language model")
+    return model, params, hf.load_tokenizer(path), None
+  config = load_config(path)  # CheckpointError when there is no config.json
+  if config.task != "lm":
+    raise ValueError(f"{path} holds a '{config.task}' run, not a language-model (task=lm) run")
+  tok_path = os.path.join(path, "tokenizer.json")
+  if not os.path.isfile(tok_path):
+    raise FileNotFoundError(f"{path} has no tokenizer.json (written when the run starts): not a complete GPT workdir")
+  tokenizer = load_tokenizer(tok_path)
+  params, step = load_params(path, step, best=best)
+  params = nn.unbox(params)
+  vocab = params["embed"]["embedding"].shape[0]  # the trained table (may be padded past the tokenizer's size)
+  return GPT(config_lib.transformer_config(config.model, vocab)), params, tokenizer, step
+
+
 def same_tokenizer(a, b) -> bool:
   """Whether two tokenizers map text to the same ids (same kind and the same vocabulary)."""
   if isinstance(a, CharTokenizer) or isinstance(b, CharTokenizer):
