@@ -24,7 +24,10 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           scores tokenised BLEU and sacreBLEU, hypotheses written beside them
   average WORKDIR --last=K | --steps=S1,S2 [--out=DIR]
                                           average checkpoints' parameters into DIR (default WORKDIR/averaged),
-                                          an inference workdir for translate / sample / hf save
+                                          an inference workdir for translate / sample / export
+  export WORKDIR [--out=DIR] [--step=N | --best]
+                                          write a GPT / BERT / translator run as a Hugging Face directory
+                                          (default WORKDIR/hf) that transformers loads; checked by reading it back
   prepare SOURCES... --tokenizer=char|bpe:V|HF_DIR --out=DIR [--val_fraction=F] [--text_field=text]
                                           tokenise .txt/.gz/.jsonl files (globs) once into memory-mapped token
                                           shards + meta.json (train: --config.data.dataset=shards:DIR);
@@ -183,6 +186,10 @@ case "$cmd" in
   average)
     ensure_env
     exec "$PY" "$ROOT/experiments/average.py" "$@"
+    ;;
+  export)
+    ensure_env
+    exec "$PY" "$ROOT/experiments/export.py" "$@"
     ;;
   prepare)
     ensure_env; default_data_dir

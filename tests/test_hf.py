@@ -311,3 +311,42 @@ def test_generate_from_imported_gpt2(gpt2):
   np.testing.assert_array_equal(out[0, prompt.shape[1]:], full[0, prompt.shape[1] - 1:].argmax(-1))
   [text] = generate_text(model, params, tok, "hello world", 5, jax.random.key(0), temperature=0.0)
   assert text == tok.decode(out[0]) and text.startswith("hello world")
+
+
+def test_export_cli_writes_a_trained_workdir_that_loads_back(tmp_path):
+  """``./launch.sh export WORKDIR``: a GPT run GPT-2 can express (learned positions, biases; trained with scanned
+  layers) becomes a GPT2LMHeadModel directory whose logits equal the workdir's; a RoPE run and a word2vec run are
+  one-line errors that write nothing."""
+  import subprocess
+  import sys
+  from conftest import tiny_lm_config
+  from tfjax.tasks.lm import LMTask, load_for_inference
+  from tfjax.train.loop import train_and_evaluate
+  root = pathlib.Path(__file__).parent.parent
+
+  def export(*args):
+    return subprocess.run([sys.executable, str(root / "experiments" / "export.py"), *map(str, args)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+
+  runs = {}
+  for name, positional in (("learned", "learned"), ("rope", "rope")):
+    config = tiny_lm_config(**{"model.positional": positional, "model.use_bias": True, "model.scan_layers": True,
+                               "train.num_steps": 3, "train.eval_every": 0, "train.checkpoint_every": 0})
+    runs[name] = tmp_path / name
+    train_and_evaluate(config, str(runs[name]), LMTask(config, str(runs[name])))
+  proc = export(runs["learned"])
+  assert proc.returncode == 0, proc.stderr
+  assert "GPT2LMHeadModel" in proc.stdout and "character-level" in proc.stdout, proc.stdout
+  assert json.loads((runs["learned"] / "hf" / "config.json").read_text())["model_type"] == "gpt2"
+  model, params, _, step = load_for_inference(str(runs["learned"]))
+  back, back_params = hf.load(runs["learned"] / "hf")
+  ids = jnp.asarray([[1, 5, 2, 7, 3]])
+  np.testing.assert_allclose(back.apply({"params": back_params}, ids), model.apply({"params": params}, ids),
+                             atol=1e-5)
+  proc = export(runs["rope"], f"--out={tmp_path / 'rope_hf'}")
+  assert proc.returncode == 1 and "positional='rope'" in proc.stderr, proc.stderr
+  assert not (tmp_path / "rope_hf").exists()
+  (tmp_path / "w2v").mkdir()
+  (tmp_path / "w2v" / "config.json").write_text(json.dumps({"task": "word2vec"}))
+  proc = export(tmp_path / "w2v")
+  assert proc.returncode == 1 and "holds a 'word2vec' run" in proc.stderr, proc.stderr
