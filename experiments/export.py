@@ -13,6 +13,7 @@ and value per head, tied embeddings); a BERT run as ``BertForMaskedLM`` or, with
 :func:`tfjax.hf.load` and its logits compared with the workdir's on a few tokens.
 """
 
+import json
 import os
 import sys
 
@@ -95,7 +96,6 @@ def main(argv):
     return 1
   diff = max_logit_difference(model, params, out)
   with open(os.path.join(out, "config.json")) as f:
-    import json
     arch = json.load(f).get("architectures", ["?"])[0]
   print(f"wrote {out}: {arch}{'' if tokenizer_file else ' (no Hugging Face tokenizer: a character-level run)'}; "
         f"read back, its logits differ from the workdir's by at most {diff:.1e}")
