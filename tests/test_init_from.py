@@ -81,19 +81,41 @@ def test_the_loop_starts_from_the_imported_weights_and_the_text_is_tokenised_wit
 
 
 def test_init_from_a_workdir_continues_from_its_parameters(gpt2_shards, tmp_path):
+  """The workdir's architecture and parameters; how to run (here ``scan_layers``: the first run scanned its 2
+  layers, the second does not) stays the new run's, the parameters converted to its layout."""
+  from tfjax.layers.blocks import unscan_params
   from tfjax.train.loop import train_and_evaluate
-  first = tiny_lm_config(**{"data.dataset": str(gpt2_shards), "model.num_layers": 1, "model.positional": "rope",
-                            "train.num_steps": 3, "train.eval_every": 0, "train.checkpoint_every": 3})
+  first = tiny_lm_config(**{"data.dataset": str(gpt2_shards), "model.num_layers": 2, "model.positional": "rope",
+                            "model.scan_layers": True, "train.num_steps": 3, "train.eval_every": 0,
+                            "train.checkpoint_every": 3})
   train_and_evaluate(first, str(tmp_path / "a"), LMTask(first, str(tmp_path / "a")))
   params_a, _ = load_params(str(tmp_path / "a"))
-  # the second run's own model keys (2 layers, learned positions) give way to the workdir's
-  config = tiny_lm_config(**{"data.dataset": str(gpt2_shards), "init_from": str(tmp_path / "a")})
+  assert "layers" in params_a["decoder"]
+  # the second run's own model keys (learned positions, 3 layers) give way to the workdir's
+  config = tiny_lm_config(**{"data.dataset": str(gpt2_shards), "init_from": str(tmp_path / "a"),
+                             "model.num_layers": 3})
   task = LMTask(config, None)
-  assert (config.model.num_layers, config.model.positional) == (1, "rope")
+  assert (config.model.num_layers, config.model.positional, task.model_cfg.scan_layers) == (2, "rope", False)
   tx, _ = make_optimizer(config.optimizer, 10)
   state = jax.jit(functools.partial(init_state, task, tx, 123))()
-  for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(state.params), strict=True):
+  want = unscan_params(params_a)
+  assert jax.tree.structure(want) == jax.tree.structure(state.params)
+  for x, y in zip(jax.tree.leaves(want), jax.tree.leaves(state.params), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_init_from_hugging_face_gpt2_into_scanned_layers(gpt2_shards):
+  """A run with ``scan_layers=True`` fine-tunes a Hugging Face GPT-2 (one tree a layer) from the same weights,
+  stacked: the step-0 loss is the imported model's (it was silently reset to the checkpoint's scan_layers=False)."""
+  config = tiny_lm_config(**{"init_from": str(GPT2), "data.dataset": str(gpt2_shards), "model.scan_layers": True})
+  task = LMTask(config, None)
+  assert task.model_cfg.scan_layers
+  tx, _ = make_optimizer(config.optimizer, 10)
+  state = jax.jit(functools.partial(init_state, task, tx, 0))()
+  assert "layers" in state.params["decoder"]
+  batch = task.train_batch(0)
+  loss, count, _ = task.loss_fn(state.params, batch, None, False)
+  np.testing.assert_allclose(float(loss / count), _reference_loss(batch["inputs"], batch["targets"]), rtol=1e-5)
 
 
 def test_a_tokenizer_that_differs_from_the_datas_or_a_model_that_is_not_a_gpt_is_an_error(tmp_path):

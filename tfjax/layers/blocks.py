@@ -22,6 +22,7 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tfjax.layers import hooks
 from tfjax.layers.attention import MultiHeadAttention
@@ -170,14 +171,20 @@ def unscan_params(tree: Mapping) -> dict:
   return out
 
 
+def _stack(*xs):
+  """Host (numpy) arrays stay on the host; anything else is stacked by jax."""
+  return np.stack(xs) if all(isinstance(x, np.ndarray) for x in xs) else jnp.stack(xs)
+
+
 def scan_params(tree: Mapping) -> dict:
   """Per-layer variables (``{stack}/block_0 .. block_{L-1}``) stacked into a scanned stack's
-  (``{stack}/layers/block``, leading layer axis): the inverse of :func:`unscan_params`."""
+  (``{stack}/layers/block``, leading layer axis): the inverse of :func:`unscan_params`. numpy leaves give numpy
+  leaves (host parameters stay on the host)."""
   blocks = {int(m.group(1)): value for key, value in tree.items() if (m := _BLOCK.match(str(key)))}
   if blocks and sorted(blocks) != list(range(len(blocks))):
     raise ValueError(f"layers {sorted(blocks)} are not block_0 .. block_{len(blocks) - 1}: cannot stack them")
   out = {key: scan_params(value) if isinstance(value, Mapping) else value
          for key, value in tree.items() if not _BLOCK.match(str(key))}
   if blocks:
-    out["layers"] = {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *(blocks[l] for l in range(len(blocks))))}
+    out["layers"] = {"block": jax.tree.map(_stack, *(blocks[l] for l in range(len(blocks))))}
   return out

@@ -48,7 +48,7 @@ DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
 # config.model keys that stay the experiment's with init_from (how to compute, not what): every other field of the
 # TransformerConfig (the architecture: layers, widths, positions, norms, activation, ...) is taken from init_from
 RUNTIME_KEYS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "attention_block_size", "dtype",
-                "param_dtype", "logits_dtype", "precision", "remat")
+                "param_dtype", "logits_dtype", "precision", "remat", "scan_layers")
 
 
 class InitFromError(ValueError):
@@ -68,7 +68,8 @@ def load_text(dataset: str, data_dir: str | None) -> str:
 
 @dataclasses.dataclass
 class Imported:
-  """A model to start from: its config, float32 host parameters and tokenizer."""
+  """A model to start from: its config, float32 host parameters (one tree a layer, ``block_{l}``, whether or not it
+  was trained with ``scan_layers``: :func:`tfjax.layers.blocks.unscan_params`) and tokenizer."""
   source: str
   model_cfg: Any
   params: Any
@@ -87,14 +88,13 @@ def load_init_from(path: str) -> Imported:
     tok_file = p / "tokenizer.json" if (p / "tokenizer.json").is_file() else None
     return Imported(str(p), model.cfg, jax.device_get(params), hf.load_tokenizer(p), tok_file)
   if (p / "config.json").is_file() and (p / "tokenizer.json").is_file():
-    from tfjax.train.restore import load_config, load_params
+    from tfjax.layers.blocks import unscan_params
+    from tfjax.train.restore import load_config
     cfg = load_config(str(p))
     if cfg.get("task") != "lm":
       raise InitFromError(f"init_from={path}: a '{cfg.get('task')}' workdir; the LM task starts from LM runs")
-    tokenizer = load_tokenizer(p / "tokenizer.json")
-    params, _ = load_params(str(p))
-    model_cfg = config_lib.transformer_config(cfg.model, tokenizer.vocab_size)
-    return Imported(str(p), model_cfg, jax.device_get(params), tokenizer, p / "tokenizer.json")
+    model, params, tokenizer, _ = load_for_inference(str(p))
+    return Imported(str(p), model.cfg, jax.device_get(unscan_params(params)), tokenizer, p / "tokenizer.json")
   raise InitFromError(f"init_from={path}: neither a Hugging Face GPT-2 directory (config.json + model.safetensors) "
                       "nor a tfjax workdir (config.json + tokenizer.json + checkpoints)")
 
@@ -243,12 +243,16 @@ class LMTask:
     abstract = nn.unbox(jax.eval_shape(lambda: boxed))
     shapes = lambda tree: {jax.tree_util.keystr(k): tuple(np.shape(x))  # noqa: E731
                            for k, x in jax.tree_util.tree_leaves_with_path(tree)}
-    want, got = shapes(abstract), shapes(self.imported.params)
+    imported = self.imported.params  # one tree a layer; this run's scan_layers decides the layout
+    if self.model_cfg.scan_layers:
+      from tfjax.layers.blocks import scan_params
+      imported = scan_params(imported)
+    want, got = shapes(abstract), shapes(imported)
     if want != got:
       bad = sorted(k for k in want.keys() | got.keys() if want.get(k) != got.get(k))
       raise InitFromError(f"init_from={self.imported.source}: its parameters do not fit the model built from its "
                           f"config: {bad[0]} is {got.get(bad[0])} there, {want.get(bad[0])} in the model")
-    host = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract, self.imported.params)
+    host = jax.tree.map(lambda a, x: np.asarray(x, a.dtype), abstract, imported)
     # a host callback, not constants: jit would embed every weight in the program (slow for 100M+ parameters)
     values = jax.pure_callback(lambda: host, jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract))
     return jax.tree.map(lambda b, v: b.replace_boxed(v) if is_box(b) else v, boxed, values, is_leaf=is_box)
