@@ -347,6 +347,19 @@ def test_logit_lens_command_last_layer_is_the_model(tmp_path):
   assert len(result["layers"]) == 3 and (tmp_path / "logit_lens.png").exists()
 
 
+def test_logit_lens_command_on_a_bert_reads_every_position(tmp_path):
+  """BERT's lens goes through its MLM head at every position (the command died with KeyError 'masked_positions':
+  a text has no masked positions); its last row is the model's own prediction at each token."""
+  from tfjax.explain import logit_lens_command as lens_lib
+  subject = load_subject(hf_bert_with_vocab(tmp_path))
+  text = "the capital of france is paris ."
+  result = lens_lib.run(subject, str(tmp_path / "out"), text=text, top_k=2)
+  ids = jnp.asarray(subject.encode(text)[None])
+  logits = subject.model.apply({"params": subject.params}, ids, jnp.ones_like(ids), jnp.zeros_like(ids))[0]
+  np.testing.assert_allclose(result["top_probs"][-1][:, 0], np.asarray(jax.nn.softmax(logits)).max(-1), rtol=1e-5)
+  assert len(result["tokens"]) == ids.shape[1] and result["mean_kl"][-1] < 1e-6
+
+
 def test_logit_lens_kl_in_row_chunks_equals_one_call():
   """A validation batch is split into rows whose lens fits the budget (a translator's 512-row batch made a lens of
   many GB and was killed for memory); the summed KL is that of one call."""

@@ -67,7 +67,7 @@ def model_inputs(kind: str, batch: dict[str, Any]) -> tuple[tuple, dict]:
     return (batch["inputs"],), {}
   if kind == "bert":
     return (batch["inputs"],), {"attention_mask": batch["attention_mask"], "token_type_ids": batch["token_type_ids"],
-                                "masked_positions": batch["masked_positions"]}
+                                "masked_positions": batch.get("masked_positions")}  # None: every position
   from tfjax.tasks.translate import PAD_ID
   return (batch["src"], batch["src"] != PAD_ID, batch["inputs"]), {}
 
