@@ -1,8 +1,8 @@
 """Fill in the blanks with a trained BERT: the top-k tokens and probabilities for each [MASK] in a text.
 
-    python experiments/fill_mask.py --workdir=runs/bert --text="the capital of [MASK] is paris" --top_k=5
+    ./launch.sh fill-mask runs/bert --text="the capital of [MASK] is paris" --top_k=5    # or --workdir=runs/bert
 
-``--workdir`` is a training workdir of an MLM config (latest checkpoint, or ``--step``), or any Hugging Face
+The workdir (the first argument or ``--workdir``) is a training workdir of an MLM config (latest checkpoint, or ``--step``), or any Hugging Face
 ``BertForMaskedLM`` or ``RoFormerForMaskedLM`` directory (config.json + model.safetensors + tokenizer). ``--text`` may be repeated.
 """
 
@@ -14,21 +14,24 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Training workdir (MLM) or Hugging Face BERT directory.")
+flags.DEFINE_string("workdir", None, "Training workdir (MLM) or Hugging Face BERT directory (or give it as the "
+                    "first argument).")
 flags.DEFINE_multi_string("text", None, "Text with one or more [MASK] tokens (repeat the flag for several).")
 flags.DEFINE_integer("top_k", 5, "How many candidates to print per [MASK].", lower_bound=1)
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
-flags.mark_flags_as_required(["workdir", "text"])
+flags.mark_flags_as_required(["text"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  paths = argv[1:] + ([FLAGS.workdir] if FLAGS.workdir else [])
+  if len(paths) != 1:
+    raise app.UsageError("usage: fill_mask.py WORKDIR --text=\"... [MASK] ...\" [--top_k=K] [--step=N] (one workdir: "
+                         f"the first argument or --workdir; got {paths or 'none'})")
   from experiments import runtime
   runtime.quiet_logging()
   from tfjax.tasks import mlm
   try:
-    model, params, tokenizer = mlm.load_for_inference(FLAGS.workdir, FLAGS.step)
+    model, params, tokenizer = mlm.load_for_inference(paths[0], FLAGS.step)
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import shutil
 
 import jax
 import pytest
@@ -41,3 +42,15 @@ def tiny_lm_config(**overrides):
       node = node[p]
     node[last] = value
   return c
+
+
+def hf_bert_with_vocab(tmp_path) -> str:
+  """The tiny HF BERT fixture plus a WordPiece vocab.txt of its 100 ids (the fixture ships no tokenizer)."""
+  d = tmp_path / "hf_bert"
+  shutil.copytree(ROOT / "tests" / "fixtures" / "hf_bert", d)
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [c for c in "abcdefghijklmnopqrstuvwxyz"] + \
+          ["the", "capital", "of", "is", "paris", "france", "rome", "italy", ",", "."]
+  words += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+  words += [f"w{i}" for i in range(100 - len(words))]
+  (d / "vocab.txt").write_text("\n".join(words) + "\n")
+  return str(d)

@@ -581,3 +581,24 @@ def test_context_baselines_count_models(tmp_path):
            "masked_labels": np.array([[6, 8]]), "masked_weights": np.ones((1, 2), np.float32)}
   b = mlm.context_baselines(ids, np.ones_like(ids), [batch], mask_id=4, vocab_size=10)
   assert b == {"unigram": 0.0, "left_bigram": 0.5, "neighbours": 1.0, "count": 2}, b
+
+
+def test_fill_mask_cli_takes_the_workdir_as_argument_or_flag(tmp_path):
+  """``./launch.sh fill-mask WORKDIR --text=...`` (as sample, translate and eval take theirs) or ``--workdir=``; the
+  two print the same; both at once, or none, is a usage error; an overlong text's error shows its start."""
+  import subprocess
+  import sys
+  from conftest import ROOT, hf_bert_with_vocab
+  bert = hf_bert_with_vocab(tmp_path)
+
+  def fill(*args):
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "fill_mask.py"), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+  text = "--text=the capital of [MASK] is paris ."
+  a, b = fill(bert, text, "--top_k=3"), fill(f"--workdir={bert}", text, "--top_k=3")
+  assert a.returncode == 0 and a.stdout == b.stdout and a.stdout.count(" 0.") + a.stdout.count(" 1") >= 3, a.stderr
+  for args in ((bert, f"--workdir={bert}", text), (text,)):
+    proc = fill(*args)
+    assert proc.returncode != 0 and "usage: fill_mask.py WORKDIR" in proc.stderr, proc.stderr
+  proc = fill(bert, "--text=" + "paris " * 300 + "[MASK]")
+  assert proc.returncode == 1 and "... (1806 characters)' is 303 tokens long" in proc.stderr, proc.stderr

@@ -6,7 +6,6 @@ Models are tiny (random init, made here) or the tiny Hugging Face fixtures; each
 import dataclasses
 import json
 import pathlib
-import shutil
 
 import flax.linen as nn
 import jax
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import hf_bert_with_vocab
 from tfjax.data.tokenizers import CharTokenizer
 from tfjax.explain import attention as attention_lib
 from tfjax.explain import commands
@@ -53,18 +53,6 @@ def tiny_translator_subject() -> Subject:
     params = nn.unbox(model.init(jax.random.key(1), z, jnp.ones((1, 4), bool), z)["params"])
     _CACHE["translator"] = Subject("translator", "tiny-translator", model, params, tok)
   return _CACHE["translator"]
-
-
-def hf_bert_with_vocab(tmp_path) -> str:
-  """The tiny HF BERT fixture plus a WordPiece vocab.txt of its 100 ids (the fixture ships no tokenizer)."""
-  d = tmp_path / "hf_bert"
-  shutil.copytree(FIXTURES / "hf_bert", d)
-  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [c for c in "abcdefghijklmnopqrstuvwxyz"] + \
-          ["the", "capital", "of", "is", "paris", "france", "rome", "italy", ",", "."]
-  words += [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
-  words += [f"w{i}" for i in range(100 - len(words))]
-  (d / "vocab.txt").write_text("\n".join(words) + "\n")
-  return str(d)
 
 
 # ---------------------------------------------------------------------------------------------------- attention

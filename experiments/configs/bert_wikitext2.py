@@ -14,7 +14,7 @@ november, july, june. With BERT's learned table (``--config.model.positional=lea
 Face's BertForMaskedLM follows the same curve step for step: issue 20, docs/bert.md.
 
     ./launch.sh train bert_wikitext2 --workdir=runs/bert
-    ./launch.sh fill-mask --workdir=runs/bert --text="the game was released in [MASK] 2011."
+    ./launch.sh fill-mask runs/bert --text="the game was released in [MASK] 2011."
 """
 
 import ml_collections

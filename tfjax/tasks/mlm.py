@@ -445,7 +445,8 @@ def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, t
   if where.size == 0:
     raise ValueError(f"no {tokenizers.MASK} token in {text!r}")
   if len(ids) > model.cfg.max_len:
-    raise ValueError(f"{text!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
+    shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+    raise ValueError(f"{shown!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
   logits = _fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))
   probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
   out = []
