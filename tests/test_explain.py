@@ -184,6 +184,41 @@ def test_temperature_command_on_hf_gpt2(tmp_path):
     assert (tmp_path / name).exists()
 
 
+def test_temperature_on_a_translator_reads_the_first_target_token_and_samples_translations(tmp_path):
+  """For a translator the prompt is the source: the distribution is the first target token's (the decoder's logits
+  after its begin token, recomputed here), and T = 0 samples are the greedy translation, cut at the end token."""
+  from tfjax.explain import temperature as temperature_lib
+  from tfjax.generate import translate
+  from tfjax.tasks.translate import BOS_ID, EOS_ID
+  subject = tiny_translator_subject()
+  result = temperature_lib.run(subject, str(tmp_path), text="a dog runs", temperatures=[0.0, 1.0], num_samples=2,
+                               num_tokens=6)
+  src = subject.encode("a dog runs", source=True)[None]
+  logits = subject.model.apply({"params": subject.params}, jnp.asarray(src), jnp.asarray(src != 0),
+                               jnp.full((1, 1), BOS_ID, jnp.int32))[0, -1]
+  probs = np.asarray(jax.nn.softmax(logits))
+  np.testing.assert_allclose(result["probs_top"][1], probs[result["top_token_ids"]], rtol=1e-5)
+  greedy = translate(subject.model, subject.params, src, src != 0, 6, bos_id=BOS_ID, eos_id=EOS_ID)[0]
+  end = np.flatnonzero(greedy == EOS_ID)
+  want = subject.tokenizer.decode(greedy[:end[0]] if end.size else greedy)
+  assert result["sample_text"]["0.0"] == [want, want]
+
+
+def test_a_translator_trained_on_tokenised_text_reads_running_text_as_it_was_trained():
+  """The published recipe trains on lowercased, Moses-tokenised captions (``data.text=tok``): explain puts a text
+  into that form, as ./launch.sh translate does (it fed the model cased, untokenised text), but not the model's own
+  output (``model_form``)."""
+  import ml_collections
+  base = tiny_translator_subject()
+  config = ml_collections.ConfigDict({"task": "translate", "data": {"text": "tok", "source": "en", "target": "de"}})
+  subject = Subject("translator", "tok-run", base.model, base.params, base.tokenizer, config)
+  tok = base.tokenizer
+  np.testing.assert_array_equal(subject.encode("A Dog runs.", source=True), base.encode("a dog runs .", source=True))
+  assert subject.model_text("Ein Hund, der rennt.") == "ein hund , der rennt ."
+  np.testing.assert_array_equal(subject.encode("a dog", model_form=True), base.encode("a dog"))
+  assert tok.encode("A Dog runs.") != tok.encode("a dog runs .")  # the test can tell the two forms apart
+
+
 # ---------------------------------------------------------------------------------------------------- errors
 
 

@@ -45,8 +45,9 @@ COMMANDS: dict[str, Command] = {
                    "MLP neurons as questions: top-activating validation contexts and the tokens each promotes"),
     "logit_lens": Command("tfjax.explain.logit_lens_command:run", MODELS,
                           "each layer's top next-token guesses on a text, and its KL from the final distribution"),
-    "temperature": Command("tfjax.explain.temperature:run", ("gpt",),
-                           "next-token distribution at several temperatures; entropy and distinct-n of samples vs T"),
+    "temperature": Command("tfjax.explain.temperature:run", ("gpt", "translator"),
+                           "next-token distribution at several temperatures (a translator: the first target token); "
+                           "entropy and distinct-n of samples (continuations, translations) vs T"),
     "embeddings": Command("tfjax.explain.embeddings:run", ("word2vec", "gpt", "bert", "translator"),
                           "embedding geometry: nearest neighbours, analogies, 2-D projection, cosine matrix"),
     "superposition": Command("tfjax.explain.superposition:run_superposition", (),

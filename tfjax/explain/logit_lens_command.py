@@ -51,10 +51,12 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
   if kind == "translator":
     from tfjax.tasks import translate as tr
     src = subject.text_ids(text, source=True)
-    if target is None:
-      source_text = text if text is not None else subject.tokenizer.decode(src[:-1])
-      target = tr.translate_texts(model, params, subject.tokenizer, [source_text], batch_size=1)[0] or "."
-    tgt = subject.text_ids(target)
+    if target is None:  # the model's own translation, in its own text form
+      target = tr.translate_texts(model, params, subject.tokenizer, [subject.tokenizer.decode(src[:-1])],
+                                 batch_size=1)[0] or "."
+      tgt = subject.text_ids(target, model_form=True)
+    else:
+      tgt = subject.text_ids(target)
     batch = {"src": src[None], "inputs": tgt[None]}
     ids = tgt
   else:

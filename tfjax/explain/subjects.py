@@ -97,14 +97,26 @@ class Subject:
                          "explain needs one to read a text")
     return self.tokenizer
 
-  def encode(self, text: str, *, source: bool = False) -> np.ndarray:
+  def model_text(self, text: str, *, source: bool = False) -> str:
+    """Running ``text`` in the form the model was trained on: a translator trained on Multi30k's lowercased,
+    Moses-tokenised captions (``data.text=tok``, the published recipe) reads it lowercased and tokenised
+    (:func:`tfjax.tasks.translate.moses_tokenise`, as ``./launch.sh translate`` does); other models read it as it is."""
+    if self.kind != "translator" or self.config is None or self.config.data.get("text", "raw") != "tok" or not text:
+      return text
+    from tfjax.tasks.translate import moses_tokenise
+    return moses_tokenise([text], self.config.data.source if source else self.config.data.target)[0]
+
+  def encode(self, text: str, *, source: bool = False, model_form: bool = False) -> np.ndarray:
     """Token ids ``[T]`` (int32) of ``text`` as the model reads it: characters for a character GPT, BPE for GPT-2,
     ``[CLS] ... [SEP]`` for BERT, the target side for the translator (``source=True``: the source side, ending with
-    its end-of-sequence token). Raises :class:`SubjectError` for an empty text or one longer than the context
-    window."""
+    its end-of-sequence token). ``text`` is running text, put into the model's form by :meth:`model_text`
+    (``model_form=True``: it already is, e.g. the translator's own output). Raises :class:`SubjectError` for an empty
+    text or one longer than the context window."""
     tok = self._need_tokenizer()
     if not text:
       raise SubjectError("the text is empty")
+    if not model_form:
+      text = self.model_text(text, source=source)
     try:
       ids = np.asarray(tok.encode(text), np.int32)
     except ValueError as e:  # e.g. characters outside a character tokenizer's alphabet
@@ -124,10 +136,10 @@ class Subject:
     """The text a command looks at when none is given (a line of the model's own kind of data)."""
     return DEFAULT_TEXTS[self.kind]
 
-  def text_ids(self, text: str | None, *, source: bool = False) -> np.ndarray:
+  def text_ids(self, text: str | None, *, source: bool = False, model_form: bool = False) -> np.ndarray:
     """:meth:`encode` of ``text``; ``None``: the default text, cut to the context window."""
     if text is not None:
-      return self.encode(text, source=source)
+      return self.encode(text, source=source, model_form=model_form)
     tok = self._need_tokenizer()
     ids = self.encode(DEFAULT_TEXTS[self.kind][:self.cfg.max_len], source=source) if hasattr(tok, "chars") else None
     if ids is None:

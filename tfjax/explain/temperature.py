@@ -1,9 +1,11 @@
-"""``explain temperature``: softmax with temperature, on a trained GPT.
+"""``explain temperature``: softmax with temperature, on a trained GPT or translator.
 
 The next token is drawn from ``softmax(logits / T)``: ``T = 1`` is the model's distribution, ``T < 1`` sharpens it
 (``T -> 0``: all mass on the argmax, greedy decoding), ``T > 1`` flattens it towards uniform. The command shows, for a
 prompt, the next-token distribution at several temperatures, its entropy against ``T``, and the unigram entropy and
-distinct-n of text sampled at each ``T`` with :func:`tfjax.generate.generate` (the project's own sampler).
+distinct-n of text sampled at each ``T`` with the project's own samplers: :func:`tfjax.generate.generate` continues a
+GPT's prompt; for a translator the prompt is the source sentence, the distribution is that of the first target token,
+and the samples are translations drawn by :func:`tfjax.generate.translate` (each up to its end token).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfjax.explain import pictures
-from tfjax.generate import generate
+from tfjax.generate import generate, translate
 
 DEFAULT_TEMPERATURES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 
@@ -40,16 +42,19 @@ def entropy(probs: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=axis)
 
 
-def distinct_n(ids: np.ndarray, n: int) -> float:
-  """The fraction of distinct n-grams among all n-grams of the rows of ``ids [B, L]`` (pooled over rows)."""
-  ids = np.asarray(ids)
+def distinct_n(ids, n: int) -> float:
+  """The fraction of distinct n-grams among all n-grams of the rows of ``ids`` (``[B, L]``, or rows of different
+  lengths; pooled over rows)."""
   grams = [tuple(row[i:i + n]) for row in ids for i in range(len(row) - n + 1)]
   return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def unigram_entropy(ids: np.ndarray) -> float:
-  """Entropy in nats of the token frequencies of ``ids`` (all rows pooled)."""
-  _, counts = np.unique(np.asarray(ids), return_counts=True)
+def unigram_entropy(ids) -> float:
+  """Entropy in nats of the token frequencies of ``ids`` (all rows pooled; rows may differ in length)."""
+  tokens = np.concatenate([np.asarray(row).reshape(-1) for row in ids] or [np.zeros(0)])
+  if tokens.size == 0:
+    return 0.0
+  _, counts = np.unique(tokens, return_counts=True)
   p = counts / counts.sum()
   return float(-(p * np.log(p)).sum())
 
@@ -58,6 +63,65 @@ def unigram_entropy(ids: np.ndarray) -> float:
 def next_token_logits(model, params, ids: jnp.ndarray) -> jnp.ndarray:
   """The model's next-token logits ``[B, V]`` after ``ids [B, T]`` (a GPT's last position)."""
   return model.apply({"params": params}, ids)[:, -1]
+
+
+@functools.partial(jax.jit, static_argnames=("model", "bos_id"))
+def first_target_logits(model, params, src: jnp.ndarray, src_valid: jnp.ndarray, bos_id: int) -> jnp.ndarray:
+  """A translator's logits ``[B, V]`` for the first target token of ``src [B, S]`` (after the begin token)."""
+  return model.apply({"params": params}, src, src_valid, jnp.full((src.shape[0], 1), bos_id, jnp.int32))[:, -1]
+
+
+class _GPTPrompt:
+  """A GPT's prompt: the next token after it, and continuations of its last ``max_len / 2`` tokens."""
+
+  def __init__(self, subject, text, num_tokens):
+    self.model, self.params = subject.model, subject.params
+    self.ids = subject.text_ids(text)
+    # samples continue the prompt's last max_len/2 tokens and by default fill the window once: one compiled decoding
+    # loop per temperature (a longer sample refills the cache and compiles a second prompt length)
+    self.prompt_ids = self.ids[-max(1, self.model.cfg.max_len // 2):]
+    self.num_tokens = max(3, min(64, self.model.cfg.max_len - len(self.prompt_ids))) if num_tokens is None \
+        else num_tokens
+    self.prompt = subject.tokenizer.decode(self.ids)
+    self.what = "next token after"
+
+  def logits(self):
+    return next_token_logits(self.model, self.params, jnp.asarray(self.ids[None]))[0]
+
+  def samples(self, num_samples, temperature, key):
+    prompt = np.repeat(self.prompt_ids[None], num_samples, axis=0)
+    out = generate(self.model, self.params, prompt, self.num_tokens, key, temperature=temperature)
+    return [row for row in out[:, len(self.prompt_ids):]]
+
+
+class _Source:
+  """A translator's source sentence: its first target token, and translations sampled up to their end token."""
+
+  def __init__(self, subject, text, num_tokens):
+    from tfjax.tasks.translate import BOS_ID, EOS_ID, PAD_ID
+    self.model, self.params = subject.model, subject.params
+    self.bos, self.eos, self.pad = BOS_ID, EOS_ID, PAD_ID
+    self.src = subject.text_ids(text, source=True)
+    self.num_tokens = min(64, self.model.cfg.max_len) if num_tokens is None else num_tokens
+    if self.num_tokens > self.model.cfg.max_len:
+      from tfjax.explain.subjects import SubjectError
+      raise SubjectError(f"--num_tokens={self.num_tokens} is longer than the context window {self.model.cfg.max_len}")
+    self.prompt = subject.tokenizer.decode(self.src[:-1])
+    self.what = "first target token of"
+
+  def logits(self):
+    src = jnp.asarray(self.src[None])
+    return first_target_logits(self.model, self.params, src, src != self.pad, self.bos)[0]
+
+  def samples(self, num_samples, temperature, key):
+    src = np.repeat(self.src[None], num_samples, axis=0)
+    out = translate(self.model, self.params, src, src != self.pad, self.num_tokens, bos_id=self.bos, eos_id=self.eos,
+                    pad_id=self.pad, rng=key, temperature=temperature)
+    rows = []
+    for row in out:  # each translation up to (not including) its end token
+      end = np.flatnonzero(row == self.eos)
+      rows.append(row[:end[0]] if end.size else row)
+    return rows
 
 
 def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_TEMPERATURES,
@@ -72,16 +136,11 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
     raise SubjectError(f"--temperatures must be >= 0, got {temps}")
   if num_samples < 1:
     raise SubjectError(f"--num_samples must be >= 1, got {num_samples}")
-  model, params = subject.model, subject.params
-  ids = subject.text_ids(text)
-  # samples continue the prompt's last max_len/2 tokens and by default fill the window once: one compiled decoding
-  # loop per temperature (a longer sample refills the cache and compiles a second prompt length)
-  prompt_ids = ids[-max(1, model.cfg.max_len // 2):]
-  if num_tokens is None:
-    num_tokens = max(3, min(64, model.cfg.max_len - len(prompt_ids)))
+  source = (_Source if subject.kind == "translator" else _GPTPrompt)(subject, text, num_tokens)
+  num_tokens = source.num_tokens
   if num_tokens < 3:
     raise SubjectError(f"--num_tokens must be >= 3 (distinct-3 needs three tokens), got {num_tokens}")
-  logits = next_token_logits(model, params, jnp.asarray(ids[None]))[0]
+  logits = source.logits()
   probs = np.asarray(temperature_distributions(logits, jnp.asarray(temps)))  # [N, V]
   fine_t = np.linspace(0.0, max(3.0, max(temps)), 61)
   fine_entropy = np.asarray(entropy(temperature_distributions(logits, jnp.asarray(fine_t))))
@@ -89,15 +148,14 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
   top_labels = subject.labels(top)
 
   samples, stats = {}, {"unigram_entropy": [], "distinct_1": [], "distinct_2": [], "distinct_3": []}
-  prompt = np.repeat(prompt_ids[None], num_samples, axis=0)
   for i, t in enumerate(temps):
-    out = generate(model, params, prompt, num_tokens, jax.random.key(seed + i), temperature=t)[:, len(prompt_ids):]
-    samples[t] = [subject.tokenizer.decode(row) for row in out]
-    stats["unigram_entropy"].append(unigram_entropy(out))
+    rows = source.samples(num_samples, t, jax.random.key(seed + i))
+    samples[t] = [subject.tokenizer.decode(row) for row in rows]
+    stats["unigram_entropy"].append(unigram_entropy(rows))
     for n in (1, 2, 3):
-      stats[f"distinct_{n}"].append(distinct_n(out, n))
+      stats[f"distinct_{n}"].append(distinct_n(rows, n))
 
-  title = f"next token after {subject.tokenizer.decode(ids)[-40:]!r}"
+  title = f"{source.what} {source.prompt[-40:]!r}"
   pictures.heatmap(probs[:, top], os.path.join(out_dir, "temperature_distribution.png"),
                    row_labels=[f"T={t:g}" for t in temps], col_labels=top_labels, title=title, xlabel="token",
                    cmap="Blues", annotate=True)
@@ -106,12 +164,12 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
                           f"{num_samples} samples x {num_tokens} tokens": (
                               temps, {k: v for k, v in stats.items() if k != "unigram_entropy"}, "distinct-n"),
                           "sampled text": (temps, {"unigram entropy": stats["unigram_entropy"]}, "nats")})
-  numbers = {"prompt": subject.tokenizer.decode(ids), "temperatures": temps, "top_tokens": top_labels,
+  numbers = {"prompt": source.prompt, "temperatures": temps, "top_tokens": top_labels,
              "top_token_ids": top, "probs_top": probs[:, top], "entropy": np.asarray(entropy(jnp.asarray(probs))),
              "entropy_curve": {"T": fine_t, "entropy": fine_entropy}, "samples": stats,
              "sample_text": {str(t): s for t, s in samples.items()}}
   pictures.write_json(os.path.join(out_dir, "temperature.json"), numbers)
-  lines = [f"temperature: next token after {numbers['prompt'][-30:]!r}"]
+  lines = [f"temperature: {source.what} {numbers['prompt'][-30:]!r}"]
   for t, p, h, d2 in zip(temps, probs, numbers["entropy"], stats["distinct_2"]):
     lines.append(f"  T={t:<5g} top {top_labels[0]!r} p={p[top[0]]:.3f}  entropy {h:.3f} nats  "
                  f"samples distinct-2 {d2:.3f}")
