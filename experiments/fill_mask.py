@@ -2,8 +2,9 @@
 
     ./launch.sh fill-mask runs/bert --text="the capital of [MASK] is paris" --top_k=5    # or --workdir=runs/bert
 
-The workdir (the first argument or ``--workdir``) is a training workdir of an MLM config (latest checkpoint, or ``--step``), or any Hugging Face
-``BertForMaskedLM`` or ``RoFormerForMaskedLM`` directory (config.json + model.safetensors + tokenizer). ``--text`` may be repeated.
+The workdir (the first argument or ``--workdir``) is a training workdir of an MLM config (latest checkpoint, or
+``--step``), or any Hugging Face ``BertForMaskedLM`` or ``RoFormerForMaskedLM`` directory (config.json +
+model.safetensors + tokenizer). ``--text`` may be repeated.
 """
 
 import os

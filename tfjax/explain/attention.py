@@ -113,12 +113,7 @@ def collect_views(subject, text: str | None = None, target: str | None = None, p
   # the translator
   from tfjax.tasks import translate as tr
   src = subject.text_ids(text, source=True)
-  if target is None:  # the model's own translation, in its own text form
-    target = tr.translate_texts(model, params, subject.tokenizer, [subject.tokenizer.decode(src[:-1])],
-                               batch_size=1)[0] or "."
-    tgt = subject.text_ids(target, model_form=True)
-  else:
-    tgt = subject.text_ids(target)
+  tgt = subject.target_ids(src, target)
   src, src_real = _pad(src, min(pad, subject.cfg.max_len - len(src)), tr.PAD_ID)
   _, cache = jit_run_with_cache(model, params, jnp.asarray(src[None]), jnp.asarray(src_real[None]),
                                 jnp.asarray(tgt[None]), names=("attn/pattern", "cross_attn/pattern"))

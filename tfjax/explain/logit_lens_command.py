@@ -49,20 +49,15 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
   os.makedirs(out_dir, exist_ok=True)
   model, params, kind = subject.model, subject.params, subject.kind
   if kind == "translator":
-    from tfjax.tasks import translate as tr
     src = subject.text_ids(text, source=True)
-    if target is None:  # the model's own translation, in its own text form
-      target = tr.translate_texts(model, params, subject.tokenizer, [subject.tokenizer.decode(src[:-1])],
-                                 batch_size=1)[0] or "."
-      tgt = subject.text_ids(target, model_form=True)
-    else:
-      tgt = subject.text_ids(target)
+    tgt = subject.target_ids(src, target)
     batch = {"src": src[None], "inputs": tgt[None]}
     ids = tgt
   else:
     ids = subject.text_ids(text)
     batch = ({"inputs": ids[None]} if kind == "gpt" else
-             {"inputs": ids[None], "attention_mask": np.ones_like(ids[None]), "token_type_ids": np.zeros_like(ids[None])})
+             {"inputs": ids[None], "attention_mask": np.ones_like(ids[None]),
+              "token_type_ids": np.zeros_like(ids[None])})
   lens = np.asarray(_lens(model, kind, params, jax.tree.map(jnp.asarray, batch)))[:, 0]  # [L + 1, T, V]
   probs = np.asarray(jax.nn.softmax(jnp.asarray(lens), axis=-1))
   top = np.argsort(-probs, axis=-1)[..., :top_k]  # [L + 1, T, k]

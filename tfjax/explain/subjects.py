@@ -132,6 +132,16 @@ class Subject:
                          f"max_len={self.cfg.max_len}; give a shorter --text")
     return ids
 
+  def target_ids(self, src: np.ndarray, target: str | None) -> np.ndarray:
+    """A translator's target-side ids for the source ids ``src`` (:meth:`encode` with ``source=True``): ``target``
+    (running text), or, when None, the model's own greedy translation of the source."""
+    if target is not None:
+      return self.text_ids(target)
+    from tfjax.tasks.translate import translate_texts
+    translation = translate_texts(self.model, self.params, self.tokenizer, [self.tokenizer.decode(src[:-1])],
+                                  batch_size=1)[0]
+    return self.text_ids(translation or ".", model_form=True)  # in the model's own text form already
+
   def default_text(self) -> str:
     """The text a command looks at when none is given (a line of the model's own kind of data)."""
     return DEFAULT_TEXTS[self.kind]
