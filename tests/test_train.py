@@ -245,7 +245,7 @@ def test_bench_ab_times_paired_variants(tmp_path):
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r["variant"] for r in rows] == ["base", "relu"]
   assert rows[0]["speedup_median"] == 1.0 and rows[1]["overrides"][-1] == "model.activation=relu"
-  assert all(r["tokens_per_s"] > 0 and r["rounds"] == 1 for r in rows)
+  assert all(r["tokens_per_s"] > 0 and r["rounds"] == 1 and r["temp_mb"] > 0 for r in rows)
 
 
 def test_plot_cli_draws_runs_and_refuses_what_it_cannot_draw(tmp_path):

@@ -13,6 +13,9 @@ builds it (bfloat16 compute, float32 parameters):
 - ``grad_bfloat16_logits``: the same with ``model.logits_dtype=bfloat16``, the logits rounded to bfloat16 by the
   matmul and widened after (as PyTorch's autocast makes them; the loss still in float32): how much the passes over
   float32 logits cost;
+- ``grad_fused_loss``: the same with ``model.loss_chunk_size=128``, the unembedding and the cross-entropy fused 128
+  positions at a time, gradients in the forward pass (``tfjax.layers.unembed_loss``): no [tokens, V] logits, and
+  ``grad_fused_loss_micro_x2`` the same on twice the micro-batch (per ``micro`` rows);
 - ``grad_xla_attention``: the same with ``attention_impl="xla"`` instead of ``"auto"`` (cuDNN's fused kernel on GPUs);
 - ``grad_no_accuracy``: the loss alone, without the accuracy's argmax over the logits;
 - ``grad_micro_x2``: ``grad`` on twice the micro-batch (``2 micro`` x 1,024 tokens), per ``micro`` rows: whether
@@ -159,15 +162,19 @@ def main(argv=None):
   micro = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
   grad_fn = lambda t: jax.value_and_grad(lambda p, b: t.loss_fn(p, b, None, True)[0])  # noqa: E731
 
+  doubled = {k: jnp.concatenate([v, v[::-1]]) for k, v in micro.items()}
+  fused = make_task(config, args.vocab, loss_chunk_size=128)
   variants = {
       "forward": (lambda p, b: task.loss_fn(p, b, None, False)[0], (params, micro), 1),
       "grad": (grad_fn(task), (params, micro), 1),
       "grad_float32_unembed_backward": (traced_with(grad_fn(task), jax_dot_rule), (params, micro), 1),
       "grad_bfloat16_logits": (grad_fn(make_task(config, args.vocab, logits_dtype=jnp.bfloat16)),
                                (params, micro), 1),
+      "grad_fused_loss": (grad_fn(fused), (params, micro), 1),
+      "grad_fused_loss_micro_x2": (grad_fn(fused), (params, doubled), 2),
       "grad_xla_attention": (grad_fn(make_task(config, args.vocab, attention_impl="xla")), (params, micro), 1),
       "grad_no_accuracy": (jax.value_and_grad(loss_without_accuracy(task)), (params, micro), 1),
-      "grad_micro_x2": (grad_fn(task), (params, {k: jnp.concatenate([v, v[::-1]]) for k, v in micro.items()}), 2),
+      "grad_micro_x2": (grad_fn(task), (params, doubled), 2),
   }
   tx, schedule = make_optimizer(config.optimizer, 1000)
   state = jax.jit(lambda: init_state(task, tx, 0))()

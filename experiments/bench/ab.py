@@ -8,7 +8,8 @@ Each ``--variant=NAME:SETTINGS`` is the config (``--config``: a language-model o
 The first variant is the baseline. All variants are built and compiled in the same process, on the same devices,
 through the same train step as ``train.py`` (:func:`tfjax.train.loop.jit_train_step`, ``parallel=dp`` when there is
 more than one device); then each round runs ``--steps_per_round`` steps of every variant in turn (the order reversed
-every other round) and times them. Printed per variant: the median and p10 step time, tokens/s, and
+every other round) and times them. Printed per variant: the median and p10 step time, tokens/s, the compiled
+step's temporary memory (XLA's ``memory_analysis``: activations, logits, gradients in flight; not the state), and
 against the baseline the median of the per-round ratios and the share of rounds it was faster. One JSON line per
 variant is appended to ``bench_results/ab.jsonl``.
 
@@ -64,7 +65,7 @@ def parse_variant(spec: str) -> tuple[str, list[str], dict]:
 
 
 def build(config_name: str, overrides: list[str], options: dict):
-  """(compiled step, state, device batches, tokens per step) for one variant."""
+  """(compiled step, state, device batches, tokens per step, temporary MB of the compiled step) for one variant."""
   import functools
   import importlib
   import jax
@@ -92,7 +93,15 @@ def build(config_name: str, overrides: list[str], options: dict):
   step_fn = jit_train_step(task, tx, schedule, config.train, mode, mesh, rep, rows)
   batches = [parallel.global_batch(task.train_batch(s, 0, 1), rows) for s in range(8)]
   compiled = step_fn.lower(state, batches[0]).compile(compiler_options=options or None)
-  return compiled, state, batches, tokens_in(batches[0])
+  return compiled, state, batches, tokens_in(batches[0]), temp_mb(compiled)
+
+
+def temp_mb(compiled) -> float | None:
+  """The compiled step's temporary buffers in MB (per device), when the backend reports them."""
+  try:
+    return compiled.memory_analysis().temp_size_in_bytes / 2**20
+  except (AttributeError, NotImplementedError, RuntimeError):
+    return None
 
 
 def main(argv):
@@ -118,7 +127,7 @@ def main(argv):
   times = {n: [] for n in names}
   for r in range(FLAGS.rounds):
     for name in (names if r % 2 == 0 else names[::-1]):
-      fn, state, batches, _ = variants[name]
+      fn, state, batches, *_ = variants[name]
       t0 = time.perf_counter()
       for j in range(k):
         state, metrics = fn(state, batches[(r * k + j) % len(batches)])
@@ -131,7 +140,8 @@ def main(argv):
            "steps_per_round": k, "xla_flags": os.environ.get("XLA_FLAGS", ""), "baseline": base}
   print(f"\n{FLAGS.config}: {FLAGS.rounds - WARMUP_ROUNDS} rounds of {k} steps per variant, {jax.device_count()} "
         f"device(s)")
-  print(f"{'variant':24s} {'ms/step':>9s} {'p10':>9s} {'tokens/s':>10s} {'speedup':>8s} {'faster in':>10s}")
+  print(f"{'variant':24s} {'ms/step':>9s} {'p10':>9s} {'tokens/s':>10s} {'temp MB':>8s} {'speedup':>8s} "
+        f"{'faster in':>10s}")
   rows = []
   for (name, overrides, options) in specs:
     ts = times[name][WARMUP_ROUNDS:]
@@ -139,11 +149,12 @@ def main(argv):
     med = statistics.median(ts)
     row = {"variant": name, "overrides": overrides, "compiler_options": {k_: str(v) for k_, v in options.items()},
            "step_ms": 1e3 * med, "step_ms_p10": 1e3 * sorted(ts)[len(ts) // 10],
-           "tokens_per_s": variants[name][3] / med, "speedup_median": statistics.median(ratios),
+           "tokens_per_s": variants[name][3] / med, "temp_mb": variants[name][4], "speedup_median": statistics.median(ratios),
            "faster_share": sum(x > 1 for x in ratios) / len(ratios)}
     rows.append(row)
     vs = "  baseline" if name == base else f"{row['faster_share']:10.0%}"
-    print(f"{name:24s} {row['step_ms']:9.2f} {row['step_ms_p10']:9.2f} {row['tokens_per_s']:10,.0f} "
+    mb = "" if row["temp_mb"] is None else f"{row['temp_mb']:8,.0f}"
+    print(f"{name:24s} {row['step_ms']:9.2f} {row['step_ms_p10']:9.2f} {row['tokens_per_s']:10,.0f} {mb:>8s} "
           f"{row['speedup_median']:7.3f}x {vs}")
   runtime.append_json_lines(FLAGS.out, [{**stamp, **row} for row in rows])
 

@@ -66,6 +66,11 @@ class TransformerConfig:
   # dtype (bfloat16) rounds them as PyTorch's autocast does, halving the passes over [tokens, V] logits (losses still
   # run in float32: the model returns them widened)
   logits_dtype: Dtype = jnp.float32
+  # GPT's training loss: 0 computes the logits [B, T, V] in one piece; > 0 fuses the unembedding with the softmax
+  # cross-entropy, this many positions of every row at a time, each chunk's gradients computed in the forward pass
+  # (tfjax.layers.unembed_loss): the same loss and gradients without the logits (GPT-2 small's 32 x 1024-token
+  # micro-batch: 6.6 GB of float32 logits, 0.8 GB a 128-position chunk). Logits there are float32 (logits_dtype aside)
+  loss_chunk_size: int = 0
   # float32 matmuls on GPUs/TPUs: None follows JAX's default (TF32 / bfloat16 passes, fast, and whatever
   # jax.default_matmul_precision sets); "high" | "highest" (full float32) fix it for every matmul of the model
   precision: str | None = None
@@ -105,6 +110,7 @@ class TransformerConfig:
         (self.sinusoidal_layout in ("interleaved", "halves"),
          f"sinusoidal_layout must be 'interleaved' or 'halves', got {self.sinusoidal_layout!r}"),
         (self.position_offset >= 0, f"position_offset must be >= 0, got {self.position_offset}"),
+        (self.loss_chunk_size >= 0, f"loss_chunk_size must be >= 0 (0: the whole logits), got {self.loss_chunk_size}"),
     ]
     for ok, msg in checks:
       if not ok:

@@ -16,12 +16,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from tfjax.layers import masks as masks_lib
 from tfjax.layers.blocks import TransformerStack, make_norm, make_token_embedding, make_unembed
 from tfjax.models.config import TransformerConfig
 from tfjax.layers.dropout import Dropout
 from tfjax.layers.embeddings import LearnedPositionalEmbedding, sinusoidal_positions
+from tfjax.layers.unembed_loss import unembed_cross_entropy
 
 
 class GPT(nn.Module):
@@ -55,6 +57,14 @@ class GPT(nn.Module):
       deterministic: disables dropout when True.
       decode: use and update the KV cache (``S`` = the cache length ``max_len``).
     """
+    return self.unembed(self.residual_stream(ids, positions=positions, mask=mask, deterministic=deterministic,
+                                             decode=decode))
+
+  def residual_stream(self, ids: jnp.ndarray, *, positions: jnp.ndarray | None = None,
+                      mask: jnp.ndarray | None = None, deterministic: bool = True,
+                      decode: bool = False) -> jnp.ndarray:
+    """The residual stream ``[B, T, D]`` after the last block (before the final norm): :meth:`__call__` without
+    :meth:`unembed`. Arguments as :meth:`__call__`."""
     cfg = self.cfg
     batch, length = ids.shape
     if length > cfg.max_len:
@@ -73,8 +83,8 @@ class GPT(nn.Module):
 
     kv_len = cfg.max_len if decode else length
     causal = masks_lib.causal_mask_at(positions, kv_len)
-    x = self.decoder(x, masks_lib.combine_masks(causal, mask), positions, deterministic=deterministic, decode=decode)
-    return self.unembed(x)
+    return self.decoder(x, masks_lib.combine_masks(causal, mask), positions, deterministic=deterministic,
+                        decode=decode)
 
   def unembed(self, resid: jnp.ndarray) -> jnp.ndarray:
     """Logits ``[..., V]`` (float32) of a residual stream ``resid [..., D]``: the final norm ``ln_final``, then the
@@ -82,6 +92,29 @@ class GPT(nn.Module):
     x = self.ln_final(resid)
     logits = self.embed.unembed(x) if self.cfg.tie_embeddings else self.unembed_matrix(x)
     return logits.astype(jnp.float32)
+
+  def cross_entropy(self, ids: jnp.ndarray, targets: jnp.ndarray, weights: jnp.ndarray | None = None, *,
+                    deterministic: bool = True) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``(loss, correct)`` of ``targets [B, T]`` after ``ids [B, T]``: the summed (``weights [B, T]``-weighted)
+    cross-entropy of the logits :meth:`__call__` gives and the number of positions whose argmax is the target, both
+    float32 scalars. With ``cfg.loss_chunk_size > 0`` the unembedding and the loss are fused, that many positions
+    at a time (:func:`tfjax.layers.unembed_loss.unembed_cross_entropy`): the logits ``[B, T, V]`` never exist."""
+    resid = self.residual_stream(ids, deterministic=deterministic)
+    if self.cfg.loss_chunk_size == 0 or self.is_initializing():
+      logits = self.unembed(resid)
+      ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+      hit = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+      if weights is not None:
+        ce, hit = ce * weights, hit * weights
+      return jnp.sum(ce), jnp.sum(hit)
+    x = self.ln_final(resid).astype(self.cfg.dtype)
+    if self.cfg.tie_embeddings:
+      w, bias = jnp.asarray(self.embed.embedding).T, None
+    else:
+      dense = nn.unbox(self.unembed_matrix.variables["params"]["kernel_dense"])
+      w, bias = dense["kernel"], dense.get("bias")
+    return unembed_cross_entropy(x, w, targets, weights, bias, chunk_size=self.cfg.loss_chunk_size,
+                                 precision=self.cfg.precision)
 
 
 def init_cache(model: GPT, batch_size: int) -> dict:

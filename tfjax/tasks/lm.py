@@ -35,7 +35,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from tfjax import config as config_lib
 from tfjax.data import files, shards
@@ -48,7 +47,7 @@ DATASETS = {"tinyshakespeare": files.TINY_SHAKESPEARE}
 # config.model keys that stay the experiment's with init_from (how to compute, not what): every other field of the
 # TransformerConfig (the architecture: layers, widths, positions, norms, activation, ...) is taken from init_from
 RUNTIME_KEYS = ("dropout_rate", "attention_dropout_rate", "attention_impl", "attention_block_size", "dtype",
-                "param_dtype", "logits_dtype", "precision", "remat", "scan_layers")
+                "param_dtype", "logits_dtype", "loss_chunk_size", "precision", "remat", "scan_layers")
 
 
 class InitFromError(ValueError):
@@ -258,12 +257,11 @@ class LMTask:
     return jax.tree.map(lambda b, v: b.replace_boxed(v) if is_box(b) else v, boxed, values, is_leaf=is_box)
 
   def loss_fn(self, params, batch, rng, train):
-    logits = self.model.apply({"params": params}, batch["inputs"], deterministic=not train,
-                              rngs={"dropout": rng} if train and rng is not None else None)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
     # float32 sums: under data parallelism XLA can then merge every cross-device reduction of the step into one.
-    correct = jnp.sum((jnp.argmax(logits, axis=-1) == batch["targets"]).astype(jnp.float32))
-    return jnp.sum(ce), jnp.asarray(ce.size, jnp.float32), {"accuracy": correct}
+    loss, correct = self.model.apply({"params": params}, batch["inputs"], batch["targets"], deterministic=not train,
+                                     rngs={"dropout": rng} if train and rng is not None else None,
+                                     method=GPT.cross_entropy)
+    return loss, jnp.asarray(batch["targets"].size, jnp.float32), {"accuracy": correct}
 
   def _windows(self, data, offsets: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(data, shards.TokenShards):
