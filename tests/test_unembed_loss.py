@@ -171,3 +171,17 @@ def test_lm_training_with_a_fused_loss_takes_the_same_steps():
   np.testing.assert_allclose(np.array(fused), np.array(whole), rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(p_whole), jax.tree.leaves(p_fused)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_loss_chunk_size_is_a_gpt_key_and_an_error_elsewhere():
+  from experiments.configs import bert_wikitext2, translate_multi30k
+  from tfjax import config as config_lib
+  from tfjax.tasks import mlm, translate
+  with pytest.raises(config_lib.ConfigError, match="loss_chunk_size must be >= 0"):
+    config_lib.transformer_config(tiny_lm_config(**{"model.loss_chunk_size": -1}).model, V)
+  for name, module, build in (("BERT", bert_wikitext2, mlm.build_model),
+                              ("the translator", translate_multi30k, translate.make_model)):
+    config = module.get_config()
+    config.model.loss_chunk_size = 64
+    with pytest.raises(config_lib.ConfigError, match=f"is for GPT language models; {name} computes"):
+      build(config, 100)

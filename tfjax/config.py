@@ -179,6 +179,14 @@ def transformer_config(model: Any, vocab_size: int, **overrides) -> TransformerC
     raise ConfigError(f"invalid model config: {e}") from None
 
 
+def check_no_fused_loss(cfg: TransformerConfig, model: str) -> None:
+  """``model.loss_chunk_size`` is the GPT's (its loss is the unembedding's cross-entropy at every position); other
+  models score their logits as they are, so a nonzero value there is an error rather than silently ignored."""
+  if cfg.loss_chunk_size:
+    raise ConfigError(f"config key 'model.loss_chunk_size' (the fused unembedding and loss) is for GPT language "
+                      f"models; {model} computes its loss from its logits: leave it 0, got {cfg.loss_chunk_size}")
+
+
 def validate_train_config(config: Any) -> None:
   """Checks the keys the training loop reads; raises :class:`ConfigError` naming the first bad one."""
   t, o = config.train, config.optimizer

@@ -207,6 +207,7 @@ def build_model(config: Any, vocab_size: int) -> BERT:
   if cfg.positional not in ("learned", "rope"):
     raise config_lib.ConfigError(f"config key 'model.positional' must be 'learned' or 'rope' for BERT, got "
                                  f"{cfg.positional!r}")
+  config_lib.check_no_fused_loss(cfg, "BERT")
   return BERT(cfg, type_vocab_size=config.model.get("type_vocab_size", 2))
 
 

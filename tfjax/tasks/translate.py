@@ -191,8 +191,9 @@ def pad_rows(rows: list[list[int]], length: int) -> np.ndarray:
 
 def make_model(config: Any, vocab_size: int) -> EncoderDecoder:
   """The :class:`EncoderDecoder` that ``config.model`` describes."""
-  return EncoderDecoder(config_lib.transformer_config(config.model, vocab_size),
-                        num_encoder_layers=config.model.get("num_encoder_layers") or None)
+  cfg = config_lib.transformer_config(config.model, vocab_size)
+  config_lib.check_no_fused_loss(cfg, "the translator")
+  return EncoderDecoder(cfg, num_encoder_layers=config.model.get("num_encoder_layers") or None)
 
 
 def smoothed_cross_entropy(logits: jnp.ndarray, targets: jnp.ndarray, smoothing: float = 0.0) -> jnp.ndarray:
