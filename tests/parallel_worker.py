@@ -52,6 +52,8 @@ def main():
     print("RESULT " + json.dumps({mode: translate_losses(mode) for mode in sys.argv[2].split(",")}))
     return
   out = {mode: losses(mode) for mode in sys.argv[1].split(",")}
+  # the fused unembedding + loss (chunks of 5 of the 16 positions) on sharded rows and a sharded embedding
+  out["fsdp_fused_loss"] = losses("fsdp", **{"model.loss_chunk_size": 5})
   # the fsdp rules must actually shard a parameter
   config = tiny_lm_config()
   task = LMTask(config, None)

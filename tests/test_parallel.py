@@ -23,7 +23,7 @@ def results():
   return json.loads(line[0][len("RESULT "):])
 
 
-@pytest.mark.parametrize("mode", ["pmap", "dp", "fsdp"])
+@pytest.mark.parametrize("mode", ["pmap", "dp", "fsdp", "fsdp_fused_loss"])
 def test_mode_equals_single_device(results, mode):
   single = results["none"]
   assert len(single["loss"]) == 6
