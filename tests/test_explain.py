@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from conftest import hf_bert_with_vocab
@@ -202,6 +203,30 @@ def test_temperature_on_a_translator_reads_the_first_target_token_and_samples_tr
   end = np.flatnonzero(greedy == EOS_ID)
   want = subject.tokenizer.decode(greedy[:end[0]] if end.size else greedy)
   assert result["sample_text"]["0.0"] == [want, want]
+
+
+def test_heads_and_mlp_on_a_translators_text_score_its_own_translation_or_the_given_target(tmp_path):
+  """A text given to a translator is its source; the target side is ``--target`` or the model's greedy translation
+  (it was the source text again, read as if it were German)."""
+  from tfjax.explain import data as data_lib, heads as heads_lib, mlp as mlp_lib
+  from tfjax.tasks.translate import translate_texts
+  subject = tiny_translator_subject()
+  [batch] = data_lib.eval_batches(subject, text="a dog runs")
+  own = translate_texts(subject.model, subject.params, subject.tokenizer, ["a dog runs"], batch_size=1)[0]
+  want = subject.encode(own or ".", model_form=True)
+  np.testing.assert_array_equal(batch["src"][0], subject.encode("a dog runs", source=True))
+  np.testing.assert_array_equal(np.concatenate([batch["inputs"][0], batch["targets"][0, -1:]]), want)
+  assert not np.array_equal(want, subject.encode("a dog runs"))  # the test tells the two targets apart
+  [given] = data_lib.eval_batches(subject, text="a dog runs", target="ein hund rennt")
+  np.testing.assert_array_equal(given["targets"][0], subject.encode("ein hund rennt")[1:])
+  result = heads_lib.run(subject, str(tmp_path / "heads"), text="a dog runs", target="ein hund rennt")
+  args, _ = data_lib.model_inputs("translator", given)
+  logits = subject.model.apply({"params": subject.params}, *map(jnp.asarray, args))
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(given["targets"]))
+  np.testing.assert_allclose(result["base_loss"], float(jnp.mean(ce)), rtol=1e-5)
+  mlp_lib.run(subject, str(tmp_path / "mlp"), text="a dog runs", target="ein hund rennt", neurons=[0])
+  with pytest.raises(SubjectError, match="translator's target sentence; this is a gpt"):
+    data_lib.eval_batches(tiny_gpt_subject(), text="abc", target="abc")
 
 
 def test_a_translator_trained_on_tokenised_text_reads_running_text_as_it_was_trained():

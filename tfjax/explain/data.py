@@ -2,8 +2,10 @@
 
 * a tfjax workdir: the first ``max_batches`` of its task's own evaluation batches (``LMTask`` / ``MLMTask`` /
   ``TranslationTask`` built from the run's config: the validation text, with the run's masks for BERT);
-* a Hugging Face directory (no task): the text (``--text`` or the default) as one batch: next tokens for GPT-2,
-  15% of the tokens masked BERT's way (:func:`tfjax.tasks.mlm.mask_tokens`, seed 0) for BERT.
+* a Hugging Face directory (no task), or a text given (``--text``): that text (or the default) as one batch: next
+  tokens for a GPT, 15% of the tokens masked BERT's way (:func:`tfjax.tasks.mlm.mask_tokens`, seed 0) for a BERT,
+  and for a translator the text as the source and as the target ``target`` (``--target``) or, by default, the
+  model's own greedy translation of it (:meth:`tfjax.explain.subjects.Subject.target_ids`).
 
 :func:`model_inputs` gives ``(args, kwargs)`` for ``model.apply``; :func:`batch_loss` the mean cross-entropy
 (:func:`tfjax.explain.interventions.token_loss`) of the logits on the batch's targets and :func:`batch_loss_terms` its
@@ -36,10 +38,22 @@ def _task(subject):
   return TranslationTask(config, subject.path)
 
 
-def eval_batches(subject, max_batches: int = 4, text: str | None = None) -> list[dict[str, np.ndarray]]:
+def eval_batches(subject, max_batches: int = 4, text: str | None = None,
+                 target: str | None = None) -> list[dict[str, np.ndarray]]:
   """Up to ``max_batches`` validation batches of ``subject`` (see the module docstring)."""
+  from tfjax.explain.subjects import SubjectError
+  if target is not None and subject.kind != "translator":
+    raise SubjectError(f"--target is a translator's target sentence; this is a {subject.kind}")
+  if target is not None and text is None and subject.config is not None:
+    raise SubjectError("--target is the translation of --text: give the source sentence too")
   if subject.config is not None and text is None:
     return list(itertools.islice(_task(subject).eval_batches(), max(1, max_batches)))
+  if subject.kind == "translator":
+    from tfjax.tasks.translate import PAD_ID
+    src = subject.text_ids(text, source=True)
+    tgt = subject.target_ids(src, target)
+    return [{"src": src[None], "inputs": tgt[None, :-1], "targets": tgt[None, 1:],
+             "weights": (tgt[None, 1:] != PAD_ID).astype(np.float32)}]
   ids = subject.text_ids(text)
   if subject.kind == "gpt":
     return [{"inputs": ids[None, :-1], "targets": ids[None, 1:]}]
@@ -54,11 +68,7 @@ def eval_batches(subject, max_batches: int = 4, text: str | None = None) -> list
     batch["attention_mask"] = np.ones_like(ids[None])
     batch["token_type_ids"] = np.zeros_like(ids[None])
     return [batch]
-  from tfjax.tasks.translate import PAD_ID
-  src = subject.text_ids(text, source=True)
-  tgt = ids
-  return [{"src": src[None], "inputs": tgt[None, :-1], "targets": tgt[None, 1:],
-           "weights": (tgt[None, 1:] != PAD_ID).astype(np.float32)}]
+  raise SubjectError(f"no batches for a {subject.kind}")
 
 
 def model_inputs(kind: str, batch: dict[str, Any]) -> tuple[tuple, dict]:

@@ -75,11 +75,14 @@ def attentions(model) -> list[tuple[str, str]]:
   return out
 
 
-def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None) -> dict:
-  """Writes ``heads.png`` (a layer x head heatmap of the loss increase per attention) and ``heads.json``."""
+def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None, target: str | None = None) -> dict:
+  """Writes ``heads.png`` (a layer x head heatmap of the loss increase per attention) and ``heads.json``.
+
+  The loss is over the validation batches, or over ``text`` (a translator's source sentence, whose target is
+  ``target`` or the model's own translation: :func:`tfjax.explain.data.eval_batches`)."""
   os.makedirs(out_dir, exist_ok=True)
   model, params, kind = subject.model, subject.params, subject.kind
-  batches = [_chunked(model, kind, params, b) for b in data_lib.eval_batches(subject, max_batches, text)]
+  batches = [_chunked(model, kind, params, b) for b in data_lib.eval_batches(subject, max_batches, text, target)]
   base = _mean_loss(model, kind, params, None, batches)
   stacks = model_stacks(model)
   numbers = {"base_loss": base, "batches": len(batches), "attentions": {}}

@@ -32,7 +32,7 @@ def unembedding_matrix(subject) -> np.ndarray:
 
 
 def run(subject, out_dir: str, *, layer: int | None = None, neurons: Sequence[int] | None = None, top_k: int = 8,
-        max_batches: int = 4, text: str | None = None) -> dict:
+        max_batches: int = 4, text: str | None = None, target: str | None = None) -> dict:
   """Writes ``mlp_contexts.png`` (per neuron, its top-``top_k`` activations with their contexts),
   ``mlp_promoted.png`` (the tokens each neuron's output promotes) and ``mlp.json``."""
   from tfjax.explain.subjects import SubjectError
@@ -42,7 +42,7 @@ def run(subject, out_dir: str, *, layer: int | None = None, neurons: Sequence[in
   layer = layout.num_layers - 1 if layer is None else subject.check_layer(layer, layout.num_layers)
   path = f"{layout.name}/block_{layer}/mlp/hidden"
   acts, inputs, weights = [], [], []
-  for b in data_lib.eval_batches(subject, max_batches, text):
+  for b in data_lib.eval_batches(subject, max_batches, text, target):
     args, kwargs = data_lib.model_inputs(kind, jax.tree.map(jnp.asarray, b))
     _, cache = jit_run_with_cache(model, params, *args, names=(path,), **kwargs)
     acts.append(np.asarray(cache[path]))  # [B, T, F]
