@@ -9,7 +9,7 @@
 # (ml_collections, sacremoses, tensorboardX), .gpu_data/ the data (multi30k/), .h4gpu/ the GPT-2 bench data
 # (gpt2bench/, nanogpt/; tools/make_gpt2_bench_data.py makes them). Outputs go to $OUT (the device tool's folder;
 # default runs/gpu_checks). GPT2_ARGS: extra flags for the profile (e.g. --only=grad,grad_bfloat16_logits);
-# PROFILE_LIMIT: its time limit (s, default 300); BENCH_STEPS (default 8); TFJAX_ARGS: extra tfjax flags for the bench (e.g. --config.model.logits_dtype=bfloat16);
+# PROFILE_LIMIT: its time limit (s, default 360); BENCH_STEPS (default 8); TFJAX_ARGS: extra tfjax flags for the bench (e.g. --config.model.logits_dtype=bfloat16);
 # SEEDS (default 0,1,2), DEADLINE (s, default 480), RESUME=1 and TRANSLATE_ARGS for the translator.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +25,7 @@ fi
 nvidia-smi -L 2>/dev/null || true
 case "${1:-}" in
   gpt2)
-    timeout "${PROFILE_LIMIT:-300}" python3 tools/gpu_profile_gpt2.py --out="$OUT/gpt2_profile" ${GPT2_ARGS:-} \
+    timeout "${PROFILE_LIMIT:-360}" python3 tools/gpu_profile_gpt2.py --out="$OUT/gpt2_profile" ${GPT2_ARGS:-} \
       > "$OUT/profile.log" 2>&1
     echo "profile rc=$? at $(( $(date +%s) - T0 )) s" >> "$OUT/profile.log"
     grep -v "^[IW][0-9]" "$OUT/profile.log" | tail -60

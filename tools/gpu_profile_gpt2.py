@@ -195,8 +195,9 @@ def main(argv=None):
     mfu = tps * fpt / peak if peak and name != "forward" else None
     rows.append({"variant": name, "compile_s": compile_s, "ms_per_micro": ms, "tokens_per_s": tps, "mfu": mfu})
     print(f"{name:30s} {compile_s:9.1f} {ms:9.2f} {tps:11,.0f} {'' if mfu is None else f'{mfu:6.1%}'}", flush=True)
-  json.dump({"device": dev.device_kind, "num_params": n, "flops_per_token": fpt, "micro": args.micro,
-             "seq": args.seq, "rows": rows}, open(os.path.join(args.out, "timings.json"), "w"), indent=1)
+    with open(os.path.join(args.out, "timings.json"), "w") as f:  # after every row: a time limit loses no row
+      json.dump({"device": dev.device_kind, "num_params": n, "flops_per_token": fpt, "micro": args.micro,
+                 "seq": args.seq, "rows": rows}, f, indent=1)
 
   fn, fargs, _ = variants["grad"]
   compiled = jax.jit(fn).lower(*fargs).compile()
