@@ -80,7 +80,8 @@ def main(argv=None):
   import logging
   from experiments import runtime
   from tfjax.explain.commands import COMMANDS, run_command
-  trains = name in COMMANDS and not COMMANDS[name].kinds  # self-contained: it trains, and shows its progress
+  # self-contained (it trains, and shows its progress): no workdir is read
+  trains = name in COMMANDS and (not COMMANDS[name].kinds or (path is None and COMMANDS[name].standalone is not None))
   runtime.quiet_logging(logging.INFO if trains else logging.WARNING)
   from tfjax.explain.subjects import SubjectError
   from tfjax.config import ConfigError

@@ -4,7 +4,9 @@ A command is a function in some module, named in :data:`COMMANDS` as ``"module:f
 
 * commands that read a model (``kinds`` non-empty) are called ``fn(subject, out_dir, **options)`` with a
   :class:`tfjax.explain.subjects.Subject` of one of ``kinds``;
-* self-contained commands (``kinds == ()``) are called ``fn(out_dir, **options)``.
+* self-contained commands (``kinds == ()``) are called ``fn(out_dir, **options)``;
+* a command that reads a model and has a ``standalone`` function too runs that one, ``standalone(out_dir,
+  **options)``, when no workdir is given (``superposition``: a trained model's directions, or the toy models).
 
 ``options`` are exactly the command-line options the user gave (``--text``, ``--layer``, ...): a command's own keyword
 defaults apply to the rest, and an option the function does not take is an error naming the ones it does. Each
@@ -27,10 +29,12 @@ MODELS = ("gpt", "bert", "translator")
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-  """``target``: ``"module:function"``; ``kinds``: the subjects it reads (``()``: none); ``help``: one line."""
+  """``target``: ``"module:function"``; ``kinds``: the subjects it reads (``()``: none); ``help``: one line;
+  ``standalone``: ``"module:function"`` run instead when no workdir is given (None: a workdir is needed)."""
   target: str
   kinds: tuple[str, ...]
   help: str
+  standalone: str | None = None
 
 
 COMMANDS: dict[str, Command] = {
@@ -50,17 +54,20 @@ COMMANDS: dict[str, Command] = {
                            "entropy and distinct-n of samples (continuations, translations) vs T"),
     "embeddings": Command("tfjax.explain.embeddings:run", ("word2vec", "gpt", "bert", "translator"),
                           "embedding geometry: nearest neighbours, analogies, 2-D projection, cosine matrix"),
-    "superposition": Command("tfjax.explain.superposition:run_superposition", (),
-                             "near-orthogonality in high dimensions and the toy model of superposition (no workdir)"),
+    "superposition": Command("tfjax.explain.superposition_model:run", ("word2vec",) + MODELS,
+                             "with a workdir: its embeddings' and MLP neurons' directions against random ones "
+                             "(angles, dimensions per direction); without: near-orthogonality in high dimensions "
+                             "and the toy model of superposition",
+                             standalone="tfjax.explain.superposition:run_superposition"),
     "cbow_to_attention": Command("tfjax.explain.cbow_to_attention:run_cbow_to_attention", (),
                                  "trains the ladder CBOW average -> per-position weights -> one learned query -> "
                                  "self-attention; table and pictures (no workdir)"),
 }
 
 
-def resolve(command: Command):
-  """The function a command names."""
-  module, _, name = command.target.partition(":")
+def resolve(command: Command, standalone: bool = False):
+  """The function a command names (``standalone``: the one it runs without a workdir)."""
+  module, _, name = (command.standalone if standalone else command.target).partition(":")
   return getattr(importlib.import_module(module), name)
 
 
@@ -81,14 +88,15 @@ def run_command(name: str, path: str | None, out_dir: str, *, step: int | None =
   if name not in COMMANDS:
     raise SubjectError(f"unknown explain command {name!r}; choose one of {sorted(COMMANDS)}")
   command = COMMANDS[name]
-  fn = resolve(command)
+  use_standalone = path is None and command.standalone is not None
+  fn = resolve(command, standalone=use_standalone)
   accepted = accepted_options(fn)
   unknown = sorted(set(options) - set(accepted))
   if unknown:
     raise SubjectError(f"`explain {name}` takes no {', '.join('--' + u for u in unknown)}; its options: "
                        f"{', '.join('--' + a for a in accepted) or 'none'}")
   os.makedirs(out_dir, exist_ok=True)
-  if not command.kinds:
+  if use_standalone or not command.kinds:
     if path is not None:
       raise SubjectError(f"`explain {name}` is self-contained and takes no workdir (got {path})")
     return fn(out_dir, **options)
