@@ -46,7 +46,7 @@ Usage: ./launch.sh COMMAND [ARGS...]
   plot WORKDIR... [--out=FILE]            loss curves of runs to a PNG
   explain NAME [WORKDIR|HF_DIR] [--out=DIR] [--text=...] [--layer=L --head=H --neurons=...]
                                           look inside a model: attention, heads, qk, mlp, logit_lens,
-                                          temperature, embeddings, superposition (PNG + JSON + HTML);
+                                          temperature, embeddings, positions, superposition (PNG+JSON+HTML);
                                           cbow_to_attention and superposition run without a workdir
   sweep CONFIG --sweep KEY=V1,V2 [--sweep ...] [--parallel=N] [--sweepdir=DIR] [--config.KEY=VALUE ...]
                                           a grid of runs (or --random=N --range KEY=LO:HI:log), each in

@@ -52,6 +52,9 @@ COMMANDS: dict[str, Command] = {
     "temperature": Command("tfjax.explain.temperature:run", ("gpt", "translator"),
                            "next-token distribution at several temperatures (a translator: the first target token); "
                            "entropy and distinct-n of samples (continuations, translations) vs T"),
+    "positions": Command("tfjax.explain.positions:run", MODELS,
+                         "where each token's position is: the position vectors, a linear probe for the position "
+                         "after every layer, each head's attention by distance"),
     "embeddings": Command("tfjax.explain.embeddings:run", ("word2vec", "gpt", "bert", "translator"),
                           "embedding geometry: nearest neighbours, analogies, 2-D projection, cosine matrix"),
     "superposition": Command("tfjax.explain.superposition_model:run", ("word2vec",) + MODELS,
