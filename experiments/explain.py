@@ -46,6 +46,7 @@ def parser():
   g.add_argument("--neurons", type=_ints, help="comma-separated MLP neuron indices")
   g.add_argument("--top_k", type=int, help="how many items to list")
   g.add_argument("--max_batches", type=int, help="validation batches to read")
+  g.add_argument("--max_distance", type=int, help="positions: the largest query-key offset shown")
   g.add_argument("--temperatures", type=_floats, help="comma-separated temperatures")
   g.add_argument("--num_samples", type=int, help="samples per temperature")
   g.add_argument("--num_tokens", type=int, help="tokens per sample")

@@ -2,6 +2,8 @@
 attention by distance against a naive loop and against ``explain attention``'s head summary; the position probe
 against a direct ridge fit in numpy, and on streams that do and do not hold the position; every kind of model."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,3 +167,13 @@ def test_command_on_every_kind_of_model(tmp_path):
     pos.run(tiny_gpt_subject(), str(tmp_path / "x"), max_distance=1)
   one = pos.run(tiny_gpt_subject(), str(tmp_path / "one"), text="abcdefgh")  # one row: no probe, the rest
   assert one["stacks"]["decoder"]["probe"] is None and "none on a single text" in one["summary"]
+
+
+def test_cli_passes_max_distance_and_checks_it(tmp_path, capsys):
+  from experiments import explain as cli
+  hf = str(FIXTURES / "hf_gpt2")
+  assert cli.main(["positions", hf, f"--out={tmp_path}", "--max_distance=3"]) == 0
+  assert "linear probe" in capsys.readouterr().out
+  assert len(json.loads((tmp_path / "positions.json").read_text())["stacks"]["decoder"]["offsets"]) == 7
+  assert cli.main(["positions", hf, f"--out={tmp_path}", "--max_distance=1"]) == 1
+  assert "--max_distance must be at least 2" in capsys.readouterr().err

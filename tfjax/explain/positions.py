@@ -242,7 +242,8 @@ def plot(vectors: dict[str, dict], stacks: dict[str, dict], path: str, *, max_of
       row[2].set_xlabel("after layer", fontsize=8)
     else:
       row[2].axis("off")
-      row[2].text(0.0, 0.5, "no position probe on a single text\n(it needs validation rows)", fontsize=10)
+      row[2].text(0.0, 0.5, "no position probe on a single text\n(it needs validation rows:\na workdir without --text)",
+                  fontsize=10)
     keep = s["offsets"] >= 0 if s["causal"] else np.ones(len(s["offsets"]), bool)  # causal: nothing at k < 0
     prof, offsets = s["profile"][..., keep], s["offsets"][keep]
     num_layers, heads, _ = prof.shape
@@ -271,7 +272,8 @@ def _summary(subject, vectors: dict, stacks: dict) -> str:
                    "cos(P_t, P_t+k): " + ", ".join(f"k={k} {v['cos_by_offset'][k]:+.2f}" for k in offsets))
     probe = s["probe"]
     if probe is None:
-      lines.append(f"  {stack} linear probe for t: none on a single text (it needs validation rows: a workdir)")
+      lines.append(f"  {stack} linear probe for t: none on a single text (it needs validation rows: "
+                   "a workdir without --text)")
     else:
       points = ["embed"] + [f"L{l}" for l in range(len(probe["r2"]) - 1)]
       lines.append(f"  {stack} linear probe for t (held-out R², RMSE in positions; {s['positions_fitted']} fitted, "
