@@ -84,6 +84,11 @@ def _valid_by_stack(kind: str, batch: dict) -> dict[str, jax.Array]:
   return {"encoder": jnp.asarray(batch["src"]) != PAD_ID, "decoder": jnp.asarray(batch["inputs"]) != PAD_ID}
 
 
+def _is_causal(kind: str, stack: str) -> bool:
+  """Whether the stack's self-attention is causal (a GPT's, a translator's decoder)."""
+  return kind == "gpt" or stack == "decoder"
+
+
 def _probe_terms(resid_LxBxTxD: jax.Array, weight_BxT: jax.Array) -> dict[str, jax.Array]:
   """Sufficient statistics of the regression of the position ``t`` on ``[resid, 1]`` at every layer point, over
   the positions ``weight`` selects: ``xtx [L, D+1, D+1]``, ``xty [L, D+1]``, ``yy``, ``y``, ``n``."""
@@ -137,7 +142,7 @@ def _chunk_terms(model, kind, params, batch, fit_rows_B, max_distance: int):
   fit = fit_rows_B[:, None]
   for stack, valid in _valid_by_stack(kind, batch).items():
     resid = cache.accumulated_resid(stack)
-    causal = kind == "gpt" or stack == "decoder"
+    causal = _is_causal(kind, stack)
     out[stack] = {"fit": _probe_terms(resid, valid & fit), "test": _probe_terms(resid, valid & ~fit),
                   "attention": _distance_terms(cache.stack("attn/pattern", stack), valid, causal, max_distance)}
   return out
@@ -200,7 +205,7 @@ def collect(subject, *, max_batches: int = 4, text: str | None = None, target: s
   for stack, t in totals.items():
     att = t["attention"]
     probe = probe_from_statistics(t["fit"], t["test"]) if t["test"]["n"] >= 2 else None  # one row: none
-    out[stack] = {"probe": probe, "causal": kind == "gpt" or stack == "decoder",
+    out[stack] = {"probe": probe, "causal": _is_causal(kind, stack),
                   "profile": att["sums"] / np.maximum(att["counts"], 1.0),
                   "offsets": np.arange(-max_distance, max_distance + 1),
                   "distance": att["distance"] / max(att["queries"], 1.0),

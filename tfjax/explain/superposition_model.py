@@ -109,18 +109,22 @@ def direction_statistics(vectors_NxD: np.ndarray, key: jax.Array, *, max_vectors
   rand = np.asarray(sp.random_unit_vectors(random_key, n, d)) * np.linalg.norm(w, axis=-1, keepdims=True)
   out: dict[str, Any] = {"num_vectors": n, "dim": d, "per_dimension": n / d, "sampled": min(n, max_vectors)}
   for prefix, v in (("", w), ("random_", rand)):
-    summary = jax.device_get(_angle_summary(jnp.asarray(v if rows is None else v[rows])))
-    dims, effective = jax.device_get(dimensionality(jnp.asarray(v)))
-    out.update({prefix + k: (float(x) if np.ndim(x) == 0 else np.asarray(x)) for k, x in summary.items()})
-    out.update({prefix + "dims_per_direction": np.asarray(dims), prefix + "mean_dims_per_direction": float(dims.mean()),
-                prefix + "total_dims": float(dims.sum()), prefix + "effective_dims": float(effective)})
+    out.update({prefix + k: x for k, x in _set_statistics(v, rows).items()})
   centred = w - w.mean(axis=0, keepdims=True)
   if (np.linalg.norm(centred, axis=-1) > 0).all():
-    summary = jax.device_get(_angle_summary(jnp.asarray(centred if rows is None else centred[rows])))
-    dims, effective = jax.device_get(dimensionality(jnp.asarray(centred)))
-    out.update(centred_mean_abs_deviation_deg=float(summary["mean_abs_deviation_deg"]),
-               centred_mean_cosine=float(summary["mean_cosine"]), centred_mean_dims_per_direction=float(dims.mean()),
-               centred_effective_dims=float(effective))
+    stats = _set_statistics(centred, rows)
+    out.update({"centred_" + k: stats[k] for k in ("mean_abs_deviation_deg", "mean_cosine", "mean_dims_per_direction",
+                                                   "effective_dims")})
+  return out
+
+
+def _set_statistics(v: np.ndarray, rows: np.ndarray | None) -> dict[str, Any]:
+  """The angle statistics of ``v``'s sampled ``rows`` (all when None) and the dimensionalities of all of ``v``."""
+  summary = jax.device_get(_angle_summary(jnp.asarray(v if rows is None else v[rows])))
+  dims, effective = jax.device_get(dimensionality(jnp.asarray(v)))
+  out = {k: (float(x) if np.ndim(x) == 0 else np.asarray(x)) for k, x in summary.items()}
+  out.update(dims_per_direction=np.asarray(dims), mean_dims_per_direction=float(dims.mean()),
+             total_dims=float(dims.sum()), effective_dims=float(effective))
   return out
 
 
