@@ -41,6 +41,7 @@ def parser():
   g = p.add_argument_group("command options (passed on only when given)")
   g.add_argument("--text", help="the text to look at (the translator: the source sentence)")
   g.add_argument("--target", help="translator: the target sentence (default: the model's greedy translation)")
+  g.add_argument("--position", type=int, help="attribution: the text position looked at (-1: the last)")
   g.add_argument("--layer", type=int, help="layer index (0-based)")
   g.add_argument("--head", type=int, help="head index (0-based)")
   g.add_argument("--neurons", type=_ints, help="comma-separated MLP neuron indices")

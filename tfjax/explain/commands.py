@@ -52,6 +52,9 @@ COMMANDS: dict[str, Command] = {
     "temperature": Command("tfjax.explain.temperature:run", ("gpt", "translator"),
                            "next-token distribution at several temperatures (a translator: the first target token); "
                            "entropy and distinct-n of samples (continuations, translations) vs T"),
+    "attribution": Command("tfjax.explain.attribution:run", ("gpt", "translator"),
+                           "direct logit attribution: each head's and MLP's share of the next token's logit on a "
+                           "text, at one position, and on average over validation text"),
     "positions": Command("tfjax.explain.positions:run", MODELS,
                          "where each token's position is: the position vectors, a linear probe for the position "
                          "after every layer, each head's attention by distance"),

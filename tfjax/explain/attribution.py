@@ -1,0 +1,362 @@
+"""``explain attribution``: which heads and MLPs write the next token (direct logit attribution).
+
+The notes' picture of a transformer is additive: every attention head adds its weighted values to the residual
+stream, every MLP adds its answer, and the next-token prediction is read off the last vector by the unembedding.
+The stream after the last layer of a pre-LN model is exactly a sum of components ``[B, T, D]``:
+
+    resid = tokens + positions + sum_{l, h} head_{l,h} + sum_l mlp_l + biases
+
+(``head_{l,h} = z_{l,h} W_O[h]``: head ``h``'s output ``z [B, T, Dh]`` through its rows of the output projection; a
+translator's decoder adds its cross-attention heads ``L{l} X{h}``; ``biases``: the output projections' biases). The
+final norm divides the stream by its own scale ``σ`` (LayerNorm: after removing the mean over ``D``; RMSNorm: the
+root mean square); holding that ``σ`` fixed at its value on the whole stream, as TransformerLens does, the final norm
+and the unembedding are linear, so each component's **direct logit attribution** to a token ``y``,
+
+    attr_c = ((c - mean_D c) / σ) · (g ⊙ u_y),     u_y = W_U[:, y] - mean_v W_U[:, v],
+
+adds up over the components (plus the norm's bias and the unembedding's bias, counted in ``biases``) to exactly the
+logit of ``y`` minus the mean logit over the vocabulary (the part of a logit the softmax sees). ``direct`` means what
+a component writes straight into the unembedding; what it contributes through later layers (composition) is not
+counted here (``explain heads`` measures a head's whole effect by ablation).
+
+Pre-LN GPTs and translators' decoders only: in a post-LN stack each block's norm rescales everything written before
+it, and BERT's MLM head is nonlinear (a dense layer, GELU and a norm before the unembedding), so neither is a sum.
+
+:func:`run` is ``./launch.sh explain attribution WORKDIR``: on a text, every component's attribution to each actual
+next token (a components x positions heatmap), and at one position the bars of the next token's logit and of its
+difference to the runner-up; over the validation text, each head's and MLP's mean attribution to the correct next
+token (a layer x head heatmap).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from tfjax.explain import data as data_lib
+from tfjax.explain import pictures
+from tfjax.explain.capture import run_with_cache
+
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+@struct.dataclass
+class Unembedding:
+  """The map from the residual stream after the last layer to logits, with the final norm's scale held fixed.
+
+  ``norm``: ``"layernorm"``, ``"rmsnorm"`` or ``"none"``; ``scale``/``bias`` ``[D]`` its parameters (``bias`` None
+  when it has none); ``eps`` its epsilon; ``matrix [D, V]`` and ``logit_bias [V]`` the affine unembedding after it
+  (the transposed token embedding when tied; plus a translator's ``logits_bias``)."""
+  norm: str = struct.field(pytree_node=False)
+  scale: jax.Array | None
+  bias: jax.Array | None
+  eps: float = struct.field(pytree_node=False)
+  matrix: jax.Array
+  logit_bias: jax.Array
+
+
+def _stack(model) -> str:
+  """The stack whose last stream is unembedded: a GPT's ``decoder``, and a translator's."""
+  del model
+  return "decoder"
+
+
+def check_decomposable(model) -> None:
+  """Raises ``ValueError`` unless ``model`` is a pre-LN GPT or encoder-decoder (see the module docstring)."""
+  from tfjax.models.gpt import GPT
+  from tfjax.models.transformer import EncoderDecoder
+  if not isinstance(model, (GPT, EncoderDecoder)):
+    raise ValueError(f"direct logit attribution reads a GPT or a translator's decoder; this is a "
+                     f"{type(model).__name__} (BERT's MLM head is nonlinear: its logits are not a sum of components)")
+  if not model.cfg.pre_ln:
+    raise ValueError("direct logit attribution needs a pre-LN model (pre_ln=True): in a post-LN stack each block's "
+                     "norm rescales everything written before it, so the last stream is not a sum of components")
+
+
+def _affine_unembed(module, x):
+  """The model's unembedding without its final norm (a method for ``model.apply``)."""
+  from tfjax.models.transformer import EncoderDecoder
+  logits = (module.embed.unembed(x) if module.cfg.tie_embeddings else module.unembed_matrix(x)).astype(jnp.float32)
+  if isinstance(module, EncoderDecoder) and module.cfg.logits_bias:
+    logits = logits + jnp.asarray(module.logits_bias, jnp.float32)
+  return logits
+
+
+def unembedding(model, params) -> Unembedding:
+  """The final norm's parameters and the affine unembedding ``[D, V]`` of a GPT or a translator's decoder, read
+  through the model's own modules (the unembedding applied to the identity matrix and to zero)."""
+  from tfjax.models.gpt import GPT
+  check_decomposable(model)
+  cfg = model.cfg
+  width = cfg.emb_dim
+  basis = jnp.concatenate([jnp.eye(width, dtype=jnp.float32), jnp.zeros((1, width), jnp.float32)])
+  logits = model.apply({"params": params}, basis.astype(cfg.dtype), method=_affine_unembed)
+  logit_bias = logits[-1]
+  matrix = logits[:-1] - logit_bias[None]
+  if not isinstance(model, GPT) and not cfg.final_norm:
+    return Unembedding("none", None, None, 0.0, matrix, logit_bias)
+  norm_params = params["ln_final" if isinstance(model, GPT) else "ln_decoder"]
+  scale = jnp.asarray(norm_params["scale"], jnp.float32) if "scale" in norm_params else None
+  bias = jnp.asarray(norm_params["bias"], jnp.float32) if "bias" in norm_params else None
+  return Unembedding(cfg.norm, scale, bias, cfg.norm_eps, matrix, logit_bias)
+
+
+def component_names(model) -> list[str]:
+  """The names of the residual-stream components, in the order of :func:`residual_components`: ``tokens`` and
+  ``positions`` (``embed`` when the model adds no position vector, or normalises the sum), ``L{l} H{h}`` (head
+  ``h`` of layer ``l``), ``L{l} X{h}`` (a decoder's cross-attention), ``L{l} MLP``, and ``biases``."""
+  cfg = model.cfg
+  names = ["tokens", "positions"] if _has_position_vectors(model) else ["embed"]
+  cross = _has_cross_attention(model)
+  for l in range(cfg.num_layers):
+    names += [f"L{l} H{h}" for h in range(cfg.num_heads)]
+    if cross:
+      names += [f"L{l} X{h}" for h in range(cfg.num_heads)]
+    names.append(f"L{l} MLP")
+  return names + ["biases"]
+
+
+def _has_cross_attention(model) -> bool:
+  from tfjax.models.transformer import EncoderDecoder
+  return isinstance(model, EncoderDecoder)
+
+
+def _has_position_vectors(model) -> bool:
+  cfg = model.cfg
+  return cfg.positional in ("learned", "sinusoidal") and not getattr(cfg, "embed_norm", False)
+
+
+def position_table(model, params) -> jax.Array | None:
+  """``[max_len, D]``: what the (decoder's) embedding adds at each position, or None (RoPE, no positions, or a
+  normalised embedding whose sum does not split)."""
+  if not _has_position_vectors(model):
+    return None
+  from tfjax.explain.positions import position_vectors
+  from tfjax.explain.subjects import Subject
+  kind = "translator" if _has_cross_attention(model) else "gpt"
+  return jnp.asarray(position_vectors(Subject(kind, "", model, params))["decoder"])
+
+
+def capture_names(model) -> list[str]:
+  """What :func:`residual_components` reads from :func:`tfjax.explain.run_with_cache`."""
+  stack, last = _stack(model), model.cfg.num_layers - 1
+  names = [f"{stack}/block_0/resid_pre", f"{stack}/block_{last}/resid_post", f"{stack}/block_*/attn/z",
+           f"{stack}/block_*/mlp_out"]
+  if _has_cross_attention(model):
+    names.append(f"{stack}/block_*/cross_attn/z")
+  return names
+
+
+def _heads(z_BxTxHxDh, out_params) -> tuple[jax.Array, jax.Array | None]:
+  """Each head's write into the stream ``[H, B, T, D]`` (``z`` through its rows of ``out``), and ``out``'s bias."""
+  z = z_BxTxHxDh.astype(jnp.float32)
+  heads, head_dim = z.shape[2], z.shape[3]
+  kernel = jnp.asarray(out_params["kernel"], jnp.float32).reshape(heads, head_dim, -1)
+  bias = out_params.get("bias")
+  return (jnp.einsum("bthe,hed->hbtd", z, kernel, precision=HIGHEST),
+          None if bias is None else jnp.asarray(bias, jnp.float32))
+
+
+def residual_components(model, params, cache, positions_TxD: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """``(components [C, B, T, D], resid [B, T, D])``: the components of :func:`component_names` (float32) of the
+  stream after the last layer, and that stream as the model computed it (their sum, to rounding).
+
+  ``cache`` holds :func:`capture_names`; ``positions_TxD``: :func:`position_table` (None: one ``embed`` component).
+  """
+  stack, cfg = _stack(model), model.cfg
+  embed = cache[f"{stack}/block_0/resid_pre"].astype(jnp.float32)
+  b, t, _ = embed.shape
+  if _has_position_vectors(model):
+    pos = jnp.broadcast_to(jnp.asarray(positions_TxD, jnp.float32)[None, :t], embed.shape)
+    parts = [embed - pos, pos]
+  else:
+    parts = [embed]
+  biases = jnp.zeros_like(embed)
+  sublayers = ["attn", "cross_attn"] if _has_cross_attention(model) else ["attn"]
+  for l in range(cfg.num_layers):
+    block = params[stack][f"block_{l}"]
+    for sub in sublayers:
+      heads, bias = _heads(cache[f"{stack}/block_{l}/{sub}/z"], block[sub]["out"])
+      parts.extend(list(heads))
+      if bias is not None:
+        biases = biases + bias
+    parts.append(cache[f"{stack}/block_{l}/mlp_out"].astype(jnp.float32))
+  parts.append(biases)
+  resid = cache[f"{stack}/block_{cfg.num_layers - 1}/resid_post"].astype(jnp.float32)
+  return jnp.stack(parts), resid
+
+
+def token_directions(unembed: Unembedding, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(u [..., D], bias [...])`` of token ids ``tokens [...]``: each token's unembedding column and logit bias,
+  minus their mean over the vocabulary (a logit relative to the mean logit: what the softmax sees). The difference
+  of two tokens' directions is the direction of their logit difference."""
+  matrix = unembed.matrix - jnp.mean(unembed.matrix, axis=1, keepdims=True)
+  bias = unembed.logit_bias - jnp.mean(unembed.logit_bias)
+  return matrix.T[tokens], bias[tokens]
+
+
+def attribute(unembed: Unembedding, components: jax.Array, resid: jax.Array, direction: jax.Array,
+              direction_bias: jax.Array) -> jax.Array:
+  """Direct logit attribution ``[C, B, T]`` of ``components [C, B, T, D]`` to ``direction [B, T, D]`` (from
+  :func:`token_directions`) with the final norm's scale held at its value on ``resid [B, T, D]``; the last component
+  (``biases``) also takes the final norm's bias and ``direction_bias``, so the sum over ``C`` is the logit (or logit
+  difference) the model computes."""
+  g = direction if unembed.scale is None else direction * unembed.scale
+  if unembed.norm == "layernorm":
+    var = jnp.var(resid, axis=-1)
+    components = components - jnp.mean(components, axis=-1, keepdims=True)
+    inv = jax.lax.rsqrt(var + unembed.eps)
+  elif unembed.norm == "rmsnorm":
+    inv = jax.lax.rsqrt(jnp.mean(resid * resid, axis=-1) + unembed.eps)
+  else:
+    inv = jnp.ones(resid.shape[:-1], jnp.float32)
+  attr = jnp.einsum("cbtd,btd->cbt", components, g, precision=HIGHEST) * inv[None]
+  constant = direction_bias
+  if unembed.bias is not None:
+    constant = constant + jnp.einsum("d,btd->bt", unembed.bias, direction, precision=HIGHEST)
+  return attr.at[-1].add(constant)
+
+
+# ------------------------------------------------------------------------------------------------------- command
+
+
+@functools.partial(jax.jit, static_argnames=("model", "kind"))
+def _decompose(model, kind, params, batch, positions_TxD):
+  """``(components, resid, logits)`` of a batch (see :func:`residual_components`)."""
+  args, kwargs = data_lib.model_inputs(kind, batch)
+  logits, cache = run_with_cache(model, {"params": params}, *args, names=capture_names(model), **kwargs)
+  components, resid = residual_components(model, params, cache, positions_TxD)
+  return components, resid, logits.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "kind"))
+def _target_sums(model, kind, params, batch, positions_TxD, unembed, weights):
+  """Each component's attribution to the correct next token, summed over the positions ``weights [B, T]`` counts,
+  and their count; plus the summed centred logit of the targets (the sum of the attributions, as a check)."""
+  components, resid, logits = _decompose(model, kind, params, batch, positions_TxD)
+  u, ub = token_directions(unembed, batch["targets"])
+  attr = attribute(unembed, components, resid, u, ub)
+  centred = jnp.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0] - jnp.mean(logits, -1)
+  return jnp.sum(attr * weights[None], axis=(1, 2)), jnp.sum(weights), jnp.sum(centred * weights)
+
+
+def _grid(names: list[str], num_layers: int, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  """The per-layer components of ``values [C]`` as ``[L, heads (+ cross heads) + MLP]`` and the column labels."""
+  index = {n: i for i, n in enumerate(names)}
+  cols = [n.split(" ", 1)[1] for n in names if n.startswith("L0 ")]
+  grid = np.array([[values[index[f"L{l} {c}"]] for c in cols] for l in range(num_layers)], np.float64)
+  return grid, cols
+
+
+def _validation(subject, unembed, positions, max_batches: int, budget: int = data_lib.OUTPUT_BYTES) -> dict:
+  """Each component's mean attribution to the correct next token over the validation batches, scored in chunks of
+  rows whose components ``[C, rows, T, D]`` fit ``budget`` bytes."""
+  model, params, kind = subject.model, subject.params, subject.kind
+  names = component_names(model)
+  total, count, centred = np.zeros(len(names)), 0.0, 0.0
+  batches = data_lib.eval_batches(subject, max_batches)
+  for batch in batches:
+    t, width = batch["inputs"].shape[1], model.cfg.emb_dim
+    for chunk in data_lib.row_chunks(batch, len(names) * t * width * 4, budget):
+      weights = jnp.asarray(data_lib.token_weights(kind, chunk))
+      s, n, c = _target_sums(model, kind, params, jax.tree.map(jnp.asarray, chunk), positions, unembed, weights)
+      total += np.asarray(s, np.float64)
+      count += float(n)
+      centred += float(c)
+  mean = total / max(count, 1.0)
+  return {"names": names, "mean": mean, "tokens": count, "batches": len(batches),
+          "mean_centred_logit": centred / max(count, 1.0)}
+
+
+def _text_view(subject, unembed, positions, text, target, position: int) -> dict:
+  """Attributions on one text: to each actual next token, and at ``position`` to the next token and to its logit
+  difference from the strongest other token."""
+  model, params, kind = subject.model, subject.params, subject.kind
+  if text is None:  # the default text (cut to the context window), also for a workdir (not its validation text)
+    text = subject.default_text() if kind == "translator" else subject.tokenizer.decode(subject.text_ids(None))
+  batch = jax.tree.map(jnp.asarray, data_lib.eval_batches(subject, 1, text, target)[0])
+  components, resid, logits = _decompose(model, kind, params, batch, positions)
+  targets = batch["targets"]
+  attr = np.asarray(attribute(unembed, components, resid, *token_directions(unembed, targets)))[:, 0]  # [C, T]
+  length = attr.shape[1]
+  if not -length <= position < length:
+    from tfjax.explain.subjects import SubjectError
+    raise SubjectError(f"position {position} is outside the text's {length} predicted positions "
+                       f"(0 .. {length - 1}, or -1 for the last)")
+  p = position % length
+  row = np.asarray(logits[0, p])
+  y = int(targets[0, p])
+  rival = int(np.argmax(np.where(np.arange(row.size) == y, -np.inf, row)))
+  u_y, b_y = token_directions(unembed, targets[:, p:p + 1])
+  u_r, b_r = token_directions(unembed, jnp.full_like(targets[:, p:p + 1], rival))
+  at = lambda a: a[:, :, p:p + 1]  # noqa: E731
+  diff = np.asarray(attribute(unembed, at(components), resid[:, p:p + 1], u_y - u_r, b_y - b_r))[:, 0, 0]
+  centred = np.asarray(jnp.take_along_axis(logits, targets[..., None], -1)[..., 0] - jnp.mean(logits, -1))[0]
+  inputs = np.asarray(batch["inputs"][0])
+  return {"inputs": subject.labels(inputs), "targets": subject.labels(np.asarray(targets[0])), "attribution": attr,
+          "centred_logit": centred, "position": p, "target": subject.token_label(y),
+          "rival": subject.token_label(rival), "logit_difference": float(row[y] - row[rival]),
+          "difference_attribution": diff}
+
+
+def _top(names, values, k, sign=1.0) -> str:
+  order = np.argsort(-sign * np.asarray(values))[:k]
+  return ", ".join(f"{names[i]} {values[i]:+.2f}" for i in order)
+
+
+def run(subject, out_dir: str, *, text: str | None = None, target: str | None = None, position: int = -1,
+        max_batches: int = 4, top_k: int = 5) -> dict:
+  """Writes ``attribution_text.png`` (components x positions: attribution to each actual next token),
+  ``attribution_position.png`` (at ``position``: the next token's logit, and its difference to the runner-up, by
+  component), ``attribution_heads.png`` (workdirs: each head's and MLP's mean attribution to the correct next
+  token over the validation text) and ``attribution.json``."""
+  from tfjax.explain.subjects import SubjectError
+  subject.require(("gpt", "translator"), "attribution")
+  try:
+    check_decomposable(subject.model)
+  except ValueError as e:
+    raise SubjectError(str(e)) from None
+  os.makedirs(out_dir, exist_ok=True)
+  model, params = subject.model, subject.params
+  unembed = unembedding(model, params)
+  positions = position_table(model, params)
+  names = component_names(model)
+  view = _text_view(subject, unembed, positions, text, target, position)
+  attr = view["attribution"]
+  cols = [f"{a}→{b}" for a, b in zip(view["inputs"], view["targets"])]
+  pictures.heatmap(attr, os.path.join(out_dir, "attribution_text.png"), row_labels=names, col_labels=cols,
+                   center=True, xlabel="input → actual next token",
+                   title="direct logit attribution of each component to the next token (logit minus mean logit)")
+  p = view["position"]
+  order = np.argsort(-np.abs(view["difference_attribution"]))[:max(top_k, 1) * 3]
+  pictures.bars(None, None, os.path.join(out_dir, "attribution_position.png"), ncols=2, panels={
+      f"logit of {view['target']!r} after {view['inputs'][p]!r} (sum {view['centred_logit'][p]:+.2f})":
+          ([names[i] for i in order], attr[order, p]),
+      f"{view['target']!r} minus {view['rival']!r} (sum {view['logit_difference']:+.2f})":
+          ([names[i] for i in order], view["difference_attribution"][order])})
+  numbers = {"components": names, "text": view}
+  lines = [f"attribution: the last stream as {len(names)} components; at position {p} ({view['inputs'][p]!r} → "
+           f"{view['target']!r}, runner-up {view['rival']!r}, logit difference {view['logit_difference']:+.2f}):",
+           f"  for: {_top(names, view['difference_attribution'], top_k)}",
+           f"  against: {_top(names, view['difference_attribution'], min(top_k, 3), sign=-1.0)}"]
+  if subject.config is not None:
+    val = _validation(subject, unembed, positions, max_batches)
+    numbers["validation"] = val
+    grid, grid_cols = _grid(names, model.cfg.num_layers, val["mean"])
+    pictures.heatmap(grid, os.path.join(out_dir, "attribution_heads.png"),
+                     row_labels=[f"layer {l}" for l in range(grid.shape[0])], col_labels=grid_cols, center=True,
+                     annotate=True, fmt="{:+.2f}",
+                     title=f"mean direct attribution to the correct next token ({int(val['tokens'])} validation "
+                           f"tokens; total {val['mean_centred_logit']:+.2f})")
+    rest = [n for n in names if not n.startswith("L")]
+    lines.append(f"  validation ({int(val['tokens'])} tokens): mean centred logit of the correct next token "
+                 f"{val['mean_centred_logit']:+.2f} = " + ", ".join(
+                     f"{n} {val['mean'][names.index(n)]:+.2f}" for n in rest) + " + layers:")
+    lines.append(f"    strongest: {_top(names, val['mean'], top_k)}")
+  pictures.write_json(os.path.join(out_dir, "attribution.json"), numbers)
+  return {"summary": "\n".join(lines), **numbers}
