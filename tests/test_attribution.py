@@ -3,7 +3,6 @@ their attributions to the logits it computes (GPTs with every kind of position, 
 heads; a translator's decoder with cross-attention); each head's component against a naive attention from its own
 queries, keys and values; chunked validation sums against one call; clear errors for what does not decompose."""
 
-import dataclasses
 import json
 
 import flax.linen as nn
@@ -24,6 +23,18 @@ GPTS = [dict(), dict(positional="learned", use_bias=True), dict(positional="sinu
         dict(tie_embeddings=False, num_heads=4, num_kv_heads=2, use_bias=True, positional="learned")]
 
 
+def _learned_translator() -> Subject:
+  """The tiny translator's vocabulary in an encoder-decoder with learned positions (BART's offset 2) and biases."""
+  from tfjax.models.config import TransformerConfig
+  from tfjax.models.transformer import EncoderDecoder
+  base = tiny_translator_subject()
+  model = EncoderDecoder(TransformerConfig(vocab_size=base.cfg.vocab_size, num_layers=2, num_heads=2, emb_dim=16,
+                                           max_len=16, positional="learned", position_offset=2, use_bias=True))
+  src = jnp.asarray([[3, 4, 5, 6, 7]])
+  params = nn.unbox(model.init(jax.random.key(2), src, jnp.ones(src.shape, bool), src)["params"])
+  return Subject("translator", "t", model, params, base.tokenizer)
+
+
 def _batch(subject, text):
   return jax.tree.map(jnp.asarray, data_lib.eval_batches(subject, 1, text, None)[0])
 
@@ -40,10 +51,11 @@ def _centred(logits, tokens):
   return np.asarray(jnp.take_along_axis(logits, tokens[..., None], -1)[..., 0] - jnp.mean(logits, -1))
 
 
-@pytest.mark.parametrize("overrides", GPTS + ["translator"], ids=["rope", "learned_bias", "sinusoidal_rms",
-                                                                  "untied_gqa", "translator"])
+@pytest.mark.parametrize("overrides", GPTS + ["translator", "translator_learned"],
+                         ids=["rope", "learned_bias", "sinusoidal_rms", "untied_gqa", "translator", "translator_learned"])
 def test_components_add_up_to_the_stream_and_attributions_to_the_logits(overrides):
-  subject = tiny_translator_subject() if overrides == "translator" else tiny_gpt_subject(**overrides)
+  subject = ({"translator": tiny_translator_subject, "translator_learned": _learned_translator}[overrides]()
+             if isinstance(overrides, str) else tiny_gpt_subject(**overrides))
   text = "a dog runs" if subject.kind == "translator" else "abc cab bad fed"
   unembed, batch, components, resid, logits = _decomposed(subject, text)
   names = attr_lib.component_names(subject.model)
@@ -131,3 +143,25 @@ def test_clear_errors(tmp_path):
   from tfjax.models.bert import BERT
   with pytest.raises(ValueError, match="MLM head is nonlinear"):
     attr_lib.check_decomposable(BERT(tiny_gpt_subject().cfg))
+
+
+def test_the_library_entry_point_is_the_commands_decomposition():
+  from tfjax import explain
+  subject = tiny_gpt_subject(positional="learned", use_bias=True)
+  variables = {"params": subject.params}
+  ids = jnp.asarray(subject.text_ids("abc cab bad fed")[None])
+  names, _ = explain.logit_attribution(subject.model, variables, ids[:, :-1], tokens=ids[:, 1:])
+  got = jax.jit(lambda v, x, y: explain.logit_attribution(subject.model, v, x, tokens=y)[1])(variables, ids[:, :-1],
+                                                                                           ids[:, 1:])
+  unembed, batch, components, resid, _ = _decomposed(subject, "abc cab bad fed")
+  want = attr_lib.attribute(unembed, components, resid, *attr_lib.token_directions(unembed, batch["targets"]))
+  assert names == attr_lib.component_names(subject.model)
+  np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("positional", ["learned", "sinusoidal"])
+def test_the_position_table_is_explain_positions_vectors(positional):
+  from tfjax.explain.positions import position_vectors
+  subject = tiny_gpt_subject(positional=positional)
+  np.testing.assert_allclose(attr_lib.position_table(subject.model, subject.params),
+                             position_vectors(subject)["decoder"], atol=1e-6)

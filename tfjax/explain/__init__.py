@@ -5,6 +5,8 @@
 - :mod:`tfjax.explain.interventions`: :func:`ablate_heads`, :func:`ablate_neurons`, :func:`patch`,
   :func:`run_with_interventions`, :func:`token_loss`, :func:`logit_difference`.
 - :mod:`tfjax.explain.lens`: :func:`logit_lens` ``[L+1, B, T, V]``, :func:`lens_kl`, :func:`unembed_residual`.
+- :mod:`tfjax.explain.attribution`: :func:`logit_attribution` ``[C, B, T]``: each head's, MLP's and embedding's
+  direct share of a token's logit.
 
 The names are imported on first use (``import tfjax.explain`` imports no JAX).
 """
@@ -33,6 +35,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "patch": "tfjax.explain.interventions:patch",
     "run_with_interventions": "tfjax.explain.interventions:run_with_interventions",
     "token_loss": "tfjax.explain.interventions:token_loss",
+    "logit_attribution": "tfjax.explain.attribution:logit_attribution",
     "lens_kl": "tfjax.explain.lens:lens_kl",
     "logit_lens": "tfjax.explain.lens:logit_lens",
     "unembed_residual": "tfjax.explain.lens:unembed_residual",

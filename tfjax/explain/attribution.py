@@ -22,7 +22,7 @@ counted here (``explain heads`` measures a head's whole effect by ablation).
 Pre-LN GPTs and translators' decoders only: in a post-LN stack each block's norm rescales everything written before
 it, and BERT's MLM head is nonlinear (a dense layer, GELU and a norm before the unembedding), so neither is a sum.
 
-:func:`run` is ``./launch.sh explain attribution WORKDIR``: on a text, every component's attribution to each actual
+:func:`logit_attribution` is the library's entry point; :func:`run` is ``./launch.sh explain attribution WORKDIR``: on a text, every component's attribution to each actual
 next token (a components x positions heatmap), and at one position the bars of the next token's logit and of its
 difference to the runner-up; over the validation text, each head's and MLP's mean attribution to the correct next
 token (a layer x head heatmap).
@@ -133,13 +133,19 @@ def _has_position_vectors(model) -> bool:
 
 def position_table(model, params) -> jax.Array | None:
   """``[max_len, D]``: what the (decoder's) embedding adds at each position, or None (RoPE, no positions, or a
-  normalised embedding whose sum does not split)."""
+  normalised embedding whose sum does not split). Traceable: ``params`` may be jit arguments (the same table as
+  :func:`tfjax.explain.positions.position_vectors`, tested)."""
   if not _has_position_vectors(model):
     return None
-  from tfjax.explain.positions import position_vectors
-  from tfjax.explain.subjects import Subject
-  kind = "translator" if _has_cross_attention(model) else "gpt"
-  return jnp.asarray(position_vectors(Subject(kind, "", model, params))["decoder"])
+  cfg = model.cfg
+  if cfg.positional == "sinusoidal":
+    from tfjax.layers.embeddings import sinusoidal_table
+    layout = getattr(cfg, "sinusoidal_layout", "interleaved") if _has_cross_attention(model) else "interleaved"
+    return jnp.asarray(sinusoidal_table(cfg.max_len, cfg.emb_dim, layout=layout), jnp.float32)
+  if _has_cross_attention(model):
+    table = jnp.asarray(params["tgt_pos_embed"]["embedding"], jnp.float32)
+    return table[cfg.position_offset:cfg.position_offset + cfg.max_len]
+  return jnp.asarray(params["pos_embed"]["embedding"], jnp.float32)
 
 
 def capture_names(model) -> list[str]:
@@ -220,6 +226,19 @@ def attribute(unembed: Unembedding, components: jax.Array, resid: jax.Array, dir
   if unembed.bias is not None:
     constant = constant + jnp.einsum("d,btd->bt", unembed.bias, direction, precision=HIGHEST)
   return attr.at[-1].add(constant)
+
+
+def logit_attribution(model, variables: dict, *inputs, tokens, **kwargs) -> tuple[list[str], jax.Array]:
+  """``(names, attribution [C, B, T])``: each residual-stream component's direct logit attribution to ``tokens [B,
+  T]`` (ids; e.g. the next tokens) at every position, from one run of ``model`` (a pre-LN GPT or encoder-decoder) on
+  ``inputs`` (a GPT: ``ids``; an encoder-decoder: ``src, src_valid, tgt``). ``attribution.sum(0)`` is each token's
+  logit minus the mean logit at its position. Jit it with ``model`` static."""
+  check_decomposable(model)
+  params = variables["params"]
+  _, cache = run_with_cache(model, variables, *inputs, names=capture_names(model), **kwargs)
+  components, resid = residual_components(model, params, cache, position_table(model, params))
+  unembed = unembedding(model, params)
+  return component_names(model), attribute(unembed, components, resid, *token_directions(unembed, tokens))
 
 
 # ------------------------------------------------------------------------------------------------------- command
