@@ -21,6 +21,12 @@ def _floats(s):
   return [float(x) for x in s.split(",") if x.strip()]
 
 
+def _bool(s):
+  if s.lower() not in ("true", "false", "1", "0", "yes", "no"):
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+  return s.lower() in ("true", "1", "yes")
+
+
 def _words(s):
   return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -42,6 +48,7 @@ def parser():
   g.add_argument("--text", help="the text to look at (the translator: the source sentence)")
   g.add_argument("--target", help="translator: the target sentence (default: the model's greedy translation)")
   g.add_argument("--position", type=int, help="attribution: the text position looked at (-1: the last)")
+  g.add_argument("--indirect", type=_bool, help="attribution: also zero each head and see who stops writing (true)")
   g.add_argument("--layer", type=int, help="layer index (0-based)")
   g.add_argument("--head", type=int, help="head index (0-based)")
   g.add_argument("--neurons", type=_ints, help="comma-separated MLP neuron indices")

@@ -116,6 +116,35 @@ def test_validation_means_in_chunks_equal_one_call_and_add_up_to_the_mean_logit(
   assert whole["mean_centred_logit"] == pytest.approx(want, abs=1e-5)
 
 
+def test_zeroing_a_head_its_own_write_goes_and_the_total_is_the_ablated_models_logit(monkeypatch):
+  """``indirect``: with head (l, h) zeroed, that head's component writes nothing (its row's own entry is minus its
+  mean), and the row's total is the change of the correct token's centred logit that ``explain.ablate_heads`` (an
+  independent way to zero a head) gives."""
+  from tfjax import explain
+  tiny = tiny_gpt_subject(positional="learned")
+  params = jax.tree.map(lambda a: a * 10.0, tiny.params)  # N(0, 0.2) weights: heads that change what follows them
+  subject = Subject("gpt", "tiny-gpt-x10", tiny.model, params, tiny.tokenizer)
+  ids = np.random.default_rng(1).integers(0, 9, size=(6, 16)).astype(np.int32)
+  monkeypatch.setattr(attr_lib.data_lib, "eval_batches", lambda *a, **k: [{"inputs": ids[:, :-1],
+                                                                           "targets": ids[:, 1:]}])
+  model, variables = subject.model, {"params": subject.params}
+  unembed = attr_lib.unembedding(model, subject.params)
+  sources = attr_lib.head_sources(model)
+  assert [label for label, _ in sources] == ["L0 H0", "L0 H1", "L1 H0", "L1 H1"]
+  val = attr_lib._validation(subject, unembed, attr_lib.position_table(model, subject.params), 1, sources=sources)
+  names = val["names"]
+  x, y = jnp.asarray(ids[:, :-1]), jnp.asarray(ids[:, 1:])
+  base = _centred(model.apply(variables, x), y).mean()
+  for i, (layer, head) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+    own = names.index(f"L{layer} H{head}")
+    assert val["indirect"][i, own] == pytest.approx(-val["mean"][own], abs=1e-6)
+    ablated = explain.run_with_interventions(model, variables, explain.ablate_heads(model, [(layer, head)]), x)
+    assert val["indirect"][i].sum() == pytest.approx(_centred(ablated, y).mean() - base, rel=1e-4, abs=1e-5)
+    others = np.delete(val["indirect"][i], own)
+    if layer == 0:  # a layer-0 head is read by what comes after it
+      assert np.abs(others).max() > 0.05
+
+
 def test_command_on_a_gpt_and_a_translator_and_the_cli(tmp_path, capsys):
   from experiments import explain as cli
   hf = str(FIXTURES / "hf_gpt2")
@@ -126,7 +155,8 @@ def test_command_on_a_gpt_and_a_translator_and_the_cli(tmp_path, capsys):
   np.testing.assert_allclose(out["text"]["attribution"].sum(0), out["text"]["centred_logit"], atol=1e-4)
   tr = attr_lib.run(tiny_translator_subject(), str(tmp_path / "tr"), text="a dog runs", target="ein hund rennt")
   assert "L1 X0" in tr["components"] and tr["text"]["attribution"].shape[1] == len(tr["text"]["targets"])
-  assert cli.main(["attribution", hf, f"--out={tmp_path / 'cli'}", "--text=hello world", "--position=-2"]) == 0
+  assert cli.main(["attribution", hf, f"--out={tmp_path / 'cli'}", "--text=hello world", "--position=-2",
+                   "--indirect=false"]) == 0
   assert "attribution: the last stream as" in capsys.readouterr().out
   saved = json.loads((tmp_path / "cli" / "attribution.json").read_text())
   assert saved["text"]["position"] == len(saved["text"]["inputs"]) - 2

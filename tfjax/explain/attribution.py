@@ -244,20 +244,25 @@ def logit_attribution(model, variables: dict, *inputs, tokens, **kwargs) -> tupl
 # ------------------------------------------------------------------------------------------------------- command
 
 
+def _variables(params, tree) -> dict:
+  return {"params": params} if tree is None else {"params": params, "interventions": tree}
+
+
 @functools.partial(jax.jit, static_argnames=("model", "kind"))
-def _decompose(model, kind, params, batch, positions_TxD):
-  """``(components, resid, logits)`` of a batch (see :func:`residual_components`)."""
+def _decompose(model, kind, params, batch, positions_TxD, tree=None):
+  """``(components, resid, logits)`` of a batch (see :func:`residual_components`), with the interventions ``tree``
+  (None: none) applied."""
   args, kwargs = data_lib.model_inputs(kind, batch)
-  logits, cache = run_with_cache(model, {"params": params}, *args, names=capture_names(model), **kwargs)
+  logits, cache = run_with_cache(model, _variables(params, tree), *args, names=capture_names(model), **kwargs)
   components, resid = residual_components(model, params, cache, positions_TxD)
   return components, resid, logits.astype(jnp.float32)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "kind"))
-def _target_sums(model, kind, params, batch, positions_TxD, unembed, weights):
+def _target_sums(model, kind, params, batch, positions_TxD, unembed, weights, tree=None):
   """Each component's attribution to the correct next token, summed over the positions ``weights [B, T]`` counts,
   and their count; plus the summed centred logit of the targets (the sum of the attributions, as a check)."""
-  components, resid, logits = _decompose(model, kind, params, batch, positions_TxD)
+  components, resid, logits = _decompose(model, kind, params, batch, positions_TxD, tree)
   u, ub = token_directions(unembed, batch["targets"])
   attr = attribute(unembed, components, resid, u, ub)
   centred = jnp.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0] - jnp.mean(logits, -1)
@@ -272,24 +277,65 @@ def _grid(names: list[str], num_layers: int, values: np.ndarray) -> tuple[np.nda
   return grid, cols
 
 
-def _validation(subject, unembed, positions, max_batches: int, budget: int = data_lib.OUTPUT_BYTES) -> dict:
-  """Each component's mean attribution to the correct next token over the validation batches, scored in chunks of
-  rows whose components ``[C, rows, T, D]`` fit ``budget`` bytes."""
+def head_sources(model) -> list[tuple[str, dict]]:
+  """``(label, interventions tree)`` zeroing each head of each attention of ``model`` in turn (a translator: its
+  encoder's, decoder's and cross-attention heads), labelled as the components are (``L{l} H{h}``, ``L{l} X{h}``;
+  the encoder's ``enc L{l} H{h}``). Every tree has the same leaves, so one compiled function serves them all."""
+  from tfjax.explain.capture import model_stacks
+  from tfjax.explain.heads import attentions
+  from tfjax.explain.interventions import combine_interventions
+  stacks = model_stacks(model)
+  out = []
+  for stack, sublayer in attentions(model):
+    prefix = "enc " if stack == "encoder" else ""
+    kind = "X" if sublayer == "cross_attn" else "H"
+    for l in range(stacks[stack].num_layers):
+      for h in range(stacks[stack].num_heads):
+        tree = combine_interventions(*_all_attention_trees(model, stack, sublayer, l, h))
+        out.append((f"{prefix}L{l} {kind}{h}", tree))
+  return out
+
+
+def _all_attention_trees(model, stack: str, sublayer: str, layer: int, head: int) -> list[dict]:
+  """One zeroing tree per attention of ``model``, all masks False except head ``head`` of ``layer`` of
+  ``stack/sublayer``: every source's tree then has the same leaves."""
+  from tfjax.explain.capture import model_stacks
+  from tfjax.explain.heads import attentions, head_masks_tree
+  stacks = model_stacks(model)
+  return [head_masks_tree(s, sub, stacks[s].num_layers, stacks[s].num_heads,
+                          layer if (s, sub) == (stack, sublayer) else -1, head) for s, sub in attentions(model)]
+
+
+def _validation(subject, unembed, positions, max_batches: int, budget: int = data_lib.OUTPUT_BYTES,
+                sources: list[tuple[str, dict]] = ()) -> dict:
+  """Each component's mean attribution to the correct next token over the validation batches (``mean [C]``), scored
+  in chunks of rows whose components ``[C, rows, T, D]`` fit ``budget`` bytes; and for each of ``sources`` (a label
+  and an interventions tree, e.g. :func:`head_sources`) the change of every component's mean when it is applied
+  (``indirect [S, C]``; its row sum: the change of the correct token's centred logit)."""
   model, params, kind = subject.model, subject.params, subject.kind
   names = component_names(model)
-  total, count, centred = np.zeros(len(names)), 0.0, 0.0
   batches = data_lib.eval_batches(subject, max_batches)
+  chunks = []
   for batch in batches:
     t, width = batch["inputs"].shape[1], model.cfg.emb_dim
     for chunk in data_lib.row_chunks(batch, len(names) * t * width * 4, budget):
-      weights = jnp.asarray(data_lib.token_weights(kind, chunk))
-      s, n, c = _target_sums(model, kind, params, jax.tree.map(jnp.asarray, chunk), positions, unembed, weights)
+      chunks.append((jax.tree.map(jnp.asarray, chunk), jnp.asarray(data_lib.token_weights(kind, chunk))))
+
+  def means(tree):
+    total, count, centred = np.zeros(len(names)), 0.0, 0.0
+    for chunk, weights in chunks:
+      s, n, c = _target_sums(model, kind, params, chunk, positions, unembed, weights, tree)
       total += np.asarray(s, np.float64)
       count += float(n)
       centred += float(c)
-  mean = total / max(count, 1.0)
-  return {"names": names, "mean": mean, "tokens": count, "batches": len(batches),
-          "mean_centred_logit": centred / max(count, 1.0)}
+    return total / max(count, 1.0), count, centred / max(count, 1.0)
+
+  mean, count, centred = means(None)
+  out = {"names": names, "mean": mean, "tokens": count, "batches": len(batches), "mean_centred_logit": centred}
+  if sources:
+    out["sources"] = [label for label, _ in sources]
+    out["indirect"] = np.stack([means(tree)[0] - mean for _, tree in sources])
+  return out
 
 
 def _text_view(subject, unembed, positions, text, target, position: int) -> dict:
@@ -328,12 +374,35 @@ def _top(names, values, k, sign=1.0) -> str:
   return ", ".join(f"{names[i]} {values[i]:+.2f}" for i in order)
 
 
+def _indirect_view(val: dict, out_dir: str, top_k: int) -> list[str]:
+  """Draws ``attribution_indirect.png`` (zeroed head x component: the change of each component's mean direct
+  attribution, and their total) and returns the summary lines of the heads whose zeroing moves the logit most."""
+  names, sources, delta = val["names"], val["sources"], val["indirect"]
+  total = delta.sum(1)
+  pictures.heatmap(np.concatenate([delta, total[:, None]], 1), os.path.join(out_dir, "attribution_indirect.png"),
+                   row_labels=[f"zero {s}" for s in sources], col_labels=names + ["total"], center=True,
+                   xlabel="component whose direct attribution changes", ylabel="head zeroed",
+                   title="change of each component's mean direct attribution to the correct next token when one "
+                         "head is zeroed")
+  lines = ["  zeroing a head (validation): the correct token's logit changes by its own direct write and through "
+           "what later components write:"]
+  for i in np.argsort(total)[:max(1, min(top_k, 3))]:
+    own = delta[i, names.index(sources[i])] if sources[i] in names else 0.0
+    others = np.where(np.arange(len(names)) == (names.index(sources[i]) if sources[i] in names else -1), 0.0,
+                      delta[i])
+    lines.append(f"    {sources[i]}: {total[i]:+.2f} = own {own:+.2f}, through others {total[i] - own:+.2f} "
+                 f"(most: {_top(names, others, 3, sign=-1.0)})")
+  return lines
+
+
 def run(subject, out_dir: str, *, text: str | None = None, target: str | None = None, position: int = -1,
-        max_batches: int = 4, top_k: int = 5) -> dict:
+        max_batches: int = 4, top_k: int = 5, indirect: bool = True) -> dict:
   """Writes ``attribution_text.png`` (components x positions: attribution to each actual next token),
   ``attribution_position.png`` (at ``position``: the next token's logit, and its difference to the runner-up, by
   component), ``attribution_heads.png`` (workdirs: each head's and MLP's mean attribution to the correct next
-  token over the validation text) and ``attribution.json``."""
+  token over the validation text), ``attribution_indirect.png`` (workdirs, ``indirect``: when each head is zeroed, the
+  change of every component's mean attribution: the head's own direct write and what it does through the components
+  that read it) and ``attribution.json``."""
   from tfjax.explain.subjects import SubjectError
   subject.require(("gpt", "translator"), "attribution")
   try:
@@ -364,7 +433,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
            f"  for: {_top(names, view['difference_attribution'], top_k)}",
            f"  against: {_top(names, view['difference_attribution'], min(top_k, 3), sign=-1.0)}"]
   if subject.config is not None:
-    val = _validation(subject, unembed, positions, max_batches)
+    val = _validation(subject, unembed, positions, max_batches, sources=head_sources(model) if indirect else ())
     numbers["validation"] = val
     grid, grid_cols = _grid(names, model.cfg.num_layers, val["mean"])
     pictures.heatmap(grid, os.path.join(out_dir, "attribution_heads.png"),
@@ -377,5 +446,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
                  f"{val['mean_centred_logit']:+.2f} = " + ", ".join(
                      f"{n} {val['mean'][names.index(n)]:+.2f}" for n in rest) + " + layers:")
     lines.append(f"    strongest: {_top(names, val['mean'], top_k)}")
+    if indirect:
+      lines += _indirect_view(val, out_dir, top_k)
   pictures.write_json(os.path.join(out_dir, "attribution.json"), numbers)
   return {"summary": "\n".join(lines), **numbers}
