@@ -55,6 +55,9 @@ COMMANDS: dict[str, Command] = {
     "attribution": Command("tfjax.explain.attribution:run", ("gpt", "translator"),
                            "direct logit attribution: each head's and MLP's share of the next token's logit on a "
                            "text, at one position, and on average over validation text"),
+    "induction": Command("tfjax.explain.induction:run", ("gpt",),
+                         "does it copy? random tokens repeated: loss on the first and second copy, each head's "
+                         "induction, previous- and duplicate-token scores, and the second copy's loss with it zeroed"),
     "positions": Command("tfjax.explain.positions:run", MODELS,
                          "where each token's position is: the position vectors, a linear probe for the position "
                          "after every layer, each head's attention by distance"),
