@@ -19,6 +19,8 @@ def test_repeated_tokens_are_two_equal_halves_without_the_excluded_ids():
   np.testing.assert_array_equal(ids[:, :7], ids[:, 7:])
   assert set(np.unique(ids)) == set(range(2, 10))
   np.testing.assert_array_equal(ids, ind.repeated_tokens(10, 7, 50, seed=3, exclude=[0, 1]))
+  some = ind.repeated_tokens(10, 7, 50, seed=3, exclude=[0], allowed=[0, 4, 4, 6])
+  assert set(np.unique(some)) == {4, 6}
   with pytest.raises(ValueError, match="at least 2 tokens"):
     ind.repeated_tokens(3, 4, 1, exclude=[0, 1])
 
@@ -80,3 +82,33 @@ def test_command_on_a_hugging_face_gpt2_and_clear_errors(tmp_path):
     ind.run(tiny_gpt_subject(), str(tmp_path / "x"), num_tokens=9)
   with pytest.raises(SubjectError, match="works on a GPT"):
     commands.run_command("induction", hf_bert_with_vocab(tmp_path), str(tmp_path / "bert"))
+
+
+def test_the_repeats_text_and_a_workdirs_development_over_its_checkpoints(tmp_path):
+  """``data.dataset=repeats`` (generated, deterministic: every line a string written twice, of 6..24 letters); a
+  GPT trained on it for 6 steps with a checkpoint every 2: ``over_checkpoints`` measures each checkpoint, and the
+  last one's numbers are the command's own."""
+  from conftest import tiny_lm_config
+  from tfjax.data.synthetic import repeats
+  from tfjax.explain.subjects import load_subject
+  from tfjax.tasks.lm import LMTask, load_text
+  from tfjax.train.loop import train_and_evaluate
+  text = repeats(num_lines=200, seed=5)
+  assert text == repeats(num_lines=200, seed=5) and load_text("repeats", None) == repeats()
+  for line in text.splitlines():
+    half = len(line) // 2
+    assert line[:half] == line[half:] and 6 <= half <= 24 and line.isalpha() and line.islower()
+  with pytest.raises(ValueError, match="min_len <= max_len"):
+    repeats(min_len=5, max_len=3)
+  config = tiny_lm_config(**{"data.dataset": "repeats", "train.num_steps": 6, "train.checkpoint_every": 2,
+                             "train.eval_every": 6, "train.max_to_keep": 5})
+  train_and_evaluate(config, str(tmp_path / "wd"), LMTask(config, str(tmp_path / "wd")))
+  subject = load_subject(str(tmp_path / "wd"))
+  out = ind.run(subject, str(tmp_path / "out"), num_tokens=4, num_samples=3, over_checkpoints=True)
+  dev = out["development"]
+  assert dev["steps"].tolist() == [2, 4, 6] and dev["induction"].shape == (3, 2)
+  assert dev["second_copy_loss"][-1] == pytest.approx(out["second_copy_loss"], rel=1e-6)
+  np.testing.assert_allclose(dev["induction"][-1], out["induction"].max(axis=1), rtol=1e-6)
+  assert (tmp_path / "out" / "induction_steps.png").exists() and "over 3 checkpoints" in out["summary"]
+  with pytest.raises(SubjectError, match="not a tfjax workdir"):
+    ind.run(tiny_gpt_subject(), str(tmp_path / "x"), num_tokens=4, over_checkpoints=True)

@@ -1,6 +1,7 @@
 """``explain induction``: does the model copy what it has seen? Induction heads on repeated random tokens.
 
-``n`` random tokens, then the same ``n`` again (``ids [B, 2n]``). In the first copy nothing can be predicted (the
+``n`` random tokens, then the same ``n`` again (``ids [B, 2n]``; a workdir's tokens are drawn from those in its
+validation text, a Hugging Face model's from its whole vocabulary, special tokens left out). In the first copy nothing can be predicted (the
 loss is about ``log`` of the number of tokens drawn from); in the second, everything can, by a model that looks back
 to where the current token appeared before and copies the token that followed it. That is what an **induction head**
 does (Olsson et al. 2022): an earlier head writes "the token before me" into each position (a previous-token head),
@@ -36,10 +37,11 @@ from tfjax.explain.interventions import run_with_interventions
 
 
 def repeated_tokens(vocab_size: int, num_tokens: int, batch_size: int, seed: int = 0,
-                    exclude=()) -> np.ndarray:
-  """``[batch_size, 2 * num_tokens]`` int32: each row ``num_tokens`` ids drawn uniformly (without the ids in
-  ``exclude``, e.g. special tokens) and then the same ids again."""
-  allowed = np.setdiff1d(np.arange(vocab_size), np.asarray(list(exclude), np.int64))
+                    exclude=(), allowed=None) -> np.ndarray:
+  """``[batch_size, 2 * num_tokens]`` int32: each row ``num_tokens`` ids drawn uniformly from ``allowed`` (default:
+  the whole vocabulary) without the ids in ``exclude`` (e.g. special tokens), and then the same ids again."""
+  pool = np.arange(vocab_size) if allowed is None else np.unique(np.asarray(allowed, np.int64))
+  allowed = np.setdiff1d(pool, np.asarray(list(exclude), np.int64))
   if allowed.size < 2:
     raise ValueError(f"need at least 2 tokens to draw from; the vocabulary has {allowed.size} after exclusions")
   first = np.random.default_rng(seed).choice(allowed, size=(batch_size, num_tokens))
@@ -81,11 +83,16 @@ def _special_ids(subject) -> list[int]:
   return list(tok.special_ids()) if tok is not None and hasattr(tok, "special_ids") else []
 
 
-def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: int = 32, seed: int = 0,
-        top_k: int = 3) -> dict:
-  """Writes ``induction.png`` (the three head scores as layer x head heatmaps, the second copy's loss increase
-  when each head is zeroed, and the loss at each position) and ``induction.json``. ``num_tokens``: the length of
-  each random half (default: half the context window, at most 100)."""
+def _seen_tokens(subject) -> np.ndarray | None:
+  """The ids in a workdir's first validation batch (what the model was trained on), or None (no workdir)."""
+  if subject.config is None:
+    return None
+  from tfjax.explain import data as data_lib
+  return np.unique(data_lib.eval_batches(subject, 1)[0]["inputs"])
+
+
+def _check(subject, num_tokens: int | None, num_samples: int) -> int:
+  """The half length ``n`` (default: half the context window, at most 100); a clear error when it cannot be."""
   from tfjax.explain.subjects import SubjectError
   subject.require(("gpt",), "induction")
   cfg = subject.cfg
@@ -95,48 +102,110 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
                        f"fill the context window max_len={cfg.max_len})")
   if num_samples < 1:
     raise SubjectError(f"--num_samples={num_samples}: need at least one row")
-  os.makedirs(out_dir, exist_ok=True)
-  model, params = subject.model, subject.params
-  special = _special_ids(subject)
-  ids = jnp.asarray(repeated_tokens(cfg.vocab_size, n, num_samples, seed, exclude=special))
+  return n
+
+
+def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, ablate: bool = True) -> dict:
+  """The numbers of the module docstring for ``subject`` (a GPT) on ``num_samples`` rows of ``num_tokens`` random
+  tokens repeated: ``induction``, ``duplicate``, ``previous`` ``[L, H]``, ``uniform``, ``loss [2n - 1]``,
+  ``first_copy_loss``, ``second_copy_loss`` and (``ablate``) ``ablation [L, H]`` over ``ablation_base``."""
+  model, params, cfg, n = subject.model, subject.params, subject.cfg, num_tokens
+  ids = jnp.asarray(repeated_tokens(cfg.vocab_size, n, num_samples, seed, exclude=_special_ids(subject),
+                                    allowed=_seen_tokens(subject)))
   patterns, losses = _patterns_and_losses(model, params, ids)
   scores = {k: np.asarray(v) for k, v in head_scores(patterns, n).items()}
   losses = np.asarray(losses)
-  first, second = float(losses[:n - 1].mean()), float(losses[n:].mean())
-  layers, heads = scores["induction"].shape
-  base = float(_second_copy_loss(model, params, head_masks_tree("decoder", "attn", layers, heads, -1, 0), ids, n))
-  ablation = np.zeros((layers, heads), np.float32)
-  for l in range(layers):
-    for h in range(heads):
-      tree = head_masks_tree("decoder", "attn", layers, heads, l, h)
-      ablation[l, h] = float(_second_copy_loss(model, params, tree, ids, n)) - base
+  out = {"num_tokens": n, "num_samples": num_samples, "seed": seed, "loss": losses,
+         "first_copy_loss": float(losses[:n - 1].mean()), "second_copy_loss": float(losses[n:].mean()),
+         **{k: scores[k] for k in ("induction", "duplicate", "previous")}, "uniform": float(scores["uniform"])}
+  if ablate:
+    layers, heads = scores["induction"].shape
+    noop = head_masks_tree("decoder", "attn", layers, heads, -1, 0)  # the same tree structure: one compilation
+    base = float(_second_copy_loss(model, params, noop, ids, n))
+    ablation = np.zeros((layers, heads), np.float32)
+    for l in range(layers):
+      for h in range(heads):
+        tree = head_masks_tree("decoder", "attn", layers, heads, l, h)
+        ablation[l, h] = float(_second_copy_loss(model, params, tree, ids, n)) - base
+    out.update(ablation=ablation, ablation_base=base)
+  return out
 
+
+def development(subject, num_tokens: int, num_samples: int = 32, seed: int = 0) -> dict:
+  """:func:`measure` (without ablations) at every checkpoint of ``subject``'s workdir: ``steps [S]``,
+  ``induction``/``previous``/``duplicate`` ``[S, L]`` (each layer's strongest head), ``first_copy_loss`` and
+  ``second_copy_loss`` ``[S]``: how the copying circuit forms during training."""
+  from tfjax.explain.subjects import SubjectError, load_subject
+  from tfjax.train.restore import checkpoint_steps
+  if subject.config is None:
+    raise SubjectError(f"--over_checkpoints reads a workdir's checkpoints; {subject.path} is not a tfjax workdir")
+  steps = checkpoint_steps(subject.path)
+  rows = [measure(load_subject(subject.path, step=s), num_tokens, num_samples, seed, ablate=False) for s in steps]
+  out = {"steps": np.asarray(steps)}
+  for k in ("induction", "previous", "duplicate"):
+    out[k] = np.stack([r[k].max(axis=1) for r in rows])
+  for k in ("first_copy_loss", "second_copy_loss"):
+    out[k] = np.asarray([r[k] for r in rows])
+  return out
+
+
+def _draw(numbers: dict, out_dir: str) -> None:
+  layers, heads = numbers["induction"].shape
+  n, base = numbers["num_tokens"], numbers["ablation_base"]
   labels = dict(row_labels=[f"layer {l}" for l in range(layers)], col_labels=[f"head {h}" for h in range(heads)])
   for name, title in (("induction", f"induction score: attention to the token after the earlier occurrence "
-                                    f"(uniform {float(scores['uniform']):.3f})"),
+                                    f"(uniform {numbers['uniform']:.3f})"),
                       ("previous", "previous-token score"), ("duplicate", "duplicate-token score")):
-    pictures.heatmap(scores[name], os.path.join(out_dir, f"induction_{name}.png"), annotate=True,
-                     title=title, **labels)
-  pictures.heatmap(ablation, os.path.join(out_dir, "induction_ablation.png"), center=True, annotate=True,
+    pictures.heatmap(numbers[name], os.path.join(out_dir, f"induction_{name}.png"), annotate=True, title=title,
+                     **labels)
+  pictures.heatmap(numbers["ablation"], os.path.join(out_dir, "induction_ablation.png"), center=True, annotate=True,
                    fmt="{:+.2f}", title=f"second copy's loss increase when the head is zeroed (base {base:.2f})",
                    **labels)
-  pictures.curves(list(range(1, 2 * n)), {"loss": losses}, os.path.join(out_dir, "induction_loss.png"),
+  pictures.curves(list(range(1, 2 * n)), {"loss": numbers["loss"]}, os.path.join(out_dir, "induction_loss.png"),
                   xlabel=f"position of the predicted token (the second copy starts at {n})", ylabel="nats",
-                  title=f"loss on {num_samples} rows of {n} random tokens repeated: first copy {first:.2f}, second "
-                        f"{second:.2f}", markers=False)
-  numbers = {"num_tokens": n, "num_samples": num_samples, "seed": seed, "loss": losses, "first_copy_loss": first,
-             "second_copy_loss": second, "ablation": ablation, "ablation_base": base,
-             **{k: scores[k] for k in ("induction", "duplicate", "previous")}, "uniform": float(scores["uniform"])}
-  pictures.write_json(os.path.join(out_dir, "induction.json"), numbers)
-  order = np.argsort(-scores["induction"].ravel())[:max(1, top_k)]
-  best = [np.unravel_index(i, (layers, heads)) for i in order]
+                  title=f"loss on {numbers['num_samples']} rows of {n} random tokens repeated: first copy "
+                        f"{numbers['first_copy_loss']:.2f}, second {numbers['second_copy_loss']:.2f}", markers=False)
+
+
+def _draw_development(dev: dict, out_dir: str) -> None:
+  steps = dev["steps"].tolist()
+  layers = dev["induction"].shape[1]
+  scores = {f"{k} L{l}": dev[k][:, l] for k in ("induction", "previous") for l in range(layers)}
+  pictures.curves(steps, {}, os.path.join(out_dir, "induction_steps.png"), xlabel="training step", ylabel="",
+                  panels={"each layer's strongest head": (steps, scores, "attention score"),
+                          "loss on the repeated rows": (steps, {"first copy": dev["first_copy_loss"],
+                                                                "second copy": dev["second_copy_loss"]}, "nats")})
+
+
+def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: int = 32, seed: int = 0,
+        top_k: int = 3, over_checkpoints: bool = False) -> dict:
+  """Writes ``induction_{induction,previous,duplicate}.png`` (the head scores as layer x head heatmaps),
+  ``induction_ablation.png`` (the second copy's loss increase when each head is zeroed), ``induction_loss.png``
+  (the loss at each position) and ``induction.json``; with ``over_checkpoints``, also ``induction_steps.png``: the
+  scores and losses at every checkpoint of the workdir (:func:`development`)."""
+  n = _check(subject, num_tokens, num_samples)
+  os.makedirs(out_dir, exist_ok=True)
+  numbers = measure(subject, n, num_samples, seed)
+  _draw(numbers, out_dir)
+  first, second, uniform = numbers["first_copy_loss"], numbers["second_copy_loss"], numbers["uniform"]
+  shape = numbers["induction"].shape
+
+  def strongest(name):
+    return [np.unravel_index(i, shape) for i in np.argsort(-numbers[name].ravel())[:max(1, top_k)]]
+
   lines = [f"induction: {num_samples} rows of {n} random tokens, then the same again; loss first copy {first:.2f}, "
            f"second copy {second:.2f} nats ({first - second:+.2f} in context)",
-           "  strongest induction heads (attention to the token after the earlier occurrence; uniform "
-           f"{float(scores['uniform']):.3f}): " + ", ".join(
-               f"L{l} H{h} {scores['induction'][l, h]:.2f} (zeroed: second copy {ablation[l, h]:+.2f})"
-               for l, h in best),
+           f"  strongest induction heads (attention to the token after the earlier occurrence; uniform {uniform:.3f}): "
+           + ", ".join(f"L{l} H{h} {numbers['induction'][l, h]:.2f} (zeroed: second copy "
+                       f"{numbers['ablation'][l, h]:+.2f})" for l, h in strongest("induction")),
            "  strongest previous-token heads: " + ", ".join(
-               f"L{l} H{h} {scores['previous'][l, h]:.2f}" for l, h in
-               (np.unravel_index(i, (layers, heads)) for i in np.argsort(-scores["previous"].ravel())[:max(1, top_k)]))]
+               f"L{l} H{h} {numbers['previous'][l, h]:.2f}" for l, h in strongest("previous"))]
+  if over_checkpoints:
+    dev = development(subject, n, num_samples, seed)
+    _draw_development(dev, out_dir)
+    numbers["development"] = dev
+    lines.append(f"  over {len(dev['steps'])} checkpoints (steps {dev['steps'][0]} .. {dev['steps'][-1]}): "
+                 + "; ".join(f"step {s}: induction {dev['induction'][i].max():.2f}, second copy "
+                             f"{dev['second_copy_loss'][i]:.2f}" for i, s in enumerate(dev["steps"])))
+  pictures.write_json(os.path.join(out_dir, "induction.json"), numbers)
   return {"summary": "\n".join(lines), **numbers}

@@ -2,7 +2,8 @@
 
 Data (``config.data.dataset``), one of
 
-* a text: a known name (``tinyshakespeare``) or a path to a text file, read into memory and tokenised by characters
+* a text: a known name (``tinyshakespeare``; ``repeats``, random strings written twice, generated:
+  :mod:`tfjax.data.synthetic`) or a path to a text file, read into memory and tokenised by characters
   (or by the tokenizer of ``init_from``), split into the first ``1 - val_fraction`` of its tokens for training and
   the rest for validation;
 * token shards: ``shards:DIR`` or a directory with ``meta.json`` written by ``./launch.sh prepare``
@@ -55,7 +56,11 @@ class InitFromError(ValueError):
 
 
 def load_text(dataset: str, data_dir: str | None) -> str:
-  """The text of a known dataset name, or of a file path."""
+  """The text of a known dataset name, a synthetic one (:data:`tfjax.data.synthetic.SYNTHETIC`: ``repeats``), or
+  of a file path."""
+  from tfjax.data.synthetic import SYNTHETIC
+  if dataset in SYNTHETIC:
+    return SYNTHETIC[dataset]()
   spec = DATASETS.get(dataset, dataset)
   path = files.find_data_file(spec, data_dir or None)
   with open(path, encoding="utf-8") as f:
