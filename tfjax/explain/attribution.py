@@ -60,10 +60,7 @@ class Unembedding:
   logit_bias: jax.Array
 
 
-def _stack(model) -> str:
-  """The stack whose last stream is unembedded: a GPT's ``decoder``, and a translator's."""
-  del model
-  return "decoder"
+STACK = "decoder"  # the stack whose last stream is unembedded: a GPT's, and a translator's decoder
 
 
 def check_decomposable(model) -> None:
@@ -150,7 +147,7 @@ def position_table(model, params) -> jax.Array | None:
 
 def capture_names(model) -> list[str]:
   """What :func:`residual_components` reads from :func:`tfjax.explain.run_with_cache`."""
-  stack, last = _stack(model), model.cfg.num_layers - 1
+  stack, last = STACK, model.cfg.num_layers - 1
   names = [f"{stack}/block_0/resid_pre", f"{stack}/block_{last}/resid_post", f"{stack}/block_*/attn/z",
            f"{stack}/block_*/mlp_out"]
   if _has_cross_attention(model):
@@ -174,7 +171,7 @@ def residual_components(model, params, cache, positions_TxD: jax.Array | None = 
 
   ``cache`` holds :func:`capture_names`; ``positions_TxD``: :func:`position_table` (None: one ``embed`` component).
   """
-  stack, cfg = _stack(model), model.cfg
+  stack, cfg = STACK, model.cfg
   embed = cache[f"{stack}/block_0/resid_pre"].astype(jnp.float32)
   b, t, _ = embed.shape
   if _has_position_vectors(model):
