@@ -195,3 +195,36 @@ def test_the_position_table_is_explain_positions_vectors(positional):
   subject = tiny_gpt_subject(positional=positional)
   np.testing.assert_allclose(attr_lib.position_table(subject.model, subject.params),
                              position_vectors(subject)["decoder"], atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [dict(use_bias=True, positional="learned"), dict(norm="rmsnorm")],
+                         ids=["layernorm_bias", "rmsnorm"])
+def test_mlp_neurons_add_up_to_the_mlps_component(overrides, monkeypatch):
+  subject = tiny_gpt_subject(**overrides)
+  model, params = subject.model, subject.params
+  unembed, batch, components, resid, _ = _decomposed(subject, "abc cab bad fed")
+  u, ub = attr_lib.token_directions(unembed, batch["targets"])
+  whole = attr_lib.attribute(unembed, components, resid, u, ub)
+  names = attr_lib.component_names(model)
+  _, cache = jit_run_with_cache(model, params, batch["inputs"], names=("mlp/hidden",))
+  for layer in range(model.cfg.num_layers):
+    fc_out = params["decoder"][f"block_{layer}"]["mlp"]["fc_out"]
+    neurons = attr_lib.neuron_attribution(unembed, cache["mlp/hidden", layer], fc_out, resid, u)
+    bias = fc_out.get("bias")
+    rest = 0.0 if bias is None else attr_lib.attribute(
+        unembed, jnp.broadcast_to(jnp.asarray(bias), resid.shape)[None], resid, u, jnp.zeros_like(ub))[0]
+    if unembed.bias is not None and bias is not None:  # attribute() adds the norm's bias to its last row: undo it
+      rest = rest - jnp.einsum("d,btd->bt", unembed.bias, u)
+    np.testing.assert_allclose(neurons.sum(-1) + rest, whole[names.index(f"L{layer} MLP")], atol=1e-5)
+  # the command's per-neuron means over validation rows are these, averaged
+  ids = np.random.default_rng(2).integers(0, 9, size=(5, 16)).astype(np.int32)
+  monkeypatch.setattr(attr_lib.data_lib, "eval_batches", lambda *a, **k: [{"inputs": ids[:, :-1],
+                                                                           "targets": ids[:, 1:]}])
+  val = attr_lib._validation(subject, unembed, attr_lib.position_table(model, params), 1)
+  assert val["neurons"].shape == (2, model.cfg.hidden_dim)
+  if not model.cfg.use_bias:  # no fc_out bias: the neurons are the whole MLP
+    np.testing.assert_allclose(val["neurons"].sum(-1), [val["mean"][names.index(f"L{l} MLP")] for l in range(2)],
+                               rtol=1e-4, atol=1e-7)
+  assert attr_lib.neurons_for_share(np.array([3.0, 1.0, -1.0, 1.0])) == 1  # 3 of the total 4 is over half
+  assert attr_lib.neurons_for_share(np.array([1.0, 1.0, 1.0, 1.0])) == 2
+  assert attr_lib.neurons_for_share(np.array([-1.0, 0.5])) is None

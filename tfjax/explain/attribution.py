@@ -203,6 +203,16 @@ def token_directions(unembed: Unembedding, tokens: jax.Array) -> tuple[jax.Array
   return matrix.T[tokens], bias[tokens]
 
 
+def _frozen_norm(unembed: Unembedding, resid: jax.Array) -> tuple[bool, jax.Array]:
+  """``(centre, inv [B, T])``: whether the final norm removes the mean over ``D``, and ``1 / σ`` held at its value
+  on ``resid [B, T, D]`` (LayerNorm: the standard deviation; RMSNorm: the root mean square; no norm: 1)."""
+  if unembed.norm == "layernorm":
+    return True, jax.lax.rsqrt(jnp.var(resid, axis=-1) + unembed.eps)
+  if unembed.norm == "rmsnorm":
+    return False, jax.lax.rsqrt(jnp.mean(resid * resid, axis=-1) + unembed.eps)
+  return False, jnp.ones(resid.shape[:-1], jnp.float32)
+
+
 def attribute(unembed: Unembedding, components: jax.Array, resid: jax.Array, direction: jax.Array,
               direction_bias: jax.Array) -> jax.Array:
   """Direct logit attribution ``[C, B, T]`` of ``components [C, B, T, D]`` to ``direction [B, T, D]`` (from
@@ -210,19 +220,28 @@ def attribute(unembed: Unembedding, components: jax.Array, resid: jax.Array, dir
   (``biases``) also takes the final norm's bias and ``direction_bias``, so the sum over ``C`` is the logit (or logit
   difference) the model computes."""
   g = direction if unembed.scale is None else direction * unembed.scale
-  if unembed.norm == "layernorm":
-    var = jnp.var(resid, axis=-1)
+  centre, inv = _frozen_norm(unembed, resid)
+  if centre:
     components = components - jnp.mean(components, axis=-1, keepdims=True)
-    inv = jax.lax.rsqrt(var + unembed.eps)
-  elif unembed.norm == "rmsnorm":
-    inv = jax.lax.rsqrt(jnp.mean(resid * resid, axis=-1) + unembed.eps)
-  else:
-    inv = jnp.ones(resid.shape[:-1], jnp.float32)
   attr = jnp.einsum("cbtd,btd->cbt", components, g, precision=HIGHEST) * inv[None]
   constant = direction_bias
   if unembed.bias is not None:
     constant = constant + jnp.einsum("d,btd->bt", unembed.bias, direction, precision=HIGHEST)
   return attr.at[-1].add(constant)
+
+
+def neuron_attribution(unembed: Unembedding, hidden_BxTxF: jax.Array, fc_out_params: dict, resid: jax.Array,
+                       direction: jax.Array) -> jax.Array:
+  """``[B, T, F]``: each MLP neuron's direct logit attribution to ``direction [B, T, D]``, its activation times
+  its row of ``fc_out`` read through the held final norm. Over ``F``, plus ``fc_out``'s bias, it is the MLP's
+  component in :func:`attribute` (tested)."""
+  g = direction if unembed.scale is None else direction * unembed.scale
+  kernel = jnp.asarray(fc_out_params["kernel"], jnp.float32)  # [F, D]
+  centre, inv = _frozen_norm(unembed, resid)
+  if centre:
+    kernel = kernel - jnp.mean(kernel, axis=-1, keepdims=True)
+  read = jnp.einsum("fd,btd->btf", kernel, g, precision=HIGHEST)  # what a unit of each neuron adds to the logit
+  return hidden_BxTxF.astype(jnp.float32) * read * inv[..., None]
 
 
 def logit_attribution(model, variables: dict, *inputs, tokens, **kwargs) -> tuple[list[str], jax.Array]:
@@ -264,6 +283,23 @@ def _target_sums(model, kind, params, batch, positions_TxD, unembed, weights, tr
   attr = attribute(unembed, components, resid, u, ub)
   centred = jnp.take_along_axis(logits, batch["targets"][..., None], -1)[..., 0] - jnp.mean(logits, -1)
   return jnp.sum(attr * weights[None], axis=(1, 2)), jnp.sum(weights), jnp.sum(centred * weights)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "kind"))
+def _neuron_sums(model, kind, params, batch, unembed, weights):
+  """Each MLP neuron's attribution to the correct next token, summed over the positions ``weights`` counts:
+  ``[L, F]``."""
+  args, kwargs = data_lib.model_inputs(kind, batch)
+  names = [f"{STACK}/block_{model.cfg.num_layers - 1}/resid_post", f"{STACK}/block_*/mlp/hidden"]
+  _, cache = run_with_cache(model, {"params": params}, *args, names=names, **kwargs)
+  resid = cache[names[0]].astype(jnp.float32)
+  u, _ = token_directions(unembed, batch["targets"])
+  sums = []
+  for l in range(model.cfg.num_layers):
+    fc_out = params[STACK][f"block_{l}"]["mlp"]["fc_out"]
+    attr = neuron_attribution(unembed, cache[f"{STACK}/block_{l}/mlp/hidden"], fc_out, resid, u)
+    sums.append(jnp.sum(attr * weights[..., None], axis=(0, 1)))
+  return jnp.stack(sums)
 
 
 def _grid(names: list[str], num_layers: int, values: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -308,7 +344,8 @@ def _validation(subject, unembed, positions, max_batches: int, budget: int = dat
   """Each component's mean attribution to the correct next token over the validation batches (``mean [C]``), scored
   in chunks of rows whose components ``[C, rows, T, D]`` fit ``budget`` bytes; and for each of ``sources`` (a label
   and an interventions tree, e.g. :func:`head_sources`) the change of every component's mean when it is applied
-  (``indirect [S, C]``; its row sum: the change of the correct token's centred logit)."""
+  (``indirect [S, C]``; its row sum: the change of the correct token's centred logit); ``neurons [L, F]``: each MLP
+  neuron's mean attribution (:func:`neuron_attribution`)."""
   model, params, kind = subject.model, subject.params, subject.kind
   names = component_names(model)
   batches = data_lib.eval_batches(subject, max_batches)
@@ -328,7 +365,10 @@ def _validation(subject, unembed, positions, max_batches: int, budget: int = dat
     return total / max(count, 1.0), count, centred / max(count, 1.0)
 
   mean, count, centred = means(None)
-  out = {"names": names, "mean": mean, "tokens": count, "batches": len(batches), "mean_centred_logit": centred}
+  neurons = sum(np.asarray(_neuron_sums(model, kind, params, chunk, unembed, weights), np.float64)
+                for chunk, weights in chunks) / max(count, 1.0)
+  out = {"names": names, "mean": mean, "tokens": count, "batches": len(batches), "mean_centred_logit": centred,
+         "neurons": neurons}
   if sources:
     out["sources"] = [label for label, _ in sources]
     out["indirect"] = np.stack([means(tree)[0] - mean for _, tree in sources])
@@ -371,6 +411,39 @@ def _top(names, values, k, sign=1.0) -> str:
   return ", ".join(f"{names[i]} {values[i]:+.2f}" for i in order)
 
 
+def neurons_for_share(values_F: np.ndarray, share: float = 0.5) -> int | None:
+  """How many of the neurons, strongest first, write ``share`` of the layer's total attribution ``values_F.sum()``
+  (None when the total is not positive)."""
+  total = float(np.sum(values_F))
+  if total <= 0:
+    return None
+  cumulative = np.cumsum(np.sort(np.asarray(values_F, np.float64))[::-1])
+  return int(np.searchsorted(cumulative, share * total) + 1)
+
+
+def _neuron_view(val: dict, out_dir: str, top_k: int) -> list[str]:
+  """Draws ``attribution_neurons.png`` (each layer's neurons, strongest first: the cumulative share of the layer's
+  attribution) and returns a summary line per layer."""
+  neurons = val["neurons"]
+  curves, lines = {}, ["  MLP neurons (validation): who writes each layer's share"]
+  width = neurons.shape[1]
+  for l, row in enumerate(neurons):
+    total = float(row.sum())
+    order = np.argsort(-row)
+    if total > 0:
+      curves[f"layer {l} ({total:+.2f})"] = np.cumsum(row[order]) / total
+    half = neurons_for_share(row)
+    lines.append(f"    L{l} MLP {total:+.2f}: " + ("half from the strongest "
+                                                    f"{half} of {width} neurons" if half else "no positive share")
+                 + "; strongest " + ", ".join(f"#{i} {row[i]:+.3f}" for i in order[:max(1, top_k)]))
+  if curves:
+    ranks = (np.arange(width) + 1).tolist()
+    pictures.curves(ranks, curves, os.path.join(out_dir, "attribution_neurons.png"), logx=True, markers=False,
+                    xlabel="neurons, strongest first", ylabel="share of the layer's attribution",
+                    title="each MLP's neurons, strongest first: their share of its write")
+  return lines
+
+
 def _indirect_view(val: dict, out_dir: str, top_k: int) -> list[str]:
   """Draws ``attribution_indirect.png`` (zeroed head x component: the change of each component's mean direct
   attribution, and their total) and returns the summary lines of the heads whose zeroing moves the logit most."""
@@ -397,7 +470,8 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
   """Writes ``attribution_text.png`` (components x positions: attribution to each actual next token),
   ``attribution_position.png`` (at ``position``: the next token's logit, and its difference to the runner-up, by
   component), ``attribution_heads.png`` (workdirs: each head's and MLP's mean attribution to the correct next
-  token over the validation text), ``attribution_indirect.png`` (workdirs, ``indirect``: when each head is zeroed, the
+  token over the validation text), ``attribution_neurons.png`` (workdirs: how many MLP neurons write each layer's
+  share), ``attribution_indirect.png`` (workdirs, ``indirect``: when each head is zeroed, the
   change of every component's mean attribution: the head's own direct write and what it does through the components
   that read it) and ``attribution.json``."""
   from tfjax.explain.subjects import SubjectError
@@ -443,6 +517,7 @@ def run(subject, out_dir: str, *, text: str | None = None, target: str | None = 
                  f"{val['mean_centred_logit']:+.2f} = " + ", ".join(
                      f"{n} {val['mean'][names.index(n)]:+.2f}" for n in rest) + " + layers:")
     lines.append(f"    strongest: {_top(names, val['mean'], top_k)}")
+    lines += _neuron_view(val, out_dir, top_k)
     if indirect:
       lines += _indirect_view(val, out_dir, top_k)
   pictures.write_json(os.path.join(out_dir, "attribution.json"), numbers)
