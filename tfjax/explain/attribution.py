@@ -22,10 +22,12 @@ counted here (``explain heads`` measures a head's whole effect by ablation).
 Pre-LN GPTs and translators' decoders only: in a post-LN stack each block's norm rescales everything written before
 it, and BERT's MLM head is nonlinear (a dense layer, GELU and a norm before the unembedding), so neither is a sum.
 
-:func:`logit_attribution` is the library's entry point; :func:`run` is ``./launch.sh explain attribution WORKDIR``: on a text, every component's attribution to each actual
-next token (a components x positions heatmap), and at one position the bars of the next token's logit and of its
-difference to the runner-up; over the validation text, each head's and MLP's mean attribution to the correct next
-token (a layer x head heatmap).
+:func:`logit_attribution` is the library's entry point; :func:`run` is ``./launch.sh explain attribution WORKDIR``:
+on a text, every component's attribution to each actual next token (a components x positions heatmap), and at one
+position the bars of the next token's logit and of its difference to the runner-up; over the validation text, each
+head's and MLP's mean attribution to the correct next token (a layer x head heatmap), each MLP neuron's
+(:func:`neuron_attribution`), and, with each head zeroed in turn, what every component stops writing
+(:func:`head_sources`).
 """
 
 from __future__ import annotations

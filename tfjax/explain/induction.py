@@ -1,12 +1,12 @@
 """``explain induction``: does the model copy what it has seen? Induction heads on repeated random tokens.
 
 ``n`` random tokens, then the same ``n`` again (``ids [B, 2n]``; a workdir's tokens are drawn from those in its
-validation text, a Hugging Face model's from its whole vocabulary, special tokens left out). In the first copy nothing can be predicted (the
-loss is about ``log`` of the number of tokens drawn from); in the second, everything can, by a model that looks back
-to where the current token appeared before and copies the token that followed it. That is what an **induction head**
-does (Olsson et al. 2022): an earlier head writes "the token before me" into each position (a previous-token head),
-and a later head's query for the current token finds the key whose previous token matches, and its value copies the
-token there. Per head, over the second copy's queries ``t``:
+validation text, a Hugging Face model's from its whole vocabulary, special tokens left out). In the first copy
+nothing can be predicted (the loss is about ``log`` of the number of tokens drawn from); in the second, everything
+can, by a model that looks back to where the current token appeared before and copies the token that followed it.
+That is what an **induction head** does (Olsson et al. 2022): an earlier head writes "the token before me" into each
+position (a previous-token head), and a later head's query for the current token finds the key whose previous token
+matches, and its value copies the token there. Per head, over the second copy's queries ``t``:
 
 * ``induction [L, H]``: mean attention to key ``t - n + 1``, the token after the earlier occurrence;
 * ``duplicate [L, H]``: to key ``t - n``, the earlier occurrence itself;
@@ -105,13 +105,15 @@ def _check(subject, num_tokens: int | None, num_samples: int) -> int:
   return n
 
 
-def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, ablate: bool = True) -> dict:
+def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, ablate: bool = True,
+            allowed=None) -> dict:
   """The numbers of the module docstring for ``subject`` (a GPT) on ``num_samples`` rows of ``num_tokens`` random
   tokens repeated: ``induction``, ``duplicate``, ``previous`` ``[L, H]``, ``uniform``, ``loss [2n - 1]``,
-  ``first_copy_loss``, ``second_copy_loss`` and (``ablate``) ``ablation [L, H]`` over ``ablation_base``."""
+  ``first_copy_loss``, ``second_copy_loss`` and (``ablate``) ``ablation [L, H]`` over ``ablation_base``.
+  ``allowed``: the ids to draw from (default: those in a workdir's validation text, else the whole vocabulary)."""
   model, params, cfg, n = subject.model, subject.params, subject.cfg, num_tokens
   ids = jnp.asarray(repeated_tokens(cfg.vocab_size, n, num_samples, seed, exclude=_special_ids(subject),
-                                    allowed=_seen_tokens(subject)))
+                                    allowed=_seen_tokens(subject) if allowed is None else allowed))
   patterns, losses = _patterns_and_losses(model, params, ids)
   scores = {k: np.asarray(v) for k, v in head_scores(patterns, n).items()}
   losses = np.asarray(losses)
@@ -140,7 +142,9 @@ def development(subject, num_tokens: int, num_samples: int = 32, seed: int = 0) 
   if subject.config is None:
     raise SubjectError(f"--over_checkpoints reads a workdir's checkpoints; {subject.path} is not a tfjax workdir")
   steps = checkpoint_steps(subject.path)
-  rows = [measure(load_subject(subject.path, step=s), num_tokens, num_samples, seed, ablate=False) for s in steps]
+  allowed = _seen_tokens(subject)  # the same rows at every checkpoint
+  rows = [measure(load_subject(subject.path, step=s), num_tokens, num_samples, seed, ablate=False, allowed=allowed)
+          for s in steps]
   out = {"steps": np.asarray(steps)}
   for k in ("induction", "previous", "duplicate"):
     out[k] = np.stack([r[k].max(axis=1) for r in rows])
