@@ -131,20 +131,13 @@ def _has_position_vectors(model) -> bool:
 
 
 def position_table(model, params) -> jax.Array | None:
-  """``[max_len, D]``: what the (decoder's) embedding adds at each position, or None (RoPE, no positions, or a
-  normalised embedding whose sum does not split). Traceable: ``params`` may be jit arguments (the same table as
-  :func:`tfjax.explain.positions.position_vectors`, tested)."""
+  """``[max_len, D]``: what the (decoder's) embedding adds at each position
+  (:func:`tfjax.explain.positions.position_table`), or None (RoPE, no positions, or a normalised embedding whose sum
+  does not split). Traceable: ``params`` may be jit arguments."""
   if not _has_position_vectors(model):
     return None
-  cfg = model.cfg
-  if cfg.positional == "sinusoidal":
-    from tfjax.layers.embeddings import sinusoidal_table
-    layout = getattr(cfg, "sinusoidal_layout", "interleaved") if _has_cross_attention(model) else "interleaved"
-    return jnp.asarray(sinusoidal_table(cfg.max_len, cfg.emb_dim, layout=layout), jnp.float32)
-  if _has_cross_attention(model):
-    table = jnp.asarray(params["tgt_pos_embed"]["embedding"], jnp.float32)
-    return table[cfg.position_offset:cfg.position_offset + cfg.max_len]
-  return jnp.asarray(params["pos_embed"]["embedding"], jnp.float32)
+  from tfjax.explain.positions import position_table as table
+  return table(model, params, STACK)
 
 
 def capture_names(model) -> list[str]:

@@ -37,23 +37,31 @@ from tfjax.layers.embeddings import sinusoidal_table
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def position_vectors(subject) -> dict[str, np.ndarray]:
-  """Stack name -> its position vectors ``[max_len, D]`` float32 (what is added to the token rows at position
-  ``t``); ``{}`` for RoPE or no positions. A translator's learned tables are one per side (``encoder`` reads the
-  source table, ``decoder`` the target one); BART-style offsets (``position_offset``) are removed."""
-  cfg, params = subject.cfg, subject.params
+def position_table(model, params, stack: str) -> jax.Array | None:
+  """``[max_len, D]`` float32: what the embedding of ``stack`` adds to the token rows at each position (learned or
+  sinusoidal), or None (RoPE, no positions). Traceable (``params`` may be jit arguments). A translator's learned
+  tables are one per side (``encoder`` reads the source table, ``decoder`` the target one); BART-style offsets
+  (``position_offset``) are removed."""
+  from tfjax.models.transformer import EncoderDecoder
+  cfg = model.cfg
+  translator = isinstance(model, EncoderDecoder)
   if cfg.positional == "sinusoidal":
-    layout = getattr(cfg, "sinusoidal_layout", "interleaved") if subject.kind == "translator" else "interleaved"
-    table = sinusoidal_table(cfg.max_len, cfg.emb_dim, layout=layout)
-    return {stack: table for stack in model_stacks(subject.model)}
+    layout = getattr(cfg, "sinusoidal_layout", "interleaved") if translator else "interleaved"
+    return jnp.asarray(sinusoidal_table(cfg.max_len, cfg.emb_dim, layout=layout), jnp.float32)
   if cfg.positional != "learned":
-    return {}
-  if subject.kind == "translator":
-    offset = cfg.position_offset
-    return {stack: np.asarray(params[name]["embedding"], np.float32)[offset:offset + cfg.max_len]
-            for stack, name in (("encoder", "src_pos_embed"), ("decoder", "tgt_pos_embed"))}
-  stack = "decoder" if subject.kind == "gpt" else "encoder"
-  return {stack: np.asarray(params["pos_embed"]["embedding"], np.float32)}
+    return None
+  if translator:
+    name = "src_pos_embed" if stack == "encoder" else "tgt_pos_embed"
+    table = jnp.asarray(params[name]["embedding"], jnp.float32)
+    return table[cfg.position_offset:cfg.position_offset + cfg.max_len]
+  return jnp.asarray(params["pos_embed"]["embedding"], jnp.float32)
+
+
+def position_vectors(subject) -> dict[str, np.ndarray]:
+  """Stack name -> its position vectors ``[max_len, D]`` float32 (:func:`position_table` of each stack of the
+  subject's model); ``{}`` for RoPE or no positions."""
+  tables = {stack: position_table(subject.model, subject.params, stack) for stack in model_stacks(subject.model)}
+  return {stack: np.asarray(t) for stack, t in tables.items() if t is not None}
 
 
 def vector_statistics(p_TxD: np.ndarray, num_components: int = 3) -> dict[str, np.ndarray]:
