@@ -59,7 +59,8 @@ Usage: ./launch.sh COMMAND [ARGS...]
   multihost N CONFIG [--workdir=DIR] [--config.KEY=VALUE ...]
                                           N processes on this machine joined by jax.distributed (a cluster:
                                           TFJAX_DISTRIBUTED=1 experiments/train.py on every host, see README)
-  test [PYTEST_ARGS...]                   run the test suite (TFJAX_SLOW_TESTS=1 adds the slow tests)
+  test [PYTEST_ARGS...]                   run the test suite (TFJAX_SLOW_TESTS=1 adds the slow tests;
+                                          files in parallel workers, TFJAX_TEST_WORKERS=1 for one process)
   --help                                  this message
 
 Configs: ls experiments/configs/. Data is found through --config.data_dir, then $TFJAX_DATA_DIR, then
@@ -246,7 +247,15 @@ case "$cmd" in
   test)
     ensure_env; default_data_dir
     cd "$ROOT"
-    exec "$PY" -m pytest -q "$@"
+    # test files run side by side in min(cores, 4) pytest-xdist workers (a file stays in one worker, so its module
+    # fixtures are built once): much of a test is compiling, which uses one core. TFJAX_TEST_WORKERS=1, or -n/-p in
+    # PYTEST_ARGS, chooses otherwise.
+    workers="${TFJAX_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))}"
+    parallel=()
+    if [[ "$workers" != 1 ]] && ! printf '%s\n' "$@" | grep -q -E '^-(n|p)' && "$PY" -c "import xdist" 2>/dev/null; then
+      parallel=(-n "$workers" --dist loadfile)
+    fi
+    exec "$PY" -m pytest -q "${parallel[@]+"${parallel[@]}"}" "$@"
     ;;
   -h|--help|help|"")
     usage

@@ -4,8 +4,12 @@ import os
 import pathlib
 import shutil
 
-import jax
-import pytest
+if os.environ.get("PYTEST_XDIST_WORKER"):
+  # parallel workers (./launch.sh test) share the machine's accelerators: none may claim most of their memory up front
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _shared = ROOT.parent / "shared" / "data"

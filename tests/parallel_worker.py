@@ -6,10 +6,17 @@ import os
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-os.environ["JAX_PLATFORMS"] = "cpu"  # the 8 fake devices are CPU ones, also on a machine with a GPU
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from experiments import runtime  # noqa: E402
+
+# 8 fake CPU devices set up as a run's are (``runtime.configure_devices``): with their collectives' patient timeouts,
+# so a machine busy with other tests (``./launch.sh test`` runs files in parallel) slows the all-reduces, never aborts
+os.environ["XLA_FLAGS"] = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                                   if not f.startswith("--xla_force_host_platform_device_count"))
+os.environ["TFJAX_CPU_DEVICES"] = "8"
+os.environ["JAX_PLATFORMS"] = "cpu"  # the 8 fake devices are CPU ones, also on a machine with a GPU
+runtime.configure_devices()
 
 import jax  # noqa: E402
 
