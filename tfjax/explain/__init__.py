@@ -7,6 +7,8 @@
 - :mod:`tfjax.explain.lens`: :func:`logit_lens` ``[L+1, B, T, V]``, :func:`lens_kl`, :func:`unembed_residual`.
 - :mod:`tfjax.explain.attribution`: :func:`logit_attribution` ``[C, B, T]``: each head's, MLP's and embedding's
   direct share of a token's logit.
+- :mod:`tfjax.explain.composition`: :func:`composition_scores` (Q/K/V composition of the weights) and
+  :func:`path_ablation` (a later head's queries, keys or values computed without an earlier head).
 
 The names are imported on first use (``import tfjax.explain`` imports no JAX).
 """
@@ -36,6 +38,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "run_with_interventions": "tfjax.explain.interventions:run_with_interventions",
     "token_loss": "tfjax.explain.interventions:token_loss",
     "logit_attribution": "tfjax.explain.attribution:logit_attribution",
+    "composition_scores": "tfjax.explain.composition:composition_scores",
+    "path_ablation": "tfjax.explain.composition:path_ablation",
     "lens_kl": "tfjax.explain.lens:lens_kl",
     "logit_lens": "tfjax.explain.lens:logit_lens",
     "unembed_residual": "tfjax.explain.lens:unembed_residual",

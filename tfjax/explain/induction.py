@@ -16,6 +16,12 @@ matches, and its value copies the token there. Per head, over the second copy's 
 And the loss at every position (``loss [2n - 1]``: the first copy against the second: the in-context drop), and the
 second copy's loss when each head alone is zeroed (``ablation [L, H]``, the rise).
 
+The circuit (:mod:`tfjax.explain.composition`): for the strongest induction heads (receivers), the second copy's loss
+when only their queries, keys or values are computed without one earlier head (``paths``: ``q``, ``k``, ``v``
+``[S, R]`` over every head of the layers below), and the weights' composition scores ``composition`` (``q``, ``k``,
+``v`` ``[L, H, L, H]``) against random heads (``composition_random``). In an induction circuit the keys need the
+previous-token head: K-composition.
+
 :func:`repeated_tokens` draws the batch; :func:`head_scores` computes the scores from attention patterns; :func:`run`
 is ``./launch.sh explain induction WORKDIR``.
 """
@@ -30,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tfjax.explain import composition as composition_lib
 from tfjax.explain import pictures
 from tfjax.explain.capture import run_with_cache
 from tfjax.explain.heads import head_masks_tree
@@ -75,7 +82,34 @@ def _patterns_and_losses(model, params, ids):
 @functools.partial(jax.jit, static_argnames=("model", "num_tokens"))
 def _second_copy_loss(model, params, tree, ids, num_tokens):
   logits = run_with_interventions(model, {"params": params}, tree, ids)
-  return jnp.mean(_token_losses(logits, ids)[:, num_tokens:])  # predicting tokens n + 1 .. 2n - 1
+  return _second_copy_loss_of(logits, ids, num_tokens)  # predicting tokens n + 1 .. 2n - 1
+
+
+def _second_copy_loss_of(logits, ids, num_tokens):
+  return jnp.mean(_token_losses(logits, ids)[:, num_tokens:])
+
+
+def circuit_metric(logits, ids, cache, layer, head, num_tokens: int) -> dict[str, jax.Array]:
+  """The second copy's ``loss`` and head ``(layer, head)``'s ``induction`` score on :func:`repeated_tokens` rows (a
+  :func:`tfjax.explain.composition.path_ablation` metric; ``cache`` holds ``*/attn/pattern``)."""
+  n = num_tokens
+  t = jnp.arange(n, 2 * n)
+  pattern = cache.stack("attn/pattern")[layer, :, head].astype(jnp.float32)  # [B, T, T]
+  return {"loss": _second_copy_loss_of(logits, ids, n), "induction": jnp.mean(pattern[:, t, t - n + 1])}
+
+
+def _circuit(subject, ids, n: int, induction_LxH: np.ndarray, top_k: int) -> dict:
+  """The module docstring's circuit numbers for the ``top_k`` strongest induction heads above layer 0."""
+  model, params = subject.model, subject.params
+  order = [np.unravel_index(i, induction_LxH.shape) for i in np.argsort(-induction_LxH.ravel())]
+  receivers = [(int(l), int(h)) for l, h in order if l > 0][:max(1, top_k)]
+  metric = functools.partial(circuit_metric, num_tokens=n)
+  paths = {routes: composition_lib.path_ablation(model, {"params": params}, ids, metric, receivers, routes=routes,
+                                                 names=("*/attn/pattern",)) for routes in ("all", "direct")}
+  layout = composition_lib.resolve_stack(model)
+  return {"paths": paths["all"], "paths_direct": paths["direct"],
+          "composition": composition_lib.composition_scores(model, params),
+          "composition_random": composition_lib.random_baseline(model.cfg.emb_dim, layout.head_dim)}
 
 
 def _special_ids(subject) -> list[int]:
@@ -106,11 +140,13 @@ def _check(subject, num_tokens: int | None, num_samples: int) -> int:
 
 
 def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, ablate: bool = True,
-            allowed=None) -> dict:
+            allowed=None, top_k: int = 3) -> dict:
   """The numbers of the module docstring for ``subject`` (a GPT) on ``num_samples`` rows of ``num_tokens`` random
   tokens repeated: ``induction``, ``duplicate``, ``previous`` ``[L, H]``, ``uniform``, ``loss [2n - 1]``,
-  ``first_copy_loss``, ``second_copy_loss`` and (``ablate``) ``ablation [L, H]`` over ``ablation_base``.
-  ``allowed``: the ids to draw from (default: those in a workdir's validation text, else the whole vocabulary)."""
+  ``first_copy_loss``, ``second_copy_loss`` and (``ablate``) ``ablation [L, H]`` over ``ablation_base``, and with
+  two layers or more the circuit of the ``top_k`` strongest induction heads (``paths``, ``composition``,
+  ``composition_random``). ``allowed``: the ids to draw from (default: those in a workdir's validation text, else the
+  whole vocabulary)."""
   model, params, cfg, n = subject.model, subject.params, subject.cfg, num_tokens
   ids = jnp.asarray(repeated_tokens(cfg.vocab_size, n, num_samples, seed, exclude=_special_ids(subject),
                                     allowed=_seen_tokens(subject) if allowed is None else allowed))
@@ -130,6 +166,8 @@ def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, abla
         tree = head_masks_tree("decoder", "attn", layers, heads, l, h)
         ablation[l, h] = float(_second_copy_loss(model, params, tree, ids, n)) - base
     out.update(ablation=ablation, ablation_base=base)
+    if layers >= 2:
+      out.update(_circuit(subject, ids, n, scores["induction"], top_k))
   return out
 
 
@@ -169,6 +207,48 @@ def _draw(numbers: dict, out_dir: str) -> None:
                   xlabel=f"position of the predicted token (the second copy starts at {n})", ylabel="nats",
                   title=f"loss on {numbers['num_samples']} rows of {n} random tokens repeated: first copy "
                         f"{numbers['first_copy_loss']:.2f}, second {numbers['second_copy_loss']:.2f}", markers=False)
+  if "paths" in numbers:
+    _draw_paths(numbers, out_dir)
+
+
+_WAY = {"q": "queries", "k": "keys", "v": "values"}
+
+
+def _draw_paths(numbers: dict, out_dir: str) -> None:
+  """The induction score of each receiver when its queries or keys read without each earlier head: every route, and
+  the sender's direct write alone."""
+  rows = [(routes, r, w) for routes in ("paths", "paths_direct") for r in range(len(numbers["paths"]["receivers"]))
+          for w in ("q", "k")]
+  paths = numbers["paths"]
+  values = np.stack([numbers[routes]["base"]["induction"][r] + numbers[routes]["change"]["induction"][w][:, r]
+                     for routes, r, w in rows])
+  pictures.heatmap(values, os.path.join(out_dir, "induction_paths.png"), annotate=True, cmap="Blues",
+                   row_labels=[f"L{paths['receivers'][r][0]} H{paths['receivers'][r][1]} {_WAY[w]}"
+                               f"{'' if routes == 'paths' else ' (direct)'}" for routes, r, w in rows],
+                   col_labels=[f"L{l} H{h}" for l, h in paths["senders"]], xlabel="earlier head left out",
+                   ylabel="induction head: its queries / keys without it",
+                   title="the induction head's induction score without one earlier head in one input")
+
+
+def _circuit_lines(numbers: dict) -> list[str]:
+  """One line per receiver: the earlier head and the input (queries or keys) its induction needs most."""
+  paths, direct, scores = numbers["paths"], numbers["paths_direct"], numbers["composition"]
+  score, loss = paths["change"]["induction"], paths["change"]["loss"]
+  lines = ["  how the strongest induction heads find the earlier occurrence (their induction score with one earlier "
+           "head left out of their queries or keys, the rest as it was):"]
+  for j, (lr, hr) in enumerate(paths["receivers"]):
+    drops = np.stack([score[w][:, j] for w in ("q", "k")])  # [2, S]
+    w_i, s_i = np.unravel_index(np.nanargmin(drops), drops.shape)
+    ls, hs = paths["senders"][s_i]
+    w, o = ("q", "k")[w_i], ("k", "q")[w_i]
+    base = paths["base"]["induction"][j]
+    lines.append(
+        f"    L{lr} H{hr} (induction {base:.2f}) needs L{ls} H{hs} in its {_WAY[w]}: {base + score[w][s_i, j]:.2f} "
+        f"without it (without its direct write only: {base + direct['change']['induction'][w][s_i, j]:.2f}; "
+        f"in its {_WAY[o]}: {base + score[o][s_i, j]:.2f}); second copy {loss[w][s_i, j]:+.2f} nats; "
+        f"{w.upper()}-composition of the weights {scores[w][ls, hs, lr, hr]:.2f} (random heads "
+        f"{numbers['composition_random']:.2f})")
+  return lines
 
 
 def _draw_development(dev: dict, out_dir: str) -> None:
@@ -185,11 +265,12 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
         top_k: int = 3, over_checkpoints: bool = False) -> dict:
   """Writes ``induction_{induction,previous,duplicate}.png`` (the head scores as layer x head heatmaps),
   ``induction_ablation.png`` (the second copy's loss increase when each head is zeroed), ``induction_loss.png``
-  (the loss at each position) and ``induction.json``; with ``over_checkpoints``, also ``induction_steps.png``: the
+  (the loss at each position), ``induction_paths.png`` (the circuit: each of the ``top_k`` strongest induction
+  heads' queries, keys and values without each earlier head) and ``induction.json``; with ``over_checkpoints``, also ``induction_steps.png``: the
   scores and losses at every checkpoint of the workdir (:func:`development`)."""
   n = _check(subject, num_tokens, num_samples)
   os.makedirs(out_dir, exist_ok=True)
-  numbers = measure(subject, n, num_samples, seed)
+  numbers = measure(subject, n, num_samples, seed, top_k=top_k)
   _draw(numbers, out_dir)
   first, second, uniform = numbers["first_copy_loss"], numbers["second_copy_loss"], numbers["uniform"]
   shape = numbers["induction"].shape
@@ -204,6 +285,8 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
                        f"{numbers['ablation'][l, h]:+.2f})" for l, h in strongest("induction")),
            "  strongest previous-token heads: " + ", ".join(
                f"L{l} H{h} {numbers['previous'][l, h]:.2f}" for l, h in strongest("previous"))]
+  if "paths" in numbers:
+    lines.extend(_circuit_lines(numbers))
   if over_checkpoints:
     dev = development(subject, n, num_samples, seed)
     _draw_development(dev, out_dir)

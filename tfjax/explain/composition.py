@@ -1,0 +1,260 @@
+"""Composition: how a later head reads what an earlier head wrote (Elhage et al. 2021, "A Mathematical Framework for
+Transformer Circuits").
+
+A head reads the residual stream three times, for its queries, its keys and its values, and what an earlier head
+wrote is part of that stream. A query can only find a key by what was written into the key's stream: an induction
+head's query for the current token finds the key whose *previous* token matches because a previous-token head wrote
+"the token before me" there (K-composition). Two views, for a sender head ``(l, h)``, a receiver head ``(l2, h2)``
+with ``l2 > l``, and each way ``q``, ``k``, ``v`` the receiver reads:
+
+* **weights** (:func:`composition_scores`): the sender's ``OV = N W_V W_O`` ``[D, D]`` (what it writes for each stream
+  vector it reads; ``N`` is the linear part of the block's pre-attention norm: its scale, and for LayerNorm the
+  centring) against the receiver's ``QK = (N W_Q)(N W_K)ᵀ`` and ``OV``:
+  ``q: ‖OV_s QK_r‖ / (‖OV_s‖ ‖QK_r‖)``, ``k: ‖OV_s QK_rᵀ‖ / (…)``, ``v: ‖OV_s OV_r‖ / (…)`` (Frobenius norms). It is
+  large when the receiver reads the directions the sender writes and 0 when it ignores them; random matrices of the
+  same shapes score :func:`random_baseline`. A reading of the weights: RoPE's rotation, the norm's ``1 / σ`` and the
+  biases are left out.
+* **causal** (:func:`path_ablation`, path patching): the change of a loss when only the receiver's queries (or keys,
+  or values) are computed without the sender, everything else clean. A first run zeroes the sender and, with
+  ``routes="direct"``, holds every other head and every MLP at its clean output, so the stream each later block reads
+  is the clean one minus what the sender wrote into it; the receiver's ``attn/q`` (``k``, ``v``) recorded there is
+  patched into a clean run. ``routes="all"`` lets the heads and MLPs in between react (the sender's effect through
+  every route to the receiver's input).
+
+Both take a model's stack of self-attention blocks (GPT's ``decoder``; BERT's ``encoder``). Post-LN blocks read the
+stream unnormalised (``N = I``), and their stream is not a sum of the heads' writes: direct routes need pre-LN.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfjax.explain.capture import resolve_stack, run_with_cache
+from tfjax.explain.heads import head_masks_tree
+from tfjax.explain.interventions import intervention, interventions_from_paths, run_with_interventions
+
+WAYS = ("q", "k", "v")
+HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def _read_norm(cfg, block: dict, width: int) -> jnp.ndarray:
+  """``N [D, D]``: the linear part of the norm a pre-LN block reads its attention input through (``I`` post-LN)."""
+  if not cfg.pre_ln:
+    return jnp.eye(width, dtype=jnp.float32)
+  n = jnp.diag(jnp.asarray(block["ln_attn"]["scale"], jnp.float32))
+  if cfg.norm != "rmsnorm":  # LayerNorm subtracts the mean first: x C with C = I - 11ᵀ/D
+    n = (jnp.eye(width, dtype=jnp.float32) - 1.0 / width) @ n
+  return n
+
+
+def head_matrices(model, params, stack: str | None = None) -> dict[str, jnp.ndarray]:
+  """Each head's projections with its read norm folded in (float32): ``w_q``, ``w_k``, ``w_v`` ``[L, H, D, Dh]``
+  (keys and values repeated for the query heads that share them) and ``w_o`` ``[L, H, Dh, D]`` (its rows of
+  ``out``). ``params``: per-layer (``explain.per_layer`` of a scanned model)."""
+  layout = resolve_stack(model, stack)
+  cfg = model.cfg
+  heads, kv, dh = layout.num_heads, layout.num_kv_heads, layout.head_dim
+  out = {name: [] for name in ("w_q", "w_k", "w_v", "w_o")}
+  for l in range(layout.num_layers):
+    block = params[layout.name][f"block_{l}"]
+    kernel = jnp.asarray(block["attn"]["qkv"]["kernel"], jnp.float32)  # [D, (H + 2K) Dh]
+    width = kernel.shape[0]
+    kernel = _read_norm(cfg, block, width) @ kernel
+    q, k, v = jnp.split(kernel, [heads * dh, (heads + kv) * dh], axis=-1)
+    out["w_q"].append(q.reshape(width, heads, dh).transpose(1, 0, 2))
+    out["w_k"].append(jnp.repeat(k.reshape(width, kv, dh).transpose(1, 0, 2), heads // kv, axis=0))
+    out["w_v"].append(jnp.repeat(v.reshape(width, kv, dh).transpose(1, 0, 2), heads // kv, axis=0))
+    out["w_o"].append(jnp.asarray(block["attn"]["out"]["kernel"], jnp.float32).reshape(heads, dh, width))
+  return {name: jnp.stack(mats) for name, mats in out.items()}
+
+
+@jax.jit
+def _scores(v_SxDxE, o_SxExD, a_RxDxE, b_RxDxE):
+  """``‖V_s O_s A_r B_rᵀ‖ / (‖V_s O_s‖ ‖A_r B_rᵀ‖)`` ``[S, R]`` for every sender s and receiver r, computed through the
+  ``[Dh, Dh]`` Gram matrices (never forming a ``[D, D]`` product per pair)."""
+  ein = functools.partial(jnp.einsum, precision=HIGHEST)
+  g = ein("sde,sdf->sef", v_SxDxE, v_SxDxE)  # V_sᵀ V_s
+  h = ein("rde,rdf->ref", b_RxDxE, b_RxDxE)  # B_rᵀ B_r
+  m = ein("sed,rdf->sref", o_SxExD, a_RxDxE)  # O_s A_r
+  gm = ein("sab,srbc->srac", g, m)
+  num = ein("srab,srac,rcb->sr", m, gm, h)  # tr(Mᵀ G M H) = ‖V M Bᵀ‖²
+  left = ein("sab,sbd,sad->s", g, o_SxExD, o_SxExD)  # tr(G O Oᵀ) = ‖V O‖²
+  right = ein("rab,rab->r", ein("rde,rdf->ref", a_RxDxE, a_RxDxE), h)  # tr(AᵀA BᵀB) = ‖A Bᵀ‖²
+  return jnp.sqrt(jnp.maximum(num, 0.0)) / jnp.sqrt(left[:, None] * right[None, :])
+
+
+def _receiver_factors(mats: dict, way: str) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """``(A, B)`` with the receiver's matrix ``A Bᵀ``: ``QK`` (q), ``QKᵀ`` (k), ``OV`` (v); each ``[L, H, D, Dh]``."""
+  if way == "q":
+    return mats["w_q"], mats["w_k"]
+  if way == "k":
+    return mats["w_k"], mats["w_q"]
+  return mats["w_v"], jnp.swapaxes(mats["w_o"], -1, -2)
+
+
+def composition_scores(model, params, stack: str | None = None) -> dict[str, np.ndarray]:
+  """``q``, ``k``, ``v`` ``[L, H, L, H]``: the composition score of sender ``[l, h]`` into receiver ``[l2, h2]``
+  (module docstring), NaN unless ``l2 > l``."""
+  mats = head_matrices(model, params, stack)
+  num_layers, heads, width, dh = mats["w_q"].shape
+  flat = lambda x: x.reshape(num_layers * heads, *x.shape[2:])  # noqa: E731
+  later = np.arange(num_layers)[None, None, :, None] > np.arange(num_layers)[:, None, None, None]
+  out = {}
+  for way in WAYS:
+    a, b = _receiver_factors(mats, way)
+    s = np.asarray(_scores(flat(mats["w_v"]), flat(mats["w_o"]), flat(a), flat(b)), np.float64)
+    s = s.reshape(num_layers, heads, num_layers, heads)
+    out[way] = np.where(np.broadcast_to(later, s.shape), s, np.nan)
+  return out
+
+
+def random_baseline(width: int, head_dim: int, draws: int = 64, seed: int = 0) -> float:
+  """The mean composition score of random heads: ``V, O, A, B`` with independent normal entries, ``D = width``,
+  ``Dh = head_dim`` (a head's ``OV`` and ``QK`` are matrices of rank ``Dh`` in ``D`` dimensions)."""
+  k = jax.random.split(jax.random.key(seed), 4)
+  v = jax.random.normal(k[0], (draws, width, head_dim))
+  o = jax.random.normal(k[1], (draws, head_dim, width))
+  a = jax.random.normal(k[2], (draws, width, head_dim))
+  b = jax.random.normal(k[3], (draws, width, head_dim))
+  return float(np.mean(np.diag(np.asarray(_scores(v, o, a, b)))))
+
+
+READ = tuple(f"attn/{w}" for w in WAYS)
+WRITE = ("attn/z", "mlp_out")
+
+
+@functools.partial(jax.jit, static_argnames=("model", "stack", "names"))
+def _record(model, variables, tree, ids, stack, names):
+  """Every block's ``names`` (``attn/q``: ``[L, B, T, H, Dh]``, ...) in a run with ``tree``'s interventions."""
+  layout = resolve_stack(model, stack)
+  _, cache = run_with_cache(model, {**variables, "interventions": tree}, ids,
+                            names=[f"{layout.name}/block_*/{n}" for n in names])
+  return {n: cache.stack(n, layout.name) for n in names}
+
+
+def _without_sender(layout, clean: dict, layer: int, head: int, routes: str) -> dict:
+  """The interventions of the run without sender ``(layer, head)``: its ``z`` zeroed; with ``routes="direct"`` every
+  other head's ``z`` and every ``mlp_out`` held at ``clean``'s. One tree structure for every sender."""
+  if routes == "all":
+    return head_masks_tree(layout.name, "attn", layout.num_layers, layout.num_heads, layer, head)
+  leaves = {}
+  for l in range(layout.num_layers):
+    z = clean["attn/z"][l]
+    if l == layer:
+      z = z.at[:, :, head].set(0.0)
+    leaves[f"{layout.name}/block_{l}/attn/z"] = intervention(np.ones((1, 1, layout.num_heads, 1), bool), z)
+    leaves[f"{layout.name}/block_{l}/mlp_out"] = intervention(np.ones((1, 1, 1), bool), clean["mlp_out"][l])
+  return interventions_from_paths(leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "metric", "names"))
+def _measure(model, variables, tree, ids, layer, head, metric, names):
+  """``metric(logits, ids, cache, layer, head)`` of a run with ``tree``'s interventions (``cache``: ``names``)."""
+  if names:
+    logits, cache = run_with_cache(model, {**variables, "interventions": tree}, ids, names=list(names))
+  else:
+    logits, cache = run_with_interventions(model, variables, tree, ids), None
+  return metric(logits, ids, cache, layer, head)
+
+
+def _patch_tree(layout, qkv: dict, layer: int | None, head: int | None, way: str | None) -> dict:
+  """Patches receiver ``head`` of ``layer``'s ``way`` with ``qkv``'s values (``layer=None``: nothing). Every block and
+  way has a leaf, so every choice shares one tree structure (and one compilation)."""
+  leaves = {}
+  for l in range(layout.num_layers):
+    for w in WAYS:
+      count = layout.num_heads if w == "q" else layout.num_kv_heads
+      mask = np.zeros((1, 1, count, 1), bool)
+      if l == layer and w == way:
+        mask[0, 0, head if w == "q" else head // (layout.num_heads // layout.num_kv_heads), 0] = True
+      leaves[f"{layout.name}/block_{l}/attn/{w}"] = intervention(mask, qkv[w][l])
+  return interventions_from_paths(leaves)
+
+
+def _check_heads(layout, heads: Sequence[tuple[int, int]], what: str) -> list[tuple[int, int]]:
+  out = []
+  for l, h in heads:
+    if not (0 <= int(l) < layout.num_layers and 0 <= int(h) < layout.num_heads):
+      raise ValueError(f"{what} head ({l}, {h}) is out of range: layers 0..{layout.num_layers - 1}, heads "
+                       f"0..{layout.num_heads - 1}")
+    out.append((int(l), int(h)))
+  return out
+
+
+def loss_metric(loss_fn: Callable[[jax.Array, jax.Array], jax.Array]):
+  """A :func:`path_ablation` metric from ``loss_fn(logits, ids) -> scalar``: ``{"loss": loss_fn(logits, ids)}``."""
+  return functools.partial(_loss_metric, loss_fn)
+
+
+def _loss_metric(loss_fn, logits, ids, cache, layer, head):
+  del cache, layer, head
+  return {"loss": loss_fn(logits, ids)}
+
+
+def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, receivers: Sequence[tuple[int, int]],
+                  senders: Sequence[tuple[int, int]] | None = None, routes: str = "direct",
+                  names: Sequence[str] = (), stack: str | None = None) -> dict:
+  """How much each receiver head needs each sender head through its queries, keys and values (module docstring).
+
+  Args:
+    model, variables: a GPT (or any model with a self-attention stack ``stack``) and its variables.
+    ids: ``[B, T]`` token ids (the model's only input).
+    metric: ``(logits, ids, cache, layer, head) -> {name: scalar}`` of a run, for receiver ``(layer, head)``
+      (traced ints), with ``cache`` an :class:`~tfjax.explain.capture.ActivationCache` of ``names`` (e.g.
+      ``"*/attn/pattern"``: the receiver's own attention; None without names). Hashable: a module-level function or
+      a ``functools.partial`` of one (the same object on every call, or it compiles again); :func:`loss_metric` makes
+      one from a loss.
+    receivers: ``[(layer, head), ...]``.
+    senders: ``[(layer, head), ...]``; default: every head of every layer below the highest receiver.
+    routes: ``"direct"`` (what the sender writes straight into the receiver's input) or ``"all"``.
+
+  Returns:
+    ``{"base": {name: [R]}`` (the clean run's metric for each receiver), ``"change": {name: {"q", "k", "v": [S,
+    R]}}`` (the metric when receiver ``r``'s queries / keys / values are computed without sender ``s``, minus the
+    base; NaN unless the sender's layer is below the receiver's), ``"senders"``, ``"receivers"}``. Keys and values
+    shared by several query heads (GQA) are patched for all of them.
+  """
+  layout = resolve_stack(model, stack)
+  if routes not in ("direct", "all"):
+    raise ValueError(f"routes={routes!r}: choose 'direct' or 'all'")
+  if routes == "direct" and not model.cfg.pre_ln:
+    raise ValueError("routes='direct' needs pre-LN blocks (a post-LN stream is renormalised after every sublayer, "
+                     "not a sum of what the heads wrote); use routes='all'")
+  receivers = _check_heads(layout, receivers, "receiver")
+  if not receivers:
+    raise ValueError("path_ablation needs at least one receiver head")
+  if senders is None:
+    top = max(l for l, _ in receivers)
+    senders = [(l, h) for l in range(top) for h in range(layout.num_heads)]
+  senders = _check_heads(layout, senders, "sender")
+  ids, names = jnp.asarray(ids), tuple(names)
+  noop = head_masks_tree(layout.name, "attn", layout.num_layers, layout.num_heads, -1, 0)
+  clean = _record(model, variables, noop, ids, layout.name, READ + WRITE)
+  read = lambda rec: {w: rec[f"attn/{w}"] for w in WAYS}  # noqa: E731
+
+  def measure(tree, layer, head):
+    values = _measure(model, variables, tree, ids, jnp.int32(layer), jnp.int32(head), metric, names)
+    return {k: float(v) for k, v in values.items()}
+
+  unpatched = _patch_tree(layout, read(clean), None, None, None)
+  bases = [measure(unpatched, l, h) for l, h in receivers]
+  keys = sorted(bases[0])
+  change = {k: {w: np.full((len(senders), len(receivers)), np.nan) for w in WAYS} for k in keys}
+  for i, (ls, hs) in enumerate(senders):
+    if not any(lr > ls for lr, _ in receivers):
+      continue
+    ablated = read(_record(model, variables, _without_sender(layout, clean, ls, hs, routes), ids, layout.name, READ))
+    for j, (lr, hr) in enumerate(receivers):
+      if lr <= ls:
+        continue
+      for w in WAYS:
+        values = measure(_patch_tree(layout, ablated, lr, hr, w), lr, hr)
+        for k in keys:
+          change[k][w][i, j] = values[k] - bases[j][k]
+  return {"base": {k: np.asarray([b[k] for b in bases]) for k in keys}, "change": change, "senders": senders,
+          "receivers": receivers}
