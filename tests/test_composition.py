@@ -174,8 +174,11 @@ def test_path_ablation_skips_pairs_not_in_order_and_names_bad_heads():
     comp.path_ablation(bert.model, {"params": bert.params}, ids, loss_fn, receivers=[(1, 0)])
 
 
-def test_induction_command_reports_which_earlier_heads_each_induction_head_reads(tmp_path):
+def test_induction_command_reports_which_earlier_heads_each_induction_head_reads(tmp_path, monkeypatch):
   from tfjax.explain import induction as ind
+  out = ind.run(tiny_gpt_subject(), str(tmp_path / "none"), num_tokens=5, num_samples=3, top_k=2)
+  assert "paths" not in out and "no induction head above layer 0 to trace" in out["summary"]  # random heads: uniform
+  monkeypatch.setattr(ind, "CIRCUIT_MIN_RATIO", 0.0)  # trace them anyway
   out = ind.run(tiny_gpt_subject(), str(tmp_path), num_tokens=5, num_samples=3, top_k=2)
   paths = out["paths"]
   assert sorted(tuple(r) for r in paths["receivers"]) == [(1, 0), (1, 1)]  # the strongest first

@@ -16,10 +16,11 @@ matches, and its value copies the token there. Per head, over the second copy's 
 And the loss at every position (``loss [2n - 1]``: the first copy against the second: the in-context drop), and the
 second copy's loss when each head alone is zeroed (``ablation [L, H]``, the rise).
 
-The circuit (:mod:`tfjax.explain.composition`): for the strongest induction heads (receivers), the second copy's loss
-when only their queries, keys or values are computed without one earlier head (``paths``: ``q``, ``k``, ``v``
-``[S, R]`` over every head of the layers below), and the weights' composition scores ``composition`` (``q``, ``k``,
-``v`` ``[L, H, L, H]``) against random heads (``composition_random``). In an induction circuit the keys need the
+The circuit (:mod:`tfjax.explain.composition`), for the strongest induction heads above layer 0 (those scoring at
+least ``CIRCUIT_MIN_RATIO`` times uniform): their own induction score and the second copy's loss when only their
+queries, keys or values are computed without one earlier head (``paths``: every route; ``paths_direct``: the
+earlier head's direct write only), and the weights' composition scores ``composition`` (``q``, ``k``, ``v``
+``[L, H, L, H]``) against random heads (``composition_random``). In an induction circuit the keys need the
 previous-token head: K-composition.
 
 :func:`repeated_tokens` draws the batch; :func:`head_scores` computes the scores from attention patterns; :func:`run`
@@ -98,11 +99,18 @@ def circuit_metric(logits, ids, cache, layer, head, num_tokens: int) -> dict[str
   return {"loss": _second_copy_loss_of(logits, ids, n), "induction": jnp.mean(pattern[:, t, t - n + 1])}
 
 
-def _circuit(subject, ids, n: int, induction_LxH: np.ndarray, top_k: int) -> dict:
-  """The module docstring's circuit numbers for the ``top_k`` strongest induction heads above layer 0."""
+CIRCUIT_MIN_RATIO = 3.0  # a head is explained as an induction head when it scores at least this many times uniform
+
+
+def _circuit(subject, ids, n: int, induction_LxH: np.ndarray, uniform: float, top_k: int) -> dict:
+  """The module docstring's circuit numbers for the ``top_k`` strongest induction heads above layer 0 that score at
+  least ``CIRCUIT_MIN_RATIO`` times uniform attention (``{}`` when there is none)."""
   model, params = subject.model, subject.params
   order = [np.unravel_index(i, induction_LxH.shape) for i in np.argsort(-induction_LxH.ravel())]
-  receivers = [(int(l), int(h)) for l, h in order if l > 0][:max(1, top_k)]
+  receivers = [(int(l), int(h)) for l, h in order
+               if l > 0 and induction_LxH[l, h] >= CIRCUIT_MIN_RATIO * uniform][:max(1, top_k)]
+  if not receivers:
+    return {}
   metric = functools.partial(circuit_metric, num_tokens=n)
   paths = {routes: composition_lib.path_ablation(model, {"params": params}, ids, metric, receivers, routes=routes,
                                                  names=("*/attn/pattern",)) for routes in ("all", "direct")}
@@ -167,7 +175,7 @@ def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, abla
         ablation[l, h] = float(_second_copy_loss(model, params, tree, ids, n)) - base
     out.update(ablation=ablation, ablation_base=base)
     if layers >= 2:
-      out.update(_circuit(subject, ids, n, scores["induction"], top_k))
+      out.update(_circuit(subject, ids, n, scores["induction"], float(scores["uniform"]), top_k))
   return out
 
 
@@ -287,6 +295,9 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
                f"L{l} H{h} {numbers['previous'][l, h]:.2f}" for l, h in strongest("previous"))]
   if "paths" in numbers:
     lines.extend(_circuit_lines(numbers))
+  elif numbers["induction"].shape[0] >= 2:
+    lines.append(f"  no induction head above layer 0 to trace (none attends to the token after the earlier occurrence "
+                 f"{CIRCUIT_MIN_RATIO:g}x as much as uniform attention)")
   if over_checkpoints:
     dev = development(subject, n, num_samples, seed)
     _draw_development(dev, out_dir)
