@@ -99,13 +99,15 @@ def _second_half_loss(logits, ids, start):
 
 def _by_hand(subject, params, ids, sender, receiver_head, way):
   """Receiver ``receiver_head`` of layer 1 reading, for ``way``, the clean stream before layer 1 without what layer-0
-  head ``sender`` wrote: its norm, its columns of ``qkv`` (and bias), RoPE; that patched into a clean run."""
+  head ``sender`` (or its MLP) wrote: its norm, its columns of ``qkv`` (and bias), RoPE; that patched into a clean
+  run."""
   cfg, model = subject.cfg, subject.model
   heads, dh = cfg.num_heads, cfg.emb_dim // cfg.num_heads
   _, cache = run_with_cache(model, {"params": params}, ids, names=["decoder/block_1/resid_pre", "decoder/block_0/attn/z",
-                                                                   f"decoder/block_1/attn/{way}"])
+                                                                   "decoder/block_0/mlp_out", f"decoder/block_1/attn/{way}"])
   out_k = params["decoder"]["block_0"]["attn"]["out"]["kernel"].reshape(heads, dh, -1)
-  written = cache["decoder/block_0/attn/z"][:, :, sender] @ out_k[sender]
+  written = (cache["decoder/block_0/mlp_out"] if sender == comp.MLP else
+             cache["decoder/block_0/attn/z"][:, :, sender] @ out_k[sender])
   block = params["decoder"]["block_1"]
   x = make_norm(cfg, "ln_attn").apply({"params": block["ln_attn"]}, cache["decoder/block_1/resid_pre"] - written)
   col = {"q": 0, "k": heads, "v": 2 * heads}[way] + receiver_head
@@ -135,16 +137,16 @@ def test_path_ablation_equals_the_receivers_input_computed_by_hand(overrides):
   metric = comp.loss_metric(functools.partial(_second_half_loss, start=3))
   run = functools.partial(comp.path_ablation, subject.model, receivers=[(1, 0), (1, 1)])
   got = run({"params": params}, ids, metric)
-  assert got["senders"] == [(0, 0), (0, 1)] and got["receivers"] == [(1, 0), (1, 1)]
+  assert got["senders"] == [(0, 0), (0, 1), (0, "mlp")] and got["receivers"] == [(1, 0), (1, 1)]
   base = float(_second_half_loss(subject.model.apply({"params": params}, ids), ids, 3))
   np.testing.assert_allclose(got["base"]["loss"], [base, base], rtol=1e-6)
   change = got["change"]["loss"]
   for way in comp.WAYS:
-    assert change[way].shape == (2, 2)
-    for s in range(2):
+    assert change[way].shape == (3, 2)
+    for s, (_, sender) in enumerate(got["senders"]):
       for r in range(2):
-        assert change[way][s, r] == pytest.approx(_by_hand(subject, params, ids, s, r, way) - base, abs=3e-6), \
-            (way, s, r)
+        assert change[way][s, r] == pytest.approx(_by_hand(subject, params, ids, sender, r, way) - base, abs=3e-6), \
+            (way, sender, r)
   assert min(np.abs(change[w]).max() for w in comp.WAYS) > 5e-4  # the random heads do read each other every way
   # all routes: the sender's own block's MLP reacts too, so they differ; without MLPs (both layers' writes zero) the
   # only route from layer 0 to layer 1 is the direct one
@@ -156,6 +158,7 @@ def test_path_ablation_equals_the_receivers_input_computed_by_hand(overrides):
   every = run({"params": no_mlp}, ids, metric, routes="all")["change"]["loss"]
   for w in comp.WAYS:
     np.testing.assert_allclose(every[w], direct[w], atol=2e-6)
+    np.testing.assert_array_equal(direct[w][2], 0.0)  # a zero MLP: nothing to leave out
 
 
 def test_path_ablation_skips_pairs_not_in_order_and_names_bad_heads():
@@ -182,13 +185,15 @@ def test_induction_command_reports_which_earlier_heads_each_induction_head_reads
   out = ind.run(tiny_gpt_subject(), str(tmp_path), num_tokens=5, num_samples=3, top_k=2)
   paths = out["paths"]
   assert sorted(tuple(r) for r in paths["receivers"]) == [(1, 0), (1, 1)]  # the strongest first
+  assert [tuple(x) for x in paths["senders"]] == [(0, 0), (0, 1), (0, "mlp")]
   for routes in ("paths", "paths_direct"):
     for key in ("loss", "induction"):
-      assert out[routes]["change"][key]["k"].shape == (2, 2) and np.isfinite(out[routes]["change"][key]["k"]).all()
+      assert out[routes]["change"][key]["k"].shape == (3, 2) and np.isfinite(out[routes]["change"][key]["k"]).all()
     np.testing.assert_array_equal(out[routes]["change"]["induction"]["v"], 0.0)  # values never move the pattern
   (l, h), base = paths["receivers"][0], paths["base"]["induction"][0]
   assert base == pytest.approx(out["induction"][l, h], rel=1e-5)  # the receiver's own score, as measured above
   assert paths["base"]["loss"][0] == pytest.approx(out["second_copy_loss"], rel=1e-5)
   assert out["composition"]["k"].shape == (2, 2, 2, 2) and 0 < out["composition_random"] < 1
-  assert "needs L0 H" in out["summary"] and "-composition of the weights" in out["summary"]
+  assert "needs L0 H" in out["summary"] and "without L0 MLP in its" in out["summary"]
+  assert "-composition of the weights" in out["summary"]
   assert (tmp_path / "induction_paths.png").exists()

@@ -15,7 +15,7 @@ with ``l2 > l``, and each way ``q``, ``k``, ``v`` the receiver reads:
   same shapes score :func:`random_baseline`. A reading of the weights: RoPE's rotation, the norm's ``1 / σ`` and the
   biases are left out.
 * **causal** (:func:`path_ablation`, path patching): the change of a loss when only the receiver's queries (or keys,
-  or values) are computed without the sender, everything else clean. A first run zeroes the sender and, with
+  or values) are computed without the sender (a head, or a block's MLP), everything else clean. A first run zeroes the sender and, with
   ``routes="direct"``, holds every other head and every MLP at its clean output, so the stream each later block reads
   is the clean one minus what the sender wrote into it; the receiver's ``attn/q`` (``k``, ``v``) recorded there is
   patched into a clean run. ``routes="all"`` lets the heads and MLPs in between react (the sender's effect through
@@ -137,18 +137,26 @@ def _record(model, variables, tree, ids, stack, names):
   return {n: cache.stack(n, layout.name) for n in names}
 
 
-def _without_sender(layout, clean: dict, layer: int, head: int, routes: str) -> dict:
-  """The interventions of the run without sender ``(layer, head)``: its ``z`` zeroed; with ``routes="direct"`` every
-  other head's ``z`` and every ``mlp_out`` held at ``clean``'s. One tree structure for every sender."""
-  if routes == "all":
-    return head_masks_tree(layout.name, "attn", layout.num_layers, layout.num_heads, layer, head)
+MLP = "mlp"  # a sender ``(layer, MLP)``: that block's MLP instead of a head
+
+
+def _without_sender(layout, clean: dict, layer: int, head: int | str, routes: str) -> dict:
+  """The interventions of the run without sender ``(layer, head)`` (``head`` may be :data:`MLP`): its ``z`` (or
+  ``mlp_out``) zeroed; with ``routes="direct"`` every other head's ``z`` and block's ``mlp_out`` held at ``clean``'s.
+  One tree structure for every sender."""
   leaves = {}
   for l in range(layout.num_layers):
-    z = clean["attn/z"][l]
-    if l == layer:
-      z = z.at[:, :, head].set(0.0)
-    leaves[f"{layout.name}/block_{l}/attn/z"] = intervention(np.ones((1, 1, layout.num_heads, 1), bool), z)
-    leaves[f"{layout.name}/block_{l}/mlp_out"] = intervention(np.ones((1, 1, 1), bool), clean["mlp_out"][l])
+    z_mask = np.zeros((1, 1, layout.num_heads, 1), bool)
+    if l == layer and head != MLP:
+      z_mask[0, 0, head, 0] = True
+    mlp_mask = np.full((1, 1, 1), l == layer and head == MLP)
+    if routes == "all":
+      z, mlp = jnp.zeros(()), jnp.zeros(())
+    else:
+      z, mlp = jnp.where(z_mask, 0.0, clean["attn/z"][l]), jnp.where(mlp_mask, 0.0, clean["mlp_out"][l])
+      z_mask, mlp_mask = np.ones_like(z_mask), np.ones_like(mlp_mask)
+    leaves[f"{layout.name}/block_{l}/attn/z"] = intervention(z_mask, z)
+    leaves[f"{layout.name}/block_{l}/mlp_out"] = intervention(mlp_mask, mlp)
   return interventions_from_paths(leaves)
 
 
@@ -176,12 +184,15 @@ def _patch_tree(layout, qkv: dict, layer: int | None, head: int | None, way: str
   return interventions_from_paths(leaves)
 
 
-def _check_heads(layout, heads: Sequence[tuple[int, int]], what: str) -> list[tuple[int, int]]:
+def _check_heads(layout, heads: Sequence[tuple], what: str, mlps: bool = False) -> list[tuple]:
   out = []
   for l, h in heads:
-    if not (0 <= int(l) < layout.num_layers and 0 <= int(h) < layout.num_heads):
-      raise ValueError(f"{what} head ({l}, {h}) is out of range: layers 0..{layout.num_layers - 1}, heads "
-                       f"0..{layout.num_heads - 1}")
+    if mlps and h == MLP and 0 <= int(l) < layout.num_layers:
+      out.append((int(l), MLP))
+      continue
+    if not (0 <= int(l) < layout.num_layers and h != MLP and 0 <= int(h) < layout.num_heads):
+      raise ValueError(f"{what} ({l}, {h!r}) is out of range: layers 0..{layout.num_layers - 1}, heads "
+                       f"0..{layout.num_heads - 1}" + (f" or {MLP!r}" if mlps else ""))
     out.append((int(l), int(h)))
   return out
 
@@ -197,7 +208,7 @@ def _loss_metric(loss_fn, logits, ids, cache, layer, head):
 
 
 def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, receivers: Sequence[tuple[int, int]],
-                  senders: Sequence[tuple[int, int]] | None = None, routes: str = "direct",
+                  senders: Sequence[tuple] | None = None, routes: str = "direct",
                   names: Sequence[str] = (), stack: str | None = None) -> dict:
   """How much each receiver head needs each sender head through its queries, keys and values (module docstring).
 
@@ -210,7 +221,8 @@ def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, rece
       a ``functools.partial`` of one (the same object on every call, or it compiles again); :func:`loss_metric` makes
       one from a loss.
     receivers: ``[(layer, head), ...]``.
-    senders: ``[(layer, head), ...]``; default: every head of every layer below the highest receiver.
+    senders: ``[(layer, head), ...]``, ``head`` an index or :data:`MLP` (``"mlp"``: the block's MLP); default: every
+      head and MLP of every layer below the highest receiver.
     routes: ``"direct"`` (what the sender writes straight into the receiver's input) or ``"all"``.
 
   Returns:
@@ -225,13 +237,13 @@ def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, rece
   if routes == "direct" and not model.cfg.pre_ln:
     raise ValueError("routes='direct' needs pre-LN blocks (a post-LN stream is renormalised after every sublayer, "
                      "not a sum of what the heads wrote); use routes='all'")
-  receivers = _check_heads(layout, receivers, "receiver")
+  receivers = _check_heads(layout, receivers, "receiver head")
   if not receivers:
     raise ValueError("path_ablation needs at least one receiver head")
   if senders is None:
     top = max(l for l, _ in receivers)
-    senders = [(l, h) for l in range(top) for h in range(layout.num_heads)]
-  senders = _check_heads(layout, senders, "sender")
+    senders = [(l, h) for l in range(top) for h in [*range(layout.num_heads), MLP]]
+  senders = _check_heads(layout, senders, "sender", mlps=True)
   ids, names = jnp.asarray(ids), tuple(names)
   noop = head_masks_tree(layout.name, "attn", layout.num_layers, layout.num_heads, -1, 0)
   clean = _record(model, variables, noop, ids, layout.name, READ + WRITE)

@@ -222,6 +222,11 @@ def _draw(numbers: dict, out_dir: str) -> None:
 _WAY = {"q": "queries", "k": "keys", "v": "values"}
 
 
+def _name(sender) -> str:
+  layer, head = sender
+  return f"L{layer} MLP" if head == composition_lib.MLP else f"L{layer} H{head}"
+
+
 def _draw_paths(numbers: dict, out_dir: str) -> None:
   """The induction score of each receiver when its queries or keys read without each earlier head: every route, and
   the sender's direct write alone."""
@@ -233,7 +238,7 @@ def _draw_paths(numbers: dict, out_dir: str) -> None:
   pictures.heatmap(values, os.path.join(out_dir, "induction_paths.png"), annotate=True, cmap="Blues",
                    row_labels=[f"L{paths['receivers'][r][0]} H{paths['receivers'][r][1]} {_WAY[w]}"
                                f"{'' if routes == 'paths' else ' (direct)'}" for routes, r, w in rows],
-                   col_labels=[f"L{l} H{h}" for l, h in paths["senders"]], xlabel="earlier head left out",
+                   col_labels=[_name(s) for s in paths["senders"]], xlabel="earlier head (or MLP) left out",
                    ylabel="induction head: its queries / keys without it",
                    title="the induction head's induction score without one earlier head in one input")
 
@@ -244,16 +249,22 @@ def _circuit_lines(numbers: dict) -> list[str]:
   score, loss = paths["change"]["induction"], paths["change"]["loss"]
   lines = ["  how the strongest induction heads find the earlier occurrence (their induction score with one earlier "
            "head left out of their queries or keys, the rest as it was):"]
+  heads = [i for i, (_, h) in enumerate(paths["senders"]) if h != composition_lib.MLP]
+  mlps = [i for i, (l, h) in enumerate(paths["senders"]) if h == composition_lib.MLP]
   for j, (lr, hr) in enumerate(paths["receivers"]):
-    drops = np.stack([score[w][:, j] for w in ("q", "k")])  # [2, S]
-    w_i, s_i = np.unravel_index(np.nanargmin(drops), drops.shape)
+    drops = np.stack([score[w][heads, j] for w in ("q", "k")])  # [2, heads]
+    w_i, h_i = np.unravel_index(np.nanargmin(drops), drops.shape)
+    s_i = heads[h_i]
     ls, hs = paths["senders"][s_i]
     w, o = ("q", "k")[w_i], ("k", "q")[w_i]
     base = paths["base"]["induction"][j]
+    below = [i for i in mlps if paths["senders"][i][0] < lr]
+    mlp_text = "".join(f"; without {_name(paths['senders'][i])} in its {_WAY[w]}: {base + score[w][i, j]:.2f} "
+                       f"(its direct write only: {base + direct['change']['induction'][w][i, j]:.2f})" for i in below)
     lines.append(
         f"    L{lr} H{hr} (induction {base:.2f}) needs L{ls} H{hs} in its {_WAY[w]}: {base + score[w][s_i, j]:.2f} "
         f"without it (without its direct write only: {base + direct['change']['induction'][w][s_i, j]:.2f}; "
-        f"in its {_WAY[o]}: {base + score[o][s_i, j]:.2f}); second copy {loss[w][s_i, j]:+.2f} nats; "
+        f"in its {_WAY[o]}: {base + score[o][s_i, j]:.2f}); second copy {loss[w][s_i, j]:+.2f} nats{mlp_text}; "
         f"{w.upper()}-composition of the weights {scores[w][ls, hs, lr, hr]:.2f} (random heads "
         f"{numbers['composition_random']:.2f})")
   return lines
