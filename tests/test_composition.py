@@ -3,6 +3,7 @@ read norms' scales and centring folded in, grouped keys/values), zero where a re
 the path ablation against keys, queries and values computed by hand from the clean stream without the sender; the
 induction command's circuit view."""
 
+import dataclasses
 import functools
 
 import jax
@@ -197,3 +198,18 @@ def test_induction_command_reports_which_earlier_heads_each_induction_head_reads
   assert "needs L0 H" in out["summary"] and "without L0 MLP in its" in out["summary"]
   assert "-composition of the weights" in out["summary"]
   assert (tmp_path / "induction_paths.png").exists()
+
+
+def test_a_scanned_stack_gives_the_same_scores_and_paths():
+  from tfjax.layers.blocks import scan_params
+  subject = tiny_gpt_subject()
+  scanned = subject.model.clone(cfg=dataclasses.replace(subject.cfg, scan_layers=True))
+  scanned_params = scan_params(subject.params)
+  ids = jnp.asarray(np.random.default_rng(1).integers(0, subject.cfg.vocab_size, (2, 6)), jnp.int32)
+  metric = comp.loss_metric(functools.partial(_second_half_loss, start=2))
+  for way, score in comp.composition_scores(scanned, scanned_params).items():
+    np.testing.assert_allclose(score, comp.composition_scores(subject.model, subject.params)[way], rtol=1e-6)
+  got = comp.path_ablation(scanned, {"params": scanned_params}, ids, metric, receivers=[(1, 0)])
+  want = comp.path_ablation(subject.model, {"params": subject.params}, ids, metric, receivers=[(1, 0)])
+  for way in comp.WAYS:
+    np.testing.assert_allclose(got["change"]["loss"][way], want["change"]["loss"][way], atol=1e-6)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tfjax.explain.capture import resolve_stack, run_with_cache
+from tfjax.explain.capture import per_layer, resolve_stack, run_with_cache
 from tfjax.explain.heads import head_masks_tree
 from tfjax.explain.interventions import intervention, interventions_from_paths, run_with_interventions
 
@@ -55,7 +55,9 @@ def _read_norm(cfg, block: dict, width: int) -> jnp.ndarray:
 def head_matrices(model, params, stack: str | None = None) -> dict[str, jnp.ndarray]:
   """Each head's projections with its read norm folded in (float32): ``w_q``, ``w_k``, ``w_v`` ``[L, H, D, Dh]``
   (keys and values repeated for the query heads that share them) and ``w_o`` ``[L, H, Dh, D]`` (its rows of
-  ``out``). ``params``: per-layer (``explain.per_layer`` of a scanned model)."""
+  ``out``). A scanned stack is read as its per-layer twin (``explain.per_layer``)."""
+  model, variables = per_layer(model, {"params": params})
+  params = variables["params"]
   layout = resolve_stack(model, stack)
   cfg = model.cfg
   heads, kv, dh = layout.num_heads, layout.num_kv_heads, layout.head_dim
@@ -231,6 +233,7 @@ def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, rece
     base; NaN unless the sender's layer is below the receiver's), ``"senders"``, ``"receivers"}``. Keys and values
     shared by several query heads (GQA) are patched for all of them.
   """
+  model, variables = per_layer(model, variables)  # interventions name layers: a scanned stack runs one module a layer
   layout = resolve_stack(model, stack)
   if routes not in ("direct", "all"):
     raise ValueError(f"routes={routes!r}: choose 'direct' or 'all'")
