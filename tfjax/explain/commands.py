@@ -57,7 +57,8 @@ COMMANDS: dict[str, Command] = {
                            "text, at one position, and on average over validation text"),
     "induction": Command("tfjax.explain.induction:run", ("gpt",),
                          "does it copy? random tokens repeated: loss on the first and second copy, each head's "
-                         "induction, previous- and duplicate-token scores, and the second copy's loss with it zeroed"),
+                         "induction, previous- and duplicate-token scores, the second copy's loss with it zeroed, and which "
+                         "earlier head each induction head reads through its queries or keys (path patching)"),
     "positions": Command("tfjax.explain.positions:run", MODELS,
                          "where each token's position is: the position vectors, a linear probe for the position "
                          "after every layer, each head's attention by distance"),
