@@ -98,10 +98,10 @@ def _second_half_loss(logits, ids, start):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], ids[:, 1:])[:, start:])
 
 
-def _by_hand(subject, params, ids, sender, receiver_head, way):
-  """Receiver ``receiver_head`` of layer 1 reading, for ``way``, the clean stream before layer 1 without what layer-0
-  head ``sender`` (or its MLP) wrote: its norm, its columns of ``qkv`` (and bias), RoPE; that patched into a clean
-  run."""
+def _input_by_hand(subject, params, ids, sender, receiver_head, way):
+  """``(clean, patched)`` layer-1 ``attn/{way}`` ``[B, T, H, Dh]``: receiver ``receiver_head`` reading the clean
+  stream before layer 1 without what layer-0 head ``sender`` (or its MLP) wrote, through its norm, its columns of
+  ``qkv`` (and bias) and RoPE."""
   cfg, model = subject.cfg, subject.model
   heads, dh = cfg.num_heads, cfg.emb_dim // cfg.num_heads
   _, cache = run_with_cache(model, {"params": params}, ids, names=["decoder/block_1/resid_pre", "decoder/block_0/attn/z",
@@ -119,11 +119,17 @@ def _by_hand(subject, params, ids, sender, receiver_head, way):
   if way != "v" and cfg.positional == "rope":
     a = apply_rope(a, np.broadcast_to(np.arange(ids.shape[1]), ids.shape), cfg.rope_base)
   clean = cache[f"decoder/block_1/attn/{way}"]
-  mask = np.zeros((1, 1, heads, 1), bool)
+  return clean, clean.at[:, :, receiver_head].set(a[:, :, 0])
+
+
+def _by_hand(subject, params, ids, sender, receiver_head, way):
+  """The loss of a clean run with :func:`_input_by_hand`'s receiver input patched in."""
+  _, value = _input_by_hand(subject, params, ids, sender, receiver_head, way)
+  mask = np.zeros((1, 1, subject.cfg.num_heads, 1), bool)
   mask[0, 0, receiver_head, 0] = True
-  value = clean.at[:, :, receiver_head].set(a[:, :, 0])
   tree = interventions_from_paths({f"decoder/block_1/attn/{way}": intervention(mask, value)})
-  return float(_second_half_loss(run_with_interventions(model, {"params": params}, tree, ids), ids, 3))
+  logits = run_with_interventions(subject.model, {"params": params}, tree, ids)
+  return float(_second_half_loss(logits, ids, 3))
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(positional="learned", use_bias=True)], ids=["rope", "learned_bias"])
@@ -213,3 +219,28 @@ def test_a_scanned_stack_gives_the_same_scores_and_paths():
   want = comp.path_ablation(subject.model, {"params": subject.params}, ids, metric, receivers=[(1, 0)])
   for way in comp.WAYS:
     np.testing.assert_allclose(got["change"]["loss"][way], want["change"]["loss"][way], atol=1e-6)
+
+
+def test_composition_command_moves_against_patterns_by_hand_and_its_files(tmp_path):
+  from tfjax.layers.attention import attention_pattern
+  from tfjax.layers.masks import causal_mask
+  subject = tiny_gpt_subject()
+  out = comp.run(subject, str(tmp_path), text="abc cab bad fed")
+  for name in ("composition_queries.png", "composition_keys.png", "composition_values.png",
+               "composition_weights_k.png", "composition.json"):
+    assert (tmp_path / name).exists(), name
+  assert out["senders"] == [(0, 0), (0, 1), (0, "mlp")] and out["receivers"] == [(1, 0), (1, 1)]
+  ids = jnp.asarray(subject.text_ids("abc cab bad fed")[None, :-1])
+  t = ids.shape[1]
+  for s_i, (_, sender) in enumerate(out["senders"]):
+    for r in range(2):
+      q_clean, q = _input_by_hand(subject, subject.params, ids, sender, r, "q")
+      k_clean, k = _input_by_hand(subject, subject.params, ids, sender, r, "k")
+      clean = attention_pattern(q_clean, k_clean, causal_mask(t))[:, r]
+      for way, pattern in (("q", attention_pattern(q, k_clean, causal_mask(t))[:, r]),
+                           ("k", attention_pattern(q_clean, k, causal_mask(t))[:, r])):
+        want = 0.5 * float(jnp.mean(jnp.sum(jnp.abs(pattern - clean), -1)))
+        assert out["moved"][way][s_i, r] == pytest.approx(want, abs=2e-6), (way, sender, r)
+  assert np.all((out["moved"]["k"] >= 0) & (out["moved"]["k"] <= 1)) and out["moved"]["v"].min() > 0
+  assert np.isnan(out["weights"]["k"][2]).all() and np.isfinite(out["weights"]["k"][:2]).all()  # MLPs: no OV
+  assert "keys: L1 H" in out["summary"] and "MLPs L0 MLP" in out["summary"]

@@ -59,6 +59,10 @@ COMMANDS: dict[str, Command] = {
                          "does it copy? random tokens repeated: loss on the first and second copy, each head's "
                          "induction, previous- and duplicate-token scores, the second copy's loss with it zeroed, and which "
                          "earlier head each induction head reads through its queries or keys (path patching)"),
+    "composition": Command("tfjax.explain.composition:run", ("gpt",),
+                           "queries asking, keys answering with what earlier heads wrote: how far each head moves "
+                           "when one earlier head or MLP is left out of its queries, keys or values (path "
+                           "patching), beside the weights' composition scores"),
     "positions": Command("tfjax.explain.positions:run", MODELS,
                          "where each token's position is: the position vectors, a linear probe for the position "
                          "after every layer, each head's attention by distance"),

@@ -273,3 +273,106 @@ def path_ablation(model, variables: dict, ids: jax.Array, metric: Callable, rece
           change[k][w][i, j] = values[k] - bases[j][k]
   return {"base": {k: np.asarray([b[k] for b in bases]) for k in keys}, "change": change, "senders": senders,
           "receivers": receivers}
+
+
+# ---- ./launch.sh explain composition WORKDIR ----
+
+def movement_metric(logits, ids, cache, layer, head, clean_pattern, clean_z):
+  """How far receiver ``(layer, head)`` moves from the clean run: ``pattern``, the mean total-variation distance of
+  its attention rows (``0.5 Σ_s |p - p_clean|``, 0 .. 1), and ``z``, the relative change of its output
+  ``‖z - z_clean‖ / ‖z_clean‖``. ``clean_pattern [L, B, H, T, S]``, ``clean_z [L, B, T, H, Dh]``: the clean run's."""
+  del logits, ids
+  p = cache.stack("attn/pattern")[layer, :, head].astype(jnp.float32)
+  z = cache.stack("attn/z")[layer, :, :, head].astype(jnp.float32)
+  p0, z0 = clean_pattern[layer, :, head], clean_z[layer, :, :, head]
+  return {"pattern": 0.5 * jnp.mean(jnp.sum(jnp.abs(p - p0), axis=-1)),
+          "z": jnp.linalg.norm(z - z0) / jnp.maximum(jnp.linalg.norm(z0), 1e-30)}
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _clean_pattern_and_z(model, params, ids):
+  _, cache = run_with_cache(model, {"params": params}, ids, names=["*/attn/pattern", "*/attn/z"])
+  return cache.stack("attn/pattern").astype(jnp.float32), cache.stack("attn/z").astype(jnp.float32)
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+  keep = np.isfinite(a) & np.isfinite(b)
+  if keep.sum() < 3:
+    return None
+  ra, rb = (np.argsort(np.argsort(x[keep])).astype(np.float64) for x in (a, b))
+  c = np.corrcoef(ra, rb)[0, 1]
+  return float(c) if np.isfinite(c) else None
+
+
+def _sender_name(sender) -> str:
+  layer, head = sender
+  return f"L{layer} MLP" if head == MLP else f"L{layer} H{head}"
+
+
+def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, top_k: int = 5,
+        routes: str = "direct") -> dict:
+  """Writes ``composition_{queries,keys,values}.png`` (sender x receiver: how far each head of layers 1.. moves when
+  one earlier head or MLP is left out of its queries, keys or values), ``composition_weights_{q,k,v}.png`` (the
+  weights' composition scores) and ``composition.json``. On up to ``max_rows`` rows of the first validation batch (or
+  ``text``); queries and keys are scored by the receiver's attention pattern (total variation), values by its output
+  ``z`` (relative change)."""
+  import os
+  from tfjax.explain import data as data_lib
+  from tfjax.explain import pictures
+  from tfjax.explain.subjects import SubjectError
+  subject.require(("gpt",), "composition")
+  model, params, cfg = subject.model, subject.params, subject.cfg
+  if cfg.num_layers < 2:
+    raise SubjectError(f"composition needs two layers or more: {subject.path} has {cfg.num_layers}")
+  if routes not in ("direct", "all"):
+    raise SubjectError(f"--routes={routes}: choose direct or all")
+  if routes == "direct" and not cfg.pre_ln:
+    raise SubjectError("--routes=direct needs pre-LN blocks; use --routes=all")
+  os.makedirs(out_dir, exist_ok=True)
+  ids = jnp.asarray(data_lib.eval_batches(subject, 1, text)[0]["inputs"][:max(1, max_rows)])
+  layout = resolve_stack(model)
+  pattern0, z0 = _clean_pattern_and_z(model, params, ids)
+  receivers = [(l, h) for l in range(1, layout.num_layers) for h in range(layout.num_heads)]
+  metric = functools.partial(movement_metric, clean_pattern=pattern0, clean_z=z0)
+  paths = path_ablation(model, {"params": params}, ids, metric, receivers, routes=routes,
+                        names=("*/attn/pattern", "*/attn/z"))
+  weights = composition_scores(model, params)
+  senders = paths["senders"]
+  moved = {"q": paths["change"]["pattern"]["q"], "k": paths["change"]["pattern"]["k"], "v": paths["change"]["z"]["v"]}
+  grid = {w: np.asarray([[weights[w][ls, hs, lr, hr] if hs != MLP else np.nan for lr, hr in receivers]
+                         for ls, hs in senders]) for w in WAYS}
+  random = random_baseline(cfg.emb_dim, layout.head_dim)
+  rows, cols = [_sender_name(s) for s in senders], [f"L{l} H{h}" for l, h in receivers]
+  way_name = {"q": "queries", "k": "keys", "v": "values"}
+  above = "layer 1" if layout.num_layers == 2 else f"layers 1-{layout.num_layers - 1}"
+  lines = [f"composition: {ids.shape[0]} rows of {ids.shape[1]} tokens; each head of {above} "
+           f"with one earlier head or MLP left out of its queries, keys or values ({routes} routes); queries and keys: "
+           f"how far its attention pattern moves (total variation, 0..1), values: how much its output changes"]
+  numbers = {"routes": routes, "rows": int(ids.shape[0]), "tokens": int(ids.shape[1]), "senders": senders,
+             "receivers": receivers, "moved": moved, "weights": grid, "weights_random": random, "spearman": {}}
+  heads = np.asarray([h != MLP for _, h in senders])
+  for w in WAYS:
+    by_heads = np.where(heads[:, None], moved[w], np.nan)
+    order = [i for i in np.argsort(-np.nan_to_num(by_heads, nan=-np.inf).ravel())
+             if np.isfinite(by_heads.ravel()[i])][:max(1, top_k)]
+    pairs = [np.unravel_index(i, moved[w].shape) for i in order]
+    rho = _spearman(moved[w], grid[w])
+    numbers["spearman"][w] = rho
+    mlps = "; ".join(f"{rows[i]}: mean {np.nanmean(moved[w][i]):.2f} over the heads above it, most "
+                     f"{cols[int(np.nanargmax(moved[w][i]))]} {np.nanmax(moved[w][i]):.2f}"
+                     for i in np.flatnonzero(~heads) if np.isfinite(moved[w][i]).any())
+    lines.append(f"  {way_name[w]}: " + ", ".join(f"{cols[r]} reads {rows[s]} ({moved[w][s, r]:.2f})" for s, r in pairs)
+                 + (f" (Spearman with the weights' {w.upper()}-composition {rho:+.2f})" if rho is not None else "")
+                 + (f"; MLPs {mlps}" if mlps else ""))
+    unit = "total variation of its pattern" if w != "v" else "relative change of its output"
+    pictures.heatmap(moved[w], os.path.join(out_dir, f"composition_{way_name[w]}.png"), row_labels=rows,
+                     col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head",
+                     ylabel="left out of its " + way_name[w],
+                     title=f"how far a head moves without an earlier head in its {way_name[w]} ({unit})")
+    pictures.heatmap(grid[w], os.path.join(out_dir, f"composition_weights_{w}.png"), row_labels=rows,
+                     col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head", ylabel="writing head",
+                     title=f"{w.upper()}-composition of the weights (random heads {random:.2f})")
+  lines.append(f"  weights' composition scores: random heads {random:.2f}; largest Q {np.nanmax(grid['q']):.2f}, "
+               f"K {np.nanmax(grid['k']):.2f}, V {np.nanmax(grid['v']):.2f}")
+  pictures.write_json(os.path.join(out_dir, "composition.json"), numbers)
+  return {"summary": "\n".join(lines), **numbers}
