@@ -126,6 +126,8 @@ def heatmap(values: np.ndarray, path: str | os.PathLike, *, row_labels: Sequence
     for i in range(r):
       for j in range(c):
         v = values[i, j]
+        if not np.isfinite(v):
+          continue  # an entry that does not exist (drawn blank)
         light = (v - lo) / (hi - lo + 1e-12) > 0.6 if not center else abs(v) > 0.6 * kw["vmax"]
         ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=6, color="white" if light else "black")
   ax.set_xlabel(xlabel, fontsize=8)
