@@ -244,3 +244,16 @@ def test_composition_command_moves_against_patterns_by_hand_and_its_files(tmp_pa
   assert np.all((out["moved"]["k"] >= 0) & (out["moved"]["k"] <= 1)) and out["moved"]["v"].min() > 0
   assert np.isnan(out["weights"]["k"][2]).all() and np.isfinite(out["weights"]["k"][:2]).all()  # MLPs: no OV
   assert "keys: L1 H" in out["summary"] and "MLPs L0 MLP" in out["summary"]
+
+
+def test_composition_command_picks_receivers_and_names_bad_ones(tmp_path):
+  from tfjax.explain.subjects import SubjectError
+  subject = tiny_gpt_subject(num_layers=3)
+  out = comp.run(subject, str(tmp_path), text="abc cab", layer=2, head=1)
+  assert out["receivers"] == [(2, 1)] and len(out["senders"]) == 6 and out["moved"]["k"].shape == (6, 1)
+  for kwargs, match in ((dict(layer=0), "layers 1..2"), (dict(head=2), "heads are 0..1"),
+                        (dict(routes="some"), "choose direct or all")):
+    with pytest.raises(SubjectError, match=match):
+      comp.run(subject, str(tmp_path), text="abc", **kwargs)
+  with pytest.raises(SubjectError, match="two layers or more"):
+    comp.run(tiny_gpt_subject(num_layers=1), str(tmp_path), text="abc")

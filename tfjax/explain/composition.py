@@ -310,12 +310,13 @@ def _sender_name(sender) -> str:
 
 
 def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, top_k: int = 5,
-        routes: str = "direct") -> dict:
+        routes: str = "direct", layer: int | None = None, head: int | None = None) -> dict:
   """Writes ``composition_{queries,keys,values}.png`` (sender x receiver: how far each head of layers 1.. moves when
   one earlier head or MLP is left out of its queries, keys or values), ``composition_weights_{q,k,v}.png`` (the
   weights' composition scores) and ``composition.json``. On up to ``max_rows`` rows of the first validation batch (or
   ``text``); queries and keys are scored by the receiver's attention pattern (total variation), values by its output
-  ``z`` (relative change)."""
+  ``z`` (relative change). ``layer`` / ``head``: only those receivers (one forward pass per sender, receiver and
+  input: a deep model's every pair takes long)."""
   import os
   from tfjax.explain import data as data_lib
   from tfjax.explain import pictures
@@ -332,7 +333,13 @@ def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, t
   ids = jnp.asarray(data_lib.eval_batches(subject, 1, text)[0]["inputs"][:max(1, max_rows)])
   layout = resolve_stack(model)
   pattern0, z0 = _clean_pattern_and_z(model, params, ids)
-  receivers = [(l, h) for l in range(1, layout.num_layers) for h in range(layout.num_heads)]
+  if layer is not None and not 1 <= layer < layout.num_layers:
+    raise SubjectError(f"--layer={layer}: the receiving heads are in layers 1..{layout.num_layers - 1} (layer 0 reads "
+                       "only the embedding)")
+  if head is not None and not 0 <= head < layout.num_heads:
+    raise SubjectError(f"--head={head}: heads are 0..{layout.num_heads - 1}")
+  receivers = [(l, h) for l in range(1, layout.num_layers) for h in range(layout.num_heads)
+               if (layer is None or l == layer) and (head is None or h == head)]
   metric = functools.partial(movement_metric, clean_pattern=pattern0, clean_z=z0)
   paths = path_ablation(model, {"params": params}, ids, metric, receivers, routes=routes,
                         names=("*/attn/pattern", "*/attn/z"))
