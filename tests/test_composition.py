@@ -104,8 +104,9 @@ def _input_by_hand(subject, params, ids, sender, receiver_head, way):
   ``qkv`` (and bias) and RoPE."""
   cfg, model = subject.cfg, subject.model
   heads, dh = cfg.num_heads, cfg.emb_dim // cfg.num_heads
-  _, cache = run_with_cache(model, {"params": params}, ids, names=["decoder/block_1/resid_pre", "decoder/block_0/attn/z",
-                                                                   "decoder/block_0/mlp_out", f"decoder/block_1/attn/{way}"])
+  names = ["decoder/block_1/resid_pre", "decoder/block_0/attn/z", "decoder/block_0/mlp_out",
+           f"decoder/block_1/attn/{way}"]
+  _, cache = run_with_cache(model, {"params": params}, ids, names=names)
   out_k = params["decoder"]["block_0"]["attn"]["out"]["kernel"].reshape(heads, dh, -1)
   written = (cache["decoder/block_0/mlp_out"] if sender == comp.MLP else
              cache["decoder/block_0/attn/z"][:, :, sender] @ out_k[sender])

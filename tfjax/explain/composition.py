@@ -14,12 +14,15 @@ with ``l2 > l``, and each way ``q``, ``k``, ``v`` the receiver reads:
   large when the receiver reads the directions the sender writes and 0 when it ignores them; random matrices of the
   same shapes score :func:`random_baseline`. A reading of the weights: RoPE's rotation, the norm's ``1 / σ`` and the
   biases are left out.
-* **causal** (:func:`path_ablation`, path patching): the change of a loss when only the receiver's queries (or keys,
-  or values) are computed without the sender (a head, or a block's MLP), everything else clean. A first run zeroes the sender and, with
-  ``routes="direct"``, holds every other head and every MLP at its clean output, so the stream each later block reads
-  is the clean one minus what the sender wrote into it; the receiver's ``attn/q`` (``k``, ``v``) recorded there is
-  patched into a clean run. ``routes="all"`` lets the heads and MLPs in between react (the sender's effect through
-  every route to the receiver's input).
+* **causal** (:func:`path_ablation`, path patching): the change of a metric when only the receiver's queries (or
+  keys, or values) are computed without the sender (a head, or a block's MLP), everything else clean. A first run
+  zeroes the sender and, with ``routes="direct"``, holds every other head and every MLP at its clean output, so the
+  stream each later block reads is the clean one minus what the sender wrote into it; the receiver's ``attn/q``
+  (``k``, ``v``) recorded there is patched into a clean run. ``routes="all"`` lets the heads and MLPs in between
+  react (the sender's effect through every route to the receiver's input).
+
+``./launch.sh explain composition WORKDIR`` (:func:`run`) draws both for every pair of a GPT; ``explain induction``
+uses them on its induction heads.
 
 Both take a model's stack of self-attention blocks (GPT's ``decoder``; BERT's ``encoder``). Post-LN blocks read the
 stream unnormalised (``N = I``), and their stream is not a sum of the heads' writes: direct routes need pre-LN.
@@ -28,15 +31,20 @@ stream unnormalised (``N = I``), and their stream is not a sum of the heads' wri
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfjax.explain import data as data_lib
+from tfjax.explain import pictures
 from tfjax.explain.capture import per_layer, resolve_stack, run_with_cache
 from tfjax.explain.heads import head_masks_tree
 from tfjax.explain.interventions import intervention, interventions_from_paths, run_with_interventions
+from tfjax.explain.subjects import SubjectError
+from tfjax.tasks.word2vec_eval import spearman
 
 WAYS = ("q", "k", "v")
 HIGHEST = jax.lax.Precision.HIGHEST
@@ -75,19 +83,19 @@ def head_matrices(model, params, stack: str | None = None) -> dict[str, jnp.ndar
   return {name: jnp.stack(mats) for name, mats in out.items()}
 
 
-@jax.jit
-def _scores(v_SxDxE, o_SxExD, a_RxDxE, b_RxDxE):
-  """``‖V_s O_s A_r B_rᵀ‖ / (‖V_s O_s‖ ‖A_r B_rᵀ‖)`` ``[S, R]`` for every sender s and receiver r, computed through the
-  ``[Dh, Dh]`` Gram matrices (never forming a ``[D, D]`` product per pair)."""
+def _score(v_DxE, o_ExD, a_DxE, b_DxE):
+  """``‖V O A Bᵀ‖ / (‖V O‖ ‖A Bᵀ‖)`` for one sender ``V O`` and one receiver ``A Bᵀ``, through ``[Dh, Dh]`` Gram
+  matrices (never forming a ``[D, D]`` product)."""
   ein = functools.partial(jnp.einsum, precision=HIGHEST)
-  g = ein("sde,sdf->sef", v_SxDxE, v_SxDxE)  # V_sᵀ V_s
-  h = ein("rde,rdf->ref", b_RxDxE, b_RxDxE)  # B_rᵀ B_r
-  m = ein("sed,rdf->sref", o_SxExD, a_RxDxE)  # O_s A_r
-  gm = ein("sab,srbc->srac", g, m)
-  num = ein("srab,srac,rcb->sr", m, gm, h)  # tr(Mᵀ G M H) = ‖V M Bᵀ‖²
-  left = ein("sab,sbd,sad->s", g, o_SxExD, o_SxExD)  # tr(G O Oᵀ) = ‖V O‖²
-  right = ein("rab,rab->r", ein("rde,rdf->ref", a_RxDxE, a_RxDxE), h)  # tr(AᵀA BᵀB) = ‖A Bᵀ‖²
-  return jnp.sqrt(jnp.maximum(num, 0.0)) / jnp.sqrt(left[:, None] * right[None, :])
+  g, h, m = ein("de,df->ef", v_DxE, v_DxE), ein("de,df->ef", b_DxE, b_DxE), ein("ed,df->ef", o_ExD, a_DxE)
+  num = ein("ab,ac,cb->", m, ein("ab,bc->ac", g, m), h)  # tr(Mᵀ G M H) = ‖V M Bᵀ‖²
+  left = ein("ab,bd,ad->", g, o_ExD, o_ExD)  # tr(G O Oᵀ) = ‖V O‖²
+  right = ein("ab,ab->", ein("de,df->ef", a_DxE, a_DxE), h)  # tr(AᵀA BᵀB) = ‖A Bᵀ‖²
+  return jnp.sqrt(jnp.maximum(num, 0.0) / (left * right))
+
+
+# [S, R]: every sender against every receiver
+_scores = jax.jit(jax.vmap(jax.vmap(_score, (None, None, 0, 0)), (0, 0, None, None)))
 
 
 def _receiver_factors(mats: dict, way: str) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -123,7 +131,7 @@ def random_baseline(width: int, head_dim: int, draws: int = 64, seed: int = 0) -
   o = jax.random.normal(k[1], (draws, head_dim, width))
   a = jax.random.normal(k[2], (draws, width, head_dim))
   b = jax.random.normal(k[3], (draws, width, head_dim))
-  return float(np.mean(np.diag(np.asarray(_scores(v, o, a, b)))))
+  return float(np.mean(jax.jit(jax.vmap(_score))(v, o, a, b)))
 
 
 READ = tuple(f"attn/{w}" for w in WAYS)
@@ -296,15 +304,16 @@ def _clean_pattern_and_z(model, params, ids):
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
+  """Spearman's rho over the entries finite in both (None with fewer than 3)."""
   keep = np.isfinite(a) & np.isfinite(b)
   if keep.sum() < 3:
     return None
-  ra, rb = (np.argsort(np.argsort(x[keep])).astype(np.float64) for x in (a, b))
-  c = np.corrcoef(ra, rb)[0, 1]
-  return float(c) if np.isfinite(c) else None
+  rho = spearman(a[keep], b[keep])
+  return rho if np.isfinite(rho) else None
 
 
-def _sender_name(sender) -> str:
+def sender_name(sender) -> str:
+  """``"L0 H3"``, or ``"L0 MLP"`` for a block's MLP."""
   layer, head = sender
   return f"L{layer} MLP" if head == MLP else f"L{layer} H{head}"
 
@@ -317,10 +326,6 @@ def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, t
   ``text``); queries and keys are scored by the receiver's attention pattern (total variation), values by its output
   ``z`` (relative change). ``layer`` / ``head``: only those receivers (one forward pass per sender, receiver and
   input: a deep model's every pair takes long)."""
-  import os
-  from tfjax.explain import data as data_lib
-  from tfjax.explain import pictures
-  from tfjax.explain.subjects import SubjectError
   subject.require(("gpt",), "composition")
   model, params, cfg = subject.model, subject.params, subject.cfg
   if cfg.num_layers < 2:
@@ -349,7 +354,7 @@ def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, t
   grid = {w: np.asarray([[weights[w][ls, hs, lr, hr] if hs != MLP else np.nan for lr, hr in receivers]
                          for ls, hs in senders]) for w in WAYS}
   random = random_baseline(cfg.emb_dim, layout.head_dim)
-  rows, cols = [_sender_name(s) for s in senders], [f"L{l} H{h}" for l, h in receivers]
+  rows, cols = [sender_name(s) for s in senders], [f"L{l} H{h}" for l, h in receivers]
   way_name = {"q": "queries", "k": "keys", "v": "values"}
   above = "layer 1" if layout.num_layers == 2 else f"layers 1-{layout.num_layers - 1}"
   lines = [f"composition: {ids.shape[0]} rows of {ids.shape[1]} tokens; each head of {above} "

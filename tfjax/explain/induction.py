@@ -222,9 +222,6 @@ def _draw(numbers: dict, out_dir: str) -> None:
 _WAY = {"q": "queries", "k": "keys", "v": "values"}
 
 
-def _name(sender) -> str:
-  layer, head = sender
-  return f"L{layer} MLP" if head == composition_lib.MLP else f"L{layer} H{head}"
 
 
 def _draw_paths(numbers: dict, out_dir: str) -> None:
@@ -238,7 +235,8 @@ def _draw_paths(numbers: dict, out_dir: str) -> None:
   pictures.heatmap(values, os.path.join(out_dir, "induction_paths.png"), annotate=True, cmap="Blues",
                    row_labels=[f"L{paths['receivers'][r][0]} H{paths['receivers'][r][1]} {_WAY[w]}"
                                f"{'' if routes == 'paths' else ' (direct)'}" for routes, r, w in rows],
-                   col_labels=[_name(s) for s in paths["senders"]], xlabel="earlier head (or MLP) left out",
+                   col_labels=[composition_lib.sender_name(s) for s in paths["senders"]],
+                   xlabel="earlier head (or MLP) left out",
                    ylabel="induction head: its queries / keys without it",
                    title="the induction head's induction score without one earlier head in one input")
 
@@ -259,7 +257,8 @@ def _circuit_lines(numbers: dict) -> list[str]:
     w, o = ("q", "k")[w_i], ("k", "q")[w_i]
     base = paths["base"]["induction"][j]
     below = [i for i in mlps if paths["senders"][i][0] < lr]
-    mlp_text = "".join(f"; without {_name(paths['senders'][i])} in its {_WAY[w]}: {base + score[w][i, j]:.2f} "
+    mlp_text = "".join(f"; without {composition_lib.sender_name(paths['senders'][i])} in its {_WAY[w]}: "
+                       f"{base + score[w][i, j]:.2f} "
                        f"(its direct write only: {base + direct['change']['induction'][w][i, j]:.2f})" for i in below)
     lines.append(
         f"    L{lr} H{hr} (induction {base:.2f}) needs L{ls} H{hs} in its {_WAY[w]}: {base + score[w][s_i, j]:.2f} "
@@ -285,8 +284,9 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
   """Writes ``induction_{induction,previous,duplicate}.png`` (the head scores as layer x head heatmaps),
   ``induction_ablation.png`` (the second copy's loss increase when each head is zeroed), ``induction_loss.png``
   (the loss at each position), ``induction_paths.png`` (the circuit: each of the ``top_k`` strongest induction
-  heads' queries, keys and values without each earlier head) and ``induction.json``; with ``over_checkpoints``, also ``induction_steps.png``: the
-  scores and losses at every checkpoint of the workdir (:func:`development`)."""
+  heads' score without each earlier head or MLP in its queries or keys) and ``induction.json``; with
+  ``over_checkpoints``, also ``induction_steps.png``: the scores and losses at every checkpoint of the workdir
+  (:func:`development`)."""
   n = _check(subject, num_tokens, num_samples)
   os.makedirs(out_dir, exist_ok=True)
   numbers = measure(subject, n, num_samples, seed, top_k=top_k)
