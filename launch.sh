@@ -252,7 +252,7 @@ case "$cmd" in
     # PYTEST_ARGS, chooses otherwise.
     workers="${TFJAX_TEST_WORKERS:-$(( $(nproc 2>/dev/null || echo 1) < 4 ? $(nproc 2>/dev/null || echo 1) : 4 ))}"
     parallel=()
-    if [[ "$workers" != 1 ]] && ! printf '%s\n' "$@" | grep -q -E '^-(n|p)' && "$PY" -c "import xdist" 2>/dev/null; then
+    if [[ "$workers" != 1 ]] && ! printf '%s\n' "$@" | grep -q -E '^(-n|-p|--numprocesses|--dist)' && "$PY" -c "import xdist" 2>/dev/null; then
       parallel=(-n "$workers" --dist loadfile)
     fi
     exec "$PY" -m pytest -q "${parallel[@]+"${parallel[@]}"}" "$@"
