@@ -258,3 +258,16 @@ def test_composition_command_picks_receivers_and_names_bad_ones(tmp_path):
       comp.run(subject, str(tmp_path), text="abc", **kwargs)
   with pytest.raises(SubjectError, match="two layers or more"):
     comp.run(tiny_gpt_subject(num_layers=1), str(tmp_path), text="abc")
+
+
+def test_grouped_keys_and_values_are_patched_for_every_query_head_that_shares_them():
+  subject = tiny_gpt_subject(num_heads=4, num_kv_heads=2)
+  ids = jnp.asarray(np.random.default_rng(2).integers(0, subject.cfg.vocab_size, (2, 8)), jnp.int32)
+  metric = comp.loss_metric(functools.partial(_second_half_loss, start=2))
+  got = comp.path_ablation(subject.model, {"params": subject.params}, ids, metric,
+                           receivers=[(1, 0), (1, 1), (1, 2), (1, 3)])["change"]["loss"]
+  for way in ("k", "v"):  # query heads 0, 1 read key/value head 0; heads 2, 3 head 1: the same patched run
+    np.testing.assert_array_equal(got[way][:, 0], got[way][:, 1])
+    np.testing.assert_array_equal(got[way][:, 2], got[way][:, 3])
+    assert np.abs(got[way][:, 0] - got[way][:, 2]).max() > 0
+  assert np.abs(got["q"][:, 0] - got["q"][:, 1]).max() > 0  # queries are each head's own
