@@ -47,6 +47,7 @@ from tfjax.explain.subjects import SubjectError
 from tfjax.tasks.word2vec_eval import spearman
 
 WAYS = ("q", "k", "v")
+WAY_NAMES = {"q": "queries", "k": "keys", "v": "values"}
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -297,12 +298,6 @@ def movement_metric(logits, ids, cache, layer, head, clean_pattern, clean_z):
           "z": jnp.linalg.norm(z - z0) / jnp.maximum(jnp.linalg.norm(z0), 1e-30)}
 
 
-@functools.partial(jax.jit, static_argnames=("model",))
-def _clean_pattern_and_z(model, params, ids):
-  _, cache = run_with_cache(model, {"params": params}, ids, names=["*/attn/pattern", "*/attn/z"])
-  return cache.stack("attn/pattern").astype(jnp.float32), cache.stack("attn/z").astype(jnp.float32)
-
-
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
   """Spearman's rho over the entries finite in both (None with fewer than 3)."""
   keep = np.isfinite(a) & np.isfinite(b)
@@ -316,6 +311,45 @@ def sender_name(sender) -> str:
   """``"L0 H3"``, or ``"L0 MLP"`` for a block's MLP."""
   layer, head = sender
   return f"L{layer} MLP" if head == MLP else f"L{layer} H{head}"
+
+
+def _receivers(layout, layer: int | None, head: int | None) -> list[tuple[int, int]]:
+  """The heads of layers 1.. (or of ``layer``, or only ``head``); a clear error for a layer or head out of range."""
+  if layer is not None and not 1 <= layer < layout.num_layers:
+    raise SubjectError(f"--layer={layer}: the receiving heads are in layers 1..{layout.num_layers - 1} (layer 0 reads "
+                       "only the embedding)")
+  if head is not None and not 0 <= head < layout.num_heads:
+    raise SubjectError(f"--head={head}: heads are 0..{layout.num_heads - 1}")
+  return [(l, h) for l in range(1, layout.num_layers) for h in range(layout.num_heads)
+          if (layer is None or l == layer) and (head is None or h == head)]
+
+
+def _way_line(numbers: dict, way: str, rows: list[str], cols: list[str], top_k: int) -> str:
+  """The strongest head -> head pairs of one way, the weights' agreement, and what the MLPs' absence moves."""
+  moved = numbers["moved"][way]
+  heads = np.asarray([h != MLP for _, h in numbers["senders"]])
+  by_heads = np.where(heads[:, None], moved, np.nan)
+  order = [i for i in np.argsort(-np.nan_to_num(by_heads, nan=-np.inf).ravel())
+           if np.isfinite(by_heads.ravel()[i])][:max(1, top_k)]
+  pairs = [np.unravel_index(i, moved.shape) for i in order]
+  rho = numbers["spearman"][way]
+  mlps = "; ".join(f"{rows[i]}: mean {np.nanmean(moved[i]):.2f} over the heads above it, most "
+                   f"{cols[int(np.nanargmax(moved[i]))]} {np.nanmax(moved[i]):.2f}"
+                   for i in np.flatnonzero(~heads) if np.isfinite(moved[i]).any())
+  return (f"  {WAY_NAMES[way]}: " + ", ".join(f"{cols[r]} reads {rows[s]} ({moved[s, r]:.2f})" for s, r in pairs)
+          + (f" (Spearman with the weights' {way.upper()}-composition {rho:+.2f})" if rho is not None else "")
+          + (f"; MLPs {mlps}" if mlps else ""))
+
+
+def _draw(numbers: dict, way: str, rows: list[str], cols: list[str], out_dir: str) -> None:
+  unit = "total variation of its pattern" if way != "v" else "relative change of its output"
+  pictures.heatmap(numbers["moved"][way], os.path.join(out_dir, f"composition_{WAY_NAMES[way]}.png"), row_labels=rows,
+                   col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head",
+                   ylabel="left out of its " + WAY_NAMES[way],
+                   title=f"how far a head moves without an earlier head in its {WAY_NAMES[way]} ({unit})")
+  pictures.heatmap(numbers["weights"][way], os.path.join(out_dir, f"composition_weights_{way}.png"), row_labels=rows,
+                   col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head", ylabel="writing head",
+                   title=f"{way.upper()}-composition of the weights (random heads {numbers['weights_random']:.2f})")
 
 
 def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, top_k: int = 5,
@@ -334,18 +368,14 @@ def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, t
     raise SubjectError(f"--routes={routes}: choose direct or all")
   if routes == "direct" and not cfg.pre_ln:
     raise SubjectError("--routes=direct needs pre-LN blocks; use --routes=all")
+  layout = resolve_stack(model)
+  receivers = _receivers(layout, layer, head)
   os.makedirs(out_dir, exist_ok=True)
   ids = jnp.asarray(data_lib.eval_batches(subject, 1, text)[0]["inputs"][:max(1, max_rows)])
-  layout = resolve_stack(model)
-  pattern0, z0 = _clean_pattern_and_z(model, params, ids)
-  if layer is not None and not 1 <= layer < layout.num_layers:
-    raise SubjectError(f"--layer={layer}: the receiving heads are in layers 1..{layout.num_layers - 1} (layer 0 reads "
-                       "only the embedding)")
-  if head is not None and not 0 <= head < layout.num_heads:
-    raise SubjectError(f"--head={head}: heads are 0..{layout.num_heads - 1}")
-  receivers = [(l, h) for l in range(1, layout.num_layers) for h in range(layout.num_heads)
-               if (layer is None or l == layer) and (head is None or h == head)]
-  metric = functools.partial(movement_metric, clean_pattern=pattern0, clean_z=z0)
+  noop = head_masks_tree(layout.name, "attn", layout.num_layers, layout.num_heads, -1, 0)
+  clean = _record(model, {"params": params}, noop, ids, layout.name, ("attn/pattern", "attn/z"))
+  metric = functools.partial(movement_metric, clean_pattern=clean["attn/pattern"].astype(jnp.float32),
+                             clean_z=clean["attn/z"].astype(jnp.float32))
   paths = path_ablation(model, {"params": params}, ids, metric, receivers, routes=routes,
                         names=("*/attn/pattern", "*/attn/z"))
   weights = composition_scores(model, params)
@@ -353,38 +383,19 @@ def run(subject, out_dir: str, *, text: str | None = None, max_rows: int = 16, t
   moved = {"q": paths["change"]["pattern"]["q"], "k": paths["change"]["pattern"]["k"], "v": paths["change"]["z"]["v"]}
   grid = {w: np.asarray([[weights[w][ls, hs, lr, hr] if hs != MLP else np.nan for lr, hr in receivers]
                          for ls, hs in senders]) for w in WAYS}
-  random = random_baseline(cfg.emb_dim, layout.head_dim)
+  numbers = {"routes": routes, "rows": int(ids.shape[0]), "tokens": int(ids.shape[1]), "senders": senders,
+             "receivers": receivers, "moved": moved, "weights": grid,
+             "weights_random": random_baseline(cfg.emb_dim, layout.head_dim),
+             "spearman": {w: _spearman(moved[w], grid[w]) for w in WAYS}}
   rows, cols = [sender_name(s) for s in senders], [f"L{l} H{h}" for l, h in receivers]
-  way_name = {"q": "queries", "k": "keys", "v": "values"}
   above = "layer 1" if layout.num_layers == 2 else f"layers 1-{layout.num_layers - 1}"
   lines = [f"composition: {ids.shape[0]} rows of {ids.shape[1]} tokens; each head of {above} "
            f"with one earlier head or MLP left out of its queries, keys or values ({routes} routes); queries and keys: "
            f"how far its attention pattern moves (total variation, 0..1), values: how much its output changes"]
-  numbers = {"routes": routes, "rows": int(ids.shape[0]), "tokens": int(ids.shape[1]), "senders": senders,
-             "receivers": receivers, "moved": moved, "weights": grid, "weights_random": random, "spearman": {}}
-  heads = np.asarray([h != MLP for _, h in senders])
   for w in WAYS:
-    by_heads = np.where(heads[:, None], moved[w], np.nan)
-    order = [i for i in np.argsort(-np.nan_to_num(by_heads, nan=-np.inf).ravel())
-             if np.isfinite(by_heads.ravel()[i])][:max(1, top_k)]
-    pairs = [np.unravel_index(i, moved[w].shape) for i in order]
-    rho = _spearman(moved[w], grid[w])
-    numbers["spearman"][w] = rho
-    mlps = "; ".join(f"{rows[i]}: mean {np.nanmean(moved[w][i]):.2f} over the heads above it, most "
-                     f"{cols[int(np.nanargmax(moved[w][i]))]} {np.nanmax(moved[w][i]):.2f}"
-                     for i in np.flatnonzero(~heads) if np.isfinite(moved[w][i]).any())
-    lines.append(f"  {way_name[w]}: " + ", ".join(f"{cols[r]} reads {rows[s]} ({moved[w][s, r]:.2f})" for s, r in pairs)
-                 + (f" (Spearman with the weights' {w.upper()}-composition {rho:+.2f})" if rho is not None else "")
-                 + (f"; MLPs {mlps}" if mlps else ""))
-    unit = "total variation of its pattern" if w != "v" else "relative change of its output"
-    pictures.heatmap(moved[w], os.path.join(out_dir, f"composition_{way_name[w]}.png"), row_labels=rows,
-                     col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head",
-                     ylabel="left out of its " + way_name[w],
-                     title=f"how far a head moves without an earlier head in its {way_name[w]} ({unit})")
-    pictures.heatmap(grid[w], os.path.join(out_dir, f"composition_weights_{w}.png"), row_labels=rows,
-                     col_labels=cols, annotate=True, cmap="Blues", xlabel="receiving head", ylabel="writing head",
-                     title=f"{w.upper()}-composition of the weights (random heads {random:.2f})")
-  lines.append(f"  weights' composition scores: random heads {random:.2f}; largest Q {np.nanmax(grid['q']):.2f}, "
-               f"K {np.nanmax(grid['k']):.2f}, V {np.nanmax(grid['v']):.2f}")
+    lines.append(_way_line(numbers, w, rows, cols, top_k))
+    _draw(numbers, w, rows, cols, out_dir)
+  lines.append(f"  weights' composition scores: random heads {numbers['weights_random']:.2f}; largest Q "
+               f"{np.nanmax(grid['q']):.2f}, K {np.nanmax(grid['k']):.2f}, V {np.nanmax(grid['v']):.2f}")
   pictures.write_json(os.path.join(out_dir, "composition.json"), numbers)
   return {"summary": "\n".join(lines), **numbers}

@@ -93,10 +93,9 @@ def _second_copy_loss_of(logits, ids, num_tokens):
 def circuit_metric(logits, ids, cache, layer, head, num_tokens: int) -> dict[str, jax.Array]:
   """The second copy's ``loss`` and head ``(layer, head)``'s ``induction`` score on :func:`repeated_tokens` rows (a
   :func:`tfjax.explain.composition.path_ablation` metric; ``cache`` holds ``*/attn/pattern``)."""
-  n = num_tokens
-  t = jnp.arange(n, 2 * n)
-  pattern = cache.stack("attn/pattern")[layer, :, head].astype(jnp.float32)  # [B, T, T]
-  return {"loss": _second_copy_loss_of(logits, ids, n), "induction": jnp.mean(pattern[:, t, t - n + 1])}
+  pattern = cache.stack("attn/pattern")[layer, :, head]  # [B, T, T]
+  return {"loss": _second_copy_loss_of(logits, ids, num_tokens),
+          "induction": head_scores(pattern[None, :, None], num_tokens)["induction"][0, 0]}
 
 
 CIRCUIT_MIN_RATIO = 3.0  # a head is explained as an induction head when it scores at least this many times uniform
@@ -219,11 +218,6 @@ def _draw(numbers: dict, out_dir: str) -> None:
     _draw_paths(numbers, out_dir)
 
 
-_WAY = {"q": "queries", "k": "keys", "v": "values"}
-
-
-
-
 def _draw_paths(numbers: dict, out_dir: str) -> None:
   """The induction score of each receiver when its queries or keys read without each earlier head: every route, and
   the sender's direct write alone."""
@@ -233,7 +227,7 @@ def _draw_paths(numbers: dict, out_dir: str) -> None:
   values = np.stack([numbers[routes]["base"]["induction"][r] + numbers[routes]["change"]["induction"][w][:, r]
                      for routes, r, w in rows])
   pictures.heatmap(values, os.path.join(out_dir, "induction_paths.png"), annotate=True, cmap="Blues",
-                   row_labels=[f"L{paths['receivers'][r][0]} H{paths['receivers'][r][1]} {_WAY[w]}"
+                   row_labels=[f"{composition_lib.sender_name(paths['receivers'][r])} {composition_lib.WAY_NAMES[w]}"
                                f"{'' if routes == 'paths' else ' (direct)'}" for routes, r, w in rows],
                    col_labels=[composition_lib.sender_name(s) for s in paths["senders"]],
                    xlabel="earlier head (or MLP) left out",
@@ -249,6 +243,7 @@ def _circuit_lines(numbers: dict) -> list[str]:
            "head left out of their queries or keys, the rest as it was):"]
   heads = [i for i, (_, h) in enumerate(paths["senders"]) if h != composition_lib.MLP]
   mlps = [i for i, (l, h) in enumerate(paths["senders"]) if h == composition_lib.MLP]
+  names = composition_lib.WAY_NAMES
   for j, (lr, hr) in enumerate(paths["receivers"]):
     drops = np.stack([score[w][heads, j] for w in ("q", "k")])  # [2, heads]
     w_i, h_i = np.unravel_index(np.nanargmin(drops), drops.shape)
@@ -257,15 +252,15 @@ def _circuit_lines(numbers: dict) -> list[str]:
     w, o = ("q", "k")[w_i], ("k", "q")[w_i]
     base = paths["base"]["induction"][j]
     below = [i for i in mlps if paths["senders"][i][0] < lr]
-    mlp_text = "".join(f"; without {composition_lib.sender_name(paths['senders'][i])} in its {_WAY[w]}: "
+    mlp_text = "".join(f"; without {composition_lib.sender_name(paths['senders'][i])} in its {names[w]}: "
                        f"{base + score[w][i, j]:.2f} "
                        f"(its direct write only: {base + direct['change']['induction'][w][i, j]:.2f})" for i in below)
     lines.append(
-        f"    L{lr} H{hr} (induction {base:.2f}) needs L{ls} H{hs} in its {_WAY[w]}: {base + score[w][s_i, j]:.2f} "
-        f"without it (without its direct write only: {base + direct['change']['induction'][w][s_i, j]:.2f}; "
-        f"in its {_WAY[o]}: {base + score[o][s_i, j]:.2f}); second copy {loss[w][s_i, j]:+.2f} nats{mlp_text}; "
-        f"{w.upper()}-composition of the weights {scores[w][ls, hs, lr, hr]:.2f} (random heads "
-        f"{numbers['composition_random']:.2f})")
+        f"    L{lr} H{hr} (induction {base:.2f}) needs L{ls} H{hs} in its {names[w]}: "
+        f"{base + score[w][s_i, j]:.2f} without it (without its direct write only: "
+        f"{base + direct['change']['induction'][w][s_i, j]:.2f}; in its {names[o]}: {base + score[o][s_i, j]:.2f}); "
+        f"second copy {loss[w][s_i, j]:+.2f} nats{mlp_text}; {w.upper()}-composition of the weights "
+        f"{scores[w][ls, hs, lr, hr]:.2f} (random heads {numbers['composition_random']:.2f})")
   return lines
 
 
