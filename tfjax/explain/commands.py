@@ -45,6 +45,9 @@ COMMANDS: dict[str, Command] = {
                      "validation-loss increase when each head is ablated (layer x head heatmap)"),
     "qk": Command("tfjax.explain.qk:run", MODELS,
                   "one head's query/key story: which query tokens attend to which keys, and W_Q W_K^T on tokens"),
+    "ov": Command("tfjax.explain.ov:run", ("gpt", "translator"),
+                  "the value side: what each head adds when it attends to a token (its OV circuit through the "
+                  "unembedding); which heads copy, by the weights, by their value vectors and in context"),
     "mlp": Command("tfjax.explain.mlp:run", MODELS,
                    "MLP neurons as questions: top-activating validation contexts and the tokens each promotes"),
     "logit_lens": Command("tfjax.explain.logit_lens_command:run", MODELS,

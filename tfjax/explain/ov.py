@@ -1,0 +1,342 @@
+"""``explain ov``: what a head adds to the stream when it attends to a token (the value side, the OV circuit).
+
+A head that attends to key position ``j`` adds ``v_j W_O[h]`` to the query's stream (times the attention weight):
+the notes' value vector, "what should be added to the embedding if this word matters". Read through the final norm
+and the unembedding it is a vector of logits, the tokens the head promotes when it reads token ``a``: the head's
+**OV circuit** (Elhage et al. 2021, "A Mathematical Framework for Transformer Circuits"),
+
+    ov[a, b] = src_a · W_O[h] · R[:, b]          [N, V]
+    R = C diag(g) (W_U - mean_v W_U)             [D, V]   (:func:`readout`)
+
+with ``src_a [Dh]`` what the head reads for token ``a``, in one of two ways:
+
+* ``embed`` (:func:`embedding_values`, the weights alone): the token's embedding through the block's read norm's
+  linear part (its scale; LayerNorm's centring) and ``W_V[h]``; exact for layer 0 up to the position vector, the
+  norm's ``1 / σ`` and the biases;
+* ``values`` (:func:`mean_values`): the value vector ``v`` the head itself computed at token ``a``, averaged over
+  ``a``'s occurrences in validation text: everything earlier layers wrote into the token's stream included (an
+  induction head reads a token's stream after layer 0's MLP, not its bare embedding).
+
+``R`` reads a stream vector as logits relative to the mean logit (what the softmax sees): the final norm's scale
+``g`` and, for LayerNorm, its centring ``C`` folded in; its ``1 / σ``, one positive number per position, is left out,
+which changes no ranking. A head **copies** when attending to a token raises that token's own logit:
+
+* ``copying``: the copying score ``Σλ / Σ|λ|`` over the eigenvalues ``λ`` of ``ov`` restricted to the ``N`` tokens
+  read (``[N, N]``): +1 when every direction it reads is written back onto itself, −1 when it is suppressed; from
+  the ``[Dh, Dh]`` matrix ``(W_O R[:, ids]) src`` that has the same nonzero eigenvalues (:func:`copying_score`);
+* ``self_top1``: the share of the ``N`` tokens whose own logit is the largest of their row of ``ov`` over the whole
+  vocabulary (a random head: ``1 / V``) (:func:`self_ranks`);
+* ``context_top1`` / ``context_raises`` (:func:`context_copying`): on validation text, at each query the key it
+  attends to most; the share of queries where the head's actual write ``z W_O`` (through the final norm with its
+  ``σ`` held at its value on the stream, as :mod:`tfjax.explain.attribution` holds it) ranks that key's token first
+  among all tokens, or raises its logit above the mean logit.
+
+Self-attention heads of pre-LN GPTs and of a translator's decoder (whose stream is unembedded); ``explain ov
+WORKDIR`` (:func:`run`) draws every head's scores, and for one head (``--layer``/``--head``; default: the one that
+copies most in context) the circuit on a text's tokens and the tokens it promotes when reading frequent ones.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfjax.explain import attribution
+from tfjax.explain import data as data_lib
+from tfjax.explain import pictures
+from tfjax.explain.capture import per_layer, resolve_stack, run_with_cache
+from tfjax.explain.composition import head_matrices
+
+HIGHEST = jax.lax.Precision.HIGHEST
+STACK = attribution.STACK  # the stack whose stream is unembedded
+VIEWS = ("embed", "values")
+
+
+def readout(model, params) -> jnp.ndarray:
+  """``R [D, V]``: a stream vector's logits relative to their mean over the vocabulary, the final norm's scale (and
+  LayerNorm's centring) folded in, its ``1 / σ`` left out (module docstring)."""
+  unembed = attribution.unembedding(model, params)
+  directions, _ = attribution.token_directions(unembed, jnp.arange(unembed.matrix.shape[1]))  # [V, D]
+  r = directions.T
+  if unembed.scale is not None:
+    r = unembed.scale[:, None] * r
+  if unembed.norm == "layernorm":
+    r = r - jnp.mean(r, axis=0, keepdims=True)
+  return r
+
+
+def _embed_tokens(module, ids):
+  """The token embedding rows of ``ids`` as the model adds them to the stream (a method for ``model.apply``)."""
+  return module.embed(ids).astype(jnp.float32)
+
+
+def embedding_values(model, params, token_ids) -> jnp.ndarray:
+  """``[L, H, N, Dh]``: the value vector each self-attention head of the unembedded stack would compute from the bare
+  embedding of each of ``token_ids [N]`` (its read norm's linear part folded in; no position, ``1 / σ`` or bias)."""
+  model, variables = per_layer(model, {"params": params})
+  rows = model.apply(variables, jnp.asarray(token_ids, jnp.int32), method=_embed_tokens)  # [N, D]
+  w_v = head_matrices(model, variables["params"], STACK)["w_v"]  # [L, H, D, Dh]
+  return jnp.einsum("nd,lhde->lhne", rows, w_v, precision=HIGHEST)
+
+
+def write_readout(model, params, layer: int) -> jnp.ndarray:
+  """``[H, Dh, V]``: ``W_O[h] R``, the logits each head of ``layer`` adds per unit of its output ``z``."""
+  model, variables = per_layer(model, {"params": params})
+  w_o = head_matrices(model, variables["params"], STACK)["w_o"][layer]  # [H, Dh, D]
+  return jnp.einsum("hed,dv->hev", w_o, readout(model, variables["params"]), precision=HIGHEST)
+
+
+def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None) -> jnp.ndarray:
+  """``[N, V]``: the logits head ``(layer, head)`` adds, per unit of attention, when it reads each of ``token_ids
+  [N]``: from the bare embeddings (:func:`embedding_values`), or from ``values_NxDh`` (e.g. :func:`mean_values`)."""
+  if values_NxDh is None:
+    values_NxDh = embedding_values(model, params, token_ids)[layer, head]
+  return jnp.asarray(values_NxDh, jnp.float32) @ write_readout(model, params, layer)[head]
+
+
+@jax.jit
+def copying_score(values_NxDh, write_DhxN) -> jnp.ndarray:
+  """``Σλ / Σ|λ|`` over the eigenvalues of the ``[N, N]`` circuit ``values write`` (rows: tokens read; columns: the
+  same tokens' logits), from the ``[Dh, Dh]`` product ``write values`` with the same nonzero eigenvalues."""
+  lam = jnp.linalg.eigvals(jnp.matmul(write_DhxN, values_NxDh, precision=HIGHEST))
+  return jnp.sum(lam.real) / jnp.maximum(jnp.sum(jnp.abs(lam)), 1e-30)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def self_ranks(values_NxDh, write_DhxV, token_ids_N, chunk: int = 256) -> jnp.ndarray:
+  """``[N]``: where token ``token_ids[n]``'s own logit ranks in row ``n`` of the circuit (0: the largest), computed
+  ``chunk`` rows at a time (a ``[N, V]`` circuit of GPT-2's vocabulary need not exist at once)."""
+  n = values_NxDh.shape[0]
+  pad = (-n) % chunk
+  values = jnp.pad(values_NxDh, ((0, pad), (0, 0))).reshape(-1, chunk, values_NxDh.shape[1])
+  ids = jnp.pad(token_ids_N, (0, pad)).reshape(-1, chunk)
+
+  def rank(args):
+    v, i = args
+    row = jnp.matmul(v, write_DhxV, precision=HIGHEST)  # [chunk, V]
+    own = jnp.take_along_axis(row, i[:, None], axis=1)
+    return jnp.sum(row > own, axis=1)
+  return jax.lax.map(rank, (values, ids)).reshape(-1)[:n]
+
+
+def _capture_names(layers: int) -> tuple[str, ...]:
+  return tuple(f"{STACK}/block_{l}/attn/{name}" for l in range(layers) for name in ("v", "z", "pattern")) + (
+      f"{STACK}/block_{layers - 1}/resid_post",)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "names"))
+def _run(model, params, args, kwargs, names):
+  return run_with_cache(model, {"params": params}, *args, names=list(names), **kwargs)[1]
+
+
+@jax.jit
+def _context_ranks(z_BxTxHxDh, pattern_BxHxTxS, key_ids_BxS, write_HxDhxV, inv_BxT):
+  """``(ranks [H, B, T], raised [H, B, T])``: per head and query, the rank of the most-attended key's token among
+  the head's direct logits ``z W_O R / σ``, and whether that logit is above the mean."""
+  attended = jnp.take_along_axis(key_ids_BxS[:, None, :], jnp.argmax(pattern_BxHxTxS, axis=-1), axis=2)  # [B, H, T]
+
+  def one(args):
+    z, w, ids = args  # [B, T, Dh], [Dh, V], [B, T]
+    logits = jnp.einsum("bte,ev->btv", z, w, precision=HIGHEST) * inv_BxT[..., None]
+    own = jnp.take_along_axis(logits, ids[..., None], axis=-1)
+    return jnp.sum(logits > own, axis=-1), own[..., 0] > 0
+  return jax.lax.map(one, (jnp.moveaxis(z_BxTxHxDh, 2, 0), write_HxDhxV, jnp.moveaxis(attended, 1, 0)))
+
+
+class _TokenSums:
+  """Sums ``[L, K, N, Dh]`` of value vectors per token id seen so far (rows in the order first seen), without a
+  ``[.., V, ..]`` array (GPT-2's vocabulary would make it GBs)."""
+
+  def __init__(self, num_layers: int, kv: int, dh: int):
+    self.row = {}
+    self.sums = np.zeros((num_layers, kv, 0, dh))
+    self.counts = np.zeros(0, np.int64)
+
+  def add(self, ids_N: np.ndarray, values_LxNxKxDh: list[np.ndarray]) -> None:
+    uniq, inverse = np.unique(ids_N, return_inverse=True)
+    for u in uniq.tolist():
+      self.row.setdefault(u, len(self.row))
+    grow = len(self.row) - len(self.counts)
+    if grow:
+      self.sums = np.concatenate([self.sums, np.zeros((*self.sums.shape[:2], grow, self.sums.shape[3]))], axis=2)
+      self.counts = np.concatenate([self.counts, np.zeros(grow, np.int64)])
+    rows = np.asarray([self.row[u] for u in uniq.tolist()], np.int64)[inverse]
+    np.add.at(self.counts, rows, 1)
+    for l, v in enumerate(values_LxNxKxDh):
+      np.add.at(self.sums[l], (slice(None), rows), np.moveaxis(v, 0, 1))
+
+  def most_frequent(self, max_tokens: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(ids [N], counts [N], means [L, K, N, Dh])`` of the ``max_tokens`` most frequent ids (ties: the smaller
+    id first)."""
+    ids = np.fromiter(self.row.keys(), np.int64, len(self.row))
+    order = np.lexsort((ids, -self.counts))[:max_tokens]
+    return ids[order], self.counts[order], self.sums[:, :, order] / self.counts[order][None, None, :, None]
+
+
+def measure(model, params, kind: str, batches, max_tokens: int = 2048) -> dict:
+  """Every head's copying numbers (module docstring) on ``batches`` (validation batches of a ``kind`` model):
+  ``copying_{embed,values}``, ``self_top1_{embed,values}``, ``context_top1``, ``context_raises`` ``[L, H]``; the
+  ``tokens [N]`` read (the ``max_tokens`` most frequent real tokens of the batches) with their ``counts`` and mean
+  ``values [L, H, N, Dh]``; ``queries``, the number of queries counted in context; ``final_inv``, the mean
+  ``1 / σ`` of the final norm over them (a circuit times it is in logits at a typical scale)."""
+  attribution.check_decomposable(model)
+  model, variables = per_layer(model, {"params": params})
+  params = variables["params"]
+  layout = resolve_stack(model, STACK)
+  num_layers, heads, kv, dh = layout.num_layers, layout.num_heads, layout.num_kv_heads, layout.head_dim
+  names = _capture_names(num_layers)
+  writes = [write_readout(model, params, l) for l in range(num_layers)]  # [H, Dh, V] each
+  vocab = int(writes[0].shape[-1])
+  unembed = attribution.unembedding(model, params)
+  sums = _TokenSums(num_layers, kv, dh)
+  top1 = np.zeros((num_layers, heads))
+  raises = np.zeros((num_layers, heads))
+  queries, inv_sum = 0.0, 0.0
+  for batch in batches:
+    args, kwargs = data_lib.model_inputs(kind, jax.tree.map(jnp.asarray, batch))
+    cache = _run(model, params, args, kwargs, names)
+    real = data_lib.token_weights(kind, batch) > 0  # [B, T]
+    ids = np.asarray(batch["inputs"])  # the keys of the stack's self-attention
+    sums.add(ids[real], [np.asarray(cache[f"{STACK}/block_{l}/attn/v"], np.float64)[real]  # [N, K, Dh]
+                         for l in range(num_layers)])
+    _, inv = attribution._frozen_norm(unembed, cache[names[-1]])
+    for l in range(num_layers):
+      path = f"{STACK}/block_{l}/attn/"
+      pattern = jnp.where(jnp.asarray(real)[:, None, None, :], cache[path + "pattern"], -1.0)
+      ranks, up = _context_ranks(cache[path + "z"].astype(jnp.float32), pattern, jnp.asarray(ids), writes[l], inv)
+      top1[l] += np.sum((np.asarray(ranks) == 0) & real[None], axis=(1, 2))
+      raises[l] += np.sum(np.asarray(up) & real[None], axis=(1, 2))
+    queries += float(real.sum())
+    inv_sum += float(np.sum(np.asarray(inv)[real]))
+  if not queries:
+    raise ValueError("no real tokens in the batches")
+  tokens, counts, means = sums.most_frequent(max_tokens)
+  values = means[:, np.arange(heads) // (heads // kv)]  # [L, H, N, Dh]: a query head reads its group's values
+  embed = np.asarray(embedding_values(model, params, tokens))
+  out = {"tokens": tokens, "counts": counts, "values": values.astype(np.float32), "vocab_size": vocab,
+         "queries": int(queries),
+         "final_inv": inv_sum / queries, "context_top1": top1 / queries, "context_raises": raises / queries}
+  for view, src in (("embed", embed), ("values", values)):
+    copying, self_top1 = np.zeros((num_layers, heads)), np.zeros((num_layers, heads))
+    for l in range(num_layers):
+      for h in range(heads):
+        a = jnp.asarray(src[l, h], jnp.float32)
+        copying[l, h] = float(copying_score(a, writes[l][h][:, tokens]))
+        self_top1[l, h] = float(np.mean(np.asarray(self_ranks(a, writes[l][h], jnp.asarray(tokens))) == 0))
+    out[f"copying_{view}"], out[f"self_top1_{view}"] = copying, self_top1
+  return out
+
+
+def _head_name(l: int, h: int) -> str:
+  return f"L{l} H{h}"
+
+
+def _choose_head(numbers: dict, layer: int | None, head: int | None) -> tuple[int, int]:
+  """``--layer``/``--head`` as given; what is not: the head (of that layer) that copies most in context."""
+  score = numbers["context_top1"] + 1e-3 * numbers["self_top1_values"]
+  if layer is not None:
+    score = np.where(np.arange(score.shape[0])[:, None] == layer, score, -np.inf)
+  if head is not None:
+    score = np.where(np.arange(score.shape[1])[None, :] == head, score, -np.inf)
+  l, h = np.unravel_index(np.argmax(score), score.shape)
+  return int(l), int(h)
+
+
+def _text_circuit(subject, layer: int, head: int, text: str | None) -> dict:
+  """Head ``(layer, head)``'s circuit ``[N, N]`` between the distinct tokens of a text (its value vectors on that
+  text, averaged over each token's occurrences): ``text``, else a workdir's first validation row, else the default
+  text."""
+  batch = {k: v[:1] for k, v in data_lib.eval_batches(subject, 1, text=text)[0].items()}
+  numbers = measure(subject.model, subject.params, subject.kind, [batch], max_tokens=30)
+  ids = numbers["tokens"]
+  order = np.argsort([np.flatnonzero(batch["inputs"][0] == i)[0] for i in ids])  # as the text has them
+  ids = ids[order]
+  values = numbers["values"][layer, head][order]
+  circuit = np.asarray(ov_circuit(subject.model, subject.params, layer, head, ids, values))[:, ids]
+  circuit = circuit * numbers["final_inv"]
+  return {"tokens": subject.labels(ids), "circuit": circuit}
+
+
+def _promoted(subject, numbers: dict, layer: int, head: int, top_k: int, rows: int = 4) -> list[dict]:
+  """For the ``rows`` most frequent tokens read: the ``top_k`` tokens the head promotes when it reads them (logits
+  added per unit of attention at the final norm's mean ``1 / σ``)."""
+  tokens = numbers["tokens"][:rows]
+  circuit = np.asarray(ov_circuit(subject.model, subject.params, layer, head, tokens,
+                                  numbers["values"][layer, head][:rows])) * numbers["final_inv"]
+  out = []
+  for i, t in enumerate(tokens):
+    best = np.argsort(-circuit[i])[:top_k]
+    out.append({"reads": subject.token_label(int(t)),
+                "promotes": [(subject.token_label(int(b)), float(circuit[i, b])) for b in best],
+                "own_rank": int(np.sum(circuit[i] > circuit[i, t]))})
+  return out
+
+
+def _draw(numbers: dict, out_dir: str) -> None:
+  num_layers, heads = numbers["context_top1"].shape
+  rows, cols = [f"layer {l}" for l in range(num_layers)], [f"head {h}" for h in range(heads)]
+  for name, title, center in (
+      ("copying_values", "copying score (eigenvalues of the OV circuit on the value vectors it computed)", True),
+      ("self_top1_values", "share of tokens read whose own logit the head promotes most", False),
+      ("context_top1", "in context: share of queries whose most-attended token the head's write ranks first", False)):
+    pictures.heatmap(numbers[name], os.path.join(out_dir, f"ov_{name}.png"), row_labels=rows, col_labels=cols,
+                     title=title, annotate=True, center=center, cmap="Blues")
+
+
+def run(subject, out_dir: str, *, layer: int | None = None, head: int | None = None, text: str | None = None,
+        top_k: int = 8, max_batches: int = 4) -> dict:
+  """Writes ``ov_copying_values.png``, ``ov_self_top1_values.png``, ``ov_context_top1.png`` (every head), for the
+  chosen head ``ov_tokens.png`` (its circuit on the text's tokens) and ``ov_promoted.png``, and ``ov.json``."""
+  from tfjax.explain.subjects import SubjectError
+  subject.require(("gpt", "translator"), "ov")
+  try:
+    attribution.check_decomposable(subject.model)
+  except ValueError as e:
+    raise SubjectError(str(e)) from None
+  layout = resolve_stack(subject.model, STACK)
+  if layer is not None:
+    subject.check_layer(layer, layout.num_layers)
+  if head is not None:
+    subject.check_head(head)
+  os.makedirs(out_dir, exist_ok=True)
+  # every head over a workdir's validation batches; a Hugging Face directory has none: the text (or the default)
+  batches = data_lib.eval_batches(subject, max_batches, text=None if subject.config is not None else text)
+  numbers = measure(subject.model, subject.params, subject.kind, batches)
+  layer, head = _choose_head(numbers, layer, head)
+  name = _head_name(layer, head)
+  on_text = _text_circuit(subject, layer, head, text)
+  promoted = _promoted(subject, numbers, layer, head, top_k)
+  _draw(numbers, out_dir)
+  pictures.heatmap(on_text["circuit"], os.path.join(out_dir, "ov_tokens.png"), row_labels=on_text["tokens"],
+                   col_labels=on_text["tokens"], center=True, xlabel="token promoted", ylabel="token attended to",
+                   title=f"{name}: logits it adds when it attends to a token (its value vectors on the text)")
+  pictures.bars([], [], os.path.join(out_dir, "ov_promoted.png"), xlabel="logit added (relative to the mean)",
+                panels={f"{name} reads {p['reads']!r}": ([q[0] for q in p["promotes"]], [q[1] for q in p["promotes"]])
+                        for p in promoted})
+  result = {k: v for k, v in numbers.items() if k != "values"}
+  result.update(layer=layer, head=head, promoted=promoted, text_tokens=on_text["tokens"],
+                text_circuit=on_text["circuit"], chance=1.0 / numbers["vocab_size"])
+  pictures.write_json(os.path.join(out_dir, "ov.json"), result)
+  return {"summary": "\n".join(_summary_lines(result)), **result}
+
+
+def _summary_lines(r: dict) -> list[str]:
+  n, vocab = len(r["tokens"]), r["vocab_size"]
+  lines = [f"ov: what each head adds when it attends to a token ({n} tokens read, {r['queries']} queries; "
+           f"chance of ranking a token first 1/{vocab})",
+           "  head     copying embed/values   own token first embed/values   in context: first / raised"]
+  order = np.argsort(-r["context_top1"].reshape(-1), kind="stable")
+  heads = r["context_top1"].shape[1]
+  for idx in order[:8]:
+    l, h = divmod(int(idx), heads)
+    lines.append(f"  {_head_name(l, h):<8s} {r['copying_embed'][l, h]:+6.2f} / {r['copying_values'][l, h]:+5.2f}"
+                 f"          {r['self_top1_embed'][l, h]:5.2f} / {r['self_top1_values'][l, h]:4.2f}"
+                 f"                  {r['context_top1'][l, h]:4.2f} / {r['context_raises'][l, h]:4.2f}")
+  lines.append(f"  {_head_name(r['layer'], r['head'])}: " + "; ".join(
+      f"reads {p['reads']!r} -> " + ", ".join(f"{t!r} {v:+.2f}" for t, v in p["promotes"][:3])
+      for p in r["promoted"][:3]))
+  return lines
