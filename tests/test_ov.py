@@ -4,6 +4,8 @@ the whole [N, N] circuit, and +1 / -1 on heads built to copy or to suppress; chu
 value vectors and the in-context numbers against a loop over the captured activations; the command's files and
 errors."""
 
+import collections
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,6 +122,7 @@ def test_value_vectors_and_in_context_numbers_against_a_loop_over_captured_activ
   u = (table - table.mean(0)).T * final_scale[:, None]  # tied; RMSNorm: no centring over D
   top1 = np.zeros((cfg.num_layers, cfg.num_heads))
   raised = np.zeros_like(top1)
+  copies = [[collections.Counter() for _ in range(cfg.num_heads)] for _ in range(cfg.num_layers)]
   for l in range(cfg.num_layers):
     v = np.concatenate([np.asarray(c["v", l], np.float64).reshape(-1, 2, dh) for c in caches])  # [N, K, Dh]
     w_o = np.asarray(params["decoder"][f"block_{l}"]["attn"]["out"]["kernel"], np.float64)
@@ -134,10 +137,18 @@ def test_value_vectors_and_in_context_numbers_against_a_loop_over_captured_activ
         key = np.argmax(np.asarray(c["pattern", l])[:, h], axis=-1)
         attended = np.take_along_axis(b["inputs"], key, axis=1)
         own = np.take_along_axis(logits, attended[..., None], -1)
-        top1[l, h] += np.sum((logits > own).sum(-1) == 0)
+        first = (logits > own).sum(-1) == 0
+        top1[l, h] += np.sum(first)
+        copies[l][h].update(attended[first].tolist())
         raised[l, h] += np.sum(own > 0)
   np.testing.assert_allclose(got["context_top1"], top1 / ids.size)
   np.testing.assert_allclose(got["context_raises"], raised / ids.size)
+  for l in range(cfg.num_layers):
+    for h in range(cfg.num_heads):
+      want = copies[l][h].most_common()
+      got_copies = got["context_copies"][l][h]
+      assert [n for _, n in got_copies] == [n for _, n in want[:5]]
+      assert all(copies[l][h][t] == n for t, n in got_copies)
 
 
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
@@ -158,7 +169,7 @@ def test_layer_0s_value_vectors_are_the_bare_embeddings_over_the_norms_sigma(nor
 def test_command_files_chosen_head_and_errors(tmp_path):
   subject = tiny_gpt_subject()
   out = ov.run(subject, str(tmp_path), text="abc cab bad fed", layer=1, head=0, top_k=3)
-  for name in ("ov_copying_values.png", "ov_self_top1_values.png", "ov_context_top1.png", "ov_tokens.png",
+  for name in ("ov_copying.png", "ov_self_top1.png", "ov_context_top1.png", "ov_tokens.png",
                "ov_promoted.png", "ov.json"):
     assert (tmp_path / name).exists(), name
   assert (out["layer"], out["head"]) == (1, 0) and out["chance"] == pytest.approx(1 / 9)
@@ -166,6 +177,7 @@ def test_command_files_chosen_head_and_errors(tmp_path):
   assert np.asarray(out["text_circuit"]).shape == (len(out["text_tokens"]),) * 2
   assert len(out["promoted"]) == 4 and all(len(p["promotes"]) == 3 for p in out["promoted"])
   assert "L1 H0: reads" in out["summary"]
+  assert sum(n for _, n in out["copies"]) <= out["context_top1"][1, 0] * out["queries"]
   chosen = ov.run(subject, str(tmp_path), text="abc cab")
   best = np.unravel_index(np.argmax(chosen["context_top1"]), chosen["context_top1"].shape)
   assert chosen["context_top1"][chosen["layer"], chosen["head"]] == chosen["context_top1"][best]
@@ -176,3 +188,60 @@ def test_command_files_chosen_head_and_errors(tmp_path):
     ov.run(tiny_gpt_subject(pre_ln=False), str(tmp_path), text="abc")
   translated = ov.run(tiny_translator_subject(), str(tmp_path / "translator"), text="a dog runs")
   assert translated["context_top1"].shape == (2, 2) and (tmp_path / "translator" / "ov.json").exists()
+
+
+def test_cross_attention_values_context_and_dictionary_against_captured_activations(tmp_path):
+  """A translator's cross-attention heads read source tokens: their mean value vectors per source token, the
+  in-context ranks of the most-attended source token (LayerNorm: the final norm centres over D), and the command's
+  dictionary, the sum of every cross head's circuit, all from the captured activations by hand."""
+  from tfjax.tasks.translate import PAD_ID
+  subject = tiny_translator_subject()
+  model, params, cfg = subject.model, subject.params, subject.cfg
+  rng = np.random.default_rng(3)
+  src = rng.integers(3, cfg.vocab_size, (3, 7))
+  src[0, 5:] = PAD_ID
+  tgt = rng.integers(3, cfg.vocab_size, (3, 6))
+  weights = np.ones((3, 6), np.float32)
+  weights[1, 4:] = 0.0
+  batch = {"src": src, "inputs": tgt, "targets": tgt, "weights": weights}
+  got = ov.measure(model, params, "translator", [batch], sublayer="cross_attn")
+  assert np.isnan(got["copying_embed"]).all() and np.isfinite(got["copying_values"]).all()
+  cache = run_with_cache(model, {"params": params}, jnp.asarray(src), jnp.asarray(src != PAD_ID),
+                         jnp.asarray(tgt))[1]
+  real_src, real_q = src != PAD_ID, weights > 0
+  dh = cfg.emb_dim // cfg.num_heads
+  table = np.asarray(params["embed"]["embedding"], np.float64)
+  u = (table - table.mean(0)).T * np.asarray(params["ln_decoder"]["scale"], np.float64)[:, None]
+  u = u - u.mean(0, keepdims=True)
+  final = np.asarray(cache["decoder/block_1/resid_post"], np.float64)
+  inv = 1.0 / np.sqrt(final.var(-1) + cfg.norm_eps)
+  assert got["queries"] == real_q.sum()
+  for l in range(cfg.num_layers):
+    v = np.asarray(cache[f"decoder/block_{l}/cross_attn/v"], np.float64)
+    w_o = np.asarray(params["decoder"][f"block_{l}"]["cross_attn"]["out"]["kernel"], np.float64)
+    pattern = np.asarray(cache[f"decoder/block_{l}/cross_attn/pattern"])
+    z = np.asarray(cache[f"decoder/block_{l}/cross_attn/z"], np.float64)
+    for h in range(cfg.num_heads):
+      want = np.stack([v[real_src & (src == t)][:, h].mean(0) for t in got["tokens"]])
+      np.testing.assert_allclose(got["values"][l, h], want, rtol=1e-5, atol=1e-6)
+      logits = (z[:, :, h] @ w_o[h * dh:(h + 1) * dh] @ u) * inv[..., None]
+      attended = np.take_along_axis(src, np.argmax(np.where(real_src[:, None], pattern[:, h], -1), -1), 1)
+      own = np.take_along_axis(logits, attended[..., None], -1)[..., 0]
+      top1 = np.sum(((logits > own[..., None]).sum(-1) == 0) & real_q)
+      assert got["context_top1"][l, h] == pytest.approx(top1 / real_q.sum())
+      assert got["context_raises"][l, h] == pytest.approx(np.sum((own > 0) & real_q) / real_q.sum())
+  out = ov.run(subject, str(tmp_path), text="a dog runs", top_k=4)
+  assert (tmp_path / "ov_cross_dictionary.png").exists() and (tmp_path / "ov_cross_copying.png").exists() and out["cross"]["context_top1"].shape == (2, 2)
+  assert "cross-attention reading a source token promotes" in out["summary"]
+  text_batch = ov.data_lib.eval_batches(subject, 1, text="a dog runs")[0]
+  text = ov.measure(model, params, "translator", [text_batch], sublayer="cross_attn")
+  first = next(d for d in out["dictionary"])
+  row = [subject.token_label(int(t)) for t in text["tokens"]].index(first["reads"])
+  total = sum(np.asarray(ov.ov_circuit(model, params, l, h, text["tokens"][row:row + 1],
+                                       text["values"][l, h][row:row + 1], sublayer="cross_attn"))[0]
+              for l in range(cfg.num_layers) for h in range(cfg.num_heads)) * text["final_inv"]
+  best = np.argsort(-total)[:4]
+  assert [t for t, _ in first["promotes"]] == [subject.token_label(int(b)) for b in best]
+  with pytest.raises(ValueError, match="no cross-attention"):
+    ov.measure(tiny_gpt_subject().model, tiny_gpt_subject().params, "gpt", _batches(tiny_gpt_subject()),
+               sublayer="cross_attn")

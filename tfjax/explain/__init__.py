@@ -9,6 +9,8 @@
   direct share of a token's logit.
 - :mod:`tfjax.explain.composition`: :func:`composition_scores` (Q/K/V composition of the weights) and
   :func:`path_ablation` (a later head's queries, keys or values computed without an earlier head).
+- :mod:`tfjax.explain.ov`: :func:`ov_circuit` ``[N, V]`` (the logits a head adds when it attends to a token) and
+  :func:`copying_score`.
 
 The names are imported on first use (``import tfjax.explain`` imports no JAX).
 """
@@ -40,6 +42,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "logit_attribution": "tfjax.explain.attribution:logit_attribution",
     "composition_scores": "tfjax.explain.composition:composition_scores",
     "path_ablation": "tfjax.explain.composition:path_ablation",
+    "ov_circuit": "tfjax.explain.ov:ov_circuit",
+    "copying_score": "tfjax.explain.ov:copying_score",
     "lens_kl": "tfjax.explain.lens:lens_kl",
     "logit_lens": "tfjax.explain.lens:logit_lens",
     "unembed_residual": "tfjax.explain.lens:unembed_residual",

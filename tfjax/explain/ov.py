@@ -38,6 +38,7 @@ copies most in context) the circuit on a text's tokens and the tokens it promote
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 
@@ -83,19 +84,26 @@ def embedding_values(model, params, token_ids) -> jnp.ndarray:
   return jnp.einsum("nd,lhde->lhne", rows, w_v, precision=HIGHEST)
 
 
-def write_readout(model, params, layer: int) -> jnp.ndarray:
-  """``[H, Dh, V]``: ``W_O[h] R``, the logits each head of ``layer`` adds per unit of its output ``z``."""
+def write_readout(model, params, layer: int, sublayer: str = "attn") -> jnp.ndarray:
+  """``[H, Dh, V]``: ``W_O[h] R``, the logits each head of ``layer``'s ``sublayer`` (``attn``; a translator's
+  ``cross_attn``) adds per unit of its output ``z``."""
   model, variables = per_layer(model, {"params": params})
-  w_o = head_matrices(model, variables["params"], STACK)["w_o"][layer]  # [H, Dh, D]
+  layout = resolve_stack(model, STACK)
+  kernel = jnp.asarray(variables["params"][STACK][f"block_{layer}"][sublayer]["out"]["kernel"], jnp.float32)
+  w_o = kernel.reshape(layout.num_heads, layout.head_dim, kernel.shape[-1])  # [H, Dh, D]: head h's rows of out
   return jnp.einsum("hed,dv->hev", w_o, readout(model, variables["params"]), precision=HIGHEST)
 
 
-def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None) -> jnp.ndarray:
+def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None,
+               sublayer: str = "attn") -> jnp.ndarray:
   """``[N, V]``: the logits head ``(layer, head)`` adds, per unit of attention, when it reads each of ``token_ids
-  [N]``: from the bare embeddings (:func:`embedding_values`), or from ``values_NxDh`` (e.g. :func:`mean_values`)."""
+  [N]``: from the bare embeddings (:func:`embedding_values`; self-attention only), or from ``values_NxDh`` (e.g.
+  :func:`measure`'s mean value vectors; ``sublayer="cross_attn"``: a translator's cross-attention head)."""
   if values_NxDh is None:
+    if sublayer != "attn":
+      raise ValueError("a cross-attention head reads the encoder's output, not embeddings: give values_NxDh")
     values_NxDh = embedding_values(model, params, token_ids)[layer, head]
-  return jnp.asarray(values_NxDh, jnp.float32) @ write_readout(model, params, layer)[head]
+  return jnp.asarray(values_NxDh, jnp.float32) @ write_readout(model, params, layer, sublayer)[head]
 
 
 @jax.jit
@@ -123,8 +131,8 @@ def self_ranks(values_NxDh, write_DhxV, token_ids_N, chunk: int = 256) -> jnp.nd
   return jax.lax.map(rank, (values, ids)).reshape(-1)[:n]
 
 
-def _capture_names(layers: int) -> tuple[str, ...]:
-  return tuple(f"{STACK}/block_{l}/attn/{name}" for l in range(layers) for name in ("v", "z", "pattern")) + (
+def _capture_names(layers: int, sublayer: str = "attn") -> tuple[str, ...]:
+  return tuple(f"{STACK}/block_{l}/{sublayer}/{name}" for l in range(layers) for name in ("v", "z", "pattern")) + (
       f"{STACK}/block_{layers - 1}/resid_post",)
 
 
@@ -135,8 +143,8 @@ def _run(model, params, args, kwargs, names):
 
 @jax.jit
 def _context_ranks(z_BxTxHxDh, pattern_BxHxTxS, key_ids_BxS, write_HxDhxV, inv_BxT):
-  """``(ranks [H, B, T], raised [H, B, T])``: per head and query, the rank of the most-attended key's token among
-  the head's direct logits ``z W_O R / σ``, and whether that logit is above the mean."""
+  """``(ranks [H, B, T], raised [H, B, T], attended [H, B, T])``: per head and query, the most-attended key's token,
+  its rank among the head's direct logits ``z W_O R / σ``, and whether that logit is above the mean."""
   attended = jnp.take_along_axis(key_ids_BxS[:, None, :], jnp.argmax(pattern_BxHxTxS, axis=-1), axis=2)  # [B, H, T]
 
   def one(args):
@@ -144,7 +152,8 @@ def _context_ranks(z_BxTxHxDh, pattern_BxHxTxS, key_ids_BxS, write_HxDhxV, inv_B
     logits = jnp.einsum("bte,ev->btv", z, w, precision=HIGHEST) * inv_BxT[..., None]
     own = jnp.take_along_axis(logits, ids[..., None], axis=-1)
     return jnp.sum(logits > own, axis=-1), own[..., 0] > 0
-  return jax.lax.map(one, (jnp.moveaxis(z_BxTxHxDh, 2, 0), write_HxDhxV, jnp.moveaxis(attended, 1, 0)))
+  attended = jnp.moveaxis(attended, 1, 0)
+  return (*jax.lax.map(one, (jnp.moveaxis(z_BxTxHxDh, 2, 0), write_HxDhxV, attended)), attended)
 
 
 class _TokenSums:
@@ -177,54 +186,88 @@ class _TokenSums:
     return ids[order], self.counts[order], self.sums[:, :, order] / self.counts[order][None, None, :, None]
 
 
-def measure(model, params, kind: str, batches, max_tokens: int = 2048) -> dict:
+def _top_copies(copied: collections.Counter, num_layers: int, heads: int, top: int = 5) -> list[list[list]]:
+  """``[L][H]``: each head's ``top`` most copied tokens in context, ``[token id, queries]``, most first."""
+  out = [[collections.Counter() for _ in range(heads)] for _ in range(num_layers)]
+  for ((l, h), token), n in copied.items():
+    out[l][h][token] = n
+  return [[[[int(t), int(n)] for t, n in c.most_common(top)] for c in row] for row in out]
+
+
+def _keys(kind: str, batch, sublayer: str, real_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """``(ids [B, S], real [B, S])``: the tokens ``sublayer``'s keys and values are read from, and which are real:
+  the stack's own inputs for self-attention, the source sentence for a translator's cross-attention."""
+  if sublayer == "attn":
+    return np.asarray(batch["inputs"]), real_BxT
+  from tfjax.tasks.translate import PAD_ID
+  src = np.asarray(batch["src"])
+  return src, src != PAD_ID
+
+
+def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer: str = "attn") -> dict:
   """Every head's copying numbers (module docstring) on ``batches`` (validation batches of a ``kind`` model):
   ``copying_{embed,values}``, ``self_top1_{embed,values}``, ``context_top1``, ``context_raises`` ``[L, H]``; the
-  ``tokens [N]`` read (the ``max_tokens`` most frequent real tokens of the batches) with their ``counts`` and mean
+  ``tokens [N]`` read (the ``max_tokens`` most frequent real tokens of the keys) with their ``counts`` and mean
   ``values [L, H, N, Dh]``; ``queries``, the number of queries counted in context; ``final_inv``, the mean
-  ``1 / σ`` of the final norm over them (a circuit times it is in logits at a typical scale)."""
+  ``1 / σ`` of the final norm over them (a circuit times it is in logits at a typical scale); ``context_copies``
+  ``[L][H]``: the tokens each head ranks first most often in context, ``[token id, queries]``.
+
+  ``sublayer="cross_attn"``: a translator decoder's cross-attention heads, which read the source sentence through
+  the encoder (no ``embed`` view: its numbers are NaN); the tokens read are source tokens, the logits target-side
+  ones of the shared vocabulary."""
   attribution.check_decomposable(model)
+  if sublayer not in ("attn", "cross_attn"):
+    raise ValueError(f"sublayer must be attn or cross_attn, got {sublayer!r}")
   model, variables = per_layer(model, {"params": params})
   params = variables["params"]
   layout = resolve_stack(model, STACK)
+  if sublayer == "cross_attn" and not layout.cross_attention:
+    raise ValueError(f"this {type(model).__name__} has no cross-attention")
   num_layers, heads, kv, dh = layout.num_layers, layout.num_heads, layout.num_kv_heads, layout.head_dim
-  names = _capture_names(num_layers)
-  writes = [write_readout(model, params, l) for l in range(num_layers)]  # [H, Dh, V] each
+  names = _capture_names(num_layers, sublayer)
+  writes = [write_readout(model, params, l, sublayer) for l in range(num_layers)]  # [H, Dh, V] each
   vocab = int(writes[0].shape[-1])
   unembed = attribution.unembedding(model, params)
   sums = _TokenSums(num_layers, kv, dh)
   top1 = np.zeros((num_layers, heads))
   raises = np.zeros((num_layers, heads))
   queries, inv_sum = 0.0, 0.0
+  copied = collections.Counter()  # ((layer, head), token): the queries where the head ranked it first
   for batch in batches:
     args, kwargs = data_lib.model_inputs(kind, jax.tree.map(jnp.asarray, batch))
     cache = _run(model, params, args, kwargs, names)
-    real = data_lib.token_weights(kind, batch) > 0  # [B, T]
-    ids = np.asarray(batch["inputs"])  # the keys of the stack's self-attention
-    sums.add(ids[real], [np.asarray(cache[f"{STACK}/block_{l}/attn/v"], np.float64)[real]  # [N, K, Dh]
-                         for l in range(num_layers)])
+    real = data_lib.token_weights(kind, batch) > 0  # [B, T]: the real queries
+    key_ids, key_real = _keys(kind, batch, sublayer, real)
+    sums.add(key_ids[key_real], [np.asarray(cache[f"{STACK}/block_{l}/{sublayer}/v"], np.float64)[key_real]
+                                 for l in range(num_layers)])  # [N, K, Dh] each
     _, inv = attribution._frozen_norm(unembed, cache[names[-1]])
     for l in range(num_layers):
-      path = f"{STACK}/block_{l}/attn/"
-      pattern = jnp.where(jnp.asarray(real)[:, None, None, :], cache[path + "pattern"], -1.0)
-      ranks, up = _context_ranks(cache[path + "z"].astype(jnp.float32), pattern, jnp.asarray(ids), writes[l], inv)
-      top1[l] += np.sum((np.asarray(ranks) == 0) & real[None], axis=(1, 2))
+      path = f"{STACK}/block_{l}/{sublayer}/"
+      pattern = jnp.where(jnp.asarray(key_real)[:, None, None, :], cache[path + "pattern"], -1.0)
+      ranks, up, attended = _context_ranks(cache[path + "z"].astype(jnp.float32), pattern, jnp.asarray(key_ids),
+                                           writes[l], inv)
+      first = (np.asarray(ranks) == 0) & real[None]  # [H, B, T]
+      top1[l] += np.sum(first, axis=(1, 2))
+      which, _, _ = np.nonzero(first)
+      copied.update(zip(zip([l] * len(which), which.tolist()), np.asarray(attended)[first].tolist()))
       raises[l] += np.sum(np.asarray(up) & real[None], axis=(1, 2))
     queries += float(real.sum())
     inv_sum += float(np.sum(np.asarray(inv)[real]))
-  if not queries:
+  if not queries or not sums.row:
     raise ValueError("no real tokens in the batches")
   tokens, counts, means = sums.most_frequent(max_tokens)
   values = means[:, np.arange(heads) // (heads // kv)]  # [L, H, N, Dh]: a query head reads its group's values
-  embed = np.asarray(embedding_values(model, params, tokens))
   out = {"tokens": tokens, "counts": counts, "values": values.astype(np.float32), "vocab_size": vocab,
-         "queries": int(queries),
-         "final_inv": inv_sum / queries, "context_top1": top1 / queries, "context_raises": raises / queries}
-  for view, src in (("embed", embed), ("values", values)):
-    copying, self_top1 = np.zeros((num_layers, heads)), np.zeros((num_layers, heads))
-    for l in range(num_layers):
+         "queries": int(queries), "final_inv": inv_sum / queries, "context_top1": top1 / queries,
+         "context_raises": raises / queries, "context_copies": _top_copies(copied, num_layers, heads)}
+  views = {"values": values}
+  if sublayer == "attn":
+    views["embed"] = np.asarray(embedding_values(model, params, tokens))
+  for view in VIEWS:
+    copying, self_top1 = np.full((num_layers, heads), np.nan), np.full((num_layers, heads), np.nan)
+    for l in range(num_layers if view in views else 0):
       for h in range(heads):
-        a = jnp.asarray(src[l, h], jnp.float32)
+        a = jnp.asarray(views[view][l, h], jnp.float32)
         copying[l, h] = float(copying_score(a, writes[l][h][:, tokens]))
         self_top1[l, h] = float(np.mean(np.asarray(self_ranks(a, writes[l][h], jnp.asarray(tokens))) == 0))
     out[f"copying_{view}"], out[f"self_top1_{view}"] = copying, self_top1
@@ -276,21 +319,56 @@ def _promoted(subject, numbers: dict, layer: int, head: int, top_k: int, rows: i
   return out
 
 
-def _draw(numbers: dict, out_dir: str) -> None:
+def _dictionary(subject, text: str | None, top_k: int, max_tokens: int = 8) -> list[dict]:
+  """A translator: for each distinct source token of a text (as :func:`_text_circuit` picks it; special tokens left
+  out), the target tokens its decoder's cross-attention heads promote together when they all read it: the sum over
+  layers and heads of its value vector (averaged over the text) through ``W_O R``, at the final norm's ``1 / σ``."""
+  batch = {k: v[:1] for k, v in data_lib.eval_batches(subject, 1, text=text)[0].items()}
+  numbers = measure(subject.model, subject.params, subject.kind, [batch], sublayer="cross_attn")
+  special = set(subject.tokenizer.special_ids()) if hasattr(subject.tokenizer, "special_ids") else set()
+  src = [int(t) for t in dict.fromkeys(batch["src"][0].tolist()) if int(t) not in special][:max_tokens]
+  rows = [list(numbers["tokens"]).index(t) for t in src]
   num_layers, heads = numbers["context_top1"].shape
-  rows, cols = [f"layer {l}" for l in range(num_layers)], [f"head {h}" for h in range(heads)]
+  logits = sum(np.asarray(ov_circuit(subject.model, subject.params, l, h, src, numbers["values"][l, h][rows],
+                                     sublayer="cross_attn")) for l in range(num_layers) for h in range(heads))
+  logits = logits * numbers["final_inv"]  # [N, V]
+  out = []
+  for t, row in zip(src, logits):
+    best = np.argsort(-row)[:top_k]
+    out.append({"reads": subject.token_label(t), "promotes": [(subject.token_label(int(b)), float(row[b]))
+                                                             for b in best]})
+  return out
+
+
+def _draw(numbers: dict, out_dir: str, prefix: str = "ov", heads_name: str = "H") -> None:
+  """``{prefix}_copying.png`` and ``{prefix}_self_top1.png`` (layer x head; the bare-embedding view's columns, a gap,
+  then the value vectors' where there are both) and ``{prefix}_context_top1.png``."""
+  num_layers, heads = numbers["context_top1"].shape
+  rows = [f"layer {l}" for l in range(num_layers)]
+  views = [v for v in VIEWS if np.isfinite(numbers[f"copying_{v}"]).any()]
+  short = {"embed": "embed", "values": "values"}
+  gap = np.full((num_layers, 1), np.nan)
   for name, title, center in (
-      ("copying_values", "copying score (eigenvalues of the OV circuit on the value vectors it computed)", True),
-      ("self_top1_values", "share of tokens read whose own logit the head promotes most", False),
-      ("context_top1", "in context: share of queries whose most-attended token the head's write ranks first", False)):
-    pictures.heatmap(numbers[name], os.path.join(out_dir, f"ov_{name}.png"), row_labels=rows, col_labels=cols,
-                     title=title, annotate=True, center=center, cmap="Blues")
+      ("copying", "copying score: eigenvalues of the OV circuit (+1 copies, -1 suppresses)", True),
+      ("self_top1", "share of the tokens read whose own logit the head promotes most", False)):
+    blocks, cols = [], []
+    for v in views:
+      blocks += [numbers[f"{name}_{v}"], gap]
+      cols += [f"{heads_name}{h} {short[v]}" for h in range(heads)] + [""]
+    pictures.heatmap(np.concatenate(blocks[:-1], axis=1), os.path.join(out_dir, f"{prefix}_{name}.png"),
+                     row_labels=rows, col_labels=cols[:-1], title=title, annotate=True, center=center, cmap="Blues",
+                     xlabel="from the bare embeddings | from its own value vectors" if len(views) == 2 else
+                     "from its own value vectors")
+  pictures.heatmap(numbers["context_top1"], os.path.join(out_dir, f"{prefix}_context_top1.png"), row_labels=rows,
+                   col_labels=[f"{heads_name}{h}" for h in range(heads)], annotate=True, cmap="Blues",
+                   title="in context: share of queries whose most-attended token the head's write ranks first")
 
 
 def run(subject, out_dir: str, *, layer: int | None = None, head: int | None = None, text: str | None = None,
         top_k: int = 8, max_batches: int = 4) -> dict:
-  """Writes ``ov_copying_values.png``, ``ov_self_top1_values.png``, ``ov_context_top1.png`` (every head), for the
-  chosen head ``ov_tokens.png`` (its circuit on the text's tokens) and ``ov_promoted.png``, and ``ov.json``."""
+  """Writes ``ov_copying.png``, ``ov_self_top1.png``, ``ov_context_top1.png`` (every head), for the chosen head
+  ``ov_tokens.png`` (its circuit on the text's tokens) and ``ov_promoted.png``, and ``ov.json``; a translator also
+  its cross-attention heads' (``ov_cross_*.png``) and ``ov_cross_dictionary.png`` (:func:`_dictionary`)."""
   from tfjax.explain.subjects import SubjectError
   subject.require(("gpt", "translator"), "ov")
   try:
@@ -318,8 +396,17 @@ def run(subject, out_dir: str, *, layer: int | None = None, head: int | None = N
                 panels={f"{name} reads {p['reads']!r}": ([q[0] for q in p["promotes"]], [q[1] for q in p["promotes"]])
                         for p in promoted})
   result = {k: v for k, v in numbers.items() if k != "values"}
-  result.update(layer=layer, head=head, promoted=promoted, text_tokens=on_text["tokens"],
+  copies = [(subject.token_label(t), n) for t, n in numbers["context_copies"][layer][head]]
+  result.update(layer=layer, head=head, promoted=promoted, copies=copies, text_tokens=on_text["tokens"],
                 text_circuit=on_text["circuit"], chance=1.0 / numbers["vocab_size"])
+  if subject.kind == "translator":
+    cross = measure(subject.model, subject.params, subject.kind, batches, sublayer="cross_attn")
+    result["cross"] = {k: v for k, v in cross.items() if k != "values"}
+    _draw(cross, out_dir, prefix="ov_cross", heads_name="X")
+    result["dictionary"] = _dictionary(subject, text, top_k)
+    pictures.bars([], [], os.path.join(out_dir, "ov_cross_dictionary.png"), xlabel="logit added (every "
+                  "cross-attention head reading it)", panels={f"reads {d['reads']!r}": (
+                      [q[0] for q in d["promotes"]], [q[1] for q in d["promotes"]]) for d in result["dictionary"]})
   pictures.write_json(os.path.join(out_dir, "ov.json"), result)
   return {"summary": "\n".join(_summary_lines(result)), **result}
 
@@ -339,4 +426,18 @@ def _summary_lines(r: dict) -> list[str]:
   lines.append(f"  {_head_name(r['layer'], r['head'])}: " + "; ".join(
       f"reads {p['reads']!r} -> " + ", ".join(f"{t!r} {v:+.2f}" for t, v in p["promotes"][:3])
       for p in r["promoted"][:3]))
+  first = r["context_top1"][r["layer"], r["head"]]
+  total = first * r["queries"]
+  if total:
+    lines.append(f"  {_head_name(r['layer'], r['head'])} in context ranks the token it attends to most first at "
+                 f"{first:.0%} of queries: " + ", ".join(f"{t!r} {n / total:.0%}" for t, n in r["copies"][:3])
+                 + " of those")
+  if "cross" in r:
+    c = r["cross"]
+    best = np.unravel_index(np.argmax(c["context_top1"]), c["context_top1"].shape)
+    lines.append(f"  cross-attention: copying score (value vectors) {np.nanmin(c['copying_values']):+.2f} .. "
+                 f"{np.nanmax(c['copying_values']):+.2f}; most copying in context L{best[0]} X{best[1]} "
+                 f"{c['context_top1'][best]:.2f}")
+    lines.append("  cross-attention reading a source token promotes: " + "; ".join(
+        f"{d['reads']!r} -> " + ", ".join(repr(t) for t, _ in d["promotes"][:3]) for d in r["dictionary"][:5]))
   return lines
