@@ -99,6 +99,10 @@ def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None
   """``[N, V]``: the logits head ``(layer, head)`` adds, per unit of attention, when it reads each of ``token_ids
   [N]``: from the bare embeddings (:func:`embedding_values`; self-attention only), or from ``values_NxDh`` (e.g.
   :func:`measure`'s mean value vectors; ``sublayer="cross_attn"``: a translator's cross-attention head)."""
+  layout = resolve_stack(per_layer(model, {"params": params})[0], STACK)
+  if not 0 <= layer < layout.num_layers or not 0 <= head < layout.num_heads:
+    raise ValueError(f"no head ({layer}, {head}): the {STACK} has layers 0..{layout.num_layers - 1} and heads "
+                     f"0..{layout.num_heads - 1}")
   if values_NxDh is None:
     if sublayer != "attn":
       raise ValueError("a cross-attention head reads the encoder's output, not embeddings: give values_NxDh")
@@ -154,6 +158,27 @@ def _context_ranks(z_BxTxHxDh, pattern_BxHxTxS, key_ids_BxS, write_HxDhxV, inv_B
     return jnp.sum(logits > own, axis=-1), own[..., 0] > 0
   attended = jnp.moveaxis(attended, 1, 0)
   return (*jax.lax.map(one, (jnp.moveaxis(z_BxTxHxDh, 2, 0), write_HxDhxV, attended)), attended)
+
+
+class _Writes:
+  """``writes[l]``: :func:`write_readout` of layer ``l``, kept while all layers' fit ``budget`` bytes and computed
+  again each time otherwise (GPT-2's 12 layers x ``[768, 50257]`` would be 1.9 GB)."""
+
+  def __init__(self, model, params, sublayer: str, num_layers: int, budget: int | None = None):
+    self.args = (model, params)
+    self.sublayer = sublayer
+    self.shape = jax.eval_shape(lambda: write_readout(model, params, 0, sublayer)).shape  # [H, Dh, V]
+    budget = data_lib.OUTPUT_BYTES if budget is None else budget
+    self.keep = num_layers * int(np.prod(self.shape)) * 4 <= budget
+    self.cache = {}
+
+  def __getitem__(self, layer: int) -> jnp.ndarray:
+    if layer in self.cache:
+      return self.cache[layer]
+    write = write_readout(*self.args, layer, self.sublayer)
+    if self.keep:
+      self.cache[layer] = write
+    return write
 
 
 class _TokenSums:
@@ -225,8 +250,8 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
     raise ValueError(f"this {type(model).__name__} has no cross-attention")
   num_layers, heads, kv, dh = layout.num_layers, layout.num_heads, layout.num_kv_heads, layout.head_dim
   names = _capture_names(num_layers, sublayer)
-  writes = [write_readout(model, params, l, sublayer) for l in range(num_layers)]  # [H, Dh, V] each
-  vocab = int(writes[0].shape[-1])
+  writes = _Writes(model, params, sublayer, num_layers)
+  vocab = int(writes.shape[-1])
   unembed = attribution.unembedding(model, params)
   sums = _TokenSums(num_layers, kv, dh)
   top1 = np.zeros((num_layers, heads))
@@ -266,10 +291,11 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
   for view in VIEWS:
     copying, self_top1 = np.full((num_layers, heads), np.nan), np.full((num_layers, heads), np.nan)
     for l in range(num_layers if view in views else 0):
+      write = writes[l]
       for h in range(heads):
         a = jnp.asarray(views[view][l, h], jnp.float32)
-        copying[l, h] = float(copying_score(a, writes[l][h][:, tokens]))
-        self_top1[l, h] = float(np.mean(np.asarray(self_ranks(a, writes[l][h], jnp.asarray(tokens))) == 0))
+        copying[l, h] = float(copying_score(a, write[h][:, tokens]))
+        self_top1[l, h] = float(np.mean(np.asarray(self_ranks(a, write[h], jnp.asarray(tokens))) == 0))
     out[f"copying_{view}"], out[f"self_top1_{view}"] = copying, self_top1
   return out
 
