@@ -259,3 +259,17 @@ def test_cross_attention_values_context_and_dictionary_against_captured_activati
   with pytest.raises(ValueError, match="no cross-attention"):
     ov.measure(tiny_gpt_subject().model, tiny_gpt_subject().params, "gpt", _batches(tiny_gpt_subject()),
                sublayer="cross_attn")
+
+
+def test_a_scanned_stack_gives_the_same_numbers():
+  import dataclasses
+  from tfjax.layers.blocks import scan_params
+  subject = tiny_gpt_subject()
+  scanned = subject.model.clone(cfg=dataclasses.replace(subject.cfg, scan_layers=True))
+  batches = _batches(subject)
+  got = ov.measure(scanned, scan_params(subject.params), "gpt", batches)
+  want = ov.measure(subject.model, subject.params, "gpt", batches)
+  for key in ("copying_embed", "copying_values", "self_top1_embed", "context_top1", "context_raises", "values"):
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ov.ov_circuit(scanned, scan_params(subject.params), 1, 1, [0, 3]),
+                             ov.ov_circuit(subject.model, subject.params, 1, 1, [0, 3]), rtol=1e-5, atol=1e-6)
