@@ -73,6 +73,10 @@ def test_command_numbers_against_the_model_and_ablate_heads(tmp_path):
   ablated = explain.run_with_interventions(subject.model, variables, explain.ablate_heads(subject.model, [(1, 0)]), ids)
   assert out["ablation"][1, 0] == pytest.approx(second(ablated) - base, abs=1e-5)
   assert out["loss"].shape == (11,) and "in context" in out["summary"]
+  from tfjax.explain import ov
+  copying = ov.measure(subject.model, subject.params, "gpt", [{"inputs": np.asarray(ids)}])
+  np.testing.assert_allclose(out["copying"], copying["copying_values"], rtol=1e-6)
+  np.testing.assert_allclose(out["copying_context"], copying["context_top1"])
 
 
 def test_command_on_a_hugging_face_gpt2_and_clear_errors(tmp_path):
@@ -108,6 +112,7 @@ def test_the_repeats_text_and_a_workdirs_development_over_its_checkpoints(tmp_pa
   dev = out["development"]
   assert dev["steps"].tolist() == [2, 4, 6] and dev["induction"].shape == (3, 2)
   assert dev["second_copy_loss"][-1] == pytest.approx(out["second_copy_loss"], rel=1e-6)
+  np.testing.assert_allclose(dev["copying"][-1], out["copying"].max(axis=1), rtol=1e-6)
   np.testing.assert_allclose(dev["induction"][-1], out["induction"].max(axis=1), rtol=1e-6)
   assert (tmp_path / "out" / "induction_steps.png").exists() and "over 3 checkpoints" in out["summary"]
   with pytest.raises(SubjectError, match="not a tfjax workdir"):

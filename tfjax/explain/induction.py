@@ -14,7 +14,10 @@ matches, and its value copies the token there. Per head, over the second copy's 
 * ``uniform``: the same mean for attention spread evenly over the visible keys (``mean 1 / (t + 1)``).
 
 And the loss at every position (``loss [2n - 1]``: the first copy against the second: the in-context drop), and the
-second copy's loss when each head alone is zeroed (``ablation [L, H]``, the rise).
+second copy's loss when each head alone is zeroed (``ablation [L, H]``, the rise). What each head adds when it reads
+a token (pre-LN models, :mod:`tfjax.explain.ov`, on the same rows): ``copying [L, H]``, the copying score of its OV
+circuit on its own value vectors (+1: the token read is the token promoted), and ``copying_context [L, H]``, the
+share of queries where its write ranks the token it attends to most first.
 
 The circuit (:mod:`tfjax.explain.composition`), for the strongest induction heads above layer 0 (those scoring at
 least ``CIRCUIT_MIN_RATIO`` times uniform): their own induction score and the second copy's loss when only their
@@ -38,6 +41,7 @@ import numpy as np
 import optax
 
 from tfjax.explain import composition as composition_lib
+from tfjax.explain import ov as ov_lib
 from tfjax.explain import pictures
 from tfjax.explain.capture import run_with_cache
 from tfjax.explain.heads import head_masks_tree
@@ -163,6 +167,9 @@ def measure(subject, num_tokens: int, num_samples: int = 32, seed: int = 0, abla
   out = {"num_tokens": n, "num_samples": num_samples, "seed": seed, "loss": losses,
          "first_copy_loss": float(losses[:n - 1].mean()), "second_copy_loss": float(losses[n:].mean()),
          **{k: scores[k] for k in ("induction", "duplicate", "previous")}, "uniform": float(scores["uniform"])}
+  if model.cfg.pre_ln:  # what each head adds when it reads a token (its OV circuit, tfjax.explain.ov) on these rows
+    copying = ov_lib.measure(model, params, "gpt", [{"inputs": np.asarray(ids)}])
+    out.update(copying=copying["copying_values"], copying_context=copying["context_top1"])
   if ablate:
     layers, heads = scores["induction"].shape
     noop = head_masks_tree("decoder", "attn", layers, heads, -1, 0)  # the same tree structure: one compilation
@@ -191,8 +198,9 @@ def development(subject, num_tokens: int, num_samples: int = 32, seed: int = 0) 
   rows = [measure(load_subject(subject.path, step=s), num_tokens, num_samples, seed, ablate=False, allowed=allowed)
           for s in steps]
   out = {"steps": np.asarray(steps)}
-  for k in ("induction", "previous", "duplicate"):
-    out[k] = np.stack([r[k].max(axis=1) for r in rows])
+  for k in ("induction", "previous", "duplicate", "copying"):
+    if k in rows[0]:
+      out[k] = np.stack([r[k].max(axis=1) for r in rows])
   for k in ("first_copy_loss", "second_copy_loss"):
     out[k] = np.asarray([r[k] for r in rows])
   return out
@@ -267,9 +275,10 @@ def _circuit_lines(numbers: dict) -> list[str]:
 def _draw_development(dev: dict, out_dir: str) -> None:
   steps = dev["steps"].tolist()
   layers = dev["induction"].shape[1]
-  scores = {f"{k} L{l}": dev[k][:, l] for k in ("induction", "previous") for l in range(layers)}
+  scores = {f"{k} L{l}": dev[k][:, l] for k in ("induction", "previous", "copying") if k in dev
+            for l in range(layers)}
   pictures.curves(steps, {}, os.path.join(out_dir, "induction_steps.png"), xlabel="training step", ylabel="",
-                  panels={"each layer's strongest head": (steps, scores, "attention score"),
+                  panels={"each layer's strongest head": (steps, scores, "attention / copying score"),
                           "loss on the repeated rows": (steps, {"first copy": dev["first_copy_loss"],
                                                                 "second copy": dev["second_copy_loss"]}, "nats")})
 
@@ -296,7 +305,9 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
            f"second copy {second:.2f} nats ({first - second:+.2f} in context)",
            f"  strongest induction heads (attention to the token after the earlier occurrence; uniform {uniform:.3f}): "
            + ", ".join(f"L{l} H{h} {numbers['induction'][l, h]:.2f} (zeroed: second copy "
-                       f"{numbers['ablation'][l, h]:+.2f})" for l, h in strongest("induction")),
+                       f"{numbers['ablation'][l, h]:+.2f}" + (f"; copying score {numbers['copying'][l, h]:+.2f}"
+                                                              if "copying" in numbers else "") + ")"
+                       for l, h in strongest("induction")),
            "  strongest previous-token heads: " + ", ".join(
                f"L{l} H{h} {numbers['previous'][l, h]:.2f}" for l, h in strongest("previous"))]
   if "paths" in numbers:
@@ -309,7 +320,8 @@ def run(subject, out_dir: str, *, num_tokens: int | None = None, num_samples: in
     _draw_development(dev, out_dir)
     numbers["development"] = dev
     lines.append(f"  over {len(dev['steps'])} checkpoints (steps {dev['steps'][0]} .. {dev['steps'][-1]}): "
-                 + "; ".join(f"step {s}: induction {dev['induction'][i].max():.2f}, second copy "
-                             f"{dev['second_copy_loss'][i]:.2f}" for i, s in enumerate(dev["steps"])))
+                 + "; ".join(f"step {s}: induction {dev['induction'][i].max():.2f}, "
+                             + (f"copying {dev['copying'][i].max():+.2f}, " if "copying" in dev else "")
+                             + f"second copy {dev['second_copy_loss'][i]:.2f}" for i, s in enumerate(dev["steps"])))
   pictures.write_json(os.path.join(out_dir, "induction.json"), numbers)
   return {"summary": "\n".join(lines), **numbers}
