@@ -195,7 +195,7 @@ def test_command_files_chosen_head_and_errors(tmp_path):
   layer, head = ov._choose_head(out, None, None)  # the default: the head that copies most in context
   assert out["context_top1"][layer, head] == out["context_top1"].max()
   assert ov._choose_head(out, 0, None)[0] == 0 and ov._choose_head(out, None, 1)[1] == 1
-  for kwargs, match in ((dict(layer=2), "layer"), (dict(head=5), "head")):
+  for kwargs, match in ((dict(layer=2), "layer"), (dict(head=5), "head"), (dict(top_k=0), "at least one")):
     with pytest.raises(SubjectError, match=match):
       ov.run(subject, str(tmp_path), text="abc", **kwargs)
   with pytest.raises(SubjectError, match="pre-LN"):

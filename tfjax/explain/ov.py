@@ -402,6 +402,8 @@ def run(subject, out_dir: str, *, layer: int | None = None, head: int | None = N
   except ValueError as e:
     raise SubjectError(str(e)) from None
   layout = resolve_stack(subject.model, STACK)
+  if top_k < 1:
+    raise SubjectError(f"--top_k={top_k}: list at least one promoted token")
   if layer is not None:
     subject.check_layer(layer, layout.num_layers)
   if head is not None:
