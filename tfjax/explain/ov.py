@@ -147,8 +147,8 @@ def _run(model, params, args, kwargs, names):
 
 @jax.jit
 def _context_ranks(z_BxTxHxDh, pattern_BxHxTxS, key_ids_BxS, write_HxDhxV, inv_BxT):
-  """``(ranks [H, B, T], raised [H, B, T], attended [H, B, T])``: per head and query, the most-attended key's token,
-  its rank among the head's direct logits ``z W_O R / σ``, and whether that logit is above the mean."""
+  """``(ranks, raised, attended)``, each ``[H, B, T]``: per head and query, the rank of the most-attended key's token
+  among the head's direct logits ``z W_O R / σ``, whether that logit is above the mean, and the token itself."""
   attended = jnp.take_along_axis(key_ids_BxS[:, None, :], jnp.argmax(pattern_BxHxTxS, axis=-1), axis=2)  # [B, H, T]
 
   def one(args):
@@ -211,15 +211,7 @@ class _TokenSums:
     return ids[order], self.counts[order], self.sums[:, :, order] / self.counts[order][None, None, :, None]
 
 
-def _top_copies(copied: collections.Counter, num_layers: int, heads: int, top: int = 5) -> list[list[list]]:
-  """``[L][H]``: each head's ``top`` most copied tokens in context, ``[token id, queries]``, most first."""
-  out = [[collections.Counter() for _ in range(heads)] for _ in range(num_layers)]
-  for ((l, h), token), n in copied.items():
-    out[l][h][token] = n
-  return [[[[int(t), int(n)] for t, n in c.most_common(top)] for c in row] for row in out]
-
-
-def _keys(kind: str, batch, sublayer: str, real_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _keys(batch, sublayer: str, real_BxT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """``(ids [B, S], real [B, S])``: the tokens ``sublayer``'s keys and values are read from, and which are real:
   the stack's own inputs for self-attention, the source sentence for a translator's cross-attention."""
   if sublayer == "attn":
@@ -257,12 +249,12 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
   top1 = np.zeros((num_layers, heads))
   raises = np.zeros((num_layers, heads))
   queries, inv_sum = 0.0, 0.0
-  copied = collections.Counter()  # ((layer, head), token): the queries where the head ranked it first
+  copied = [[collections.Counter() for _ in range(heads)] for _ in range(num_layers)]  # token -> queries ranked first
   for batch in batches:
     args, kwargs = data_lib.model_inputs(kind, jax.tree.map(jnp.asarray, batch))
     cache = _run(model, params, args, kwargs, names)
     real = data_lib.token_weights(kind, batch) > 0  # [B, T]: the real queries
-    key_ids, key_real = _keys(kind, batch, sublayer, real)
+    key_ids, key_real = _keys(batch, sublayer, real)
     sums.add(key_ids[key_real], [np.asarray(cache[f"{STACK}/block_{l}/{sublayer}/v"], np.float64)[key_real]
                                  for l in range(num_layers)])  # [N, K, Dh] each
     _, inv = attribution._frozen_norm(unembed, cache[names[-1]])
@@ -273,8 +265,9 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
                                            writes[l], inv)
       first = (np.asarray(ranks) == 0) & real[None]  # [H, B, T]
       top1[l] += np.sum(first, axis=(1, 2))
-      which, _, _ = np.nonzero(first)
-      copied.update(zip(zip([l] * len(which), which.tolist()), np.asarray(attended)[first].tolist()))
+      attended = np.asarray(attended)
+      for h in range(heads):
+        copied[l][h].update(attended[h][first[h]].tolist())
       raises[l] += np.sum(np.asarray(up) & real[None], axis=(1, 2))
     queries += float(real.sum())
     inv_sum += float(np.sum(np.asarray(inv)[real]))
@@ -284,7 +277,7 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
   values = means[:, np.arange(heads) // (heads // kv)]  # [L, H, N, Dh]: a query head reads its group's values
   out = {"tokens": tokens, "counts": counts, "values": values.astype(np.float32), "vocab_size": vocab,
          "queries": int(queries), "final_inv": inv_sum / queries, "context_top1": top1 / queries,
-         "context_raises": raises / queries, "context_copies": _top_copies(copied, num_layers, heads)}
+         "context_raises": raises / queries, "context_copies": [[[[int(t), int(n)] for t, n in c.most_common(5)] for c in row] for row in copied]}
   views = {"values": values}
   if sublayer == "attn":
     views["embed"] = np.asarray(embedding_values(model, params, tokens))
