@@ -198,7 +198,7 @@ def token_directions(unembed: Unembedding, tokens: jax.Array) -> tuple[jax.Array
   return matrix.T[tokens], bias[tokens]
 
 
-def _frozen_norm(unembed: Unembedding, resid: jax.Array) -> tuple[bool, jax.Array]:
+def frozen_norm(unembed: Unembedding, resid: jax.Array) -> tuple[bool, jax.Array]:
   """``(centre, inv [B, T])``: whether the final norm removes the mean over ``D``, and ``1 / σ`` held at its value
   on ``resid [B, T, D]`` (LayerNorm: the standard deviation; RMSNorm: the root mean square; no norm: 1)."""
   if unembed.norm == "layernorm":
@@ -215,7 +215,7 @@ def attribute(unembed: Unembedding, components: jax.Array, resid: jax.Array, dir
   (``biases``) also takes the final norm's bias and ``direction_bias``, so the sum over ``C`` is the logit (or logit
   difference) the model computes."""
   g = direction if unembed.scale is None else direction * unembed.scale
-  centre, inv = _frozen_norm(unembed, resid)
+  centre, inv = frozen_norm(unembed, resid)
   if centre:
     components = components - jnp.mean(components, axis=-1, keepdims=True)
   attr = jnp.einsum("cbtd,btd->cbt", components, g, precision=HIGHEST) * inv[None]
@@ -232,7 +232,7 @@ def neuron_attribution(unembed: Unembedding, hidden_BxTxF: jax.Array, fc_out_par
   component in :func:`attribute` (tested)."""
   g = direction if unembed.scale is None else direction * unembed.scale
   kernel = jnp.asarray(fc_out_params["kernel"], jnp.float32)  # [F, D]
-  centre, inv = _frozen_norm(unembed, resid)
+  centre, inv = frozen_norm(unembed, resid)
   if centre:
     kernel = kernel - jnp.mean(kernel, axis=-1, keepdims=True)
   read = jnp.einsum("fd,btd->btf", kernel, g, precision=HIGHEST)  # what a unit of each neuron adds to the logit

@@ -257,7 +257,7 @@ def measure(model, params, kind: str, batches, max_tokens: int = 2048, sublayer:
     key_ids, key_real = _keys(batch, sublayer, real)
     sums.add(key_ids[key_real], [np.asarray(cache[f"{STACK}/block_{l}/{sublayer}/v"], np.float64)[key_real]
                                  for l in range(num_layers)])  # [N, K, Dh] each
-    _, inv = attribution._frozen_norm(unembed, cache[names[-1]])
+    _, inv = attribution.frozen_norm(unembed, cache[names[-1]])
     for l in range(num_layers):
       path = f"{STACK}/block_{l}/{sublayer}/"
       pattern = jnp.where(jnp.asarray(key_real)[:, None, None, :], cache[path + "pattern"], -1.0)
