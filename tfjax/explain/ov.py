@@ -84,14 +84,19 @@ def embedding_values(model, params, token_ids) -> jnp.ndarray:
   return jnp.einsum("nd,lhde->lhne", rows, w_v, precision=HIGHEST)
 
 
-def write_readout(model, params, layer: int, sublayer: str = "attn") -> jnp.ndarray:
-  """``[H, Dh, V]``: ``W_O[h] R``, the logits each head of ``layer``'s ``sublayer`` (``attn``; a translator's
-  ``cross_attn``) adds per unit of its output ``z``."""
+def _head_outputs(model, params, layer: int, sublayer: str) -> jnp.ndarray:
+  """``[H, Dh, D]``: each head's rows of ``layer``'s ``sublayer`` output projection ``out``."""
   model, variables = per_layer(model, {"params": params})
   layout = resolve_stack(model, STACK)
   kernel = jnp.asarray(variables["params"][STACK][f"block_{layer}"][sublayer]["out"]["kernel"], jnp.float32)
-  w_o = kernel.reshape(layout.num_heads, layout.head_dim, kernel.shape[-1])  # [H, Dh, D]: head h's rows of out
-  return jnp.einsum("hed,dv->hev", w_o, readout(model, variables["params"]), precision=HIGHEST)
+  return kernel.reshape(layout.num_heads, layout.head_dim, kernel.shape[-1])
+
+
+def write_readout(model, params, layer: int, sublayer: str = "attn") -> jnp.ndarray:
+  """``[H, Dh, V]``: ``W_O[h] R``, the logits each head of ``layer``'s ``sublayer`` (``attn``; a translator's
+  ``cross_attn``) adds per unit of its output ``z``."""
+  return jnp.einsum("hed,dv->hev", _head_outputs(model, params, layer, sublayer), readout(model, params),
+                    precision=HIGHEST)
 
 
 def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None,
@@ -107,7 +112,8 @@ def ov_circuit(model, params, layer: int, head: int, token_ids, values_NxDh=None
     if sublayer != "attn":
       raise ValueError("a cross-attention head reads the encoder's output, not embeddings: give values_NxDh")
     values_NxDh = embedding_values(model, params, token_ids)[layer, head]
-  return jnp.asarray(values_NxDh, jnp.float32) @ write_readout(model, params, layer, sublayer)[head]
+  w_o = _head_outputs(model, params, layer, sublayer)[head]  # [Dh, D]: only this head's write
+  return jnp.asarray(values_NxDh, jnp.float32) @ jnp.matmul(w_o, readout(model, params), precision=HIGHEST)
 
 
 @jax.jit
