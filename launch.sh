@@ -17,7 +17,7 @@ Usage: ./launch.sh COMMAND [ARGS...]
                                           generate text from a trained GPT workdir or a Hugging Face GPT-2 dir
   query WORKDIR|--vectors=FILE --neighbors=WORD | --analogy=a,b,c
                                           word2vec nearest neighbours and a - b + c queries
-  fill-mask WORKDIR --text="the capital of [MASK] is paris" [--top_k=K]
+  fill-mask WORKDIR --text="the capital of [MASK] is paris" [--top_k=K] [--num_samples=N --temperature=T]
                                           BERT fill-in-the-blank
   translate WORKDIR --text="A dog runs." | --bleu=test | --file=IN [--out=OUT] [--beam_size=5] [--best]
                                           translate with a trained encoder-decoder (greedy or beam); --bleu

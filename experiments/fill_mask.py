@@ -1,6 +1,9 @@
-"""Fill in the blanks with a trained BERT: the top-k tokens and probabilities for each [MASK] in a text.
+"""Fill in the blanks with a trained BERT: the top-k tokens and probabilities for each [MASK] in a text, and with
+``--num_samples`` the text with its blanks filled by sampling at ``--temperature`` (left to right, each blank given
+those before it).
 
     ./launch.sh fill-mask runs/bert --text="the capital of [MASK] is paris" --top_k=5    # or --workdir=runs/bert
+    ./launch.sh fill-mask runs/bert --text="he was born in [MASK] [MASK] ." --num_samples=4 --temperature=0.8
 
 The workdir (the first argument or ``--workdir``) is a training workdir of an MLM config (latest checkpoint, or
 ``--step``), or any Hugging Face ``BertForMaskedLM`` or ``RoFormerForMaskedLM`` directory (config.json +
@@ -19,6 +22,10 @@ flags.DEFINE_string("workdir", None, "Training workdir (MLM) or Hugging Face BER
                     "first argument).")
 flags.DEFINE_multi_string("text", None, "Text with one or more [MASK] tokens (repeat the flag for several).")
 flags.DEFINE_integer("top_k", 5, "How many candidates to print per [MASK].", lower_bound=1)
+flags.DEFINE_integer("num_samples", 0, "Also print this many texts with the blanks filled by sampling.",
+                     lower_bound=0)
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature (0: the argmax, blank by blank).", lower_bound=0.0)
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.DEFINE_integer("step", None, "Checkpoint step to load (default: the latest).")
 flags.mark_flags_as_required(["text"])
 
@@ -46,6 +53,12 @@ def main(argv):
     for i, candidates in enumerate(predictions):
       label = f"  [MASK] {i + 1}:" if len(predictions) > 1 else "  [MASK]:"
       print(label + "  " + "  ".join(f"{token} {prob:.3g}" for token, prob in candidates))
+    if FLAGS.num_samples:
+      import jax
+      print(f"  sampled at T={FLAGS.temperature:g}:")
+      for filled in mlm.sample_fills(model, params, tokenizer, text, FLAGS.num_samples, jax.random.key(FLAGS.seed),
+                                     FLAGS.temperature):
+        print(f"    {filled}")
   return 0
 
 

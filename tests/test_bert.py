@@ -585,7 +585,8 @@ def test_context_baselines_count_models(tmp_path):
 
 def test_fill_mask_cli_takes_the_workdir_as_argument_or_flag(tmp_path):
   """``./launch.sh fill-mask WORKDIR --text=...`` (as sample, translate and eval take theirs) or ``--workdir=``; the
-  two print the same; both at once, or none, is a usage error; an overlong text's error shows its start."""
+  two print the same; both at once, or none, is a usage error; an overlong text's error shows its start;
+  ``--num_samples`` adds texts with the blanks filled."""
   import subprocess
   import sys
   from conftest import ROOT, hf_bert_with_vocab
@@ -602,3 +603,73 @@ def test_fill_mask_cli_takes_the_workdir_as_argument_or_flag(tmp_path):
     assert proc.returncode != 0 and "usage: fill_mask.py WORKDIR" in proc.stderr, proc.stderr
   proc = fill(bert, "--text=" + "paris " * 300 + "[MASK]")
   assert proc.returncode == 1 and "... (1806 characters)' is 303 tokens long" in proc.stderr, proc.stderr
+  proc = fill(bert, text, "--num_samples=2", "--temperature=0")  # the argmax twice, blank by blank
+  tail = proc.stdout.split("sampled at T=0:\n")[1].splitlines()
+  assert proc.returncode == 0 and len(tail) == 2 and tail[0] == tail[1] and tail[0].startswith("    the capital of")
+
+
+# ---------------------------------------------------------------------------------------------------- filling blanks
+
+
+def _greedy_fill_by_hand(model, params, row, blanks):
+  """Each blank of ``row`` in turn set to the argmax of a full forward pass over the row as filled so far."""
+  row = row.copy()
+  for p in np.flatnonzero(blanks):
+    row[p] = int(np.argmax(_apply(model, params, row[None])[0, p]))
+  return row
+
+
+def test_sample_masks_at_temperature_zero_fills_left_to_right_greedily(model_params):
+  """T = 0 fills each blank with the argmax given the blanks before it filled (recomputed by full forward passes),
+  per row, rows with different numbers of blanks (one with none) in one batch; the other tokens stay."""
+  model, params = model_params
+  ids = np.random.default_rng(1).integers(5, 64, size=(3, 10)).astype(np.int32)
+  blanks = np.zeros(ids.shape, bool)
+  blanks[0, [2, 3, 7]] = True
+  blanks[1, 5] = True
+  ids[blanks] = 4
+  got = mlm.sample_masks(model, params, ids, blanks, jax.random.key(0), temperature=0.0)
+  for r in range(3):
+    np.testing.assert_array_equal(got[r], _greedy_fill_by_hand(model, params, ids[r], blanks[r]))
+  at_once = ids.copy()  # every blank from the one pass over the blanked text: not what left to right gives
+  at_once[blanks] = np.asarray(jnp.argmax(_apply(model, params, ids), -1))[blanks]
+  assert not np.array_equal(at_once, got)
+  with pytest.raises(ValueError, match=r"must both be \[B, T\]"):
+    mlm.sample_masks(model, params, ids[0], blanks[0], jax.random.key(0))
+
+
+def test_sample_masks_draws_each_blank_from_its_tempered_distribution_given_those_before(model_params):
+  """4000 rows, two adjacent blanks, T = 0.8 over the top 2: the first blank's frequencies match softmax(logits / T)
+  of the blanked text, and the second's, within each value of the first, match the model run with that value
+  filled in (a fill that ignored the first blank's value would not: checked)."""
+  model, params = model_params
+  temperature, n = 0.8, 4000
+  ids = np.asarray([[2, 9, 4, 4, 3]], np.int32)
+  blanks = ids == 4
+  got = mlm.sample_masks(model, params, np.repeat(ids, n, 0), np.repeat(blanks, n, 0), jax.random.key(3),
+                         temperature=temperature, top_k=2)
+  np.testing.assert_array_equal(got[:, ~blanks[0]], np.repeat(ids[:, ~blanks[0]], n, 0))
+
+  def top2(row, position):
+    logits = np.asarray(_apply(model, params, row[None])[0, position], np.float64)
+    best = np.argsort(-logits)[:2]
+    p = np.exp(logits[best] / temperature)
+    return best, p / p.sum()
+
+  best, p = top2(ids[0], 2)
+  assert set(np.unique(got[:, 2])) <= set(best)
+  assert abs(np.mean(got[:, 2] == best[0]) - p[0]) < 0.035  # 4.5 sigma of 4000 draws
+  independent, q_blank = top2(ids[0], 3)
+  told_apart = False
+  for value in best:
+    rows = got[:, 2] == value
+    if rows.sum() < 400:
+      continue
+    filled = ids[0].copy()
+    filled[2] = value
+    second, q = top2(filled, 3)
+    assert set(np.unique(got[rows, 3])) <= set(second)
+    sigma = np.sqrt(0.25 / rows.sum())
+    assert abs(np.mean(got[rows, 3] == second[0]) - q[0]) < 4.5 * sigma
+    told_apart |= set(second) != set(independent) or abs(q[0] - q_blank[0]) > 7 * sigma
+  assert told_apart

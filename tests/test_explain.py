@@ -205,6 +205,40 @@ def test_temperature_on_a_translator_reads_the_first_target_token_and_samples_tr
   assert result["sample_text"]["0.0"] == [want, want]
 
 
+def test_temperature_on_a_bert_reads_its_first_blank_and_fills_the_blanks(tmp_path):
+  """A BERT's distribution is its first [MASK]'s (recomputed from a full forward pass); T = 0 fills the blanks with
+  the argmax left to right, each given those before; distinct-n only up to the number of blanks; a text without
+  [MASK] has its last 3 tokens blanked; --num_tokens beside [MASK]s, or more than the text has, is an error."""
+  subject = load_subject(hf_bert_with_vocab(tmp_path))
+  tok, text = subject.tokenizer, "the capital of [MASK] is [MASK] ."
+  result = temperature_lib.run(subject, str(tmp_path / "t"), text=text, temperatures=[0.0, 1.0], num_samples=3)
+  ids = subject.encode(text)
+  blanks = ids == tok.token_to_id("[MASK]")
+  assert blanks.sum() == 2
+
+  def logits_at(row, position):
+    return subject.model.apply({"params": subject.params}, jnp.asarray(row[None]),
+                               attention_mask=jnp.ones((1, row.size), jnp.int32))[0, position]
+
+  first = int(np.flatnonzero(blanks)[0])
+  probs = np.asarray(jax.nn.softmax(logits_at(ids, first)))
+  np.testing.assert_allclose(result["probs_top"][1], probs[result["top_token_ids"]], rtol=1e-5)
+  greedy = ids.copy()
+  for position in np.flatnonzero(blanks):
+    greedy[position] = int(jnp.argmax(logits_at(greedy, position)))
+  assert result["sample_text"]["0.0"] == [tok.decode(greedy)] * 3
+  assert result["sample_blanks"]["0.0"] == [tok.decode(greedy[blanks])] * 3
+  assert set(result["samples"]) == {"unigram_entropy", "distinct_1", "distinct_2"}
+  assert "[MASK] is [MASK]" in result["prompt"] and "[CLS]" not in result["prompt"]
+  blanked = temperature_lib.run(subject, str(tmp_path / "b"), text="the capital of france is paris .",
+                                temperatures=[0.0], num_samples=1)
+  assert blanked["prompt"].endswith("[MASK] [MASK] [MASK]") and blanked["prompt"].startswith("the capital of")
+  with pytest.raises(SubjectError, match="drop --num_tokens"):
+    temperature_lib.run(subject, str(tmp_path / "e"), text=text, num_tokens=2)
+  with pytest.raises(SubjectError, match="tokens to blank"):
+    temperature_lib.run(subject, str(tmp_path / "e"), text="the capital", num_tokens=5)
+
+
 def test_heads_and_mlp_on_a_translators_text_score_its_own_translation_or_the_given_target(tmp_path):
   """A text given to a translator is its source; the target side is ``--target`` or the model's greedy translation
   (it was the source text again, read as if it were German)."""
@@ -256,7 +290,7 @@ def test_clear_errors(tmp_path):
   with pytest.raises(SubjectError, match="takes no --neurons"):
     commands.run_command("attention", gpt, str(tmp_path), neurons=[1])
   with pytest.raises(SubjectError, match="works on a GPT .*holds a BERT"):
-    commands.run_command("temperature", hf_bert_with_vocab(tmp_path), str(tmp_path))
+    commands.run_command("ov", hf_bert_with_vocab(tmp_path), str(tmp_path))
   with pytest.raises(SubjectError, match="needs a workdir"):
     commands.run_command("attention", None, str(tmp_path))
   with pytest.raises(SubjectError, match="does not exist"):

@@ -52,9 +52,10 @@ COMMANDS: dict[str, Command] = {
                    "MLP neurons as questions: top-activating validation contexts and the tokens each promotes"),
     "logit_lens": Command("tfjax.explain.logit_lens_command:run", MODELS,
                           "each layer's top next-token guesses on a text, and its KL from the final distribution"),
-    "temperature": Command("tfjax.explain.temperature:run", ("gpt", "translator"),
-                           "next-token distribution at several temperatures (a translator: the first target token); "
-                           "entropy and distinct-n of samples (continuations, translations) vs T"),
+    "temperature": Command("tfjax.explain.temperature:run", MODELS,
+                           "next-token distribution at several temperatures (a translator: the first target token; "
+                           "a BERT: its first [MASK]); entropy and distinct-n of samples (continuations, "
+                           "translations, blanks filled) vs T"),
     "attribution": Command("tfjax.explain.attribution:run", ("gpt", "translator"),
                            "direct logit attribution: each head's and MLP's share of the next token's logit on a "
                            "text, at one position, and on average over validation text"),

@@ -1,11 +1,14 @@
-"""``explain temperature``: softmax with temperature, on a trained GPT or translator.
+"""``explain temperature``: softmax with temperature, on a trained GPT, translator or BERT.
 
 The next token is drawn from ``softmax(logits / T)``: ``T = 1`` is the model's distribution, ``T < 1`` sharpens it
 (``T -> 0``: all mass on the argmax, greedy decoding), ``T > 1`` flattens it towards uniform. The command shows, for a
 prompt, the next-token distribution at several temperatures, its entropy against ``T``, and the unigram entropy and
 distinct-n of text sampled at each ``T`` with the project's own samplers: :func:`tfjax.generate.generate` continues a
 GPT's prompt; for a translator the prompt is the source sentence, the distribution is that of the first target token,
-and the samples are translations drawn by :func:`tfjax.generate.translate` (each up to its end token).
+and the samples are translations drawn by :func:`tfjax.generate.translate` (each up to its end token). A BERT reads a
+text with blanks (``[MASK]``; a text without one has its last ``num_tokens`` tokens blanked): the distribution is its
+first blank's, and the samples fill every blank left to right (:func:`tfjax.tasks.mlm.sample_masks`); their unigram
+entropy and distinct-n count the filled tokens only.
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ def temperature_distributions(logits: jnp.ndarray, temperatures: jnp.ndarray) ->
 
 def entropy(probs: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   """Shannon entropy in nats of distributions ``probs [..., V]`` along ``axis`` (``0 log 0 = 0``)."""
-  return -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0), axis=axis)
+  terms = jnp.where(probs > 0, probs * jnp.log(jnp.where(probs > 0, probs, 1.0)), 0.0)
+  return 0.0 - jnp.sum(terms, axis=axis)  # 0 - x, not -x: a one-hot distribution's entropy is +0, not -0
 
 
 def distinct_n(ids, n: int) -> float:
@@ -84,9 +88,14 @@ class _GPTPrompt:
         else num_tokens
     self.prompt = subject.tokenizer.decode(self.ids)
     self.what = "next token after"
+    self.token = "next token"  # whose distribution it is
 
   def logits(self):
     return next_token_logits(self.model, self.params, jnp.asarray(self.ids[None]))[0]
+
+  def text(self, row):
+    """A sample's text: its new tokens."""
+    return row
 
   def samples(self, num_samples, temperature, key):
     prompt = np.repeat(self.prompt_ids[None], num_samples, axis=0)
@@ -108,6 +117,7 @@ class _Source:
       raise SubjectError(f"--num_tokens={self.num_tokens} is longer than the context window {self.model.cfg.max_len}")
     self.prompt = subject.tokenizer.decode(self.src[:-1])
     self.what = "first target token of"
+    self.token = "first target token"  # whose distribution it is
 
   def logits(self):
     src = jnp.asarray(self.src[None])
@@ -123,12 +133,67 @@ class _Source:
       rows.append(row[:end[0]] if end.size else row)
     return rows
 
+  def text(self, row):
+    """A sample's text: the translation."""
+    return row
+
+
+class _Blanks:
+  """A BERT's text with blanks: the distribution at its first ``[MASK]``, and every blank filled by sampling."""
+
+  def __init__(self, subject, text, num_tokens):
+    from tfjax.data.tokenizers import MASK
+    from tfjax.explain.subjects import SubjectError
+    self.model, self.params, tok = subject.model, subject.params, subject.tokenizer
+    self.mask_id = tok.token_to_id(MASK)
+    if self.mask_id is None:
+      raise SubjectError(f"{subject.path}'s tokenizer has no {MASK} token: a BERT's temperature needs blanks to fill")
+    ids = subject.text_ids(text).copy()
+    blanks = ids == self.mask_id
+    if blanks.any() and num_tokens is not None:
+      raise SubjectError(f"--num_tokens blanks the end of a text without {MASK}; this text has {int(blanks.sum())} "
+                         f"of them already: drop --num_tokens")
+    if not blanks.any():  # blank out the text's last num_tokens real tokens
+      real = np.flatnonzero(~np.isin(ids, tok.special_ids()))
+      num_tokens = 3 if num_tokens is None else num_tokens
+      if not 1 <= num_tokens <= real.size:
+        raise SubjectError(f"--num_tokens={num_tokens}: the text has {real.size} tokens to blank (1 .. {real.size}); "
+                           f"or write {MASK} where the blanks go")
+      ids[real[-num_tokens:]] = self.mask_id
+      blanks = ids == self.mask_id
+    self.ids, self.blanks = ids, blanks
+    self.first = int(np.flatnonzero(blanks)[0])
+    self.num_tokens = int(blanks.sum())
+    kept = [i for i in ids if i == self.mask_id or i not in set(tok.special_ids())]  # the text, [MASK]s shown
+    self.prompt = tok.decode(kept, skip_special_tokens=False)
+    self.what = "first [MASK] of"
+    self.token = "first [MASK]"  # whose distribution it is
+
+  def logits(self):
+    from tfjax.tasks.mlm import fill_mask_logits
+    return fill_mask_logits(self.model, self.params, jnp.asarray(self.ids[None]),
+                            jnp.asarray([[self.first]], jnp.int32))[0, 0]
+
+  def samples(self, num_samples, temperature, key):
+    from tfjax.tasks.mlm import sample_masks
+    ids = np.repeat(self.ids[None], num_samples, axis=0)
+    filled = sample_masks(self.model, self.params, ids, np.repeat(self.blanks[None], num_samples, axis=0), key,
+                          temperature=temperature)
+    return [row[self.blanks] for row in filled]
+
+  def text(self, row):
+    """The whole text with the blanks filled by ``row`` (one sample's tokens)."""
+    ids = self.ids.copy()
+    ids[self.blanks] = row
+    return ids
+
 
 def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_TEMPERATURES,
         num_samples: int = 8, num_tokens: int | None = None, top_k: int = 12, seed: int = 0) -> dict:
   """Writes ``temperature_distribution.png`` (the top-``top_k`` next tokens' probabilities at each T),
   ``temperature_entropy.png`` (entropy of the next-token distribution against T; unigram entropy and distinct-1/2/3
-  of ``num_samples`` samples of ``num_tokens`` tokens at each T) and ``temperature.json``."""
+  of ``num_samples`` samples of ``num_tokens`` tokens at each T) and ``temperature.json``. A BERT: ``text`` with
+  ``[MASK]`` blanks (the sampled tokens), or without, its last ``num_tokens`` tokens (default 3) blanked."""
   from tfjax.explain.subjects import SubjectError
   os.makedirs(out_dir, exist_ok=True)
   temps = [float(t) for t in temperatures]
@@ -136,10 +201,11 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
     raise SubjectError(f"--temperatures must be >= 0, got {temps}")
   if num_samples < 1:
     raise SubjectError(f"--num_samples must be >= 1, got {num_samples}")
-  source = (_Source if subject.kind == "translator" else _GPTPrompt)(subject, text, num_tokens)
+  source = {"translator": _Source, "bert": _Blanks}.get(subject.kind, _GPTPrompt)(subject, text, num_tokens)
   num_tokens = source.num_tokens
-  if num_tokens < 3:
+  if num_tokens < 3 and subject.kind != "bert":  # a BERT's blanks are the text's: distinct-n up to their number
     raise SubjectError(f"--num_tokens must be >= 3 (distinct-3 needs three tokens), got {num_tokens}")
+  orders = [n for n in (1, 2, 3) if n <= num_tokens]
   logits = source.logits()
   probs = np.asarray(temperature_distributions(logits, jnp.asarray(temps)))  # [N, V]
   fine_t = np.linspace(0.0, max(3.0, max(temps)), 61)
@@ -147,12 +213,13 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
   top = np.argsort(-np.asarray(jax.nn.softmax(logits)))[:min(top_k, probs.shape[1])]
   top_labels = subject.labels(top)
 
-  samples, stats = {}, {"unigram_entropy": [], "distinct_1": [], "distinct_2": [], "distinct_3": []}
+  samples, fills, stats = {}, {}, {"unigram_entropy": [], **{f"distinct_{n}": [] for n in orders}}
   for i, t in enumerate(temps):
     rows = source.samples(num_samples, t, jax.random.key(seed + i))
-    samples[t] = [subject.tokenizer.decode(row) for row in rows]
+    samples[t] = [subject.tokenizer.decode(source.text(row)) for row in rows]
+    fills[t] = [subject.tokenizer.decode(row) for row in rows]
     stats["unigram_entropy"].append(unigram_entropy(rows))
-    for n in (1, 2, 3):
+    for n in orders:
       stats[f"distinct_{n}"].append(distinct_n(rows, n))
 
   title = f"{source.what} {source.prompt[-40:]!r}"
@@ -160,7 +227,7 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
                    row_labels=[f"T={t:g}" for t in temps], col_labels=top_labels, title=title, xlabel="token",
                    cmap="Blues", annotate=True)
   pictures.curves(fine_t, {}, os.path.join(out_dir, "temperature_entropy.png"), xlabel="temperature T", ylabel="",
-                  panels={"next-token entropy (nats)": (fine_t, {"H(softmax(logits/T))": fine_entropy}, "nats"),
+                  panels={f"entropy of the {source.token} (nats)": (fine_t, {"H(softmax(logits/T))": fine_entropy}, "nats"),
                           f"{num_samples} samples x {num_tokens} tokens": (
                               temps, {k: v for k, v in stats.items() if k != "unigram_entropy"}, "distinct-n"),
                           "sampled text": (temps, {"unigram entropy": stats["unigram_entropy"]}, "nats")})
@@ -168,10 +235,17 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
              "top_token_ids": top, "probs_top": probs[:, top], "entropy": np.asarray(entropy(jnp.asarray(probs))),
              "entropy_curve": {"T": fine_t, "entropy": fine_entropy}, "samples": stats,
              "sample_text": {str(t): s for t, s in samples.items()}}
+  if subject.kind == "bert":
+    numbers["sample_blanks"] = {str(t): f for t, f in fills.items()}  # each sample's filled tokens alone
   pictures.write_json(os.path.join(out_dir, "temperature.json"), numbers)
   lines = [f"temperature: {source.what} {numbers['prompt'][-30:]!r}"]
-  for t, p, h, d2 in zip(temps, probs, numbers["entropy"], stats["distinct_2"]):
+  shown = orders[min(1, len(orders) - 1)]  # distinct-2 (distinct-1 for a single blank)
+  for t, p, h, d in zip(temps, probs, numbers["entropy"], stats[f"distinct_{shown}"]):
     lines.append(f"  T={t:<5g} top {top_labels[0]!r} p={p[top[0]]:.3f}  entropy {h:.3f} nats  "
-                 f"samples distinct-2 {d2:.3f}")
-  lines.append(f"  e.g. T={temps[len(temps) // 2]:g}: {samples[temps[len(temps) // 2]][0][:60]!r}")
+                 f"samples distinct-{shown} {d:.3f}")
+  middle = temps[len(temps) // 2]
+  if subject.kind == "bert":
+    lines.append(f"  e.g. T={middle:g}: the blanks filled with {fills[middle][0]!r}: {samples[middle][0][-60:]!r}")
+  else:
+    lines.append(f"  e.g. T={middle:g}: {samples[middle][0][:60]!r}")
   return {"summary": "\n".join(lines), **numbers}

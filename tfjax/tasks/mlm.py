@@ -440,15 +440,9 @@ def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, t
   """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks."""
   if top_k < 1:
     raise ValueError(f"top_k must be >= 1, got {top_k}")
-  ids = np.asarray(tokenizer.encode(text), np.int32)
-  mask_id = tokenizer.token_to_id(tokenizers.MASK)
-  where = np.flatnonzero(ids == mask_id)
-  if where.size == 0:
-    raise ValueError(f"no {tokenizers.MASK} token in {text!r}")
-  if len(ids) > model.cfg.max_len:
-    shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
-    raise ValueError(f"{shown!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
-  logits = _fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))
+  ids, blanks = _blanks(model, tokenizer, text)
+  where = np.flatnonzero(blanks)
+  logits = fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))
   probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
   out = []
   for p in probs:
@@ -457,6 +451,74 @@ def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, t
   return out
 
 
+def sample_fills(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, num_samples: int, rng: jax.Array,
+                 temperature: float = 1.0) -> list[str]:
+  """``num_samples`` texts: ``text`` with its ``[MASK]`` blanks filled by :func:`sample_masks` at ``temperature``."""
+  if num_samples < 1:
+    raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+  if temperature < 0:
+    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  ids, blanks = _blanks(model, tokenizer, text)
+  filled = sample_masks(model, params, np.repeat(ids[None], num_samples, 0), np.repeat(blanks[None], num_samples, 0),
+                        rng, temperature=temperature)
+  return [tokenizer.decode(row) for row in filled]
+
+
+def _blanks(model: BERT, tokenizer: tokenizers.Tokenizer, text: str) -> tuple[np.ndarray, np.ndarray]:
+  """``text``'s token ids ``[T]`` and where its ``[MASK]`` blanks are ``[T]`` (bool); an error unless it has one and
+  fits the context window."""
+  ids = np.asarray(tokenizer.encode(text), np.int32)
+  blanks = ids == tokenizer.token_to_id(tokenizers.MASK)
+  if not blanks.any():
+    raise ValueError(f"no {tokenizers.MASK} token in {text!r}")
+  if len(ids) > model.cfg.max_len:
+    shown = text if len(text) <= 80 else text[:60] + f"... ({len(text)} characters)"
+    raise ValueError(f"{shown!r} is {len(ids)} tokens long, more than max_len={model.cfg.max_len}")
+  return ids, blanks
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _fill_mask_logits(model, params, ids, positions):
+def fill_mask_logits(model, params, ids, positions):
+  """BERT's logits ``[B, P, V]`` at ``positions [B, P]`` of ``ids [B, T]`` (every token real)."""
   return model.apply({"params": params}, ids, attention_mask=jnp.ones_like(ids), masked_positions=positions)
+
+
+def sample_masks(model: BERT, params, ids, masked, rng: jax.Array, *, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+  """``ids [B, T]`` with every position of ``masked [B, T]`` (bool) filled by sampling, one at a time, left to right.
+
+  Each blank is drawn from ``softmax(logits / temperature)`` (:func:`tfjax.generate.sample_logits`: ``top_k`` /
+  ``top_p`` restrict it, ``temperature = 0`` takes the argmax) at that position, given the text with the blanks to its
+  left already filled: a BERT generates by filling blanks, and a blank's neighbours change what it should be (one
+  pass that fills them all at once would draw "new york" and "los angeles" into "new angeles"). Rows may have
+  different numbers of blanks; the rows' other tokens are kept. Every token of a row is real (no padding).
+  """
+  ids, masked = np.asarray(ids, np.int32), np.asarray(masked, bool)
+  if ids.ndim != 2 or masked.shape != ids.shape:
+    raise ValueError(f"ids and masked must both be [B, T]; got {ids.shape} and {masked.shape}")
+  if ids.shape[1] > model.cfg.max_len:
+    raise ValueError(f"the rows are {ids.shape[1]} tokens long, more than max_len={model.cfg.max_len}")
+  count = masked.sum(axis=1)
+  blanks = int(count.max(initial=0))
+  if blanks == 0:
+    return ids
+  order = np.argsort(~masked, axis=1, kind="stable")[:, :blanks].astype(np.int32)  # each row's blanks, in order
+  valid = np.arange(blanks)[None, :] < count[:, None]
+  out = _sample_masks(model, params, jnp.asarray(ids), jnp.asarray(order), jnp.asarray(valid), rng,
+                      float(temperature), top_k, top_p)
+  return np.asarray(out)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
+def _sample_masks(model, params, ids, order, valid, rng, temperature, top_k, top_p):
+  from tfjax.generate import sample_logits
+  rows = jnp.arange(ids.shape[0])
+
+  def fill_one(k, ids):
+    where = order[:, k]  # [B]: each row's k-th blank (past a row's last blank: another of its tokens, kept)
+    logits = model.apply({"params": params}, ids, attention_mask=jnp.ones_like(ids),
+                         masked_positions=where[:, None])[:, 0]
+    drawn = sample_logits(logits, jax.random.fold_in(rng, k), temperature, top_k, top_p)
+    return ids.at[rows, where].set(jnp.where(valid[:, k], drawn, ids[rows, where]))
+
+  return jax.lax.fori_loop(0, order.shape[1], fill_one, ids)
