@@ -545,3 +545,32 @@ def test_fairseq_dense_init_gives_each_projection_fairseqs_uniform_bounds():
   np.testing.assert_array_equal(np.asarray(normal["mlp"]["fc_in"]["bias"]), 0.0)
   with pytest.raises(ValueError, match="dense_init"):
     dataclasses.replace(cfg, dense_init="xavier")
+
+
+def test_attention_scale_multiplies_the_scores_on_every_path():
+  """``TransformerConfig.attention_scale`` replaces 1/√Dh: a GPT with it equals the scores recomputed by hand from its
+  captured queries and keys, on the fused path and on the path that forms the pattern; None is 1/√Dh; Hugging Face
+  export names it as something it cannot represent; a scale <= 0 is an error."""
+  from tfjax.explain import run_with_cache
+  from tfjax.hf.common import attention_problems
+  cfg = TransformerConfig(vocab_size=11, num_layers=1, num_heads=2, emb_dim=16, max_len=8, attention_scale=0.9)
+  model, ids = GPT(cfg), jnp.asarray([[1, 2, 3, 4, 5, 6]])
+  params = nn.unbox(model.init(jax.random.key(0), ids)["params"])
+  params = jax.tree.map(lambda x: x * 8.0, params)  # large scores: a wrong scale would show
+  fused = model.apply({"params": params}, ids)
+  logits, cache = run_with_cache(model, {"params": params}, ids, names=["attn/q", "attn/k", "attn/pattern"])
+  np.testing.assert_allclose(fused, logits, rtol=2e-5, atol=2e-5)
+  q, k = cache["q", 0], cache["k", 0]
+  scores = np.einsum("bthd,bshd->bhts", q, k) * 0.9
+  scores = np.where(np.tril(np.ones((6, 6), bool)), scores, -np.inf)
+  want = np.exp(scores - scores.max(-1, keepdims=True))
+  np.testing.assert_allclose(cache["pattern", 0], want / want.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+  default = GPT(dataclasses.replace(cfg, attention_scale=None)).apply({"params": params}, ids)
+  np.testing.assert_allclose(GPT(dataclasses.replace(cfg, attention_scale=8 ** -0.5)).apply({"params": params}, ids),
+                             default, rtol=1e-6)
+  assert not np.allclose(default, fused, atol=1e-3)
+  assert cfg.score_scale == 0.9 and dataclasses.replace(cfg, attention_scale=None).score_scale == 8 ** -0.5
+  assert any("attention_scale=0.9" in p for p in attention_problems(cfg))
+  assert not any("attention_scale" in p for p in attention_problems(dataclasses.replace(cfg, attention_scale=None)))
+  with pytest.raises(ValueError, match="attention_scale must be positive"):
+    dataclasses.replace(cfg, attention_scale=0.0)

@@ -7,9 +7,9 @@ command shows, for a chosen head (``--layer``, ``--head``; default: the head wit
    pattern, recorded by the model, :mod:`tfjax.explain.attention`);
 2. the head's query-key matrix ``W_Q W_Kᵀ`` read through the token embeddings: for tokens ``a, b`` the score the
    head would give query token ``a`` on key token ``b`` if both were the residual stream, i.e.
-   ``(norm(E_a) W_Q + b_Q) · (norm(E_b) W_K + b_K) / √Dh`` with ``norm`` the block's pre-attention norm (pre-LN
-   models; post-LN models read the embeddings as they are), no positions (RoPE at offset 0). Exact for layer 0's
-   token part; for deeper layers a reading of the weights, not of the model's residual stream.
+   ``(norm(E_a) W_Q + b_Q) · (norm(E_b) W_K + b_K) / √Dh`` (times the model's ``attention_scale`` instead, when
+   set) with ``norm`` the block's pre-attention norm (pre-LN models; post-LN models read the embeddings as they are),
+   no positions (RoPE at offset 0). Exact for layer 0's token part; for deeper layers a reading of the weights, not of the model's residual stream.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from tfjax.layers.blocks import make_norm
 
 
 @jax.jit
-def _scores(x_NxD, w_q_DxE, b_q_E, w_k_DxE, b_k_E):
+def _scores(x_NxD, w_q_DxE, b_q_E, w_k_DxE, b_k_E, scale):
   q, k = x_NxD @ w_q_DxE + b_q_E, x_NxD @ w_k_DxE + b_k_E
-  return (q @ k.T) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  return (q @ k.T) * scale
 
 
 def embedding_qk(subject, layer: int, head: int, token_ids: np.ndarray) -> np.ndarray:
@@ -49,7 +49,8 @@ def embedding_qk(subject, layer: int, head: int, token_ids: np.ndarray) -> np.nd
   x = np.asarray(params["embed"]["embedding"], np.float32)[token_ids]
   if cfg.pre_ln:
     x = np.asarray(make_norm(cfg, "ln_attn").apply({"params": block["ln_attn"]}, jnp.asarray(x)))
-  return np.asarray(_scores(jnp.asarray(x), kernel[:, q_cols], bias[q_cols], kernel[:, k_cols], bias[k_cols]))
+  return np.asarray(_scores(jnp.asarray(x), kernel[:, q_cols], bias[q_cols], kernel[:, k_cols], bias[k_cols],
+                            cfg.score_scale))
 
 
 def run(subject, out_dir: str, *, layer: int | None = None, head: int | None = None, text: str | None = None,

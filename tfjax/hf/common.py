@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 from typing import Any, Callable
@@ -178,8 +179,8 @@ def params_from_rules(tensors: dict, rules) -> dict:
 
 
 def attention_problems(cfg) -> list[str]:
-  """What in ``cfg`` Hugging Face's multi-head attention (one key/value head per query head, head_dim = D / H) and
-  biased layers cannot represent."""
+  """What in ``cfg`` Hugging Face's multi-head attention (one key/value head per query head, head_dim = D / H, scores
+  scaled by 1/√head_dim) and biased layers cannot represent."""
   problems = []
   if not cfg.use_bias:
     problems.append("use_bias=False")
@@ -187,4 +188,6 @@ def attention_problems(cfg) -> list[str]:
     problems.append(f"num_kv_heads={cfg.num_kv_heads} (needs multi-head attention)")
   if cfg.head_dim not in (None, cfg.emb_dim // cfg.num_heads):
     problems.append(f"head_dim={cfg.head_dim} (needs emb_dim // num_heads)")
+  if not math.isclose(cfg.score_scale, cfg.head_width ** -0.5, rel_tol=1e-6):
+    problems.append(f"attention_scale={cfg.attention_scale} (needs 1/sqrt(head_dim))")
   return problems

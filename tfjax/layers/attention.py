@@ -279,6 +279,7 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   implementation: Implementation = "auto"
   block_size: int = 0  # queries per block under a static mask (see dot_product_attention); 0: one block
+  scale: float | None = None  # the scores q·k times this before the softmax; None: 1/√Dh
   rope: bool = False
   rope_base: float = 10_000.0
   out_stddev: float = 0.02
@@ -375,11 +376,11 @@ class MultiHeadAttention(nn.Module):
     if not (return_pattern or hooks.wants(self, "scores") or hooks.wants(self, "pattern")):
       for name in ("scores", "pattern"):
         hooks.skip(self, name, (q.shape[0], heads, q.shape[1], k.shape[1]))
-      out = dot_product_attention(q, k, v, mask, implementation=self.implementation,
+      out = dot_product_attention(q, k, v, mask, implementation=self.implementation, scale=self.scale,
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
                                   block_size=self.block_size, precision=self.precision)
       return out, None
-    scores = hooks.hook(self, "scores", attention_scores(q, k, mask, precision=self.precision))
+    scores = hooks.hook(self, "scores", attention_scores(q, k, mask, self.scale, precision=self.precision))
     pattern = hooks.hook(self, "pattern", masked_softmax(scores, mask))
     out = attend(pattern, v, dropout_rate=self.dropout_rate, dropout_rng=dropout_rng, precision=self.precision,
                  dtype=q.dtype)

@@ -76,7 +76,7 @@ class TransformerBlock(nn.Module):
     out_stddev = 0.02 / (2 * cfg.num_layers) ** 0.5 if cfg.scale_residual_init else 0.02
     attn = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim,
                 use_bias=cfg.use_bias, dropout_rate=cfg.attention_dropout_rate, implementation=cfg.attention_impl,
-                block_size=cfg.attention_block_size,
+                block_size=cfg.attention_block_size, scale=cfg.attention_scale,
                 out_stddev=out_stddev, dtype=cfg.dtype, param_dtype=cfg.param_dtype, precision=cfg.precision,
                 dense_init=cfg.dense_init)
     drop = Dropout(cfg.dropout_rate)

@@ -32,6 +32,7 @@ class TransformerConfig:
   emb_dim: int = 384
   mlp_dim: int | None = None  # None: 4 * emb_dim
   head_dim: int | None = None  # None: emb_dim // num_heads
+  attention_scale: float | None = None  # the scores q·k times this before the softmax; None: 1/√head_dim
   max_len: int = 256  # the context window
   dropout_rate: float = 0.0  # embeddings and residual branches
   attention_dropout_rate: float = 0.0  # on the attention pattern (uses the reference attention when training)
@@ -93,6 +94,8 @@ class TransformerConfig:
         (self.num_heads % (self.num_kv_heads or self.num_heads) == 0,
          f"num_kv_heads={self.num_kv_heads} must divide num_heads={self.num_heads}"),
         (self.max_len > 0, f"max_len must be positive, got {self.max_len}"),
+        (self.attention_scale is None or self.attention_scale > 0,
+         f"attention_scale must be positive (None: 1/sqrt(head_dim)), got {self.attention_scale}"),
         (0.0 <= self.dropout_rate < 1.0, f"dropout_rate must be in [0, 1), got {self.dropout_rate}"),
         (0.0 <= self.attention_dropout_rate < 1.0,
          f"attention_dropout_rate must be in [0, 1), got {self.attention_dropout_rate}"),
@@ -115,6 +118,16 @@ class TransformerConfig:
     for ok, msg in checks:
       if not ok:
         raise ValueError(msg)
+
+  @property
+  def head_width(self) -> int:
+    """``Dh``: each head's query/key/value width."""
+    return self.head_dim or self.emb_dim // self.num_heads
+
+  @property
+  def score_scale(self) -> float:
+    """What the scores ``q·k`` are multiplied by before the softmax: ``attention_scale``, by default ``1/√Dh``."""
+    return self.head_width ** -0.5 if self.attention_scale is None else self.attention_scale
 
   @property
   def hidden_dim(self) -> int:
