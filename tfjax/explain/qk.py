@@ -9,7 +9,8 @@ command shows, for a chosen head (``--layer``, ``--head``; default: the head wit
    head would give query token ``a`` on key token ``b`` if both were the residual stream, i.e.
    ``(norm(E_a) W_Q + b_Q) · (norm(E_b) W_K + b_K) / √Dh`` (times the model's ``attention_scale`` instead, when
    set) with ``norm`` the block's pre-attention norm (pre-LN models; post-LN models read the embeddings as they are),
-   no positions (RoPE at offset 0). Exact for layer 0's token part; for deeper layers a reading of the weights, not of the model's residual stream.
+   no positions (RoPE at offset 0). Exact for layer 0's token part; for deeper layers a reading of the weights, not
+   of the model's residual stream.
 """
 
 from __future__ import annotations

@@ -164,7 +164,8 @@ class _Blanks:
     self.ids, self.blanks = ids, blanks
     self.first = int(np.flatnonzero(blanks)[0])
     self.num_tokens = int(blanks.sum())
-    kept = [i for i in ids if i == self.mask_id or i not in set(tok.special_ids())]  # the text, [MASK]s shown
+    special = set(tok.special_ids())
+    kept = [i for i in ids if i == self.mask_id or i not in special]  # the text, [MASK]s shown
     self.prompt = tok.decode(kept, skip_special_tokens=False)
     self.what = "first [MASK] of"
     self.token = "first [MASK]"  # whose distribution it is
@@ -227,7 +228,8 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
                    row_labels=[f"T={t:g}" for t in temps], col_labels=top_labels, title=title, xlabel="token",
                    cmap="Blues", annotate=True)
   pictures.curves(fine_t, {}, os.path.join(out_dir, "temperature_entropy.png"), xlabel="temperature T", ylabel="",
-                  panels={f"entropy of the {source.token} (nats)": (fine_t, {"H(softmax(logits/T))": fine_entropy}, "nats"),
+                  panels={f"entropy of the {source.token} (nats)": (
+                              fine_t, {"H(softmax(logits/T))": fine_entropy}, "nats"),
                           f"{num_samples} samples x {num_tokens} tokens": (
                               temps, {k: v for k, v in stats.items() if k != "unigram_entropy"}, "distinct-n"),
                           "sampled text": (temps, {"unigram entropy": stats["unigram_entropy"]}, "nats")})
