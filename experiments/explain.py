@@ -61,13 +61,14 @@ def parser():
   g.add_argument("--words", type=_words, help="comma-separated words/tokens (neighbours, cosine matrix)")
   g.add_argument("--analogy", action="append", help="a,b,c: a - b + c (repeatable)")
   g.add_argument("--group", action="append", dest="groups", help="NAME:w1,w2,... a group to project (repeatable)")
-  g.add_argument("--steps", type=int, help="training steps (superposition)")
+  g.add_argument("--steps", type=int, help="training steps (superposition, scaled_dot_product)")
+  g.add_argument("--head_dims", type=_ints, help="scaled_dot_product: comma-separated head widths")
   g.add_argument("--seed", type=int, help="random seed")
   g.add_argument("--routes", choices=["direct", "all"], help="composition: the earlier head's direct write (direct) "
                  "or its effect through every route (all)")
   g.add_argument("--max_rows", type=int, help="composition: rows of the validation batch to read")
   g.add_argument("--over_checkpoints", action="store_true", help="induction: also at every checkpoint of the workdir")
-  g.add_argument("--quick", action="store_true", help="a quick, smaller run (superposition)")
+  g.add_argument("--quick", action="store_true", help="a quick, smaller run (superposition, scaled_dot_product)")
   return p
 
 

@@ -67,6 +67,11 @@ COMMANDS: dict[str, Command] = {
                            "queries asking, keys answering with what earlier heads wrote: how far each head moves "
                            "when one earlier head or MLP is left out of its queries, keys or values (path "
                            "patching), beside the weights' composition scores"),
+    "scaled_dot_product": Command("tfjax.explain.scaled_dot_product:run", MODELS,
+                                  "why the scores q·k are divided by sqrt(Dh): each head's spread of raw q·k beside "
+                                  "sqrt(Dh), its pattern's entropy and softmax Jacobian as trained and unscaled; "
+                                  "without a workdir: random q, k and recall trained at several Dh and scales",
+                                  standalone="tfjax.explain.scaled_dot_product:run_standalone"),
     "positions": Command("tfjax.explain.positions:run", MODELS,
                          "where each token's position is: the position vectors, a linear probe for the position "
                          "after every layer, each head's attention by distance"),

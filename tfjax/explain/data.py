@@ -130,3 +130,14 @@ def token_weights(kind: str, batch: dict[str, Any]) -> np.ndarray:
   if kind == "bert":
     return np.asarray(batch["attention_mask"], np.float32)
   return np.asarray(batch["weights"], np.float32)
+
+
+def valid_by_stack(kind: str, batch: dict[str, Any]) -> dict[str, jax.Array]:
+  """Stack -> ``[B, T]`` bool: the positions of real tokens each stack of the model reads (GPT: ``decoder``; BERT:
+  ``encoder``; a translator: ``encoder`` the source, ``decoder`` the target inputs)."""
+  if kind == "gpt":
+    return {"decoder": jnp.ones(batch["inputs"].shape, bool)}
+  if kind == "bert":
+    return {"encoder": jnp.asarray(batch["attention_mask"]) > 0}
+  from tfjax.tasks.translate import PAD_ID  # pylint: disable=import-outside-toplevel
+  return {"encoder": jnp.asarray(batch["src"]) != PAD_ID, "decoder": jnp.asarray(batch["inputs"]) != PAD_ID}

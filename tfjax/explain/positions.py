@@ -82,16 +82,6 @@ def vector_statistics(p_TxD: np.ndarray, num_components: int = 3) -> dict[str, n
           "components": u[:, :c] * s[:c], "explained": var[:c] / max(var.sum(), 1e-30)}
 
 
-def _valid_by_stack(kind: str, batch: dict) -> dict[str, jax.Array]:
-  """Stack -> ``[B, T]`` bool: the positions of real tokens that stack reads."""
-  if kind == "gpt":
-    return {"decoder": jnp.ones(batch["inputs"].shape, bool)}
-  if kind == "bert":
-    return {"encoder": jnp.asarray(batch["attention_mask"]) > 0}
-  from tfjax.tasks.translate import PAD_ID
-  return {"encoder": jnp.asarray(batch["src"]) != PAD_ID, "decoder": jnp.asarray(batch["inputs"]) != PAD_ID}
-
-
 def _is_causal(kind: str, stack: str) -> bool:
   """Whether the stack's self-attention is causal (a GPT's, a translator's decoder)."""
   return kind == "gpt" or stack == "decoder"
@@ -148,7 +138,7 @@ def _chunk_terms(model, kind, params, batch, fit_rows_B, max_distance: int):
                                                                     "attn/pattern"], **kwargs)
   out = {}
   fit = fit_rows_B[:, None]
-  for stack, valid in _valid_by_stack(kind, batch).items():
+  for stack, valid in data_lib.valid_by_stack(kind, batch).items():
     resid = cache.accumulated_resid(stack)
     causal = _is_causal(kind, stack)
     out[stack] = {"fit": _probe_terms(resid, valid & fit), "test": _probe_terms(resid, valid & ~fit),
