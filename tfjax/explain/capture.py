@@ -73,7 +73,7 @@ def model_stacks(model: nn.Module) -> dict[str, StackLayout]:
 
   def layout(name, num_layers, cross):
     return StackLayout(name, num_layers, cfg.num_heads, cfg.num_kv_heads or cfg.num_heads,
-                       cfg.head_dim or cfg.emb_dim // cfg.num_heads, cfg.hidden_dim, cross)
+                       cfg.head_width, cfg.hidden_dim, cross)
 
   if isinstance(model, GPT):
     return {"decoder": layout("decoder", cfg.num_layers, False)}

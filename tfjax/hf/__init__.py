@@ -97,7 +97,7 @@ def _bert_rules(cfg: TransformerConfig, model_type: str = "bert") -> list[_Rule]
   if model_type == "bert":
     r.append(_same(("pos_embed", "embedding"), f"{e}.position_embeddings.weight"))
   r += _layernorm(("ln_embed",), f"{e}.LayerNorm")
-  head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+  head_dim = cfg.head_width
   # RoFormer's q and k columns in its rotary pair order; v (not rotated) as it is
   perm = rotary_pairs_permutation(cfg.num_heads, head_dim) if model_type == "roformer" else None
   inv = np.argsort(perm) if perm is not None else None
@@ -363,7 +363,7 @@ def save(model, params, path: str | os.PathLike, *, tokenizer_file: str | os.Pat
   if config["model_type"] == "roformer":  # its fixed sinusoidal table (transformers warns when it is missing)
     from tfjax.layers.embeddings import sinusoidal_table
     tensors["roformer.encoder.embed_positions.weight"] = sinusoidal_table(
-        cfg.max_len, cfg.head_dim or cfg.emb_dim // cfg.num_heads, layout="halves")
+        cfg.max_len, cfg.head_width, layout="halves")
   path.mkdir(parents=True, exist_ok=True)
   write_tensors(tensors, path / WEIGHTS_FILE)
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

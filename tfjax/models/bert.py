@@ -26,7 +26,6 @@ Post-LN (``cfg.pre_ln=False``) is the original BERT (and what Hugging Face ``Ber
 from __future__ import annotations
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from tfjax.layers import masks as masks_lib
@@ -140,15 +139,3 @@ def bert_config(**overrides) -> TransformerConfig:
                   attention_block_size=0)  # bidirectional: no causal query blocks
   defaults.update(overrides)
   return TransformerConfig(**defaults)
-
-
-def num_params(params) -> int:
-  return sum(x.size for x in jax.tree.leaves(params))
-
-
-def flops_per_token(cfg: TransformerConfig, n_params: int, seq_len: int) -> float:
-  """Rough training FLOPs per token, ``6·N + 12·L·T·D_attn`` (the head is counted at every position)."""
-  head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
-  return 6.0 * n_params + 12.0 * cfg.num_layers * seq_len * cfg.num_heads * head_dim
-
-

@@ -139,7 +139,7 @@ def flops_per_token(cfg: TransformerConfig, n_params: int, seq_len: int) -> floa
   ``N`` counts the parameters except the positional table (each is used in one multiply-add per token, three times
   for forward and backward); ``12·L·T·H·Dh`` counts the attention scores and the weighted sum of values.
   """
-  head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+  head_dim = cfg.head_width
   return 6.0 * n_params + 12.0 * cfg.num_layers * seq_len * cfg.num_heads * head_dim
 
 

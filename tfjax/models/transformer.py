@@ -171,7 +171,7 @@ def flops_per_token(cfg: TransformerConfig, params, src_len: int, tgt_len: int,
   decoder's and the unembedding on the ``T`` target tokens; attention counts encoder self-attention (S keys),
   decoder self-attention (T keys) and cross-attention (S keys)."""
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
-  attn_dim = cfg.num_heads * (cfg.head_dim or cfg.emb_dim // cfg.num_heads)
+  attn_dim = cfg.num_heads * cfg.head_width
   enc_layers = num_encoder_layers or cfg.num_layers
   dense = 6.0 * (count(params["encoder"]) * src_len + (count(params["decoder"]) + cfg.vocab_size * cfg.emb_dim)
                  * tgt_len)

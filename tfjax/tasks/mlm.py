@@ -357,7 +357,7 @@ class MLMTask:
     p = params["params"] if "params" in params else params
     body = sum(x.size for x in jax.tree.leaves(p["encoder"]))
     head = cfg.emb_dim * cfg.emb_dim + cfg.emb_dim * cfg.vocab_size
-    head_dim = cfg.head_dim or cfg.emb_dim // cfg.num_heads
+    head_dim = cfg.head_width
     return (6.0 * body + 12.0 * cfg.num_layers * self.seq_len * cfg.num_heads * head_dim
             + 6.0 * head * self.max_predictions / self.seq_len)
 
