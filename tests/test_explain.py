@@ -64,17 +64,19 @@ def tiny_translator_subject() -> Subject:
 def test_every_command_runs_on_every_kind_of_model_it_accepts(kind, tmp_path):
   """Each ``explain`` command that names a kind of model in :data:`commands.COMMANDS` runs on a small model of that
   kind and writes its files (logit_lens on BERT once died where the GPT's ran: a guard against such gaps). BERT runs
-  by default (9 s); the GPT (22 s) and the translator (17 s), whose commands each have their own tests, when slow
-  tests run."""
+  by default (~15 s; temperature at two temperatures, its own tests cover the rest); the GPT (22 s) and the
+  translator (17 s), whose commands each have their own tests, when slow tests run."""
   subject = {"gpt": tiny_gpt_subject, "translator": tiny_translator_subject,
              "bert": lambda: load_subject(hf_bert_with_vocab(tmp_path))}[kind]()
   text = {"gpt": "abc cab bad", "bert": "the capital of france is paris .", "translator": "a dog runs"}[kind]
   names = [n for n, c in commands.COMMANDS.items() if kind in c.kinds]
   assert {"attention", "heads", "qk", "mlp", "logit_lens", "embeddings"} <= set(names)
+  cheap = {"temperature": {"temperatures": [0.0, 1.0], "num_samples": 2}}  # it compiles one sampler per T
   for name in names:
     fn = commands.resolve(commands.COMMANDS[name])
     out = tmp_path / name
-    result = fn(subject, str(out), **({"text": text} if "text" in commands.accepted_options(fn) else {}))
+    options = {**({"text": text} if "text" in commands.accepted_options(fn) else {}), **cheap.get(name, {})}
+    result = fn(subject, str(out), **options)
     assert result["summary"] and any(out.glob("*.png")), name
 
 

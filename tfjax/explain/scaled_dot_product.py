@@ -299,35 +299,42 @@ def _recorded(path: str) -> bool:
 
 @functools.partial(jax.jit, static_argnames=("model", "kind", "multipliers", "scale"))
 def _chunk_terms(model, kind, params, batch, multipliers: tuple[float, ...], scale: float):
+  """Per attention ``"STACK/MODULE"``: :func:`_attention_terms` of one chunk of rows (sums, to add over chunks)."""
   args, kwargs = data_lib.model_inputs(kind, batch)
   kwargs.pop("masked_positions", None)
   _, cache = run_with_cache(model, {"params": params}, *args, names=_recorded, **kwargs)
   valid = data_lib.valid_by_stack(kind, batch)
   out = {}
   for stack, module in _modules(cache):
-    scores = cache.stack(f"{module}/scores", stack)  # [L, B, H, T, S], scaled, masked -inf
-    q, k = cache.stack(f"{module}/q", stack), cache.stack(f"{module}/k", stack)  # [L, B, T, H|K, Dh]
-    visible = jnp.isfinite(scores)
-    rows = (valid[stack][None, :, None, :] & (jnp.sum(visible, -1) >= 2)).astype(jnp.float32)  # [L, B, H, T]
-    raw = jnp.where(visible, scores / scale, 0.0)
-    terms = {"rows": jnp.sum(rows, (1, 3)), "variance": jnp.sum(row_variance(raw, visible) * rows, (1, 3))}
-    q_rows = valid[stack][None, :, :, None, None].astype(jnp.float32)
-    terms["q_mean_square"] = jnp.sum(jnp.square(q.astype(jnp.float32)) * q_rows, (1, 2, 4))
-    terms["q_count"] = jnp.sum(q_rows) * q.shape[-1]
     key_valid = valid["encoder"] if module == "cross_attn" else valid[stack]
-    k_rows = key_valid[None, :, :, None, None].astype(jnp.float32)
-    terms["k_mean_square"] = jnp.sum(jnp.square(k.astype(jnp.float32)) * k_rows, (1, 2, 4))
-    terms["k_count"] = jnp.sum(k_rows) * k.shape[-1]
-    for m in MEASURES:
-      terms[m] = []
-    for mult in multipliers:
-      stats = pattern_statistics(scores * mult, visible)
-      for m in MEASURES:
-        terms[m].append(jnp.sum(stats[m] * rows, (1, 3)))
-    for m in MEASURES:
-      terms[m] = jnp.stack(terms[m], -1)  # [L, H, M]
-    out[f"{stack}/{module}" if stack else module] = terms
+    out[f"{stack}/{module}" if stack else module] = _attention_terms(
+        *(cache.stack(f"{module}/{name}", stack) for name in ("scores", "q", "k")), valid[stack], key_valid,
+        multipliers, scale)
   return out
+
+
+def _mean_square_terms(x_LxBxTxHxD: jax.Array, valid_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The sum of ``x²`` per head ``[L, H]`` over the valid positions and components, and how many entries it adds."""
+  w = valid_BxT[None, :, :, None, None].astype(jnp.float32)
+  return jnp.sum(jnp.square(x_LxBxTxHxD.astype(jnp.float32)) * w, (1, 2, 4)), jnp.sum(w) * x_LxBxTxHxD.shape[-1]
+
+
+def _attention_terms(scores, q, k, query_valid, key_valid, multipliers: tuple[float, ...], scale: float) -> dict:
+  """Sums over the query rows that count (a real token, at least two visible keys) of one attention's
+  ``scores [L, B, H, T, S]`` (scaled, masked -inf), ``q [L, B, T, H, Dh]``, ``k [L, B, S, K, Dh]``: ``rows``,
+  ``variance`` of the raw ``q·k`` (``[L, H]``), each of :data:`MEASURES` at the scale times each multiplier
+  (``[L, H, M]``), and ``q``'s and ``k``'s mean-square sums and counts."""
+  visible = jnp.isfinite(scores)
+  rows = (query_valid[None, :, None, :] & (jnp.sum(visible, -1) >= 2)).astype(jnp.float32)  # [L, B, H, T]
+  add = lambda x: jnp.sum(x * rows, (1, 3))  # noqa: E731  [L, B, H, T] -> [L, H]
+  raw = jnp.where(visible, scores / scale, 0.0)
+  terms = {"rows": jnp.sum(rows, (1, 3)), "variance": add(row_variance(raw, visible))}
+  terms["q_mean_square"], terms["q_count"] = _mean_square_terms(q, query_valid)
+  terms["k_mean_square"], terms["k_count"] = _mean_square_terms(k, key_valid)
+  per_multiplier = [pattern_statistics(scores * mult, visible) for mult in multipliers]
+  for m in MEASURES:
+    terms[m] = jnp.stack([add(stats[m]) for stats in per_multiplier], -1)  # [L, H, M]
+  return terms
 
 
 def _chunk_row_bytes(model, kind, params, batch) -> int:
