@@ -11,6 +11,8 @@
   :func:`path_ablation` (a later head's queries, keys or values computed without an earlier head).
 - :mod:`tfjax.explain.ov`: :func:`ov_circuit` ``[N, V]`` (the logits a head adds when it attends to a token) and
   :func:`copying_score`.
+- :mod:`tfjax.explain.scaled_dot_product`: :func:`pattern_statistics` (an attention row's entropy share, largest
+  weight and softmax Jacobian norm) and :func:`row_variance` (the spread of its scores).
 
 The names are imported on first use (``import tfjax.explain`` imports no JAX).
 """
@@ -44,6 +46,8 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, globals(), {
     "path_ablation": "tfjax.explain.composition:path_ablation",
     "ov_circuit": "tfjax.explain.ov:ov_circuit",
     "copying_score": "tfjax.explain.ov:copying_score",
+    "pattern_statistics": "tfjax.explain.scaled_dot_product:pattern_statistics",
+    "row_variance": "tfjax.explain.scaled_dot_product:row_variance",
     "lens_kl": "tfjax.explain.lens:lens_kl",
     "logit_lens": "tfjax.explain.lens:logit_lens",
     "unembed_residual": "tfjax.explain.lens:unembed_residual",
