@@ -67,7 +67,7 @@ def parser():
   g.add_argument("--routes", choices=["direct", "all"], help="composition: the earlier head's direct write (direct) "
                  "or its effect through every route (all)")
   g.add_argument("--max_rows", type=int, help="composition: rows of the validation batch to read")
-  g.add_argument("--over_checkpoints", action="store_true", help="induction: also at every checkpoint of the workdir")
+  g.add_argument("--over_checkpoints", action="store_true", help="induction, scaled_dot_product: also at every checkpoint of the workdir")
   g.add_argument("--quick", action="store_true", help="a quick, smaller run (superposition, scaled_dot_product)")
   return p
 

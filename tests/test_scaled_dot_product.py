@@ -182,3 +182,26 @@ def test_the_command_with_and_without_a_workdir(tmp_path):
   result = commands.resolve(commands.COMMANDS["scaled_dot_product"])(tiny_gpt_subject(), str(tmp_path / "gpt"),
                                                                      text="abc cab")
   assert (tmp_path / "gpt" / "scaled_dot_product.json").exists() and "decoder/attn" in result["summary"]
+
+
+def test_over_checkpoints_measures_every_checkpoint_and_the_last_is_the_commands_own(tmp_path):
+  from conftest import tiny_lm_config
+  from tfjax.tasks.lm import LMTask
+  from tfjax.train.loop import train_and_evaluate
+  config = tiny_lm_config(**{"train.num_steps": 4, "train.checkpoint_every": 2, "train.eval_every": 4,
+                             "train.max_to_keep": 5})
+  train_and_evaluate(config, str(tmp_path / "wd"), LMTask(config, str(tmp_path / "wd")))
+  subject = load_subject(str(tmp_path / "wd"))
+  out = sdp.run(subject, str(tmp_path / "out"), max_batches=1, over_checkpoints=True)
+  dev = out["development"]
+  assert dev["steps"].tolist() == [2, 4] and (tmp_path / "out" / "scaled_dot_product_steps.png").exists()
+  a, last = dev["attentions"]["decoder/attn"], out["attentions"]["decoder/attn"]
+  np.testing.assert_allclose(a["scaled_spread"][-1], last["scaled_spread"].mean(-1), rtol=1e-6)
+  np.testing.assert_allclose(a["jacobian_norm"][-1], last["jacobian_norm"][..., out["trained_index"]].mean(-1),
+                             rtol=1e-6)
+  peaks = np.asarray(out["multipliers"])[np.argmax(last["jacobian_norm"], -1)]
+  np.testing.assert_array_equal(out["peak_multiplier"]["decoder/attn"], peaks)
+  np.testing.assert_allclose(a["peak_multiplier"][-1], np.median(peaks, -1))
+  assert "over 2 checkpoints (steps 2, 4)" in out["summary"]
+  with pytest.raises(SubjectError, match="not a tfjax workdir"):
+    sdp.run(tiny_gpt_subject(), str(tmp_path / "x"), text="abc", over_checkpoints=True)

@@ -378,6 +378,35 @@ def collect(subject, *, max_batches: int = 4, text: str | None = None, target: s
           "attentions": attentions}
 
 
+def peak_multipliers(found: dict) -> dict[str, np.ndarray]:
+  """Per attention ``[L, H]``: the multiplier of :func:`collect`'s grid at which each head's softmax Jacobian norm is
+  largest (1: the head is where its pattern is most sensitive to its scores; < 1: it is sharper than that)."""
+  mults = np.asarray(found["multipliers"])
+  return {name: mults[np.argmax(a["jacobian_norm"], -1)] for name, a in found["attentions"].items()}
+
+
+def development(subject, *, max_batches: int = 4) -> dict[str, Any]:
+  """:func:`collect` at every checkpoint of ``subject``'s workdir (on its first ``max_batches`` validation batches):
+  ``{"steps" [S], "attentions": {"STACK/MODULE": {"scaled_spread", "entropy_ratio", "max_weight", "jacobian_norm",
+  "peak_multiplier": [S, L] (means over each layer's heads, as trained; the peak's median)}}}``: how the heads'
+  scores grow into the softmax during training."""
+  from tfjax.explain.subjects import load_subject  # pylint: disable=import-outside-toplevel
+  from tfjax.train.restore import checkpoint_steps  # pylint: disable=import-outside-toplevel
+  if subject.config is None:
+    raise SubjectError(f"--over_checkpoints reads a workdir's checkpoints; {subject.path} is not a tfjax workdir")
+  steps = checkpoint_steps(subject.path)
+  per_step = []
+  for step in steps:
+    found = collect(load_subject(subject.path, step=step), max_batches=max_batches)
+    peaks, t = peak_multipliers(found), found["trained_index"]
+    per_step.append({name: {"scaled_spread": a["scaled_spread"].mean(-1),
+                            **{m: a[m][..., t].mean(-1) for m in MEASURES},
+                            "peak_multiplier": np.median(peaks[name], -1)} for name, a in found["attentions"].items()})
+  names = list(per_step[0])
+  return {"steps": np.asarray(steps), "attentions": {
+      name: {k: np.stack([row[name][k] for row in per_step]) for k in per_step[0][name]} for name in names}}
+
+
 # ------------------------------------------------------------------------------------------------- pictures
 
 
@@ -447,6 +476,30 @@ def plot_model(found: dict, path: str) -> str:
   return path
 
 
+def plot_development(dev: dict, path: str) -> str:
+  """Against the checkpoint step, one line per attention x layer: the scaled spread, the entropy share and the
+  Jacobian norm as trained, and the multiplier of the Jacobian's peak."""
+  plt = pictures._plt()
+  fig, axes = plt.subplots(1, 4, figsize=(19, 3.8))
+  panels = (("scaled_spread", "spread of the scaled scores"), ("entropy_ratio", "entropy / log n"),
+            ("jacobian_norm", "|softmax Jacobian|_F"), ("peak_multiplier", "multiplier of the Jacobian's peak"))
+  for ax, (key, title) in zip(axes, panels):
+    for i, (name, a) in enumerate(dev["attentions"].items()):
+      for l in range(a[key].shape[1]):
+        ax.plot(dev["steps"], a[key][:, l], "o-", ms=3, color=f"C{l}", ls=("-", "--", ":")[i % 3],
+                label=f"{name} L{l}")
+    ax.set_title(f"{title} (mean over heads)" if key != "peak_multiplier" else f"{title} (median over heads)",
+                 fontsize=9)
+    ax.set_xlabel("step", fontsize=8)
+  axes[3].set_yscale("log", base=2)
+  axes[3].axhline(1.0, color="k", lw=0.5)
+  axes[0].legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return path
+
+
 # ---------------------------------------------------------------------------------------------------- commands
 
 
@@ -506,12 +559,29 @@ def _model_summary(subject, found: dict) -> str:
   return "\n".join(lines)
 
 
-def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None, target: str | None = None) -> dict:
+def _development_summary(dev: dict) -> str:
+  lines = [f"over {len(dev['steps'])} checkpoints (steps {', '.join(str(s) for s in dev['steps'])}), per layer: "
+           "scaled spread, entropy/log n, |Jacobian|_F, the Jacobian's peak multiplier"]
+  for name, a in dev["attentions"].items():
+    for l in range(a["scaled_spread"].shape[1]):
+      lines.append(f"  {name} layer {l}: " + "  ".join(
+          f"{s}: {a['scaled_spread'][i, l]:.2f} {a['entropy_ratio'][i, l]:.2f} {a['jacobian_norm'][i, l]:.3f} "
+          f"x{a['peak_multiplier'][i, l]:.3g}" for i, s in enumerate(dev["steps"])))
+  return "\n".join(lines)
+
+
+def run(subject, out_dir: str, *, max_batches: int = 4, text: str | None = None, target: str | None = None,
+        over_checkpoints: bool = False) -> dict:
   """``explain scaled_dot_product WORKDIR``: :func:`collect`; writes ``scaled_dot_product.png`` and
-  ``scaled_dot_product.json``."""
+  ``scaled_dot_product.json``; ``over_checkpoints``: also :func:`development` on the same batches (``scaled_dot_product_steps.png``)."""
   os.makedirs(out_dir, exist_ok=True)
   found = collect(subject, max_batches=max_batches, text=text, target=target)
   files = {"picture": plot_model(found, os.path.join(out_dir, "scaled_dot_product.png"))}
-  out = {"summary": _model_summary(subject, found), **found, "files": files}
+  out = {"summary": _model_summary(subject, found), **found, "peak_multiplier": peak_multipliers(found),
+         "files": files}
+  if over_checkpoints:
+    out["development"] = development(subject, max_batches=max_batches)
+    files["steps"] = plot_development(out["development"], os.path.join(out_dir, "scaled_dot_product_steps.png"))
+    out["summary"] += "\n" + _development_summary(out["development"])
   files["json"] = pictures.write_json(os.path.join(out_dir, "scaled_dot_product.json"), out)
   return out
