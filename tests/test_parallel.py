@@ -1,26 +1,17 @@
 """pmap / dp / fsdp on 8 fake CPU devices give the same losses as one device (in a subprocess: XLA_FLAGS must be
 set before JAX starts)."""
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import run_parallel_worker
 
 
 @pytest.fixture(scope="module")
 def results():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), "none,pmap,dp,fsdp"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-  assert line, out.stdout[-3000:] + out.stderr[-3000:]
-  return json.loads(line[0][len("RESULT "):])
+  return run_parallel_worker("none,pmap,dp,fsdp")
 
 
 @pytest.mark.parametrize("mode", ["pmap", "dp", "fsdp", "fsdp_fused_loss"])
@@ -56,3 +47,25 @@ def test_cpu_devices_get_patient_collectives_and_user_flags_win(monkeypatch):
   monkeypatch.setenv("XLA_FLAGS", "")
   runtime.configure_devices()
   assert os.environ["XLA_FLAGS"] == ""  # one device: no collectives, nothing added
+
+
+def test_the_worker_is_run_again_once_after_a_hung_collective_and_only_then(monkeypatch):
+  import types
+  import conftest
+  calls = []
+  replies = iter([("", "F1207 rendezvous.cc:161] Termination timeout for `all reduce`"), ('RESULT {"a": 1}\n', ""),
+                  ("", "Termination timeout"), ("", "Termination timeout"), ("", "Traceback: ValueError")])
+
+  def fake_run(cmd, **kwargs):
+    calls.append(kwargs["env"]["XLA_FLAGS"])
+    stdout, stderr = next(replies)
+    return types.SimpleNamespace(stdout=stdout, stderr=stderr, returncode=1)
+
+  monkeypatch.setattr(conftest.subprocess, "run", fake_run)
+  with pytest.warns(UserWarning, match="hung"):
+    assert conftest.run_parallel_worker("x") == {"a": 1}
+  with pytest.warns(UserWarning), pytest.raises(AssertionError, match="Termination timeout"):
+    conftest.run_parallel_worker("x")  # hung twice: a failure
+  with pytest.raises(AssertionError, match="ValueError"):
+    conftest.run_parallel_worker("x")  # anything else: no second run
+  assert len(calls) == 5 and all(f"={conftest.WORKER_COLLECTIVE_TIMEOUT_S}" in c for c in calls)

@@ -3,9 +3,7 @@ decoder's causality, length errors, the BPE tokenizer, and a short real training
 
 import collections
 import json
-import os
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -330,13 +328,8 @@ def test_translate_cli_with_a_hugging_face_marian_dir(tmp_path):
 def test_translator_sharded_equals_single_device():
   """dp and fsdp on 8 fake CPU devices (a subprocess) give the one-device losses (without dropout: under dp each
   device draws its own dropout masks, folded in from its index, so the masks differ from one device's)."""
-  from conftest import ROOT
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = subprocess.run([sys.executable, str(ROOT / "tests" / "parallel_worker.py"), "--translate", "none,dp,fsdp"],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-  line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
-  assert line, out.stdout[-3000:] + out.stderr[-3000:]
-  res = json.loads(line[0][len("RESULT "):])
+  from conftest import run_parallel_worker
+  res = run_parallel_worker("--translate", "none,dp,fsdp")
   assert len(res["none"]["loss"]) == 4
   for mode in ("dp", "fsdp"):
     np.testing.assert_allclose(res[mode]["loss"], res["none"]["loss"], rtol=1e-5, atol=1e-5)
