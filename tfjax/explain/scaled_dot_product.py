@@ -49,7 +49,7 @@ import optax
 
 from tfjax.explain import data as data_lib
 from tfjax.explain import pictures
-from tfjax.explain.capture import run_with_cache
+from tfjax.explain.capture import run_with_cache, split_path
 from tfjax.explain.subjects import SubjectError
 from tfjax.layers.attention import MultiHeadAttention, masked_softmax
 
@@ -280,21 +280,23 @@ def recall_experiment(head_dims: Sequence[int], *, steps: int = 300, seeds: Sequ
 # ------------------------------------------------------------------------------------------- a trained model
 
 
-def _modules(cache) -> list[tuple[str, str]]:
-  """``(stack, module)`` of every attention the cache recorded scores of (``attn``, ``cross_attn``)."""
-  found = []
-  for path in cache.names():
-    parts = path.split("/")
-    if parts[-1] == "scores" and len(parts) >= 3:
-      key = ("/".join(parts[:-3]), parts[-2])
-      if key not in found:
-        found.append(key)
-  return found
+_RECORDED = tuple(f"{module}/{name}" for module in ("attn", "cross_attn") for name in ("scores", "q", "k"))
 
 
 def _recorded(path: str) -> bool:
   """What :func:`_chunk_terms` records: every self- and cross-attention's ``scores``, ``q`` and ``k``."""
-  return path.rsplit("/", 2)[-2:-1] in (["attn"], ["cross_attn"]) and path.rsplit("/", 1)[-1] in ("scores", "q", "k")
+  return split_path(path)[2] in _RECORDED
+
+
+def _modules(cache) -> list[tuple[str, str]]:
+  """``(stack, module)`` of every attention the cache recorded scores of (``attn``, ``cross_attn``)."""
+  found = []
+  for path in cache.names():
+    stack, _, name = split_path(path)
+    module, _, what = name.rpartition("/")
+    if what == "scores" and (stack, module) not in found:
+      found.append((stack, module))
+  return found
 
 
 @functools.partial(jax.jit, static_argnames=("model", "kind", "multipliers", "scale"))
