@@ -20,6 +20,26 @@ _shared = ROOT.parent / "shared" / "data"
 if "TFJAX_DATA_DIR" not in os.environ and _shared.is_dir():
   os.environ["TFJAX_DATA_DIR"] = str(_shared)
 
+# One persistent compilation cache for the whole test session (pytest-xdist workers inherit the controller's
+# environment, and the CLIs the tests launch read the same variable): a program compiled by one test (the tiny GPT's
+# train step, say, in-process or in a subprocess) is loaded, not compiled again, by the next test that builds the same
+# program. JAX keys entries by the program, options, flags, devices and versions, so a hit is the same executable.
+# The folder is removed when the session ends; a TFJAX_COMPILATION_CACHE_DIR set by the caller (``off``: none) wins.
+_SESSION_CACHE_OWNER = "TFJAX_COMPILATION_CACHE_DIR" not in os.environ and not os.environ.get("PYTEST_XDIST_WORKER")
+if _SESSION_CACHE_OWNER:
+  import tempfile  # noqa: E402
+  os.environ["TFJAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="tfjax_test_jax_cache_")
+
+
+def pytest_unconfigure(config):
+  if _SESSION_CACHE_OWNER:
+    shutil.rmtree(os.environ["TFJAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+from experiments import runtime as _runtime  # noqa: E402
+
+_runtime.enable_compilation_cache()
+
 # Tests compare against float32/float64 references: on GPUs (TF32) and TPUs (bf16 passes) a float32 matmul's default
 # precision is lower than that, so tests ask for full float32 matmuls everywhere (a no-op on CPUs).
 jax.config.update("jax_default_matmul_precision", "highest")

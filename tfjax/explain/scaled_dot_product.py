@@ -488,7 +488,7 @@ def plot_development(dev: dict, path: str) -> str:
   for ax, (key, title) in zip(axes, panels):
     for i, (name, a) in enumerate(dev["attentions"].items()):
       for l in range(a[key].shape[1]):
-        ax.plot(dev["steps"], a[key][:, l], "o-", ms=3, color=f"C{l}", ls=("-", "--", ":")[i % 3],
+        ax.plot(dev["steps"], a[key][:, l], marker="o", ms=3, color=f"C{l}", ls=("-", "--", ":")[i % 3],
                 label=f"{name} L{l}")
     ax.set_title(f"{title} (mean over heads)" if key != "peak_multiplier" else f"{title} (median over heads)",
                  fontsize=9)
