@@ -32,7 +32,7 @@ def naive_attention(q, k, v, mask):
   scores = np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(q.shape[-1])
   mask = np.broadcast_to(mask, scores.shape).astype(bool)
   scores = np.where(mask, scores, -np.inf)
-  out = np.zeros(q.shape)
+  out = np.zeros(q.shape[:3] + v.shape[3:])
   for b in range(q.shape[0]):
     for h in range(q.shape[2]):
       for t in range(q.shape[1]):
@@ -49,7 +49,7 @@ def _random_mask(seed=1):
   return m.at[0, 0, 2].set(False)  # one fully masked row
 
 
-@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("impl", ["reference", "xla", "flash"])
 @pytest.mark.parametrize("kv_heads", [H, 2, 1])
 def test_attention_matches_naive(impl, kv_heads):
   q, k, v = _qkv(kv_heads)
@@ -79,7 +79,7 @@ def test_attention_pattern_rows():
   assert np.all(sums[~has_key] == 0.0)
 
 
-@pytest.mark.parametrize("impl", ["reference", "xla"])
+@pytest.mark.parametrize("impl", ["reference", "xla", "flash"])
 def test_fully_masked_rows_are_zero_not_nan(impl):
   q, k, v = _qkv()
   mask = jnp.zeros((B, 1, T, S), bool)

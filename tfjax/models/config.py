@@ -57,7 +57,7 @@ class TransformerConfig:
   # attention projections, query/key/value with gain 1/sqrt(2); PyTorch's default nn.Linear init in the MLP and for
   # the query/key/value biases): with embed_stddev=emb_dim ** -0.5 and embed_scale, fairseq's whole init
   dense_init: str = "normal"
-  attention_impl: str = "auto"  # auto | xla | cudnn | reference
+  attention_impl: str = "auto"  # auto | xla | cudnn | reference | flash (no [T, S] pattern: long contexts)
   # >0: queries in blocks that skip keys a static (e.g. causal) mask hides (tfjax.layers.attention.
   # dot_product_attention); 0: one block. 6/6/384 on 2 CPU cores: 16.1 -> 14.7 s/step; contexts <= 64: no-op
   attention_block_size: int = 64
