@@ -148,3 +148,45 @@ def test_cached_decoding_with_flash_attention_equals_the_reference_models():
   want = generate(GPT(cfg), params, prompt, 8, jax.random.key(2), temperature=0.0)
   flash = GPT(dataclasses.replace(cfg, attention_impl="flash"))
   np.testing.assert_array_equal(generate(flash, params, prompt, 8, jax.random.key(2), temperature=0.0), want)
+
+
+def test_attention_dropout_equals_the_pattern_dropped_by_the_same_bits():
+  """With dropout, flash equals ``dropout(pattern) · v`` of the reference pattern, dropped by the keep masks of
+  :func:`block_keep_mask` laid out block by block, in its values and its gradients (so the backward pass draws the
+  forward's bits again); a different key drops other entries; without a key there is no dropout."""
+  from tfjax.layers.attention import attention_pattern
+  from tfjax.layers.flash_attention import block_keep_mask
+  q, k, v, w = _qkv(t=13, s=11, kv=2)
+  mask, rate, rng, (bq, bk) = _masks(2, 13, 11)["random (traced)"], 0.3, jax.random.key(7), (4, 4)
+  nq, nk = 4, 3  # 13 queries -> 16, 11 keys -> 12
+  keep = jnp.concatenate([jnp.concatenate([block_keep_mask(rng, i, j, nk, rate, (2, 4, bq, bk)) for j in range(nk)],
+                                          axis=3) for i in range(nq)], axis=2)[:, :, :13, :11]
+
+  def by_hand(q, k, v):
+    pattern = attention_pattern(q, k, mask)
+    dropped = jnp.where(keep, pattern / (1 - rate), 0.0)
+    return jnp.einsum("bhts,bshd->bthd", dropped, jnp.repeat(v, 2, axis=2))
+
+  def flash(q, k, v, key=rng):
+    return flash_attention(q, k, v, mask, block_q=bq, block_k=bk, dropout_rate=rate, dropout_rng=key)
+
+  np.testing.assert_allclose(flash(q, k, v), by_hand(q, k, v), atol=2e-6, rtol=2e-6)
+  for got, want in zip(jax.jit(lambda q, k, v: _grads(flash, q, k, v, w))(q, k, v), _grads(by_hand, q, k, v, w)):
+    np.testing.assert_allclose(got, want, atol=5e-6, rtol=5e-6)
+  assert not np.allclose(flash(q, k, v, jax.random.key(8)), flash(q, k, v), atol=1e-3)
+  np.testing.assert_allclose(flash_attention(q, k, v, mask, block_q=bq, block_k=bk, dropout_rate=rate),
+                             reference_attention(q, k, v, mask), atol=2e-6)
+  with pytest.raises(ValueError, match="dropout_rate must be in"):
+    flash_attention(q, k, v, dropout_rate=1.0, dropout_rng=rng)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's choice")
+def test_auto_takes_flash_on_cpu_once_the_pattern_outgrows_one_block():
+  from tfjax.layers.attention import dot_product_attention, flash_pays_off
+  assert not flash_pays_off(256, 256) and flash_pays_off(257, 256) and not flash_pays_off(1, 4096)
+
+  def uses_flash(t):
+    q, k, v, _ = _qkv(b=1, t=t, s=t, h=1, kv=1, dh=4)
+    jaxpr = str(jax.make_jaxpr(lambda q, k, v: dot_product_attention(q, k, v, masks.causal_mask(t)))(q, k, v))
+    return "custom_vjp_call" in jaxpr
+  assert uses_flash(512) and not uses_flash(64)

@@ -12,7 +12,7 @@ The reference path is the textbook computation, step by step::
     out     = pattern · v                        [B, T, H, Dh]
 
 The fast path calls :func:`jax.nn.dot_product_attention` (XLA, or cuDNN flash attention on GPUs where it applies);
-``implementation="auto"`` takes it on GPUs and the reference elsewhere (faster on CPU). ``"flash"``
+``implementation="auto"`` takes it on GPUs, flash on CPUs for long contexts, and the reference elsewhere. ``"flash"``
 (:mod:`tfjax.layers.flash_attention`) computes the same attention block by block without ever forming the pattern,
 so its memory grows with the context, not its square, on any backend. All return zeros for a fully masked query row,
 never NaN.
@@ -160,6 +160,15 @@ def query_blocks(mask, q_len: int, kv_len: int, block_size: int) -> list[tuple[i
   return blocks
 
 
+def flash_pays_off(q_len: int, kv_len: int) -> bool:
+  """Whether ``"auto"`` takes the flash path off GPUs: on CPUs, when the pattern is larger than one of its blocks
+  (256 x 256). There it skips the hidden half of a causal pattern and keeps its blocks in cache: the 6/6/384 GPT's
+  training step at context 1024 is 1.36x faster than the reference's, in half the temporary memory (``./launch.sh
+  bench ab``), and equal at 256. TPUs keep the reference (not measured)."""
+  from tfjax.layers.flash_attention import DEFAULT_BLOCK  # pylint: disable=import-outside-toplevel
+  return jax.default_backend() == "cpu" and q_len * kv_len > DEFAULT_BLOCK ** 2
+
+
 def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation = "auto", scale=None,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None, block_size: int = 0,
                           precision: Precision = None):
@@ -168,11 +177,13 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
   ``"reference"`` is :func:`reference_attention`; ``"xla"``/``"cudnn"`` call :func:`jax.nn.dot_product_attention`
   with that implementation; ``"flash"`` is :func:`tfjax.layers.flash_attention.flash_attention` (blocks of queries
   and keys with an online softmax: no ``[B, H, T, S]`` array in either pass; masked blocks skipped). ``"auto"`` is
-  :func:`jax.nn.dot_product_attention` letting JAX choose on GPUs (cuDNN flash attention when it applies) and the
-  reference elsewhere: on CPU the reference's einsums train the baby GPT
+  :func:`jax.nn.dot_product_attention` letting JAX choose on GPUs (cuDNN flash attention when it applies), flash on
+  CPUs for patterns larger than one block (:func:`flash_pays_off`), and the reference elsewhere: on CPU the
+  reference's einsums train the baby GPT
   4-9% faster than ``jax.nn``'s XLA path (6 of 6 alternating pairs of ``bench train --only=baby`` with
   ``--set=model.attention_impl=reference`` or ``=xla``), and on TPUs both are the same XLA einsums. Attention dropout
-  (``dropout_rate > 0`` with a key) is only available in the reference path, which is then used.
+  (``dropout_rate > 0`` with a key) is available in the reference and flash paths; the others then take the
+  reference.
 
   ``block_size > 0`` with a mask known when tracing (a numpy array, e.g. the causal mask of
   :func:`tfjax.layers.masks.causal_mask_at` for static positions), on the reference path: the queries are processed
@@ -189,12 +200,13 @@ def dot_product_attention(q, k, v, mask=None, *, implementation: Implementation 
     raise ValueError(f"unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}")
   check_qkv(q, k, v, mask)
   if implementation == "auto" and jax.default_backend() != "gpu":
-    implementation = "reference"
-  if dropout_rate > 0.0 and dropout_rng is not None:
-    implementation = "reference"  # the only path with attention dropout
+    implementation = "flash" if flash_pays_off(q.shape[1], k.shape[1]) else "reference"
+  if dropout_rate > 0.0 and dropout_rng is not None and implementation != "flash":
+    implementation = "reference"  # the fused paths have no attention dropout
   if implementation == "flash":
     from tfjax.layers.flash_attention import flash_attention  # pylint: disable=import-outside-toplevel
-    return flash_attention(q, k, v, mask, scale=scale, precision=precision)
+    return flash_attention(q, k, v, mask, scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                           precision=precision)
   if implementation != "reference":
     return fused_attention(q, k, v, mask, implementation=implementation, scale=scale, precision=precision)
   blocks = query_blocks(mask, q.shape[1], k.shape[1], block_size)

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfjax.layers.dropout import keep_mask
+
 Precision = Any
 
 DEFAULT_BLOCK = 256  # queries and keys per block (see benchmarks: ``./launch.sh bench attention``)
@@ -70,8 +72,23 @@ def _scores(q_i, k_j, mask_ij, scale: float, precision):
   return s if mask_ij is None else jnp.where(mask_ij, s, -jnp.inf)
 
 
-def _forward(q, k, v, mask, visible, *, scale: float, block_q: int, block_k: int, precision):
-  """``out [B, Tp, H, Dv]`` and ``lse [B, H, Tp]`` on padded inputs (Tp, Sp multiples of the blocks)."""
+def block_keep_mask(rng, i, j, num_key_blocks: int, rate: float, shape: tuple[int, ...]):
+  """Attention dropout's keep mask ``[B, H, block_q, block_k]`` of block (i, j): drawn from ``rng`` folded in with
+  the block's index ``i * num_key_blocks + j``, so the backward pass draws the same bits again."""
+  return keep_mask(jax.random.fold_in(rng, i * num_key_blocks + j), rate, shape)
+
+
+def _dropped(p, rng, i, j, nk: int, rate: float):
+  """``p`` with attention dropout applied (kept entries scaled by 1 / (1 - rate)); ``p`` itself without."""
+  if rng is None or rate == 0.0:
+    return p
+  keep = block_keep_mask(rng, i, j, nk, rate, p.shape)
+  return jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
+
+
+def _forward(q, k, v, mask, visible, rng, *, scale: float, block_q: int, block_k: int, precision, rate: float):
+  """``out [B, Tp, H, Dv]`` and ``lse [B, H, Tp]`` on padded inputs (Tp, Sp multiples of the blocks). Dropout acts on
+  the normalised pattern, so the running sum ``l`` takes the undropped ``p`` and the values the dropped one."""
   b, t_pad, h, _ = q.shape
   s_pad, dv = k.shape[1], v.shape[3]
   nq, nk = t_pad // block_q, s_pad // block_k
@@ -92,8 +109,8 @@ def _forward(q, k, v, mask, visible, *, scale: float, block_q: int, block_k: int
         p = jnp.exp(s - m_safe[..., None])
         correction = jnp.exp(m - m_safe)  # exp(-inf) = 0 before the first visible key
         l = l * correction + p.sum(axis=-1)
-        pv = jnp.einsum("bhqk,bkhd->bqhd", p.astype(v.dtype), v_j, preferred_element_type=jnp.float32,
-                        precision=precision)
+        pv = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, rng, i, j, nk, rate).astype(v.dtype), v_j,
+                        preferred_element_type=jnp.float32, precision=precision)
         acc = acc * jnp.swapaxes(correction, 1, 2)[..., None] + pv
         return m_new, l, acc
 
@@ -114,9 +131,11 @@ def _forward(q, k, v, mask, visible, *, scale: float, block_q: int, block_k: int
   return out, lse
 
 
-def _backward(q, k, v, mask, visible, out, lse, dout, *, scale: float, block_q: int, block_k: int, precision):
+def _backward(q, k, v, mask, visible, rng, out, lse, dout, *, scale: float, block_q: int, block_k: int, precision,
+              rate: float):
   """FlashAttention-2's backward: over key blocks (each gives its dk, dv), and within each over query blocks
-  (accumulating dq)."""
+  (accumulating dq). With dropout, ``rowsum(dout · out)`` is still the softmax's backward term: ``out`` is the
+  dropped pattern times the values."""
   s_pad = k.shape[1]
   nq, nk = q.shape[1] // block_q, s_pad // block_k
   # D_i = Σ_d dout · out: the softmax's backward term, one number per query row  [B, H, Tp]
@@ -135,9 +154,10 @@ def _backward(q, k, v, mask, visible, out, lse, dout, *, scale: float, block_q: 
         delta_i = jax.lax.dynamic_slice_in_dim(delta, i * block_q, block_q, axis=2)
         s = _scores(q_i, k_j, None if mask is None else _block_mask(mask, i, j, block_q, block_k), scale, precision)
         p = jnp.exp(s - lse_i[..., None])  # the pattern's block; 0 where masked
-        dv_j = dv_j + jnp.einsum("bhqk,bqhd->bkhd", p.astype(dout.dtype), do_i, preferred_element_type=jnp.float32,
-                                 precision=precision)
+        dv_j = dv_j + jnp.einsum("bhqk,bqhd->bkhd", _dropped(p, rng, i, j, nk, rate).astype(dout.dtype), do_i,
+                                 preferred_element_type=jnp.float32, precision=precision)
         dp = jnp.einsum("bqhd,bkhd->bhqk", do_i, v_j, preferred_element_type=jnp.float32, precision=precision)
+        dp = _dropped(dp, rng, i, j, nk, rate)  # the gradient reaches the pattern through the kept entries only
         ds = p * (dp - delta_i[..., None]) * scale  # d(scores before scaling)
         dq_i = jnp.einsum("bhqk,bkhd->bqhd", ds.astype(k.dtype), k_j, preferred_element_type=jnp.float32,
                           precision=precision)
@@ -160,37 +180,47 @@ def _backward(q, k, v, mask, visible, out, lse, dout, *, scale: float, block_q: 
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7, 8))
-def _flash(q, k, v, mask, visible, scale, block_q, block_k, precision):
-  return _forward(q, k, v, mask, visible, scale=scale, block_q=block_q, block_k=block_k, precision=precision)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7, 8, 9, 10))
+def _flash(q, k, v, mask, visible, rng, scale, block_q, block_k, precision, rate):
+  return _forward(q, k, v, mask, visible, rng, scale=scale, block_q=block_q, block_k=block_k, precision=precision,
+                  rate=rate)[0]
 
 
-def _flash_fwd(q, k, v, mask, visible, scale, block_q, block_k, precision):
-  out, lse = _forward(q, k, v, mask, visible, scale=scale, block_q=block_q, block_k=block_k, precision=precision)
-  return out, (q, k, v, mask, visible, out, lse)
+def _flash_fwd(q, k, v, mask, visible, rng, scale, block_q, block_k, precision, rate):
+  out, lse = _forward(q, k, v, mask, visible, rng, scale=scale, block_q=block_q, block_k=block_k,
+                      precision=precision, rate=rate)
+  return out, (q, k, v, mask, visible, rng, out, lse)
 
 
-def _flash_bwd(scale, block_q, block_k, precision, residuals, dout):
-  q, k, v, mask, visible, out, lse = residuals
-  dq, dk, dv = _backward(q, k, v, mask, visible, out, lse, dout, scale=scale, block_q=block_q, block_k=block_k,
-                         precision=precision)
-  return dq, dk, dv, None, None
+def _flash_bwd(scale, block_q, block_k, precision, rate, residuals, dout):
+  q, k, v, mask, visible, rng, out, lse = residuals
+  dq, dk, dv = _backward(q, k, v, mask, visible, rng, out, lse, dout, scale=scale, block_q=block_q, block_k=block_k,
+                         precision=precision, rate=rate)
+  return dq, dk, dv, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 def flash_attention(q, k, v, mask=None, *, scale: float | None = None, block_q: int = DEFAULT_BLOCK,
-                    block_k: int = DEFAULT_BLOCK, precision: Precision = None):
+                    block_k: int = DEFAULT_BLOCK, dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                    precision: Precision = None):
   """Attention ``[B, T, H, Dv]`` of ``q [B, T, H, Dh]`` over ``k [B, S, K, Dh]``, ``v [B, S, K, Dv]`` under ``mask
   [B|1, H|1, T|1, S]`` (boolean, True = may attend; None: every key), computed block by block without forming the
   ``[B, H, T, S]`` attention pattern, forward or backward (see the module docstring). ``scale`` defaults to
   ``1/√Dh``. Blocks are cut to the lengths when those are shorter; other lengths are padded up to a multiple of the
-  block (the padding is masked and cut off again)."""
+  block (the padding is masked and cut off again). Attention dropout (``dropout_rate > 0`` with a ``dropout_rng``)
+  zeroes entries of the normalised pattern, block by block (:func:`block_keep_mask`); its bits differ from the
+  reference path's, which draws the whole pattern's at once."""
   from tfjax.layers.attention import _repeat_kv, check_qkv  # pylint: disable=import-outside-toplevel
   check_qkv(q, k, v, mask)
   if block_q <= 0 or block_k <= 0:
     raise ValueError(f"flash_attention: block_q and block_k must be positive, got {block_q} and {block_k}")
+  if not 0.0 <= dropout_rate < 1.0:
+    raise ValueError(f"flash_attention: dropout_rate must be in [0, 1), got {dropout_rate}")
+  rng = dropout_rng if dropout_rate > 0.0 else None
+  if rng is not None and not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    rng = jax.random.wrap_key_data(rng)
   b, t, h, dh = q.shape
   s = k.shape[1]
   scale = dh ** -0.5 if scale is None else float(scale)
@@ -206,5 +236,5 @@ def flash_attention(q, k, v, mask=None, *, scale: float | None = None, block_q: 
     mask = _pad_axis(mask, 3, s_pad)
   k, v = _repeat_kv(k, h), _repeat_kv(v, h)  # its autodiff sums each shared head's gradients
   q, k, v = _pad_axis(q, 1, t_pad), _pad_axis(k, 1, s_pad), _pad_axis(v, 1, s_pad)
-  out = _flash(q, k, v, mask, jnp.asarray(visible), scale, block_q, block_k, precision)
+  out = _flash(q, k, v, mask, jnp.asarray(visible), rng, scale, block_q, block_k, precision, float(dropout_rate))
   return out[:, :t]
