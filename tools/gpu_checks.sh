@@ -2,6 +2,8 @@
 # The open issues' GPU checks, one device call each (a call may run 600 s at most):
 #
 #   tools/gpu_checks.sh gpt2        # issue 15: gpt2_small's step profiled, then beside nanoGPT (~6 min on an H100)
+#   tools/gpu_checks.sh attention   # flash attention (pure JAX) beside cuDNN, XLA and the reference, bfloat16 and
+#                                   # float32, T = 1k-16k (~2 min; docs/flash_attention.md)
 #   tools/gpu_checks.sh translate   # issue 14: translate_multi30k_tiny as shipped (8,000 updates of token batches),
 #                                   # seeds 0, 1, 2 side by side (~8 min; RESUME=1 finishes what a deadline stopped)
 #
@@ -35,6 +37,14 @@ case "${1:-}" in
     echo "bench rc=$? at $(( $(date +%s) - T0 )) s"
     tail -6 "$OUT/bench.log"
     ;;
+  attention)
+    for dtype in bfloat16 float32; do
+      impls=reference,xla,flash; [[ "$dtype" == bfloat16 ]] && impls=reference,cudnn,xla,flash
+      timeout 240 python3 experiments/bench/attention.py --lengths=1024,4096,16384 --impls="$impls" --dtype="$dtype" \
+        --batch=4 --heads=12 --head_dim=64 --rounds=10 --max_temp_gb=60 --out="$OUT/attention.jsonl" 2>&1 \
+        | grep -v "^[IW][0-9]"
+    done
+    ;;
   translate)
     DEADLINE="${DEADLINE:-480}" PREFIX=runs/tiny_gpu_8k LOGS="$OUT/translate_logs" \
       tools/gpu_translate_seeds.sh .gpu_data/multi30k "${SEEDS:-0,1,2}" ${TRANSLATE_ARGS:-}
@@ -45,6 +55,6 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: tools/gpu_checks.sh gpt2|translate" >&2; exit 2 ;;
+    echo "usage: tools/gpu_checks.sh gpt2|attention|translate" >&2; exit 2 ;;
 esac
 echo "done at $(( $(date +%s) - T0 )) s"

@@ -15,7 +15,7 @@ of ``Σ out · w`` with respect to all three. Reported:
 - **max |Δ|**: the largest difference of out and the gradients from the first implementation.
 
 A length whose program would need more than ``--max_temp_gb`` of temporary memory is compiled (to read its memory)
-but not run. One JSON line per (length, implementation) is appended to ``--out``.
+but not run; an implementation that does not compile (cuDNN off a GPU, or refusing the inputs) is reported as failed. One JSON line per (length, implementation) is appended to ``--out``.
 """
 
 import os
@@ -73,7 +73,12 @@ def measure_length(t: int) -> list[dict]:
   mask = np.asarray(causal_mask(t))
   rows, compiled = [], {}
   for impl in FLAGS.impls:
-    exe = attention_and_grads(impl, mask, FLAGS.block).lower(q, k, v, w).compile()
+    try:
+      exe = attention_and_grads(impl, mask, FLAGS.block).lower(q, k, v, w).compile()
+    except Exception as e:  # pylint: disable=broad-except  # e.g. cuDNN off a GPU, or refusing these inputs
+      rows.append({"bench": "attention", "T": t, "impl": impl, "dtype": FLAGS.dtype, "temp_mb": None,
+                   "pattern_mb": FLAGS.batch * FLAGS.heads * t * t * 4 / 2**20, "skipped": f"failed: {e}"[:200]})
+      continue
     mem = exe.memory_analysis()
     temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
     rows.append({"bench": "attention", "T": t, "impl": impl, "batch": FLAGS.batch, "heads": FLAGS.heads,
@@ -95,7 +100,8 @@ def measure_length(t: int) -> list[dict]:
   for row in rows:
     impl = row["impl"]
     if impl not in compiled:
-      row.update(ms=None, ratio=None, max_abs_diff=None, skipped=f"needs more than {FLAGS.max_temp_gb} GB")
+      row.update(ms=None, ratio=None, max_abs_diff=None)
+      row.setdefault("skipped", f"needs more than {FLAGS.max_temp_gb} GB")
       continue
     row["ms"] = statistics.median(times[impl]) * 1e3
     if base in compiled:
