@@ -27,6 +27,12 @@ def test_fsdp_shards_parameters(results):
   assert "data" in results["fsdp_embedding_spec"]
 
 
+def test_flash_attention_sharded_by_batch_and_heads_equals_one_device(results):
+  r = results["flash_sharded"]
+  assert r["loss_diff"] < 1e-4 and r["grad_diff"] < 1e-5, r
+  assert "data" in r["dq_spec"] and "model" in r["dq_spec"], r
+
+
 def test_batch_not_divisible_by_devices(results):
   assert results["indivisible_error"] is not None
   assert "does not divide across 8 devices" in results["indivisible_error"]
