@@ -84,9 +84,11 @@ def hf_bert_with_vocab(tmp_path) -> str:
   return str(d)
 
 
-# XLA:CPU with 8 fake devices on a loaded 2-core machine has, rarely, hung in an all-reduce (7 of 8 device threads at
-# the rendezvous for 600 s; the same worker alone passes). A hang, not slowness: the worker is given 240 s for a
-# collective to gather (a healthy one takes well under a second) and is run again once when that aborts it.
+# XLA:CPU with 8 fake devices on a loaded 2-core machine has hung in a collective (7 of 8 device threads at the
+# rendezvous; the same worker alone passes). The cause found: the translator's 64 validation batches were all queued
+# at once (tfjax.train.loop.EVAL_BATCHES_IN_FLIGHT now bounds them: 6 of 6 loaded runs passed, against 1 of 2 before).
+# In case another queue does it, the worker is given 240 s for a collective to gather (a healthy one takes well under
+# a second) and is run again once when that aborts it.
 WORKER_COLLECTIVE_TIMEOUT_S = 240
 _HANG = "Termination timeout"
 

@@ -296,3 +296,23 @@ def test_bad_data_init_and_batch_flags_are_one_line_errors(tmp_path):
     text = out.stdout + out.stderr  # the log goes to stdout
     assert out.returncode == 1 and "error: " in text and said in text and "Traceback" not in text, text[-2000:]
     assert not (tmp_path / "wd" / "config.json").exists()
+
+
+def test_evaluation_keeps_few_batches_in_flight_and_averages_them_all(monkeypatch):
+  """20 evaluation batches are read back 8, 8 and 4 at a time (XLA:CPU's collectives deadlock with dozens of
+  multi-device programs queued), and the result is the weighted mean over all of them."""
+  import jax.numpy as jnp
+  from tfjax.train import loop
+
+  class Task:
+    def eval_batches(self, pid, nproc):
+      return ({"x": np.float32(i)} for i in range(20))
+
+  def eval_fn(params, batch):
+    return batch["x"] * 2.0, jnp.float32(2.0), {"acc": batch["x"]}
+
+  sizes, device_get = [], jax.device_get
+  monkeypatch.setattr(jax, "device_get", lambda xs: sizes.append(len(xs)) or device_get(xs))
+  out = loop.evaluate(Task(), eval_fn, None, lambda b: jax.tree.map(jnp.asarray, b))
+  assert sizes == [8, 8, 4] and loop.EVAL_BATCHES_IN_FLIGHT == 8
+  assert out["eval_loss"] == pytest.approx(np.arange(20).mean()) and out["eval_acc"] == pytest.approx(4.75)

@@ -281,16 +281,33 @@ def mfu_reference(run: Run, task: Task, params: Any) -> tuple[float | None, floa
 
 
 # -- 4. the step loop --------------------------------------------------------------------------------------------------
+# Evaluation batches dispatched before their results are read back. Not all of them: on CPU, XLA's in-process
+# collectives deadlock when dozens of multi-device programs are queued at once (the translator's 64 validation
+# batches on 8 fake devices: 7 device threads waiting at an all-gather for the 8th, seen about one run in two while
+# another process loaded the 2 cores); the training loop keeps at most two steps in flight for the same reason.
+EVAL_BATCHES_IN_FLIGHT = 8
+
+
 def evaluate(task: Task, eval_fn, params, put_batch) -> dict[str, float]:
-  """Mean loss and metrics over the task's evaluation batches (all dispatched, then read back at once: one host
-  sync per evaluation, not one per batch)."""
+  """Mean loss and metrics over the task's evaluation batches (dispatched :data:`EVAL_BATCHES_IN_FLIGHT` at a time,
+  then read back together: one host sync per 8 batches, not one per batch)."""
   loss_sum, weight, sums = 0.0, 0.0, {}
   pid, nproc = jax.process_index(), jax.process_count()
-  outputs = [eval_fn(params, put_batch(batch)) for batch in task.eval_batches(pid, nproc)]
-  for ls, w, ms in jax.device_get(outputs):
-    loss_sum, weight = loss_sum + float(ls), weight + float(w)
-    for k, v in ms.items():
-      sums[k] = sums.get(k, 0.0) + float(v)
+  outputs = []
+
+  def read_back():
+    nonlocal loss_sum, weight
+    for ls, w, ms in jax.device_get(outputs):
+      loss_sum, weight = loss_sum + float(ls), weight + float(w)
+      for k, v in ms.items():
+        sums[k] = sums.get(k, 0.0) + float(v)
+    outputs.clear()
+
+  for batch in task.eval_batches(pid, nproc):
+    outputs.append(eval_fn(params, put_batch(batch)))
+    if len(outputs) == EVAL_BATCHES_IN_FLIGHT:
+      read_back()
+  read_back()
   if weight == 0:
     return {}
   out = {"eval_loss": loss_sum / weight}
