@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfjax.layers.attention import _repeat_kv, check_qkv
 from tfjax.layers.dropout import keep_mask
 
 Precision = Any
@@ -212,7 +213,6 @@ def flash_attention(q, k, v, mask=None, *, scale: float | None = None, block_q: 
   block (the padding is masked and cut off again). Attention dropout (``dropout_rate > 0`` with a ``dropout_rng``)
   zeroes entries of the normalised pattern, block by block (:func:`block_keep_mask`); its bits differ from the
   reference path's, which draws the whole pattern's at once."""
-  from tfjax.layers.attention import _repeat_kv, check_qkv  # pylint: disable=import-outside-toplevel
   check_qkv(q, k, v, mask)
   if block_q <= 0 or block_k <= 0:
     raise ValueError(f"flash_attention: block_q and block_k must be positive, got {block_q} and {block_k}")
