@@ -79,12 +79,14 @@ def block_keep_mask(rng, i, j, num_key_blocks: int, rate: float, shape: tuple[in
   return keep_mask(jax.random.fold_in(rng, i * num_key_blocks + j), rate, shape)
 
 
-def _dropped(p, rng, i, j, nk: int, rate: float):
-  """``p`` with attention dropout applied (kept entries scaled by 1 / (1 - rate)); ``p`` itself without."""
-  if rng is None or rate == 0.0:
-    return p
-  keep = block_keep_mask(rng, i, j, nk, rate, p.shape)
-  return jnp.where(keep, p * (1.0 / (1.0 - rate)), 0.0)
+def _block_keep(rng, i, j, nk: int, rate: float, shape: tuple[int, ...]):
+  """Block (i, j)'s keep mask, or None without dropout."""
+  return None if rng is None or rate == 0.0 else block_keep_mask(rng, i, j, nk, rate, shape)
+
+
+def _dropped(x, keep, rate: float):
+  """``x`` with the kept entries scaled by 1 / (1 - rate) and the others zeroed; ``x`` itself when ``keep`` is None."""
+  return x if keep is None else jnp.where(keep, x * (1.0 / (1.0 - rate)), 0.0)
 
 
 def _forward(q, k, v, mask, visible, rng, *, scale: float, block_q: int, block_k: int, precision, rate: float):
@@ -110,7 +112,8 @@ def _forward(q, k, v, mask, visible, rng, *, scale: float, block_q: int, block_k
         p = jnp.exp(s - m_safe[..., None])
         correction = jnp.exp(m - m_safe)  # exp(-inf) = 0 before the first visible key
         l = l * correction + p.sum(axis=-1)
-        pv = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, rng, i, j, nk, rate).astype(v.dtype), v_j,
+        keep = _block_keep(rng, i, j, nk, rate, p.shape)
+        pv = jnp.einsum("bhqk,bkhd->bqhd", _dropped(p, keep, rate).astype(v.dtype), v_j,
                         preferred_element_type=jnp.float32, precision=precision)
         acc = acc * jnp.swapaxes(correction, 1, 2)[..., None] + pv
         return m_new, l, acc
@@ -155,10 +158,11 @@ def _backward(q, k, v, mask, visible, rng, out, lse, dout, *, scale: float, bloc
         delta_i = jax.lax.dynamic_slice_in_dim(delta, i * block_q, block_q, axis=2)
         s = _scores(q_i, k_j, None if mask is None else _block_mask(mask, i, j, block_q, block_k), scale, precision)
         p = jnp.exp(s - lse_i[..., None])  # the pattern's block; 0 where masked
-        dv_j = dv_j + jnp.einsum("bhqk,bqhd->bkhd", _dropped(p, rng, i, j, nk, rate).astype(dout.dtype), do_i,
+        keep = _block_keep(rng, i, j, nk, rate, p.shape)  # the forward's bits, drawn once for both uses
+        dv_j = dv_j + jnp.einsum("bhqk,bqhd->bkhd", _dropped(p, keep, rate).astype(dout.dtype), do_i,
                                  preferred_element_type=jnp.float32, precision=precision)
         dp = jnp.einsum("bqhd,bkhd->bhqk", do_i, v_j, preferred_element_type=jnp.float32, precision=precision)
-        dp = _dropped(dp, rng, i, j, nk, rate)  # the gradient reaches the pattern through the kept entries only
+        dp = _dropped(dp, keep, rate)  # the gradient reaches the pattern through the kept entries only
         ds = p * (dp - delta_i[..., None]) * scale  # d(scores before scaling)
         dq_i = jnp.einsum("bhqk,bkhd->bqhd", ds.astype(k.dtype), k_j, preferred_element_type=jnp.float32,
                           precision=precision)
