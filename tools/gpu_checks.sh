@@ -9,8 +9,8 @@
 #
 # Run from the device tool with carry [".whl", ".gpu_data", ".h4gpu"]: .whl/ holds the wheels the device lacks
 # (ml_collections, sacremoses, tensorboardX), .gpu_data/ the data (multi30k/), .h4gpu/ the GPT-2 bench data
-# (gpt2bench/, nanogpt/; tools/make_gpt2_bench_data.py makes them). Outputs go to $OUT (the device tool's folder;
-# default runs/gpu_checks). GPT2_ARGS: extra flags for the profile (e.g. --only=grad,grad_bfloat16_logits);
+# (gpt2bench/, nanogpt/); tools/make_gpu_carry.sh NANOGPT remakes all three on a fresh checkout. Outputs go to $OUT
+# (the device tool's folder; default runs/gpu_checks). GPT2_ARGS: extra flags for the profile (e.g. --only=grad,grad_bfloat16_logits);
 # PROFILE_LIMIT: its time limit (s, default 360); BENCH_STEPS (default 8); TFJAX_ARGS: extra tfjax flags for the bench (e.g. --config.model.logits_dtype=bfloat16);
 # SEEDS (default 0,1,2), DEADLINE (s, default 480), RESUME=1 and TRANSLATE_ARGS for the translator.
 set -uo pipefail
