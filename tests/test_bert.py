@@ -240,6 +240,47 @@ def test_fill_mask_needs_a_mask(task):
     mlm.fill_mask(task.model, params, task.tokenizer, "the [MASK] sat", top_k=0)
 
 
+def test_blanks_are_filled_with_words_never_with_special_tokens(task):
+  """With the output bias raised at [PAD], [UNK], [CLS], [SEP] and [MASK] so that they are the likeliest fills (the
+  unrestricted sampler takes one), fill_mask ranks only the other tokens, with the softmax over them alone
+  (recomputed from the raw logits in float64), and sampling never draws a special token: at T = 0 the best word."""
+  tok = task.tokenizer
+  special = tok.special_ids()
+  assert set(special) == {tok.token_to_id(t) for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")}
+  vocab = task.model.cfg.vocab_size
+  fillable = mlm.fillable_tokens(tok, vocab)
+  np.testing.assert_array_equal(np.flatnonzero(~fillable), special)
+  assert not mlm.fillable_tokens(tok, vocab + 3)[vocab:].any()  # a padded vocabulary's rows past the tokenizer's
+  params = jax.tree.map(np.array, _task_params(task))
+  params["mlm_head"]["bias"][special] += 50.0
+  text = "the [MASK] sat"
+  ids = np.asarray(tok.encode(text), np.int32)
+  where = int(np.flatnonzero(ids == tok.token_to_id("[MASK]"))[0])
+  logits = np.asarray(_apply(task.model, params, ids[None]), np.float64)[0, where]
+  assert logits.argmax() in special
+  words = np.flatnonzero(fillable)
+  p = np.exp(logits[words] - logits[words].max())
+  p /= p.sum()
+  best = np.argsort(-p)[:5]
+  got = mlm.fill_mask(task.model, params, tok, text, top_k=5)[0]
+  assert [t for t, _ in got] == [tok.id_to_token(int(i)) for i in words[best]]
+  np.testing.assert_allclose([q for _, q in got], p[best], rtol=1e-4)
+  rows = np.repeat(ids[None], 200, 0)
+  blanks = rows == tok.token_to_id("[MASK]")
+  drawn = mlm.sample_masks(task.model, params, rows, blanks, jax.random.key(0), temperature=1.0, fillable=fillable)
+  assert not np.isin(drawn[blanks], special).any() and len(np.unique(drawn[blanks])) > 1
+  greedy = mlm.sample_masks(task.model, params, rows[:1], blanks[:1], jax.random.key(0), temperature=0.0,
+                            fillable=fillable)
+  assert greedy[0, where] == words[best[0]]
+  anything = mlm.sample_masks(task.model, params, rows[:1], blanks[:1], jax.random.key(0), temperature=0.0)
+  assert anything[0, where] in special
+  with pytest.raises(ValueError, match=r"fillable must be a \[V\]"):
+    mlm.sample_masks(task.model, params, rows, blanks, jax.random.key(0), fillable=fillable[:-1])
+  filled = mlm.sample_fills(task.model, params, tok, text, 20, jax.random.key(1))
+  # a special token would decode to nothing ("the sat"); a word piece ("##rd") may join its neighbour ("therd sat")
+  assert all(f.startswith("the") and f.endswith(" sat") and f != "the sat" for f in filled), filled
+
+
 def test_final_report_exports_hf_bert(task):
   from tfjax import hf
   params = _task_params(task)

@@ -208,8 +208,9 @@ def test_temperature_on_a_translator_reads_the_first_target_token_and_samples_tr
 
 
 def test_temperature_on_a_bert_reads_its_first_blank_and_fills_the_blanks(tmp_path):
-  """A BERT's distribution is its first [MASK]'s (recomputed from a full forward pass); T = 0 fills the blanks with
-  the argmax left to right, each given those before; distinct-n only up to the number of blanks; a text without
+  """A BERT's distribution is its first [MASK]'s over the tokens a blank can take (recomputed from a full forward
+  pass, the special tokens left out); T = 0 fills the blanks with the argmax of those left to right, each given those
+  before; distinct-n only up to the number of blanks; a text without
   [MASK] has its last 3 tokens blanked; --num_tokens beside [MASK]s, or more than the text has, is an error."""
   subject = load_subject(hf_bert_with_vocab(tmp_path))
   tok, text = subject.tokenizer, "the capital of [MASK] is [MASK] ."
@@ -222,12 +223,15 @@ def test_temperature_on_a_bert_reads_its_first_blank_and_fills_the_blanks(tmp_pa
     return subject.model.apply({"params": subject.params}, jnp.asarray(row[None]),
                                attention_mask=jnp.ones((1, row.size), jnp.int32))[0, position]
 
+  words = ~np.isin(np.arange(subject.model.cfg.vocab_size), tok.special_ids())
   first = int(np.flatnonzero(blanks)[0])
-  probs = np.asarray(jax.nn.softmax(logits_at(ids, first)))
+  logits = np.asarray(logits_at(ids, first), np.float64)
+  probs = np.where(words, np.exp(logits - logits[words].max()), 0.0)
+  probs /= probs.sum()
   np.testing.assert_allclose(result["probs_top"][1], probs[result["top_token_ids"]], rtol=1e-5)
   greedy = ids.copy()
   for position in np.flatnonzero(blanks):
-    greedy[position] = int(jnp.argmax(logits_at(greedy, position)))
+    greedy[position] = int(np.argmax(np.where(words, logits_at(greedy, position), -np.inf)))
   assert result["sample_text"]["0.0"] == [tok.decode(greedy)] * 3
   assert result["sample_blanks"]["0.0"] == [tok.decode(greedy[blanks])] * 3
   assert set(result["samples"]) == {"unigram_entropy", "distinct_1", "distinct_2"}

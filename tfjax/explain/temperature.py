@@ -7,8 +7,9 @@ distinct-n of text sampled at each ``T`` with the project's own samplers: :func:
 GPT's prompt; for a translator the prompt is the source sentence, the distribution is that of the first target token,
 and the samples are translations drawn by :func:`tfjax.generate.translate` (each up to its end token). A BERT reads a
 text with blanks (``[MASK]``; a text without one has its last ``num_tokens`` tokens blanked): the distribution is its
-first blank's, and the samples fill every blank left to right (:func:`tfjax.tasks.mlm.sample_masks`); their unigram
-entropy and distinct-n count the filled tokens only.
+first blank's, and the samples fill every blank left to right (:func:`tfjax.tasks.mlm.sample_masks`), both over the
+tokens a blank can take (not ``[PAD]``, ``[MASK]`` and the other special tokens); their unigram entropy and distinct-n
+count the filled tokens only.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def entropy(probs: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
   return 0.0 - jnp.sum(terms, axis=axis)  # 0 - x, not -x: a one-hot distribution's entropy is +0, not -0
 
 
+def _tail(text: str, n: int) -> str:
+  """The end of ``text`` in at most ``n`` characters, marked "..." where its start is cut."""
+  return text if len(text) <= n else "..." + text[-(n - 3):]
+
+
 def distinct_n(ids, n: int) -> float:
   """The fraction of distinct n-grams among all n-grams of the rows of ``ids`` (``[B, L]``, or rows of different
   lengths; pooled over rows)."""
@@ -60,7 +66,7 @@ def unigram_entropy(ids) -> float:
     return 0.0
   _, counts = np.unique(tokens, return_counts=True)
   p = counts / counts.sum()
-  return float(-(p * np.log(p)).sum())
+  return float(0.0 - (p * np.log(p)).sum())  # 0 - x: one token's entropy is +0, not -0
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
@@ -169,17 +175,21 @@ class _Blanks:
     self.prompt = tok.decode(kept, skip_special_tokens=False)
     self.what = "first [MASK] of"
     self.token = "first [MASK]"  # whose distribution it is
+    from tfjax.tasks.mlm import fillable_tokens
+    self.fillable = fillable_tokens(tok, self.model.cfg.vocab_size)  # a blank is never filled with [PAD], [MASK], ...
 
   def logits(self):
+    """The first blank's logits, ``-inf`` at the tokens no blank is filled with (:func:`fillable_tokens`)."""
     from tfjax.tasks.mlm import fill_mask_logits
-    return fill_mask_logits(self.model, self.params, jnp.asarray(self.ids[None]),
-                            jnp.asarray([[self.first]], jnp.int32))[0, 0]
+    logits = fill_mask_logits(self.model, self.params, jnp.asarray(self.ids[None]),
+                              jnp.asarray([[self.first]], jnp.int32))[0, 0]
+    return jnp.where(self.fillable, logits, -jnp.inf)
 
   def samples(self, num_samples, temperature, key):
     from tfjax.tasks.mlm import sample_masks
     ids = np.repeat(self.ids[None], num_samples, axis=0)
     filled = sample_masks(self.model, self.params, ids, np.repeat(self.blanks[None], num_samples, axis=0), key,
-                          temperature=temperature)
+                          temperature=temperature, fillable=self.fillable)
     return [row[self.blanks] for row in filled]
 
   def text(self, row):
@@ -223,7 +233,7 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
     for n in orders:
       stats[f"distinct_{n}"].append(distinct_n(rows, n))
 
-  title = f"{source.what} {source.prompt[-40:]!r}"
+  title = f"{source.what} {_tail(source.prompt, 40)!r}"
   pictures.heatmap(probs[:, top], os.path.join(out_dir, "temperature_distribution.png"),
                    row_labels=[f"T={t:g}" for t in temps], col_labels=top_labels, title=title, xlabel="token",
                    cmap="Blues", annotate=True)
@@ -240,7 +250,7 @@ def run(subject, out_dir: str, *, text: str | None = None, temperatures=DEFAULT_
   if subject.kind == "bert":
     numbers["sample_blanks"] = {str(t): f for t, f in fills.items()}  # each sample's filled tokens alone
   pictures.write_json(os.path.join(out_dir, "temperature.json"), numbers)
-  lines = [f"temperature: {source.what} {numbers['prompt'][-30:]!r}"]
+  lines = [f"temperature: {source.what} {_tail(source.prompt, 60)!r}"]
   shown = orders[min(1, len(orders) - 1)]  # distinct-2 (distinct-1 for a single blank)
   for t, p, h, d in zip(temps, probs, numbers["entropy"], stats[f"distinct_{shown}"]):
     lines.append(f"  T={t:<5g} top {top_labels[0]!r} p={p[top[0]]:.3f}  entropy {h:.3f} nats  "

@@ -435,15 +435,27 @@ def load_for_inference(path: str, step: int | None = None, best: bool = False
   return build_model(config, tokenizer.vocab_size), params, tokenizer
 
 
+def fillable_tokens(tokenizer: tokenizers.Tokenizer, vocab_size: int) -> np.ndarray:
+  """``[vocab_size]`` bool (the model's vocabulary): the tokens a blank may be filled with, every one of the
+  tokenizer's but its special tokens (``[PAD]``, ``[UNK]``, ``[CLS]``, ``[SEP]``, ``[MASK]``): no training target is
+  one of them, and a blank filled with one is no word (decoding drops it). Rows of a padded vocabulary past the
+  tokenizer's are not fillable either."""
+  fillable = np.arange(vocab_size) < tokenizer.vocab_size
+  special = np.asarray(tokenizer.special_ids(), np.int64)
+  fillable[special[special < vocab_size]] = False
+  return fillable
+
+
 def fill_mask(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str, top_k: int = 5
               ) -> list[list[tuple[str, float]]]:
-  """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks."""
+  """The ``top_k`` (token, probability) for each ``[MASK]`` in ``text``, in order of the masks: the model's
+  distribution at that blank over the :func:`fillable_tokens` (the special tokens left out, the rest renormalised)."""
   if top_k < 1:
     raise ValueError(f"top_k must be >= 1, got {top_k}")
   ids, blanks = _blanks(model, tokenizer, text)
   where = np.flatnonzero(blanks)
   logits = fill_mask_logits(model, params, jnp.asarray(ids[None]), jnp.asarray(where[None]))
-  probs = np.asarray(jax.nn.softmax(logits[0], axis=-1))
+  probs = np.asarray(jax.nn.softmax(logits[0], axis=-1, where=fillable_tokens(tokenizer, model.cfg.vocab_size)))
   out = []
   for p in probs:
     top = np.argsort(-p)[:top_k]
@@ -460,7 +472,7 @@ def sample_fills(model: BERT, params, tokenizer: tokenizers.Tokenizer, text: str
     raise ValueError(f"temperature must be >= 0, got {temperature}")
   ids, blanks = _blanks(model, tokenizer, text)
   filled = sample_masks(model, params, np.repeat(ids[None], num_samples, 0), np.repeat(blanks[None], num_samples, 0),
-                        rng, temperature=temperature)
+                        rng, temperature=temperature, fillable=fillable_tokens(tokenizer, model.cfg.vocab_size))
   return [tokenizer.decode(row) for row in filled]
 
 
@@ -484,7 +496,7 @@ def fill_mask_logits(model, params, ids, positions):
 
 
 def sample_masks(model: BERT, params, ids, masked, rng: jax.Array, *, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None) -> np.ndarray:
+                 top_k: int | None = None, top_p: float | None = None, fillable=None) -> np.ndarray:
   """``ids [B, T]`` with every position of ``masked [B, T]`` (bool) filled by sampling, one at a time, left to right.
 
   Each blank is drawn from ``softmax(logits / temperature)`` (:func:`tfjax.generate.sample_logits`: ``top_k`` /
@@ -492,6 +504,7 @@ def sample_masks(model: BERT, params, ids, masked, rng: jax.Array, *, temperatur
   left already filled: a BERT generates by filling blanks, and a blank's neighbours change what it should be (one
   pass that fills them all at once would draw "new york" and "los angeles" into "new angeles"). Rows may have
   different numbers of blanks; the rows' other tokens are kept. Every token of a row is real (no padding).
+  ``fillable``: ``[V]`` bool, the tokens a blank may take (e.g. :func:`fillable_tokens`); None: every token.
   """
   ids, masked = np.asarray(ids, np.int32), np.asarray(masked, bool)
   if ids.ndim != 2 or masked.shape != ids.shape:
@@ -504,13 +517,18 @@ def sample_masks(model: BERT, params, ids, masked, rng: jax.Array, *, temperatur
     return ids
   order = np.argsort(~masked, axis=1, kind="stable")[:, :blanks].astype(np.int32)  # each row's blanks, in order
   valid = np.arange(blanks)[None, :] < count[:, None]
-  out = _sample_masks(model, params, jnp.asarray(ids), jnp.asarray(order), jnp.asarray(valid), rng,
-                      float(temperature), top_k, top_p)
+  vocab = model.cfg.vocab_size
+  fillable = np.ones(vocab, bool) if fillable is None else np.asarray(fillable)
+  if fillable.shape != (vocab,) or fillable.dtype != bool or not fillable.any():
+    raise ValueError(f"fillable must be a [V] = [{vocab}] bool array with at least one True; got {fillable.dtype} "
+                     f"{fillable.shape}")
+  out = _sample_masks(model, params, jnp.asarray(ids), jnp.asarray(order), jnp.asarray(valid), jnp.asarray(fillable),
+                      rng, float(temperature), top_k, top_p)
   return np.asarray(out)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "temperature", "top_k", "top_p"))
-def _sample_masks(model, params, ids, order, valid, rng, temperature, top_k, top_p):
+def _sample_masks(model, params, ids, order, valid, fillable, rng, temperature, top_k, top_p):
   from tfjax.generate import sample_logits
   rows = jnp.arange(ids.shape[0])
 
@@ -518,6 +536,7 @@ def _sample_masks(model, params, ids, order, valid, rng, temperature, top_k, top
     where = order[:, k]  # [B]: each row's k-th blank (past a row's last blank: another of its tokens, kept)
     logits = model.apply({"params": params}, ids, attention_mask=jnp.ones_like(ids),
                          masked_positions=where[:, None])[:, 0]
+    logits = jnp.where(fillable, logits, -jnp.inf)
     drawn = sample_logits(logits, jax.random.fold_in(rng, k), temperature, top_k, top_p)
     return ids.at[rows, where].set(jnp.where(valid[:, k], drawn, ids[rows, where]))
 
