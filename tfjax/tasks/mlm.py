@@ -265,8 +265,8 @@ class MLMTask:
     if None in (self.pad_id, self.cls_id, self.sep_id, self.mask_id):
       raise config_lib.ConfigError(f"tokenizer {tok_path or given} lacks one of [PAD] [CLS] [SEP] [MASK] (config key "
                                    "'data.tokenizer_file' wants a WordPiece tokenizer of an MLM run)")
-    special = np.asarray(tok.special_ids(), np.int64)
-    self.random_ids = np.setdiff1d(np.arange(tok.vocab_size), special)  # random replacements: non-special tokens
+    words = fillable_tokens(tok, tok.vocab_size)  # the non-special tokens
+    self.random_ids = np.flatnonzero(words)  # random replacements
 
     self.seq_len = d.seq_len or config.model.max_len
     self.model = build_model(config, tok.vocab_size)
@@ -277,8 +277,7 @@ class MLMTask:
     self.max_predictions = d.get("max_predictions", 0) or math.ceil(self.mask_prob * self.seq_len)
     self.train_ids, self.train_mask = self._encode(train_lines)
     self.eval_ids, self.eval_mask = self._encode(eval_lines)
-    self.is_special = np.zeros(tok.vocab_size, bool)
-    self.is_special[special] = True
+    self.is_special = ~words
     self.batch_size = config.train.batch_size
     self.seed = config.seed
     log.info("mlm: vocab %d, %d training and %d evaluation sequences of %d tokens, %d predictions per sequence",
